@@ -1,0 +1,22 @@
+"""pp_aif: active inference on discrete state spaces, formulated as Pyro probabilistic programs.
+
+The curated public API. Layout conventions (SPM/pymdp): ``A[m]`` (O_m, S_1..S_F),
+``B[f]`` (S_f, S_f, U_f) indexed ``[s_next, s_prev, u]``, ``C[m]`` (O_m,) or (O_m, T),
+``D[f]`` (S_f,), ``E`` (P,).
+"""
+
+from pp_aif.errors import DataError, ModelError
+from pp_aif.inference import Beliefs, infer_states
+from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel, construct_policies
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GenerativeModel",
+    "ModelError",
+    "DataError",
+    "NORMALISATION_TOLERANCE",
+    "construct_policies",
+    "infer_states",
+    "Beliefs",
+]

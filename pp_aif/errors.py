@@ -1,0 +1,11 @@
+"""The exceptions of pp_aif. Both are ``ValueError`` and name the array, index and problem."""
+
+__all__ = ["ModelError", "DataError"]
+
+
+class ModelError(ValueError):
+    """A generative model is malformed (e.g. ``A[1]: column (2, 0) sums to 1.3, not 1``)."""
+
+
+class DataError(ValueError):
+    """Observations or actions are malformed, out of range, or impossible under the model."""

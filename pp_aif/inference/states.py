@@ -1,0 +1,172 @@
+"""State inference: ``infer_states`` and its result type ``Beliefs``.
+
+Dimension symbols: *batch sequences, T time steps, F factors (S_f states), M modalities.
+
+Two methods answer the same question exactly:
+
+``method="exact"``      closed-form torch (``pp_aif.ops.hmm``): scaled forward filtering and
+                        alpha-gamma smoothing over the joint state, contracted factor by factor.
+``method="enumerate"``  the Pyro program ``pp_aif.programs.pomdp`` under ``TraceEnum_ELBO``:
+                        its loss with an empty guide is -ln p(o | u), and
+                        ``TraceEnum_ELBO.compute_marginals`` gives the posterior marginals.
+
+Both must agree with each other and with brute-force enumeration of every state path to 1e-10
+in float64 (see ``tests/inference/test_states.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from pp_aif.errors import DataError
+from pp_aif.inference.inputs import Sequences, format_sequence, prepare_sequences
+from pp_aif.ops.hmm import (
+    FilterResult,
+    factor_marginals,
+    forward_filter,
+    observation_log_likelihood,
+    select_transitions,
+    smooth,
+)
+from pp_aif.spec import GenerativeModel
+
+__all__ = ["Beliefs", "infer_states", "METHODS", "MODES"]
+
+METHODS = ("exact", "enumerate")
+MODES = ("smoothing", "filtering")
+
+
+@dataclass(frozen=True)
+class Beliefs:
+    """Posterior beliefs about hidden states.
+
+    Attributes
+    ----------
+    marginals : list of F tensors (*batch, T, S_f)
+        ``mode="smoothing"``: q(s_f,t) = p(s_f,t | o_1:T, u_1:T-1);
+        ``mode="filtering"``: q(s_f,t) = p(s_f,t | o_1:t, u_1:t-1).
+        Each row sums to 1.
+    log_evidence : Tensor (*batch)
+        ln p(o_1:T | u_1:T-1), in nats (the same in both modes).
+    method, mode : str
+        How the beliefs were computed.
+    """
+
+    marginals: list[Tensor]
+    log_evidence: Tensor
+    method: str
+    mode: str
+
+
+def infer_states(
+    model: GenerativeModel,
+    observations,
+    actions=None,
+    *,
+    method: Literal["exact", "enumerate"] = "exact",
+    mode: Literal["smoothing", "filtering"] = "smoothing",
+) -> Beliefs:
+    """Posterior marginals over each hidden-state factor, and the log evidence.
+
+    Parameters
+    ----------
+    model : GenerativeModel
+    observations : int array (T, M) or (*batch, T, M)
+        ``observations[..., t, m]`` is the outcome of modality m at step t.
+    actions : int array (T-1, F) or (*batch, T-1, F), optional
+        ``actions[..., t, f]`` is the control of factor f between steps t and t+1. May be
+        omitted when every factor has one control, or T = 1. Unbatched actions are shared by
+        every sequence of a batch.
+    method : {"exact", "enumerate"}
+        ``"exact"`` (default, fast) or ``"enumerate"`` (the Pyro program; slow, the reference).
+    mode : {"smoothing", "filtering"}
+        Condition each q(s_t) on all observations, or on o_1:t only.
+
+    Returns
+    -------
+    Beliefs
+
+    Raises
+    ------
+    DataError
+        Malformed or out-of-range observations or actions, or a sequence that has probability
+        zero under the model; the message names the sequence, time step and modality.
+    ValueError
+        An unknown ``method`` or ``mode``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not one of {METHODS}")
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not one of {MODES}")
+    if not isinstance(model, GenerativeModel):
+        raise TypeError(f"model: expected a GenerativeModel, got {type(model).__name__}")
+    sequences = prepare_sequences(model, observations, actions)
+    if method == "exact":
+        marginals, log_evidence = _exact(model, sequences, mode)
+    else:
+        from pp_aif.inference.enumeration import enumerate_states
+
+        marginals, log_evidence = enumerate_states(model, sequences, mode)
+    batch = sequences.batch_shape
+    T = sequences.observations.shape[1]
+    return Beliefs(
+        marginals=[q.reshape(*batch, T, q.shape[-1]) for q in marginals],
+        log_evidence=log_evidence.reshape(batch),
+        method=method,
+        mode=mode,
+    )
+
+
+def run_forward_filter(model: GenerativeModel, sequences: Sequences):
+    """The forward pass on validated sequences; raises DataError if any sequence is impossible.
+
+    Returns (FilterResult, transitions), with transitions F tensors (N, T-1, S_f, S_f).
+    """
+    log_likelihood = observation_log_likelihood(model.log_A, sequences.observations)
+    transitions = select_transitions(model.transition_by_action, sequences.actions)
+    result = forward_filter(log_likelihood, transitions, model.D)
+    raise_if_impossible(model, sequences, result)
+    return result, transitions
+
+
+def _exact(model: GenerativeModel, sequences: Sequences, mode: str):
+    result, transitions = run_forward_filter(model, sequences)
+    joint = result.filtered if mode == "filtering" else smooth(
+        result.filtered, result.predicted, transitions
+    )
+    return factor_marginals(joint, 2), result.log_normalisers.sum(-1)
+
+
+def raise_if_impossible(model: GenerativeModel, sequences: Sequences, result: FilterResult) -> None:
+    """Name the first sequence, step and modality whose outcome has probability zero."""
+    impossible = ~(result.log_normalisers > -torch.inf)
+    if not impossible.any():
+        return
+    n, t = (int(i) for i in impossible.nonzero()[0])
+    count = int(impossible.any(-1).sum())
+    prior = result.predicted[n, t]
+    outcomes = sequences.observations[n, t]
+    mass = prior
+    for modality in range(model.num_modalities):
+        mass = mass * model.A[modality][outcomes[modality]]
+        if not mass.sum() > 0:
+            break
+    else:
+        raise RuntimeError(
+            f"forward filter: non-finite log normaliser at {format_sequence(sequences.batch_shape, n)}"
+            f"time step {t} although the observations are possible; please report this"
+        )
+    together = (
+        f" together with the outcomes of modalities 0..{modality - 1} at that step"
+        if modality > 0 else ""
+    )
+    others = f" ({count - 1} other sequences are impossible too)" if count > 1 else ""
+    raise DataError(
+        f"observations: {format_sequence(sequences.batch_shape, n)}time step {t}, modality "
+        f"{modality}: outcome {int(outcomes[modality])} has probability 0 under the model{together}, "
+        f"given the earlier observations and actions{others}"
+    )

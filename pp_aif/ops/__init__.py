@@ -1,0 +1,17 @@
+"""Pure tensor math: no ``pyro.sample``, no globals, log-space. See each module's shape docstring."""
+
+from pp_aif.ops.contractions import contract_factors, outer
+from pp_aif.ops.hmm import factor_marginals, forward_filter, propagate, smooth
+from pp_aif.ops.numerics import log_exact, spm_log, xlogy
+
+__all__ = [
+    "contract_factors",
+    "outer",
+    "forward_filter",
+    "smooth",
+    "propagate",
+    "factor_marginals",
+    "log_exact",
+    "spm_log",
+    "xlogy",
+]

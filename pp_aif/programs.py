@@ -1,0 +1,103 @@
+"""The Pyro programs of pp_aif. They are the specification; ``pp_aif.ops`` is the fast path.
+
+Dimension symbols: N independent sequences, T time steps, F factors, M modalities.
+
+``pomdp`` is the agent's generative model of a sequence of observations given actions:
+
+    s_f,0 ~ Categorical(D_f)
+    s_f,t ~ Categorical(B_f[:, s_f,t-1, u_f,t-1])        t = 1..T-1
+    o_m,t ~ Categorical(A_m[:, s_1,t, ..., s_F,t])      t = 0..T-1
+
+Sites: ``"s_{f}_{t}"`` (hidden, enumerable, under ``pyro.markov``) and ``"o_{m}_{t}"`` (observed
+when observations are given). Batched sequences run inside ``pyro.plate("sequences", N, dim=-1)``;
+a single sequence runs without a plate (``TraceEnum_ELBO.compute_marginals`` fails on a plate of
+size 1: pyro-ppl/pyro#3102).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.ops.indexing import Vindex
+from torch import Tensor
+
+from pp_aif.spec import GenerativeModel
+
+__all__ = ["pomdp", "empty_guide", "state_site", "observation_site"]
+
+
+def state_site(factor: int, t: int) -> str:
+    return f"s_{factor}_{t}"
+
+
+def observation_site(modality: int, t: int) -> str:
+    return f"o_{modality}_{t}"
+
+
+def pomdp(
+    model: GenerativeModel,
+    observations: Tensor | None = None,
+    actions: Tensor | None = None,
+    *,
+    num_steps: int | None = None,
+    num_sequences: int | None = None,
+) -> list[list[Tensor]]:
+    """The POMDP as a Pyro model of one sequence, or of N independent sequences.
+
+    Parameters
+    ----------
+    model : GenerativeModel
+    observations : int (T, M) or (N, T, M), optional
+        Observed outcomes; without them the program samples outcomes.
+    actions : int (T-1, F) or (N, T-1, F), optional
+        Controls between steps, batched like the observations; without them every control is 0.
+    num_steps : int, optional
+        T, when no observations are given.
+    num_sequences : int, optional
+        N, when no observations are given; None for one sequence without a plate.
+
+    Returns
+    -------
+    list over t of lists over f of the state values (sampled or enumerated).
+    """
+    if observations is not None:
+        num_steps = observations.shape[-2]
+        num_sequences = observations.shape[0] if observations.dim() == 3 else None
+    if num_steps is None:
+        raise ValueError("pomdp: give observations, or num_steps")
+    batch = () if num_sequences is None else (num_sequences,)
+    if actions is None:
+        actions = torch.zeros(*batch, max(num_steps - 1, 0), model.num_factors,
+                              dtype=torch.int64, device=model.device)
+    plate = nullcontext() if num_sequences is None else pyro.plate("sequences", num_sequences, dim=-1)
+    trajectory = []
+    with plate:
+        previous = None
+        for t in pyro.markov(range(num_steps)):
+            states = []
+            for f in range(model.num_factors):
+                if t == 0:
+                    probs = model.D[f]
+                else:
+                    probs = Vindex(model.transition_last[f])[actions[..., t - 1, f], previous[f], :]
+                states.append(
+                    pyro.sample(state_site(f, t), dist.Categorical(probs),
+                                infer={"enumerate": "parallel"})
+                )
+            for m in range(model.num_modalities):
+                probs = Vindex(model.likelihood_last[m])[(*states, slice(None))]
+                pyro.sample(
+                    observation_site(m, t),
+                    dist.Categorical(probs),
+                    obs=None if observations is None else observations[..., t, m],
+                )
+            trajectory.append(states)
+            previous = states
+    return trajectory
+
+
+def empty_guide(*args, **kwargs) -> None:
+    """The guide of exact enumeration: every latent site is enumerated in the model."""

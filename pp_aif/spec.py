@@ -1,0 +1,461 @@
+"""The generative model of a discrete-state POMDP: validation, defaults and layouts.
+
+Dimension symbols
+-----------------
+F factors (f), M modalities (m), S_f states of factor f, O_m outcomes of modality m,
+U_f controls (actions) of factor f, P policies, H policy horizon, T time steps.
+
+Public layout (SPM's and pymdp's, what users know)
+--------------------------------------------------
+``A[m]``  (O_m, S_1, ..., S_F)   p(o_m | s): every column ``A[m][:, s_1, ..., s_F]`` sums to 1.
+``B[f]``  (S_f, S_f, U_f)         p(s_f' | s_f, u_f), indexed ``B[f][s_next, s_prev, u]``.
+``C[m]``  (O_m,) or (O_m, T)      log-preferences; the agent uses ``log_softmax(C[m])`` over axis 0.
+``D[f]``  (S_f,)                  p(s_f at t = 0).
+``E``     (P,)                    prior over policies.
+``policies`` int (P, H, F)        ``policies[p, h, f]`` is the control of factor f at step h of
+                                  policy p; by default every combination of one step (H = 1).
+``pA``, ``pB``, ``pD``            Dirichlet concentrations, shaped like ``A``, ``B``, ``D``.
+
+Note: the seed document of this project calls A the *transition* matrix and B the *observation*
+matrix, and uses B both ways in its code. That is a slip: here, as in SPM and pymdp, A is the
+likelihood p(o | s) and B the transition p(s' | s, u).
+
+Internally the Pyro program wants the distribution axis last; those layouts are derived once,
+on first use, by :attr:`GenerativeModel.likelihood_last` and :attr:`GenerativeModel.transition_last`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from functools import cached_property
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pp_aif.errors import ModelError
+
+__all__ = ["GenerativeModel", "NORMALISATION_TOLERANCE", "construct_policies"]
+
+#: Largest absolute deviation from 1 allowed for a column of A or B, for D and for E.
+NORMALISATION_TOLERANCE = 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# conversion of one array
+
+
+def _as_list(value, name: str) -> list:
+    """A list of arrays from a list, tuple, numpy object array, or a single array."""
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        items = list(value.ravel())
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        items = [value]
+    if len(items) == 0:
+        raise ModelError(f"{name}: empty list; give one array per {_unit(name)}")
+    return items
+
+
+def _unit(name: str) -> str:
+    return "modality" if name in ("A", "C", "pA") else "factor"
+
+
+def _to_tensor(value, label: str) -> Tensor:
+    """A float tensor from a numpy array, torch tensor or nested list, or a ModelError."""
+    if isinstance(value, Tensor):
+        tensor = value
+    else:
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as error:  # ragged nested lists
+            raise ModelError(f"{label}: cannot be read as a numeric array ({error})") from None
+        if array.dtype == object or array.dtype.kind not in "biuf":
+            raise ModelError(
+                f"{label}: is not numeric (dtype {array.dtype}); give an array of real numbers"
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.is_complex():
+        raise ModelError(f"{label}: is complex; give an array of real numbers")
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
+    return tensor
+
+
+def _check_finite(tensor: Tensor, label: str, allow_negative_infinity: bool = False) -> None:
+    bad = torch.isnan(tensor) | (tensor == math.inf)
+    if not allow_negative_infinity:
+        bad |= tensor == -math.inf
+    if bad.any():
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise ModelError(
+            f"{label}: entry {index} is {tensor[index].item()}; every entry must be finite"
+        )
+
+
+def _check_nonnegative(tensor: Tensor, label: str) -> None:
+    if (tensor < 0).any():
+        index = tuple(int(i) for i in (tensor < 0).nonzero()[0])
+        raise ModelError(
+            f"{label}: entry {index} is {tensor[index].item():.6g}, negative; "
+            "probabilities and concentrations cannot be negative"
+        )
+
+
+def _check_columns(tensor: Tensor, label: str, what: str) -> None:
+    """Columns (slices along axis 0) must sum to 1 within NORMALISATION_TOLERANCE."""
+    sums = tensor.sum(0)
+    bad = (sums - 1).abs() > NORMALISATION_TOLERANCE
+    if bad.any():
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        count = int(bad.sum())
+        more = f" (and {count - 1} more columns)" if count > 1 else ""
+        raise ModelError(
+            f"{label}: column {index} sums to {sums[index].item():.6g}, not 1{more}; "
+            f"columns {what} must sum to 1 over axis 0 (tolerance {NORMALISATION_TOLERANCE:g})"
+        )
+
+
+def _check_vector_sums_to_one(tensor: Tensor, label: str) -> None:
+    total = tensor.sum().item()
+    if abs(total - 1) > NORMALISATION_TOLERANCE:
+        raise ModelError(
+            f"{label}: sums to {total:.6g}, not 1 (tolerance {NORMALISATION_TOLERANCE:g}); "
+            "normalise it"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# policies
+
+
+def construct_policies(num_controls: Sequence[int], horizon: int = 1) -> Tensor:
+    """Every combination of controls over ``horizon`` steps.
+
+    Parameters
+    ----------
+    num_controls : sequence of int
+        U_f, the number of controls of each factor.
+    horizon : int
+        H, the number of steps of each policy.
+
+    Returns
+    -------
+    Tensor, int64 (P, H, F)
+        ``P = prod_f U_f ** H`` policies, in lexicographic order (the last factor of the last
+        step varies fastest).
+    """
+    num_controls = [int(u) for u in num_controls]
+    if horizon < 1:
+        raise ValueError(f"horizon: must be at least 1, got {horizon}")
+    if not num_controls or any(u < 1 for u in num_controls):
+        raise ValueError(f"num_controls: must be positive integers, got {num_controls}")
+    steps = list(itertools.product(*[range(u) for u in num_controls]))
+    policies = list(itertools.product(steps, repeat=horizon))
+    return torch.tensor(policies, dtype=torch.int64).reshape(len(policies), horizon, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+class GenerativeModel:
+    """A discrete-state POMDP in SPM/pymdp layout, validated on construction.
+
+    Parameters
+    ----------
+    A : array or list of M arrays (O_m, S_1, ..., S_F)
+        Likelihoods p(o_m | s). A single array means one modality.
+    B : array or list of F arrays (S_f, S_f, U_f)
+        Transitions p(s_f' | s_f, u_f), indexed ``[s_next, s_prev, u]``.
+    C : array or list of M arrays (O_m,) or (O_m, T), optional
+        Log-preferences over outcomes (SPM's C). Missing: flat (zeros).
+    D : array or list of F arrays (S_f,), optional
+        Initial-state prior. Missing: uniform.
+    E : array (P,), optional
+        Prior over the policies. Missing: uniform.
+    pA, pB, pD : like A, B, D, optional
+        Dirichlet concentrations. Entries must be >= 0 (a zero keeps a structural zero of A, B
+        or D) and every column must have a positive total.
+    policies : int array (P, H, F), optional
+        The policies the agent considers. Missing: every combination of one step.
+
+    Numpy arrays and torch tensors are accepted; integer arrays become the default float dtype,
+    and all arrays are promoted to the widest floating dtype among them (float64 stays float64).
+    Every malformed input raises :class:`ModelError` naming the array, its index and the problem.
+    Columns of A and B, and D and E, must sum to 1 within ``NORMALISATION_TOLERANCE`` (1e-6).
+    Structural zeros in A, B and D are legal.
+    """
+
+    def __init__(
+        self,
+        A,
+        B,
+        C=None,
+        D=None,
+        E=None,
+        *,
+        pA=None,
+        pB=None,
+        pD=None,
+        policies=None,
+    ):
+        A_list = [_to_tensor(a, f"A[{m}]") for m, a in enumerate(_as_list(A, "A"))]
+        B_list = [_to_tensor(b, f"B[{f}]") for f, b in enumerate(_as_list(B, "B"))]
+        C_list = None if C is None else [
+            _to_tensor(c, f"C[{m}]") for m, c in enumerate(_as_list(C, "C"))
+        ]
+        D_list = None if D is None else [
+            _to_tensor(d, f"D[{f}]") for f, d in enumerate(_as_list(D, "D"))
+        ]
+        E_tensor = None if E is None else _to_tensor(E, "E")
+        pA_list = None if pA is None else [
+            _to_tensor(a, f"pA[{m}]") for m, a in enumerate(_as_list(pA, "pA"))
+        ]
+        pB_list = None if pB is None else [
+            _to_tensor(b, f"pB[{f}]") for f, b in enumerate(_as_list(pB, "pB"))
+        ]
+        pD_list = None if pD is None else [
+            _to_tensor(d, f"pD[{f}]") for f, d in enumerate(_as_list(pD, "pD"))
+        ]
+
+        everything = [*A_list, *B_list, *(C_list or []), *(D_list or []), *(pA_list or []),
+                      *(pB_list or []), *(pD_list or [])]
+        if E_tensor is not None:
+            everything.append(E_tensor)
+        dtype = everything[0].dtype
+        for tensor in everything[1:]:
+            dtype = torch.promote_types(dtype, tensor.dtype)
+        device = A_list[0].device
+
+        def cast(tensors):
+            return None if tensors is None else tuple(t.to(dtype=dtype, device=device)
+                                                      for t in tensors)
+
+        A_list, B_list, C_list, D_list = cast(A_list), cast(B_list), cast(C_list), cast(D_list)
+        pA_list, pB_list, pD_list = cast(pA_list), cast(pB_list), cast(pD_list)
+        if E_tensor is not None:
+            E_tensor = E_tensor.to(dtype=dtype, device=device)
+
+        # --- B defines the factors
+        for f, b in enumerate(B_list):
+            label = f"B[{f}]"
+            if b.dim() != 3:
+                raise ModelError(
+                    f"{label}: has {b.dim()} axes {tuple(b.shape)}; expected 3 axes "
+                    "(S_next, S_prev, U) - give a (S, S, 1) array for a factor without control"
+                )
+            if b.shape[0] != b.shape[1]:
+                raise ModelError(
+                    f"{label}: shape {tuple(b.shape)} is not square in its first two axes "
+                    "(S_next, S_prev)"
+                )
+            if b.shape[0] == 0 or b.shape[2] == 0:
+                raise ModelError(f"{label}: shape {tuple(b.shape)} has an empty axis")
+            _check_finite(b, label)
+            _check_nonnegative(b, label)
+            _check_columns(b, label, "B[f][:, s_prev, u] (p(s_next | s_prev, u))")
+        num_states = tuple(int(b.shape[0]) for b in B_list)
+        num_controls = tuple(int(b.shape[2]) for b in B_list)
+        F = len(num_states)
+
+        # --- A must agree with B
+        for m, a in enumerate(A_list):
+            label = f"A[{m}]"
+            if a.dim() != 1 + F:
+                raise ModelError(
+                    f"{label}: has {a.dim()} axes {tuple(a.shape)}; expected {1 + F} "
+                    f"(O, S_1, ..., S_F) for the {F} factor(s) of B"
+                )
+            if tuple(a.shape[1:]) != num_states:
+                raise ModelError(
+                    f"{label}: state axes {tuple(a.shape[1:])} disagree with the numbers of "
+                    f"states {num_states} given by B"
+                )
+            if a.shape[0] == 0:
+                raise ModelError(f"{label}: has no outcomes (axis 0 is empty)")
+            _check_finite(a, label)
+            _check_nonnegative(a, label)
+            _check_columns(a, label, "A[m][:, s_1, ..., s_F] (p(o | s))")
+        num_outcomes = tuple(int(a.shape[0]) for a in A_list)
+        M = len(num_outcomes)
+
+        # --- C
+        if C_list is None:
+            C_list = tuple(torch.zeros(o, dtype=dtype, device=device) for o in num_outcomes)
+        if len(C_list) != M:
+            raise ModelError(f"C: has {len(C_list)} arrays; A has {M} modalities")
+        for m, c in enumerate(C_list):
+            label = f"C[{m}]"
+            if c.dim() not in (1, 2) or c.shape[0] != num_outcomes[m]:
+                raise ModelError(
+                    f"{label}: shape {tuple(c.shape)}; expected ({num_outcomes[m]},) or "
+                    f"({num_outcomes[m]}, T), one log-preference per outcome of A[{m}]"
+                )
+            _check_finite(c, label, allow_negative_infinity=True)
+            if (c == -math.inf).all(0).any():
+                raise ModelError(f"{label}: every outcome has log-preference -inf")
+
+        # --- D
+        if D_list is None:
+            D_list = tuple(torch.full((s,), 1.0 / s, dtype=dtype, device=device)
+                           for s in num_states)
+        if len(D_list) != F:
+            raise ModelError(f"D: has {len(D_list)} arrays; B has {F} factors")
+        for f, d in enumerate(D_list):
+            label = f"D[{f}]"
+            if d.dim() != 1 or d.shape[0] != num_states[f]:
+                raise ModelError(
+                    f"{label}: shape {tuple(d.shape)}; expected ({num_states[f]},), one "
+                    f"probability per state of factor {f}"
+                )
+            _check_finite(d, label)
+            _check_nonnegative(d, label)
+            _check_vector_sums_to_one(d, label)
+
+        # --- policies and E
+        if policies is None:
+            policies_tensor = construct_policies(num_controls, 1).to(device)
+        else:
+            policies_tensor = self._validate_policies(policies, num_controls)
+        P = policies_tensor.shape[0]
+        if E_tensor is None:
+            E_tensor = torch.full((P,), 1.0 / P, dtype=dtype, device=device)
+        if E_tensor.dim() != 1 or E_tensor.shape[0] != P:
+            raise ModelError(
+                f"E: shape {tuple(E_tensor.shape)}; expected ({P},), one prior probability per "
+                f"policy ({P} policies)"
+            )
+        _check_finite(E_tensor, "E")
+        _check_nonnegative(E_tensor, "E")
+        _check_vector_sums_to_one(E_tensor, "E")
+
+        # --- Dirichlet concentrations
+        for name, concentrations, like in (("pA", pA_list, A_list), ("pB", pB_list, B_list),
+                                           ("pD", pD_list, D_list)):
+            if concentrations is None:
+                continue
+            if len(concentrations) != len(like):
+                raise ModelError(
+                    f"{name}: has {len(concentrations)} arrays; {name[1]} has {len(like)}"
+                )
+            for i, (p, target) in enumerate(zip(concentrations, like, strict=True)):
+                label = f"{name}[{i}]"
+                if p.shape != target.shape:
+                    raise ModelError(
+                        f"{label}: shape {tuple(p.shape)}; expected {tuple(target.shape)}, the "
+                        f"shape of {name[1]}[{i}]"
+                    )
+                _check_finite(p, label)
+                _check_nonnegative(p, label)
+                totals = p.sum(0)
+                if (totals <= 0).any():
+                    index = tuple(int(j) for j in (totals <= 0).nonzero()[0]) if totals.dim() else ()
+                    raise ModelError(
+                        f"{label}: column {index} has no positive concentration; every "
+                        "Dirichlet needs a positive total"
+                    )
+
+        self.A: tuple[Tensor, ...] = A_list
+        self.B: tuple[Tensor, ...] = B_list
+        self.C: tuple[Tensor, ...] = C_list
+        self.D: tuple[Tensor, ...] = D_list
+        self.E: Tensor = E_tensor
+        self.pA = pA_list
+        self.pB = pB_list
+        self.pD = pD_list
+        self.policies: Tensor = policies_tensor
+        self.num_states = num_states
+        self.num_controls = num_controls
+        self.num_outcomes = num_outcomes
+
+    @staticmethod
+    def _validate_policies(policies, num_controls) -> Tensor:
+        if isinstance(policies, Tensor):
+            tensor = policies
+        else:
+            array = np.asarray(policies)
+            if array.dtype.kind not in "iu":
+                raise ModelError(f"policies: must be integers, got dtype {array.dtype}")
+            tensor = torch.from_numpy(array)
+        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+            raise ModelError(f"policies: must be integers, got dtype {tensor.dtype}")
+        F = len(num_controls)
+        if tensor.dim() != 3 or tensor.shape[2] != F or tensor.shape[0] == 0 or tensor.shape[1] == 0:
+            raise ModelError(
+                f"policies: shape {tuple(tensor.shape)}; expected (P, H, {F}) with P, H >= 1"
+            )
+        tensor = tensor.to(torch.int64)
+        limits = torch.tensor(num_controls)
+        bad = (tensor < 0) | (tensor >= limits)
+        if bad.any():
+            p, h, f = (int(i) for i in bad.nonzero()[0])
+            raise ModelError(
+                f"policies: policy {p}, step {h}, factor {f} has control {int(tensor[p, h, f])}; "
+                f"factor {f} has controls 0..{num_controls[f] - 1}"
+            )
+        return tensor
+
+    # ---- sizes
+    @property
+    def num_factors(self) -> int:
+        """F."""
+        return len(self.num_states)
+
+    @property
+    def num_modalities(self) -> int:
+        """M."""
+        return len(self.num_outcomes)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.A[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.A[0].device
+
+    # ---- derived layouts, computed once
+    @cached_property
+    def log_A(self) -> tuple[Tensor, ...]:
+        """ln A[m], (O_m, S_1, ..., S_F); structural zeros are -inf."""
+        return tuple(torch.log(a) for a in self.A)
+
+    @cached_property
+    def transition_by_action(self) -> tuple[Tensor, ...]:
+        """B[f] as (U_f, S_next, S_prev), so that ``transition_by_action[f][u]`` is a matrix."""
+        return tuple(b.permute(2, 0, 1).contiguous() for b in self.B)
+
+    @cached_property
+    def likelihood_last(self) -> tuple[Tensor, ...]:
+        """A[m] with the outcome axis last, (S_1, ..., S_F, O_m): Pyro's layout."""
+        return tuple(a.movedim(0, -1).contiguous() for a in self.A)
+
+    @cached_property
+    def transition_last(self) -> tuple[Tensor, ...]:
+        """B[f] as (U_f, S_prev, S_next): Pyro's layout, next state last."""
+        return tuple(b.permute(2, 1, 0).contiguous() for b in self.B)
+
+    def to(self, dtype: torch.dtype | None = None, device=None) -> GenerativeModel:
+        """A copy with every array cast to ``dtype`` and moved to ``device``."""
+
+        def move(tensors):
+            if tensors is None:
+                return None
+            return [t.to(dtype=dtype or self.dtype, device=device or self.device) for t in tensors]
+
+        return GenerativeModel(
+            move(self.A), move(self.B), move(self.C), move(self.D), move([self.E])[0],
+            pA=move(self.pA), pB=move(self.pB), pD=move(self.pD),
+            policies=self.policies.to(device or self.device),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"GenerativeModel(num_states={self.num_states}, num_outcomes={self.num_outcomes}, "
+            f"num_controls={self.num_controls}, policies={tuple(self.policies.shape)}, "
+            f"dtype={self.dtype})"
+        )
