@@ -8,7 +8,8 @@ Dimension symbols: N independent sequences, T time steps, F factors, M modalitie
     s_f,t ~ Categorical(B_f[:, s_f,t-1, u_f,t-1])        t = 1..T-1
     o_m,t ~ Categorical(A_m[:, s_1,t, ..., s_F,t])      t = 0..T-1
 
-Sites: ``"s_{f}_{t}"`` (hidden, enumerable, under ``pyro.markov``) and ``"o_{m}_{t}"`` (observed
+Sites: ``"s_{f}_{t}"`` (hidden, enumerable, under ``pyro.markov``; absent for a factor with a
+single state, which is always 0) and ``"o_{m}_{t}"`` (observed
 when observations are given). Batched sequences run inside ``pyro.plate("sequences", N, dim=-1)``;
 a single sequence runs without a plate (``TraceEnum_ELBO.compute_marginals`` fails on a plate of
 size 1: pyro-ppl/pyro#3102).
@@ -79,19 +80,24 @@ def pomdp(
         for t in pyro.markov(range(num_steps)):
             states = []
             for f in range(model.num_factors):
+                if model.num_states[f] == 1:  # no site: Pyro cannot enumerate a support of one
+                    states.append(torch.zeros((), dtype=torch.int64, device=model.device))
+                    continue
                 if t == 0:
-                    probs = model.D[f]
+                    logits = model.log_D[f]
                 else:
-                    probs = Vindex(model.transition_last[f])[actions[..., t - 1, f], previous[f], :]
+                    logits = Vindex(model.log_transition_last[f])[
+                        actions[..., t - 1, f], previous[f], :
+                    ]
                 states.append(
-                    pyro.sample(state_site(f, t), dist.Categorical(probs),
+                    pyro.sample(state_site(f, t), dist.Categorical(logits=logits),
                                 infer={"enumerate": "parallel"})
                 )
             for m in range(model.num_modalities):
-                probs = Vindex(model.likelihood_last[m])[(*states, slice(None))]
+                logits = Vindex(model.log_likelihood_last[m])[(*states, slice(None))]
                 pyro.sample(
                     observation_site(m, t),
-                    dist.Categorical(probs),
+                    dist.Categorical(logits=logits),
                     obs=None if observations is None else observations[..., t, m],
                 )
             trajectory.append(states)

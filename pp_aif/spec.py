@@ -21,7 +21,8 @@ matrix, and uses B both ways in its code. That is a slip: here, as in SPM and py
 likelihood p(o | s) and B the transition p(s' | s, u).
 
 Internally the Pyro program wants the distribution axis last; those layouts are derived once,
-on first use, by :attr:`GenerativeModel.likelihood_last` and :attr:`GenerativeModel.transition_last`.
+on first use, by :attr:`GenerativeModel.log_likelihood_last` and
+:attr:`GenerativeModel.log_transition_last`.
 """
 
 from __future__ import annotations
@@ -425,19 +426,24 @@ class GenerativeModel:
         return tuple(torch.log(a) for a in self.A)
 
     @cached_property
+    def log_D(self) -> tuple[Tensor, ...]:
+        """ln D[f], (S_f,); structural zeros are -inf."""
+        return tuple(torch.log(d) for d in self.D)
+
+    @cached_property
     def transition_by_action(self) -> tuple[Tensor, ...]:
         """B[f] as (U_f, S_next, S_prev), so that ``transition_by_action[f][u]`` is a matrix."""
         return tuple(b.permute(2, 0, 1).contiguous() for b in self.B)
 
     @cached_property
-    def likelihood_last(self) -> tuple[Tensor, ...]:
-        """A[m] with the outcome axis last, (S_1, ..., S_F, O_m): Pyro's layout."""
-        return tuple(a.movedim(0, -1).contiguous() for a in self.A)
+    def log_likelihood_last(self) -> tuple[Tensor, ...]:
+        """ln A[m] with the outcome axis last, (S_1, ..., S_F, O_m): Pyro's layout."""
+        return tuple(a.movedim(0, -1).contiguous() for a in self.log_A)
 
     @cached_property
-    def transition_last(self) -> tuple[Tensor, ...]:
-        """B[f] as (U_f, S_prev, S_next): Pyro's layout, next state last."""
-        return tuple(b.permute(2, 1, 0).contiguous() for b in self.B)
+    def log_transition_last(self) -> tuple[Tensor, ...]:
+        """ln B[f] as (U_f, S_prev, S_next): Pyro's layout, next state last."""
+        return tuple(torch.log(b).permute(2, 1, 0).contiguous() for b in self.B)
 
     def to(self, dtype: torch.dtype | None = None, device=None) -> GenerativeModel:
         """A copy with every array cast to ``dtype`` and moved to ``device``."""

@@ -23,7 +23,8 @@ __all__ = ["enumerate_states", "enumerated_log_evidence"]
 
 
 def _elbo() -> TraceEnum_ELBO:
-    return TraceEnum_ELBO(max_plate_nesting=1)
+    # strict_enumeration_warning: a model whose factors all have one state enumerates nothing.
+    return TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
 
 
 def enumerated_log_evidence(model: GenerativeModel, observations: Tensor, actions: Tensor) -> Tensor:
@@ -44,8 +45,10 @@ def _site_marginals(model: GenerativeModel, observations: Tensor, actions: Tenso
     if N == 1:  # no plate: compute_marginals fails on a plate of size 1 (pyro-ppl/pyro#3102)
         observations, actions = observations[0], actions[0]
     marginals = _elbo().compute_marginals(pomdp, empty_guide, model, observations, actions)
+    certain = torch.ones(N, 1, dtype=model.dtype, device=model.device)
     return [
-        [marginals[state_site(f, t)].probs.expand(N, S) for f, S in enumerate(model.num_states)]
+        [marginals[state_site(f, t)].probs.expand(N, S) if S > 1 else certain
+         for f, S in enumerate(model.num_states)]
         for t in steps
     ]
 

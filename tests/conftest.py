@@ -1,0 +1,51 @@
+"""Fixed seeds, the hypothesis profile, and the SPM reference folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "pp_aif",
+    derandomize=True,  # the same examples on every run and on CI
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("pp_aif")
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def fixed_seeds():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    yield
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def spm_reference() -> Path:
+    """``../shared/reference/spm`` beside the repository (or $PP_AIF_SPM_REFERENCE).
+
+    Missing on CI is a failure, not a skip: these files are an oracle.
+    """
+    path = Path(os.environ.get("PP_AIF_SPM_REFERENCE", REPOSITORY.parent / "shared/reference/spm"))
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"SPM reference outputs not found at {path}")
+        pytest.skip(f"SPM reference outputs not found at {path}")
+    return path
