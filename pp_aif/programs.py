@@ -17,6 +17,7 @@ size 1: pyro-ppl/pyro#3102).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import pyro
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from pp_aif.spec import GenerativeModel
 
-__all__ = ["pomdp", "empty_guide", "state_site", "observation_site"]
+__all__ = ["pomdp", "empty_guide", "sample_sequences", "state_site", "observation_site"]
 
 
 def state_site(factor: int, t: int) -> str:
@@ -45,6 +46,7 @@ def pomdp(
     *,
     num_steps: int | None = None,
     num_sequences: int | None = None,
+    state_log_potentials: Sequence[Tensor] | None = None,
 ) -> list[list[Tensor]]:
     """The POMDP as a Pyro model of one sequence, or of N independent sequences.
 
@@ -59,6 +61,11 @@ def pomdp(
         T, when no observations are given.
     num_sequences : int, optional
         N, when no observations are given; None for one sequence without a plate.
+    state_log_potentials : F tensors (T, S_f) or (N, T, S_f), optional
+        Soft evidence: ``phi_f[t, s]`` is added to the log joint when s_f,t = s (a
+        ``pyro.factor`` site ``"phi_{f}_{t}"``). At zero the model is unchanged, and
+        ``d ln p(o) / d phi_f[t, s] = q(s_f,t = s | o)``: the exact marginals are a gradient
+        (Eisner 2016, "Inside-outside and forward-backward algorithms are just backprop").
 
     Returns
     -------
@@ -89,10 +96,12 @@ def pomdp(
                     logits = Vindex(model.log_transition_last[f])[
                         actions[..., t - 1, f], previous[f], :
                     ]
-                states.append(
-                    pyro.sample(state_site(f, t), dist.Categorical(logits=logits),
-                                infer={"enumerate": "parallel"})
-                )
+                state = pyro.sample(state_site(f, t), dist.Categorical(logits=logits),
+                                    infer={"enumerate": "parallel"})
+                if state_log_potentials is not None:
+                    potential = state_log_potentials[f][..., t, :]
+                    pyro.factor(f"phi_{f}_{t}", Vindex(potential)[..., state])
+                states.append(state)
             for m in range(model.num_modalities):
                 logits = Vindex(model.log_likelihood_last[m])[(*states, slice(None))]
                 pyro.sample(
@@ -107,3 +116,37 @@ def pomdp(
 
 def empty_guide(*args, **kwargs) -> None:
     """The guide of exact enumeration: every latent site is enumerated in the model."""
+
+
+def sample_sequences(
+    model: GenerativeModel, actions: Tensor, *, seed: int | None = None
+) -> tuple[Tensor, list[Tensor]]:
+    """Run the program forward: draw hidden states and observations under given actions.
+
+    Parameters
+    ----------
+    actions : int (N, T-1, F)
+        Controls between steps (give shape (N, 0, F) for one step).
+    seed : int, optional
+        Seeds Pyro's random number generator first.
+
+    Returns
+    -------
+    observations : int64 (N, T, M)
+    states : F tensors int64 (N, T)
+    """
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    N, T = actions.shape[0], actions.shape[1] + 1
+    trace = pyro.poutine.trace(pomdp).get_trace(model, None, actions, num_steps=T, num_sequences=N)
+    observations = torch.stack(
+        [torch.stack([trace.nodes[observation_site(m, t)]["value"]
+                      for m in range(model.num_modalities)], -1) for t in range(T)], 1
+    )
+    states = [
+        torch.stack([trace.nodes[state_site(f, t)]["value"] for t in range(T)], 1)
+        if model.num_states[f] > 1
+        else torch.zeros(N, T, dtype=torch.int64, device=model.device)
+        for f in range(model.num_factors)
+    ]
+    return observations, states

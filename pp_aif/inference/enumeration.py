@@ -1,12 +1,16 @@
 """State inference by Pyro's enumeration of the program ``pp_aif.programs.pomdp``.
 
-This is the specification the exact kernels are tested against, not a fast path: it loops over
-sequences for the evidence and over time steps for filtering.
+This is the specification the exact kernels are tested against, not a fast path.
 
 - ln p(o_1:T | u): minus ``TraceEnum_ELBO.loss`` with an empty guide (every latent
-  site enumerated in the model, so the ELBO is the exact log evidence), one sequence at a time.
-- smoothing marginals: ``TraceEnum_ELBO.compute_marginals`` on all sequences at once (plate).
-- filtering marginals at step t: the smoothing marginal of s_t of the program cut at step t.
+  site is enumerated in the model, so the ELBO is the exact log evidence), one sequence at a
+  time (the loss of a plate is the sum over its sequences).
+- smoothing marginals: the gradient of that log evidence with respect to zero-valued soft
+  evidence ``phi`` at every state site, ``q(s_f,t = s | o) = d ln p(o) / d phi_f[t, s]``, for all
+  sequences at once under the program's plate. Linear in T. (Pyro's
+  ``TraceEnum_ELBO.compute_marginals`` gives the same numbers but contracts the whole model once
+  per site: measured 5.3 s at T = 100 and 20.8 s at T = 200 for a 4x3-state model, quadratic.)
+- filtering marginals at step t: the smoothing marginal of s_t in the program cut at step t.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from pyro.infer import TraceEnum_ELBO
 from torch import Tensor
 
 from pp_aif.inference.inputs import Sequences
-from pp_aif.programs import empty_guide, pomdp, state_site
+from pp_aif.programs import empty_guide, pomdp
 from pp_aif.spec import GenerativeModel
 
-__all__ = ["enumerate_states", "enumerated_log_evidence"]
+__all__ = ["enumerate_states", "enumerated_log_evidence", "enumerated_marginals"]
 
 
 def _elbo() -> TraceEnum_ELBO:
@@ -27,28 +31,42 @@ def _elbo() -> TraceEnum_ELBO:
     return TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
 
 
+def _unplated(observations: Tensor, actions: Tensor):
+    """One sequence runs without a plate (see pp_aif.programs)."""
+    return (observations[0], actions[0]) if observations.shape[0] == 1 else (observations, actions)
+
+
 def enumerated_log_evidence(model: GenerativeModel, observations: Tensor, actions: Tensor) -> Tensor:
     """ln p(o_1:T | u) of each sequence, (N,), from the enumerated ELBO."""
-    values = []
-    for n in range(observations.shape[0]):
-        loss = _elbo().loss(pomdp, empty_guide, model, observations[n], actions[n])
-        values.append(-loss)  # a Python float: double precision
+    values = [
+        -_elbo().loss(pomdp, empty_guide, model, observations[n], actions[n])  # a float64 float
+        for n in range(observations.shape[0])
+    ]
     return torch.tensor(values, dtype=model.dtype, device=model.device)
 
 
-def _site_marginals(model: GenerativeModel, observations: Tensor, actions: Tensor, steps):
-    """q(s_f,t | o_1:T') at the given steps, for the program over (N, T', M) observations.
+def enumerated_marginals(
+    model: GenerativeModel, observations: Tensor, actions: Tensor, steps
+) -> list[list[Tensor]]:
+    """q(s_f,t | o) at the given steps for the program over (N, T', M) observations.
 
     Returns a list over ``steps`` of F tensors (N, S_f).
     """
-    N = observations.shape[0]
-    if N == 1:  # no plate: compute_marginals fails on a plate of size 1 (pyro-ppl/pyro#3102)
-        observations, actions = observations[0], actions[0]
-    marginals = _elbo().compute_marginals(pomdp, empty_guide, model, observations, actions)
+    N, T = observations.shape[:2]
     certain = torch.ones(N, 1, dtype=model.dtype, device=model.device)
+    if all(S == 1 for S in model.num_states):  # nothing is enumerated, nothing is uncertain
+        return [[certain] * model.num_factors for _ in steps]
+    potentials = [torch.zeros(N, T, S, dtype=model.dtype, device=model.device, requires_grad=True)
+                  for S in model.num_states]
+    observed, acted = _unplated(observations, actions)
+    plated = [phi if N > 1 else phi[0] for phi in potentials]
+    with torch.enable_grad():
+        log_evidence = -_elbo().differentiable_loss(
+            pomdp, empty_guide, model, observed, acted, state_log_potentials=plated
+        )
+        gradients = torch.autograd.grad(log_evidence, potentials, allow_unused=True)
     return [
-        [marginals[state_site(f, t)].probs.expand(N, S) if S > 1 else certain
-         for f, S in enumerate(model.num_states)]
+        [gradients[f][:, t] if S > 1 else certain for f, S in enumerate(model.num_states)]
         for t in steps
     ]
 
@@ -63,10 +81,10 @@ def enumerate_states(model: GenerativeModel, sequences: Sequences, mode: str):
         run_forward_filter(model, sequences)  # raises DataError naming the impossible step
     T = observations.shape[1]
     if mode == "smoothing":
-        per_time = _site_marginals(model, observations, actions, range(T))
+        per_time = enumerated_marginals(model, observations, actions, range(T))
     else:
         per_time = [
-            _site_marginals(model, observations[:, :t + 1], actions[:, :t], [t])[0]
+            enumerated_marginals(model, observations[:, :t + 1], actions[:, :t], [t])[0]
             for t in range(T)
         ]
     per_factor = [

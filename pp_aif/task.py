@@ -1,0 +1,88 @@
+"""A task: a generative model with human-readable names, as built by a file in ``models/``.
+
+The task files of the top-level ``models/`` folder are installed as ``pp_aif.tasks``; each has a
+``build()`` returning a :class:`Task`. ``load_task("two_factor")`` or ``load_task(path)`` loads one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from pp_aif.spec import GenerativeModel
+
+__all__ = ["Labels", "Task", "load_task"]
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Names for printing and plotting: one list per factor / modality."""
+
+    factors: list[str]
+    states: list[list[str]]
+    controls: list[list[str]]
+    modalities: list[str]
+    outcomes: list[list[str]]
+
+    def check(self, model: GenerativeModel) -> Labels:
+        """Raise ValueError if the names do not fit the model's sizes."""
+        sizes = {
+            "factors": (len(self.factors), model.num_factors),
+            "modalities": (len(self.modalities), model.num_modalities),
+        }
+        for what, (given, expected) in sizes.items():
+            if given != expected:
+                raise ValueError(f"labels.{what}: {given} names for {expected} {what}")
+        for what, names, counts in (("states", self.states, model.num_states),
+                                    ("controls", self.controls, model.num_controls),
+                                    ("outcomes", self.outcomes, model.num_outcomes)):
+            for i, (given, expected) in enumerate(zip(names, counts, strict=True)):
+                if len(given) != expected:
+                    raise ValueError(f"labels.{what}[{i}]: {len(given)} names for {expected}")
+        return self
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named generative model with an example sequence.
+
+    observations : int (T, M); actions : int (T-1, F) - an example sequence for demos and tests.
+    """
+
+    name: str
+    description: str
+    model: GenerativeModel
+    labels: Labels
+    observations: Tensor
+    actions: Tensor
+
+
+def load_task(name_or_path: str | Path) -> Task:
+    """Build a task by name (a module of ``models/``) or from a path to a task file."""
+    path = Path(name_or_path)
+    if path.suffix == ".py":
+        if not path.is_file():
+            raise FileNotFoundError(f"task file not found: {path}")
+        spec = importlib.util.spec_from_file_location(f"pp_aif_task_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(f"pp_aif.tasks.{name_or_path}")
+        except ModuleNotFoundError:
+            known = ", ".join(available_tasks())
+            raise ValueError(f"unknown task {str(name_or_path)!r}; known tasks: {known}") from None
+    if not hasattr(module, "build"):
+        raise ValueError(f"task {name_or_path}: the file has no build() function")
+    return module.build()
+
+
+def available_tasks() -> list[str]:
+    import pp_aif.tasks
+
+    return sorted(p.stem for p in Path(pp_aif.tasks.__file__).parent.glob("*.py")
+                  if not p.stem.startswith("_"))

@@ -1,0 +1,41 @@
+"""The pp-aif command: the demo runs end to end, writes its figure, and bad input gets one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pp_aif.cli import main
+
+
+@pytest.mark.integration
+def test_demo_prints_agreement_and_writes_the_figure(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert "log evidence ln p(o | u) of the 6 steps = -5.210062 nats" in output
+    assert "largest difference" in output
+    figure = tmp_path / "two_factor_beliefs.png"
+    assert figure.is_file() and figure.stat().st_size > 10_000
+    assert f"figure: {figure}" in output
+
+
+def test_unknown_task_is_one_line(tmp_path, capsys):
+    assert main(["demo", "--task", "nonexistent", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "pp-aif: error: unknown task 'nonexistent'; known tasks: two_factor"
+
+
+def test_missing_task_file_is_one_line(tmp_path, capsys):
+    assert main(["demo", "--task", str(tmp_path / "missing.py")]) == 2
+    assert capsys.readouterr().err.startswith("pp-aif: error: task file not found")
+
+
+@pytest.mark.integration
+def test_console_script_bad_arguments():
+    result = subprocess.run([sys.executable, "-m", "pp_aif.cli", "demo", "--bogus"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --bogus" in result.stderr
+    assert "Traceback" not in result.stderr
