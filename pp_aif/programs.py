@@ -17,7 +17,6 @@ size 1: pyro-ppl/pyro#3102).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import nullcontext
 
 import pyro
@@ -46,7 +45,6 @@ def pomdp(
     *,
     num_steps: int | None = None,
     num_sequences: int | None = None,
-    state_log_potentials: Sequence[Tensor] | None = None,
 ) -> list[list[Tensor]]:
     """The POMDP as a Pyro model of one sequence, or of N independent sequences.
 
@@ -61,11 +59,6 @@ def pomdp(
         T, when no observations are given.
     num_sequences : int, optional
         N, when no observations are given; None for one sequence without a plate.
-    state_log_potentials : F tensors (T, S_f) or (N, T, S_f), optional
-        Soft evidence: ``phi_f[t, s]`` is added to the log joint when s_f,t = s (a
-        ``pyro.factor`` site ``"phi_{f}_{t}"``). At zero the model is unchanged, and
-        ``d ln p(o) / d phi_f[t, s] = q(s_f,t = s | o)``: the exact marginals are a gradient
-        (Eisner 2016, "Inside-outside and forward-backward algorithms are just backprop").
 
     Returns
     -------
@@ -96,12 +89,10 @@ def pomdp(
                     logits = Vindex(model.log_transition_last[f])[
                         actions[..., t - 1, f], previous[f], :
                     ]
-                state = pyro.sample(state_site(f, t), dist.Categorical(logits=logits),
-                                    infer={"enumerate": "parallel"})
-                if state_log_potentials is not None:
-                    potential = state_log_potentials[f][..., t, :]
-                    pyro.factor(f"phi_{f}_{t}", Vindex(potential)[..., state])
-                states.append(state)
+                states.append(
+                    pyro.sample(state_site(f, t), dist.Categorical(logits=logits),
+                                infer={"enumerate": "parallel"})
+                )
             for m in range(model.num_modalities):
                 logits = Vindex(model.log_likelihood_last[m])[(*states, slice(None))]
                 pyro.sample(

@@ -12,8 +12,9 @@ The transition acts on each factor separately, so one step of the forward recurs
 the joint tensor factor by factor: about prod(S) * sum(S) operations, not prod(S) ** 2.
 
 Numerics. The forward pass works with normalised filtered beliefs and accumulates the log
-normalisers, shifting each step's log-joint by its maximum before exponentiating (the
-``logmatmulexp`` trick of ``pyro.distributions.hmm``), so no step underflows. The smoother is the
+normalisers. Each step's likelihood is shifted by its maximum before exponentiating (the
+``logmatmulexp`` trick of ``pyro.distributions.hmm``); a sequence whose normaliser still gets
+near underflow is recomputed with the shift taken on the log joint itself (see ``forward_filter``). The smoother is the
 alpha-gamma (Rauch-Tung-Striebel) form, which needs only normalised quantities:
 
     gamma_t(s) = alpha_t(s) * sum_s' p(s' | s, u_t) gamma_t+1(s') / prior_t+1(s'),
@@ -28,8 +29,8 @@ References: Rabiner (1989), Proc. IEEE 77(2), eqs. 18-27 (scaled forward-backwar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -46,9 +47,6 @@ __all__ = [
     "smooth",
     "factor_marginals",
 ]
-
-_FACTOR_LETTERS = "abcdefghijklmnopqrstuvwx"
-
 
 class FilterResult(NamedTuple):
     """The forward pass.
@@ -90,37 +88,51 @@ def select_transitions(transition_by_action: Sequence[Tensor], actions: Tensor) 
     return [b[actions[..., f]] for f, b in enumerate(transition_by_action)]
 
 
-@cache
-def _equation(num_factors: int, factor: int, transpose: bool) -> str:
-    letters = _FACTOR_LETTERS[:num_factors]
-    old = letters[factor]
-    joint = "y" + letters
-    matrix = "y" + (old + "z" if transpose else "z" + old)
-    result = "y" + letters.replace(old, "z")
-    return f"{joint},{matrix}->{result}"
-
-
 def propagate(joint: Tensor, matrices: Sequence[Tensor], *, transpose: bool = False) -> Tensor:
     """Apply a factorised transition to a joint tensor, one factor at a time.
 
     joint : (N, S_1, ..., S_F); matrices : F tensors (N, S_next, S_prev).
     ``transpose=False``: sum_s prod_f B_f[s'_f, s_f] joint[s]  (predict forward).
     ``transpose=True``:  sum_s' prod_f B_f[s'_f, s_f] joint[s'] (pull a message backward).
+    Each factor is one batched matrix product over a (N, before, S_f, after) view.
     """
-    F = len(matrices)
+    shape = joint.shape
+    N = shape[0]
     for f, matrix in enumerate(matrices):
-        joint = torch.einsum(_equation(F, f, transpose), joint, matrix)
-    return joint
+        before = math.prod(shape[1:f + 1])
+        after = math.prod(shape[f + 2:])
+        if transpose:
+            matrix = matrix.transpose(-1, -2)
+        joint = torch.matmul(matrix.unsqueeze(1), joint.reshape(N, before, shape[f + 1], after))
+    return joint.reshape(shape)
 
 
-def forward_filter(
-    log_likelihood: Tensor, transitions: Sequence[Tensor], initial: Sequence[Tensor]
-) -> FilterResult:
-    """Scaled forward recursion (Rabiner 1989, eqs. 18-20 and 91-92), in the shapes of the module."""
+def _forward_scaled(likelihood: Tensor, transitions: Sequence[Tensor], prior: Tensor):
+    """The forward recursion in probability space on shifted likelihoods (N, T, S_1..S_F).
+
+    Returns (filtered, predicted, normalisers (N, T)); a normaliser that underflows is 0.
+    """
+    T = likelihood.shape[1]
+    filtered, predicted, normalisers = [], [], []
+    for t in range(T):
+        if t > 0:
+            prior = propagate(filtered[-1], [b[:, t - 1] for b in transitions])
+        joint = prior * likelihood[:, t]
+        total = joint.flatten(1).sum(-1)
+        predicted.append(prior)
+        filtered.append(joint / total.reshape(-1, *([1] * (joint.dim() - 1))))
+        normalisers.append(total)
+    return torch.stack(filtered, 1), torch.stack(predicted, 1), torch.stack(normalisers, 1)
+
+
+def _forward_log_space(log_likelihood: Tensor, transitions: Sequence[Tensor], prior: Tensor):
+    """The same recursion, shifting each step's log joint by its own maximum: never underflows.
+
+    Returns (filtered, predicted, log_normalisers (N, T)); -inf marks an impossible step, after
+    which the filtered beliefs of that sequence are 0.
+    """
     N, T = log_likelihood.shape[:2]
     state_shape = log_likelihood.shape[2:]
-    initial = [q.expand(N, -1) for q in initial]
-    prior = outer(*initial, batch_dims=1)
     filtered, predicted, log_normalisers = [], [], []
     for t in range(T):
         if t > 0:
@@ -134,23 +146,55 @@ def forward_filter(
         predicted.append(prior)
         filtered.append(posterior.reshape(N, *state_shape))
         log_normalisers.append(shift + torch.log(total))
-    return FilterResult(
-        torch.stack(filtered, 1), torch.stack(predicted, 1), torch.stack(log_normalisers, 1)
-    )
+    return torch.stack(filtered, 1), torch.stack(predicted, 1), torch.stack(log_normalisers, 1)
+
+
+def forward_filter(
+    log_likelihood: Tensor, transitions: Sequence[Tensor], initial: Sequence[Tensor]
+) -> FilterResult:
+    """Scaled forward recursion (Rabiner 1989, eqs. 18-20 and 91-92), in the shapes of the module.
+
+    The fast path works in probability space with each step's likelihood divided by its largest
+    value over states (one batched exp for all steps). Where a step's normaliser falls below
+    sqrt(tiny) of the dtype (1.5e-154 in float64: the prior puts its mass only on states whose
+    likelihood is that much below the best state's), or the sequence is impossible, that
+    sequence is recomputed by the log-space recursion, which shifts by the maximum of the
+    log joint itself and so loses nothing.
+    """
+    N = log_likelihood.shape[0]
+    prior = outer(*[q.expand(N, -1) for q in initial], batch_dims=1)
+    step_shift = log_likelihood.flatten(2).amax(-1)  # (N, T)
+    finite_shift = torch.where(torch.isfinite(step_shift), step_shift,
+                               torch.zeros_like(step_shift))
+    likelihood = torch.exp(log_likelihood - finite_shift.reshape(*step_shift.shape,
+                                                                 *([1] * (log_likelihood.dim() - 2))))
+    filtered, predicted, normalisers = _forward_scaled(likelihood, transitions, prior)
+    log_normalisers = torch.log(normalisers) + finite_shift
+    redo = (normalisers < math.sqrt(torch.finfo(normalisers.dtype).tiny)).any(-1)
+    if redo.any():
+        index = redo.nonzero()[:, 0]
+        robust = _forward_log_space(log_likelihood[index], [b[index] for b in transitions],
+                                    prior[index])
+        filtered, predicted, log_normalisers = (
+            whole.index_put((index,), part)
+            for whole, part in zip((filtered, predicted, log_normalisers), robust, strict=True)
+        )
+    return FilterResult(filtered, predicted, log_normalisers)
 
 
 def smooth(filtered: Tensor, predicted: Tensor, transitions: Sequence[Tensor]) -> Tensor:
     """The alpha-gamma smoother: q(s_t | o_1:T) for every t, (N, T, S_1..S_F)."""
     N, T = filtered.shape[:2]
+    safe_predicted = torch.where(predicted > 0, predicted, torch.ones_like(predicted))
+    ones = [1] * (filtered.dim() - 2)
     smoothed = [filtered[:, T - 1]]
     for t in range(T - 2, -1, -1):
-        prior_next = predicted[:, t + 1]
-        ratio = smoothed[-1] / torch.where(prior_next > 0, prior_next, torch.ones_like(prior_next))
+        ratio = smoothed[-1] / safe_predicted[:, t + 1]
         message = propagate(ratio, [b[:, t] for b in transitions], transpose=True)
         unnormalised = filtered[:, t] * message
-        total = unnormalised.reshape(N, -1).sum(-1)
+        total = unnormalised.flatten(1).sum(-1)
         total = torch.where(total > 0, total, torch.ones_like(total))
-        smoothed.append(unnormalised / total.reshape(N, *([1] * (filtered.dim() - 2))))
+        smoothed.append(unnormalised / total.reshape(N, *ones))
     smoothed.reverse()
     return torch.stack(smoothed, 1)
 

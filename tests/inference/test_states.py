@@ -177,3 +177,33 @@ def test_properties_on_random_models(problem):
     assert_close(enumerated.log_evidence, beliefs.log_evidence)
     exact = pp_aif.infer_states(model, observations, actions)
     assert_close(enumerated.marginals, exact.marginals)
+
+
+@pytest.mark.parametrize(
+    "tiny, method",
+    [(1e-100, "exact"), (1e-170, "exact"), (1e-310, "exact"), (1e-100, "enumerate")],
+)
+def test_likelihoods_far_below_the_best_state_stay_exact(tiny, method):
+    """The prior sits on a state whose likelihood is `tiny` times that of an unreachable state:
+    probability-space scaling would underflow (below 1e-154 the kernel switches to its log-space
+    recursion); the answer must still be exact. Pyro's enumeration is checked at 1e-100 only:
+    at 1e-170 its compute_marginals returns NaN logits (its shifted contraction underflows)."""
+    from tests.common import Arrays
+
+    # state 0: o=0 with probability `tiny`; state 1 (unreachable): o=0 surely; state 2: o=1 surely
+    A = np.array([[tiny, 1.0, 0.0], [1.0 - tiny, 0.0, 1.0]])
+    B = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])[:, :, None]
+    B[:, 2, 0] = [0.5, 0.0, 0.5]
+    D = np.array([0.0, 0.0, 1.0])
+    arrays = Arrays([A], [B], [D])
+    model = pp_aif.GenerativeModel(A, B, D=D)
+    observations = np.array([[1], [0], [0], [1]])
+    beliefs = pp_aif.infer_states(model, observations, method=method)
+    no_actions = np.zeros((3, 1), dtype=int)
+    expected_log_evidence, expected_marginals = brute_force(arrays, observations, no_actions)
+    assert np.isfinite(expected_log_evidence)
+    assert_close(beliefs.log_evidence, expected_log_evidence)
+    assert_close(beliefs.marginals, expected_marginals)
+    filtering = pp_aif.infer_states(model, observations, method=method, mode="filtering")
+    assert_close(filtering.marginals,
+                 brute_force_filtering(arrays, observations, no_actions))
