@@ -138,26 +138,32 @@ def run(config: Config) -> dict:
         row = {"T": T, "exact_seconds": exact_seconds}
         if T in config.enumerate_lengths:
             enumerate_seconds, enumerated = best_time(
-                lambda o=observations, a=actions: pp_aif.infer_states(model, o, a,
-                                                                      method="enumerate"),
+                lambda o=observations, a=actions: pp_aif.infer_states(
+                    model, o, a, method="enumerate"
+                ),
                 config.enumerate_repeats,
             )
             difference = max(
                 float((exact.log_evidence - enumerated.log_evidence).abs()),
-                *[float((p - q).abs().max())
-                  for p, q in zip(exact.marginals, enumerated.marginals, strict=True)],
+                *[
+                    float((p - q).abs().max())
+                    for p, q in zip(exact.marginals, enumerated.marginals, strict=True)
+                ],
             )
-            row.update(enumerate_seconds=enumerate_seconds,
-                       speedup=enumerate_seconds / exact_seconds,
-                       max_abs_difference=difference)
+            row.update(
+                enumerate_seconds=enumerate_seconds,
+                speedup=enumerate_seconds / exact_seconds,
+                max_abs_difference=difference,
+            )
         results["lengths"].append(row)
         results["linearity"].append({"T": T, "exact_seconds_per_step": exact_seconds / T})
         print(json.dumps(row))
 
     for S in config.state_sizes:
         grown = random_model(rng, (S, S), config.num_outcomes, config.num_controls)
-        observations, actions = random_sequence(rng, grown, config.state_growth_length,
-                                                config.seed + S)
+        observations, actions = random_sequence(
+            rng, grown, config.state_growth_length, config.seed + S
+        )
         exact_seconds, exact = best_time(
             lambda g=grown, o=observations, a=actions: pp_aif.infer_states(g, o, a),
             config.repeats,
@@ -167,13 +173,19 @@ def run(config: Config) -> dict:
             max(1, config.repeats // 2),
         )
         joint = dense.reshape(-1, S, S)
-        difference = max(float((exact.marginals[0] - joint.sum(2)).abs().max()),
-                         float((exact.log_evidence - dense_log_evidence).abs()))
-        row = {"states_per_factor": S, "joint_states": S * S,
-               "T": config.state_growth_length, "exact_seconds": exact_seconds,
-               "dense_joint_seconds": dense_seconds,
-               "exact_vs_dense": dense_seconds / exact_seconds,
-               "max_abs_difference": difference}
+        difference = max(
+            float((exact.marginals[0] - joint.sum(2)).abs().max()),
+            float((exact.log_evidence - dense_log_evidence).abs()),
+        )
+        row = {
+            "states_per_factor": S,
+            "joint_states": S * S,
+            "T": config.state_growth_length,
+            "exact_seconds": exact_seconds,
+            "dense_joint_seconds": dense_seconds,
+            "exact_vs_dense": dense_seconds / exact_seconds,
+            "max_abs_difference": difference,
+        }
         results["state_growth"].append(row)
         print(json.dumps(row))
 
@@ -188,16 +200,23 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Config().out)
     parser.add_argument("--lengths", type=int, nargs="+", default=list(Config.lengths))
-    parser.add_argument("--enumerate-lengths", type=int, nargs="+",
-                        default=list(Config.enumerate_lengths))
+    parser.add_argument(
+        "--enumerate-lengths", type=int, nargs="+", default=list(Config.enumerate_lengths)
+    )
     parser.add_argument("--state-sizes", type=int, nargs="+", default=list(Config.state_sizes))
     parser.add_argument("--repeats", type=int, default=Config.repeats)
     parser.add_argument("--seed", type=int, default=Config.seed)
     arguments = parser.parse_args(argv)
-    run(Config(lengths=tuple(arguments.lengths),
-               enumerate_lengths=tuple(arguments.enumerate_lengths),
-               state_sizes=tuple(arguments.state_sizes), repeats=arguments.repeats,
-               seed=arguments.seed, out=arguments.out))
+    run(
+        Config(
+            lengths=tuple(arguments.lengths),
+            enumerate_lengths=tuple(arguments.enumerate_lengths),
+            state_sizes=tuple(arguments.state_sizes),
+            repeats=arguments.repeats,
+            seed=arguments.seed,
+            out=arguments.out,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def build(location_accuracy: float = 0.8, cue_validity: float = 0.95) -> Task:
     ).check(model)
     # where, cue
     observations = torch.tensor([[0, 0], [0, 0], [1, 2], [2, 0], [2, 0], [1, 0]])
-    moves = torch.tensor([1, 2, 2, 1, 1])  # stay, right, right, stay, stay (the last where is noisy)
+    moves = torch.tensor(
+        [1, 2, 2, 1, 1]
+    )  # stay, right, right, stay, stay (the last where is noisy)
     actions = torch.stack([moves, torch.zeros_like(moves)], -1)
     return Task(
         name="two_factor",

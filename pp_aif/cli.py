@@ -21,8 +21,9 @@ __all__ = ["main"]
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
-                     for row in rows)
+    return "\n".join(
+        "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )
 
 
 def demo(task_name: str, out: Path) -> int:
@@ -35,17 +36,32 @@ def demo(task_name: str, out: Path) -> int:
     observations, actions = task.observations, task.actions
     T = observations.shape[0]
     print(f"pp_aif demo: exact state inference in '{task.name}' ({task.description})")
-    print("factors:    " + ", ".join(f"{n} ({len(s)} states)" for n, s in
-                                    zip(labels.factors, labels.states, strict=True)))
-    print("modalities: " + ", ".join(f"{n} ({len(o)} outcomes)" for n, o in
-                                    zip(labels.modalities, labels.outcomes, strict=True)))
+    print(
+        "factors:    "
+        + ", ".join(
+            f"{n} ({len(s)} states)" for n, s in zip(labels.factors, labels.states, strict=True)
+        )
+    )
+    print(
+        "modalities: "
+        + ", ".join(
+            f"{n} ({len(o)} outcomes)"
+            for n, o in zip(labels.modalities, labels.outcomes, strict=True)
+        )
+    )
     print()
     rows = [["t", *labels.modalities, *[f"action ({n})" for n in labels.factors]]]
     for t in range(T):
-        rows.append([str(t), *[labels.outcomes[m][int(observations[t, m])]
-                               for m in range(model.num_modalities)],
-                     *[labels.controls[f][int(actions[t, f])] if t < T - 1 else ""
-                       for f in range(model.num_factors)]])
+        rows.append(
+            [
+                str(t),
+                *[labels.outcomes[m][int(observations[t, m])] for m in range(model.num_modalities)],
+                *[
+                    labels.controls[f][int(actions[t, f])] if t < T - 1 else ""
+                    for f in range(model.num_factors)
+                ],
+            ]
+        )
     print(_table(rows))
 
     start = time.perf_counter()
@@ -61,23 +77,34 @@ def demo(task_name: str, out: Path) -> int:
         states = labels.states[f]
         rows = [["t", *states, "|", *states]]
         for t in range(T):
-            rows.append([str(t), *[f"{p:.3f}" for p in filtering.marginals[f][t].tolist()], "|",
-                         *[f"{p:.3f}" for p in smoothing.marginals[f][t].tolist()]])
+            rows.append(
+                [
+                    str(t),
+                    *[f"{p:.3f}" for p in filtering.marginals[f][t].tolist()],
+                    "|",
+                    *[f"{p:.3f}" for p in smoothing.marginals[f][t].tolist()],
+                ]
+            )
         print(_table(rows))
 
     difference = max(
         float((smoothing.log_evidence - enumerated.log_evidence).abs()),
-        *[float((a - b).abs().max()) for a, b in
-          zip(smoothing.marginals, enumerated.marginals, strict=True)],
+        *[
+            float((a - b).abs().max())
+            for a, b in zip(smoothing.marginals, enumerated.marginals, strict=True)
+        ],
     )
     print(f"\nlog evidence ln p(o | u) of the {T} steps = {float(smoothing.log_evidence):.6f} nats")
-    print(f"exact kernel: {exact_seconds * 1e3:.1f} ms for both modes; Pyro enumeration of the "
-          f"same program: {enumerate_seconds * 1e3:.1f} ms; largest difference {difference:.1e}")
+    print(
+        f"exact kernel: {exact_seconds * 1e3:.1f} ms for both modes; Pyro enumeration of the "
+        f"same program: {enumerate_seconds * 1e3:.1f} ms; largest difference {difference:.1e}"
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{task.name}_beliefs.png"
-    figure = plot_state_beliefs(filtering, smoothing, labels, observations,
-                                title=f"{task.name}: exact state inference")
+    figure = plot_state_beliefs(
+        filtering, smoothing, labels, observations, title=f"{task.name}: exact state inference"
+    )
     figure.savefig(path, dpi=120)
     print(f"figure: {path}")
     return 0
@@ -88,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="exact state inference on a two-factor model")
     demo_parser.add_argument("--task", default="two_factor", help="task name or task file")
-    demo_parser.add_argument("--out", type=Path, default=Path("out"),
-                             help="folder for the figure (default: ./out)")
+    demo_parser.add_argument(
+        "--out", type=Path, default=Path("out"), help="folder for the figure (default: ./out)"
+    )
     arguments = parser.parse_args(argv)
     torch.set_printoptions(precision=3)
     try:

@@ -1,4 +1,4 @@
-"""Figures. Every function takes plain results and returns a matplotlib Figure (saving is the caller's)."""
+"""Figures. Each function takes results and returns a matplotlib Figure; the caller saves it."""
 
 from __future__ import annotations
 
@@ -24,11 +24,21 @@ def plot_state_beliefs(
     """
     F = len(filtering.marginals)
     T = filtering.marginals[0].shape[-2]
-    figure, axes = plt.subplots(F, 2, figsize=(2.6 + 1.3 * T, 1.1 + 1.3 * F + 0.35 * sum(
-        q.shape[-1] for q in filtering.marginals)), squeeze=False, constrained_layout=True)
+    figure, axes = plt.subplots(
+        F,
+        2,
+        figsize=(
+            2.6 + 1.3 * T,
+            1.1 + 1.3 * F + 0.35 * sum(q.shape[-1] for q in filtering.marginals),
+        ),
+        squeeze=False,
+        constrained_layout=True,
+    )
     ticks = [
-        f"t={t}\n" + "\n".join(labels.outcomes[m][int(observations[t, m])]
-                                for m in range(len(labels.modalities)))
+        f"t={t}\n"
+        + "\n".join(
+            labels.outcomes[m][int(observations[t, m])] for m in range(len(labels.modalities))
+        )
         for t in range(T)
     ]
     for f in range(F):
@@ -39,11 +49,19 @@ def plot_state_beliefs(
             q = beliefs.marginals[f].detach().cpu().numpy().T
             image = ax.imshow(q, vmin=0, vmax=1, cmap="Greys", aspect="auto")
             for (s, t), value in np.ndenumerate(q):
-                ax.text(t, s, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if value > 0.5 else "black")
+                ax.text(
+                    t,
+                    s,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > 0.5 else "black",
+                )
             ax.set_yticks(range(q.shape[0]), labels.states[f])
-            ax.set_xticks(range(T), ticks if f == F - 1 else [f"t={t}" for t in range(T)],
-                          fontsize=7)
+            ax.set_xticks(
+                range(T), ticks if f == F - 1 else [f"t={t}" for t in range(T)], fontsize=7
+            )
             ax.set_title(f"{labels.factors[f]}: {name}", fontsize=9)
         figure.colorbar(image, ax=axes[f, :], shrink=0.8, label="probability")
     if title:

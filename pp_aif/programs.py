@@ -71,9 +71,12 @@ def pomdp(
         raise ValueError("pomdp: give observations, or num_steps")
     batch = () if num_sequences is None else (num_sequences,)
     if actions is None:
-        actions = torch.zeros(*batch, max(num_steps - 1, 0), model.num_factors,
-                              dtype=torch.int64, device=model.device)
-    plate = nullcontext() if num_sequences is None else pyro.plate("sequences", num_sequences, dim=-1)
+        actions = torch.zeros(
+            *batch, max(num_steps - 1, 0), model.num_factors, dtype=torch.int64, device=model.device
+        )
+    plate = (
+        nullcontext() if num_sequences is None else pyro.plate("sequences", num_sequences, dim=-1)
+    )
     trajectory = []
     with plate:
         previous = None
@@ -90,8 +93,11 @@ def pomdp(
                         actions[..., t - 1, f], previous[f], :
                     ]
                 states.append(
-                    pyro.sample(state_site(f, t), dist.Categorical(logits=logits),
-                                infer={"enumerate": "parallel"})
+                    pyro.sample(
+                        state_site(f, t),
+                        dist.Categorical(logits=logits),
+                        infer={"enumerate": "parallel"},
+                    )
                 )
             for m in range(model.num_modalities):
                 logits = Vindex(model.log_likelihood_last[m])[(*states, slice(None))]
@@ -131,8 +137,14 @@ def sample_sequences(
     N, T = actions.shape[0], actions.shape[1] + 1
     trace = pyro.poutine.trace(pomdp).get_trace(model, None, actions, num_steps=T, num_sequences=N)
     observations = torch.stack(
-        [torch.stack([trace.nodes[observation_site(m, t)]["value"]
-                      for m in range(model.num_modalities)], -1) for t in range(T)], 1
+        [
+            torch.stack(
+                [trace.nodes[observation_site(m, t)]["value"] for m in range(model.num_modalities)],
+                -1,
+            )
+            for t in range(T)
+        ],
+        1,
     )
     states = [
         torch.stack([trace.nodes[state_site(f, t)]["value"] for t in range(T)], 1)

@@ -206,25 +206,42 @@ class GenerativeModel:
     ):
         A_list = [_to_tensor(a, f"A[{m}]") for m, a in enumerate(_as_list(A, "A"))]
         B_list = [_to_tensor(b, f"B[{f}]") for f, b in enumerate(_as_list(B, "B"))]
-        C_list = None if C is None else [
-            _to_tensor(c, f"C[{m}]") for m, c in enumerate(_as_list(C, "C"))
-        ]
-        D_list = None if D is None else [
-            _to_tensor(d, f"D[{f}]") for f, d in enumerate(_as_list(D, "D"))
-        ]
+        C_list = (
+            None
+            if C is None
+            else [_to_tensor(c, f"C[{m}]") for m, c in enumerate(_as_list(C, "C"))]
+        )
+        D_list = (
+            None
+            if D is None
+            else [_to_tensor(d, f"D[{f}]") for f, d in enumerate(_as_list(D, "D"))]
+        )
         E_tensor = None if E is None else _to_tensor(E, "E")
-        pA_list = None if pA is None else [
-            _to_tensor(a, f"pA[{m}]") for m, a in enumerate(_as_list(pA, "pA"))
-        ]
-        pB_list = None if pB is None else [
-            _to_tensor(b, f"pB[{f}]") for f, b in enumerate(_as_list(pB, "pB"))
-        ]
-        pD_list = None if pD is None else [
-            _to_tensor(d, f"pD[{f}]") for f, d in enumerate(_as_list(pD, "pD"))
-        ]
+        pA_list = (
+            None
+            if pA is None
+            else [_to_tensor(a, f"pA[{m}]") for m, a in enumerate(_as_list(pA, "pA"))]
+        )
+        pB_list = (
+            None
+            if pB is None
+            else [_to_tensor(b, f"pB[{f}]") for f, b in enumerate(_as_list(pB, "pB"))]
+        )
+        pD_list = (
+            None
+            if pD is None
+            else [_to_tensor(d, f"pD[{f}]") for f, d in enumerate(_as_list(pD, "pD"))]
+        )
 
-        everything = [*A_list, *B_list, *(C_list or []), *(D_list or []), *(pA_list or []),
-                      *(pB_list or []), *(pD_list or [])]
+        everything = [
+            *A_list,
+            *B_list,
+            *(C_list or []),
+            *(D_list or []),
+            *(pA_list or []),
+            *(pB_list or []),
+            *(pD_list or []),
+        ]
         if E_tensor is not None:
             everything.append(E_tensor)
         dtype = everything[0].dtype
@@ -233,8 +250,11 @@ class GenerativeModel:
         device = A_list[0].device
 
         def cast(tensors):
-            return None if tensors is None else tuple(t.to(dtype=dtype, device=device)
-                                                      for t in tensors)
+            return (
+                None
+                if tensors is None
+                else tuple(t.to(dtype=dtype, device=device) for t in tensors)
+            )
 
         A_list, B_list, C_list, D_list = cast(A_list), cast(B_list), cast(C_list), cast(D_list)
         pA_list, pB_list, pD_list = cast(pA_list), cast(pB_list), cast(pD_list)
@@ -302,8 +322,9 @@ class GenerativeModel:
 
         # --- D
         if D_list is None:
-            D_list = tuple(torch.full((s,), 1.0 / s, dtype=dtype, device=device)
-                           for s in num_states)
+            D_list = tuple(
+                torch.full((s,), 1.0 / s, dtype=dtype, device=device) for s in num_states
+            )
         if len(D_list) != F:
             raise ModelError(f"D: has {len(D_list)} arrays; B has {F} factors")
         for f, d in enumerate(D_list):
@@ -335,8 +356,11 @@ class GenerativeModel:
         _check_vector_sums_to_one(E_tensor, "E")
 
         # --- Dirichlet concentrations
-        for name, concentrations, like in (("pA", pA_list, A_list), ("pB", pB_list, B_list),
-                                           ("pD", pD_list, D_list)):
+        for name, concentrations, like in (
+            ("pA", pA_list, A_list),
+            ("pB", pB_list, B_list),
+            ("pD", pD_list, D_list),
+        ):
             if concentrations is None:
                 continue
             if len(concentrations) != len(like):
@@ -354,7 +378,9 @@ class GenerativeModel:
                 _check_nonnegative(p, label)
                 totals = p.sum(0)
                 if (totals <= 0).any():
-                    index = tuple(int(j) for j in (totals <= 0).nonzero()[0]) if totals.dim() else ()
+                    index = (
+                        tuple(int(j) for j in (totals <= 0).nonzero()[0]) if totals.dim() else ()
+                    )
                     raise ModelError(
                         f"{label}: column {index} has no positive concentration; every "
                         "Dirichlet needs a positive total"
@@ -385,7 +411,12 @@ class GenerativeModel:
         if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
             raise ModelError(f"policies: must be integers, got dtype {tensor.dtype}")
         F = len(num_controls)
-        if tensor.dim() != 3 or tensor.shape[2] != F or tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        if (
+            tensor.dim() != 3
+            or tensor.shape[2] != F
+            or tensor.shape[0] == 0
+            or tensor.shape[1] == 0
+        ):
             raise ModelError(
                 f"policies: shape {tuple(tensor.shape)}; expected (P, H, {F}) with P, H >= 1"
             )
@@ -454,8 +485,14 @@ class GenerativeModel:
             return [t.to(dtype=dtype or self.dtype, device=device or self.device) for t in tensors]
 
         return GenerativeModel(
-            move(self.A), move(self.B), move(self.C), move(self.D), move([self.E])[0],
-            pA=move(self.pA), pB=move(self.pB), pD=move(self.pD),
+            move(self.A),
+            move(self.B),
+            move(self.C),
+            move(self.D),
+            move([self.E])[0],
+            pA=move(self.pA),
+            pB=move(self.pB),
+            pD=move(self.pD),
             policies=self.policies.to(device or self.device),
         )
 

@@ -37,9 +37,11 @@ class Labels:
         for what, (given, expected) in sizes.items():
             if given != expected:
                 raise ValueError(f"labels.{what}: {given} names for {expected} {what}")
-        for what, names, counts in (("states", self.states, model.num_states),
-                                    ("controls", self.controls, model.num_controls),
-                                    ("outcomes", self.outcomes, model.num_outcomes)):
+        for what, names, counts in (
+            ("states", self.states, model.num_states),
+            ("controls", self.controls, model.num_controls),
+            ("outcomes", self.outcomes, model.num_outcomes),
+        ):
             for i, (given, expected) in enumerate(zip(names, counts, strict=True)):
                 if len(given) != expected:
                     raise ValueError(f"labels.{what}[{i}]: {len(given)} names for {expected}")
@@ -84,5 +86,8 @@ def load_task(name_or_path: str | Path) -> Task:
 def available_tasks() -> list[str]:
     import pp_aif.tasks
 
-    return sorted(p.stem for p in Path(pp_aif.tasks.__file__).parent.glob("*.py")
-                  if not p.stem.startswith("_"))
+    return sorted(
+        p.stem
+        for p in Path(pp_aif.tasks.__file__).parent.glob("*.py")
+        if not p.stem.startswith("_")
+    )

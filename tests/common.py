@@ -73,13 +73,19 @@ def random_columns(rng: np.random.Generator, shape, zero_fraction: float = 0.0) 
 
 def random_arrays(rng, num_states, num_outcomes, num_controls, zero_fraction=0.0) -> Arrays:
     A = [random_columns(rng, (o, *num_states), zero_fraction) for o in num_outcomes]
-    B = [random_columns(rng, (s, s, u), zero_fraction) for s, u in zip(num_states, num_controls)]
+    B = [
+        random_columns(rng, (s, s, u), zero_fraction)
+        for s, u in zip(num_states, num_controls, strict=True)
+    ]
     D = [random_columns(rng, (s,), zero_fraction) for s in num_states]
     return Arrays(A, B, D)
 
 
 def sample_sequence(rng, arrays: Arrays, T: int):
-    """Draw actions uniformly, then states and outcomes from the model: (obs (T, M), actions (T-1, F))."""
+    """Draw actions uniformly, then states and outcomes from the model.
+
+    Returns (observations (T, M), actions (T-1, F)).
+    """
     F = len(arrays.B)
     actions = np.stack([rng.integers(0, u, size=T - 1) for u in arrays.num_controls], -1)
     actions = actions.reshape(T - 1, F)
@@ -87,8 +93,10 @@ def sample_sequence(rng, arrays: Arrays, T: int):
     observations = []
     for t in range(T):
         if t > 0:
-            state = [rng.choice(b.shape[0], p=b[:, s, actions[t - 1, f]])
-                     for f, (b, s) in enumerate(zip(arrays.B, state))]
+            state = [
+                rng.choice(b.shape[0], p=b[:, s, actions[t - 1, f]])
+                for f, (b, s) in enumerate(zip(arrays.B, state, strict=True))
+            ]
         observations.append([rng.choice(a.shape[0], p=a[(slice(None), *state)]) for a in arrays.A])
     return np.array(observations, dtype=np.int64).reshape(T, len(arrays.A)), actions
 
@@ -136,5 +144,5 @@ def brute_force_filtering(arrays: Arrays, observations, actions):
     observations = np.asarray(observations)
     actions = np.asarray(actions).reshape(len(observations) - 1, len(arrays.B))
     T = len(observations)
-    rows = [brute_force(arrays, observations[:t + 1], actions[:t])[1] for t in range(T)]
+    rows = [brute_force(arrays, observations[: t + 1], actions[:t])[1] for t in range(T)]
     return [np.stack([rows[t][f][t] for t in range(T)]) for f in range(len(arrays.B))]

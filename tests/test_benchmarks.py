@@ -1,4 +1,4 @@
-"""The benchmark script runs at tiny size and writes JSON whose answers agree (not a timing test)."""
+"""The benchmark runs at tiny size and writes JSON whose answers agree (not a timing test)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ from benchmarks.bench_inference import Config, run
 
 @pytest.mark.integration
 def test_inference_benchmark_smoke(tmp_path):
-    results = run(Config(lengths=(3, 6), enumerate_lengths=(3,), state_sizes=(2, 3),
-                         state_growth_length=5, repeats=1, out=tmp_path))
+    results = run(
+        Config(
+            lengths=(3, 6),
+            enumerate_lengths=(3,),
+            state_sizes=(2, 3),
+            state_growth_length=5,
+            repeats=1,
+            out=tmp_path,
+        )
+    )
     written = json.loads((tmp_path / "bench_inference.json").read_text())
     assert written["lengths"][0]["T"] == 3
     assert written["lengths"][0]["max_abs_difference"] < 1e-10

@@ -34,8 +34,9 @@ def test_missing_task_file_is_one_line(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_console_script_bad_arguments():
-    result = subprocess.run([sys.executable, "-m", "pp_aif.cli", "demo", "--bogus"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pp_aif.cli", "demo", "--bogus"], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "unrecognized arguments: --bogus" in result.stderr
     assert "Traceback" not in result.stderr

@@ -21,9 +21,16 @@ def test_ci_runs_the_readme_test_command():
     after_marker = readme.split("<!-- test command")[1]
     command = after_marker.split("```bash\n")[1].split("\n")[0]
     extracted = subprocess.run(
-        ["awk", "/<!-- test command/ {found = 1; next} found && /^```/ {fence++; next} "
-         "found && fence == 1 {print; exit}", "README.md"],
-        cwd=REPOSITORY, capture_output=True, text=True, check=True,
+        [
+            "awk",
+            "/<!-- test command/ {found = 1; next} found && /^```/ {fence++; next} "
+            "found && fence == 1 {print; exit}",
+            "README.md",
+        ],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert extracted == command
     assert "pytest" in command

@@ -18,8 +18,10 @@ def log_joint_numpy(arrays, states, observations, actions):
     total = sum(np.log(d[states[0][f]]) for f, d in enumerate(arrays.D))
     for t in range(len(observations)):
         if t > 0:
-            total += sum(np.log(b[states[t][f], states[t - 1][f], actions[t - 1][f]])
-                         for f, b in enumerate(arrays.B))
+            total += sum(
+                np.log(b[states[t][f], states[t - 1][f], actions[t - 1][f]])
+                for f, b in enumerate(arrays.B)
+            )
         total += sum(np.log(a[(observations[t][m], *states[t])]) for m, a in enumerate(arrays.A))
     return total
 
@@ -34,8 +36,11 @@ def test_log_joint_of_every_path(rng, batched):
         obs_t, act_t = obs_t[None], act_t[None]
     joint_states = list(itertools.product(range(2), range(3)))
     for path in itertools.product(joint_states, repeat=2):
-        data = {state_site(f, t): torch.tensor([path[t][f]] if batched else path[t][f])
-                for t in range(2) for f in range(2)}
+        data = {
+            state_site(f, t): torch.tensor([path[t][f]] if batched else path[t][f])
+            for t in range(2)
+            for f in range(2)
+        }
         conditioned = pyro.condition(pomdp, data=data)
         trace = pyro.poutine.trace(conditioned).get_trace(model, obs_t, act_t)
         assert_close(trace.log_prob_sum(), log_joint_numpy(arrays, path, observations, actions))

@@ -54,9 +54,12 @@ def test_numpy_object_arrays_as_pymdp_makes_them(arrays):
 
 def test_dtype_follows_inputs(arrays):
     assert build(arrays).dtype == torch.float64
-    as32 = build(arrays, A=[a.astype(np.float32) for a in arrays.A],
-                 B=[torch.as_tensor(b, dtype=torch.float32) for b in arrays.B],
-                 D=[d.astype(np.float32) for d in arrays.D])
+    as32 = build(
+        arrays,
+        A=[a.astype(np.float32) for a in arrays.A],
+        B=[torch.as_tensor(b, dtype=torch.float32) for b in arrays.B],
+        D=[d.astype(np.float32) for d in arrays.D],
+    )
     assert as32.dtype == torch.float32
     mixed = build(arrays, A=[a.astype(np.float32) for a in arrays.A])
     assert mixed.dtype == torch.float64  # promoted to the widest input
@@ -80,8 +83,7 @@ def test_defaults(arrays):
 def test_time_varying_preferences_and_custom_policies(arrays):
     policies = pp_aif.construct_policies([2, 1], horizon=3)
     assert policies.shape == (8, 3, 2)
-    model = build(arrays, C=[np.zeros((3, 5)), np.zeros(2)], policies=policies,
-                  E=np.full(8, 1 / 8))
+    model = build(arrays, C=[np.zeros((3, 5)), np.zeros(2)], policies=policies, E=np.full(8, 1 / 8))
     assert model.C[0].shape == (3, 5)
 
 
@@ -247,7 +249,7 @@ def test_dirichlet_not_positive(arrays, name, like):
     with raises(f"{name}[0]: entry {(0,) * negative[0].ndim} is -1, negative"):
         build(arrays, **{name: negative})
     zero_column = [np.ones_like(x) for x in getattr(arrays, like)]
-    zero_column[0][..., ] = 0.0
+    zero_column[0][...,] = 0.0
     with raises(f"{name}[0]: column"):
         build(arrays, **{name: zero_column})
 

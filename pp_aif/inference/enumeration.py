@@ -41,7 +41,9 @@ def _unplated(observations: Tensor, actions: Tensor):
     return (observations[0], actions[0]) if observations.shape[0] == 1 else (observations, actions)
 
 
-def enumerated_log_evidence(model: GenerativeModel, observations: Tensor, actions: Tensor) -> Tensor:
+def enumerated_log_evidence(
+    model: GenerativeModel, observations: Tensor, actions: Tensor
+) -> Tensor:
     """ln p(o_1:T | u) of each sequence, (N,), from the enumerated ELBO."""
     values = [
         -_elbo().loss(pomdp, empty_guide, model, observations[n], actions[n])  # a float64 float
@@ -61,11 +63,14 @@ def enumerated_marginals(
     certain = torch.ones(N, 1, dtype=model.dtype, device=model.device)
     if all(S == 1 for S in model.num_states):  # nothing is enumerated, nothing is uncertain
         return [[certain] * model.num_factors for _ in steps]
-    marginals = _elbo().compute_marginals(pomdp, empty_guide, model,
-                                          *_unplated(observations, actions))
+    marginals = _elbo().compute_marginals(
+        pomdp, empty_guide, model, *_unplated(observations, actions)
+    )
     return [
-        [marginals[state_site(f, t)].probs.expand(N, S) if S > 1 else certain
-         for f, S in enumerate(model.num_states)]
+        [
+            marginals[state_site(f, t)].probs.expand(N, S) if S > 1 else certain
+            for f, S in enumerate(model.num_states)
+        ]
         for t in steps
     ]
 
@@ -83,7 +88,7 @@ def enumerate_states(model: GenerativeModel, sequences: Sequences, mode: str):
         per_time = enumerated_marginals(model, observations, actions, range(T))
     else:
         per_time = [
-            enumerated_marginals(model, observations[:, :t + 1], actions[:, :t], [t])[0]
+            enumerated_marginals(model, observations[:, : t + 1], actions[:, :t], [t])[0]
             for t in range(T)
         ]
     per_factor = [

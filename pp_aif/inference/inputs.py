@@ -60,7 +60,8 @@ def _as_index_tensor(value, name: str) -> Tensor:
         if not finite.all() or (tensor != tensor.round()).any():
             where = (~finite | (tensor != tensor.round())).nonzero()[0].tolist()
             raise DataError(
-                f"{name}: entry {tuple(where)} is {tensor[tuple(where)].item()}, not an integer index"
+                f"{name}: entry {tuple(where)} is {tensor[tuple(where)].item()}, "
+                "not an integer index"
             )
     return tensor.to(torch.int64)
 

@@ -135,8 +135,10 @@ def run_forward_filter(model: GenerativeModel, sequences: Sequences):
 
 def _exact(model: GenerativeModel, sequences: Sequences, mode: str):
     result, transitions = run_forward_filter(model, sequences)
-    joint = result.filtered if mode == "filtering" else smooth(
-        result.filtered, result.predicted, transitions
+    joint = (
+        result.filtered
+        if mode == "filtering"
+        else smooth(result.filtered, result.predicted, transitions)
     )
     return factor_marginals(joint, 2), result.log_normalisers.sum(-1)
 
@@ -157,16 +159,19 @@ def raise_if_impossible(model: GenerativeModel, sequences: Sequences, result: Fi
             break
     else:
         raise RuntimeError(
-            f"forward filter: non-finite log normaliser at {format_sequence(sequences.batch_shape, n)}"
+            "forward filter: non-finite log normaliser at "
+            f"{format_sequence(sequences.batch_shape, n)}"
             f"time step {t} although the observations are possible; please report this"
         )
     together = (
         f" together with the outcomes of modalities 0..{modality - 1} at that step"
-        if modality > 0 else ""
+        if modality > 0
+        else ""
     )
     others = f" ({count - 1} other sequences are impossible too)" if count > 1 else ""
     raise DataError(
         f"observations: {format_sequence(sequences.batch_shape, n)}time step {t}, modality "
-        f"{modality}: outcome {int(outcomes[modality])} has probability 0 under the model{together}, "
+        f"{modality}: outcome {int(outcomes[modality])} has probability 0 under the model"
+        f"{together}, "
         f"given the earlier observations and actions{others}"
     )

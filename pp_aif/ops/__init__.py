@@ -1,4 +1,4 @@
-"""Pure tensor math: no ``pyro.sample``, no globals, log-space. See each module's shape docstring."""
+"""Pure tensor math: no ``pyro.sample``, no globals, log-space. Shapes: each module's docstring."""
 
 from pp_aif.ops.contractions import contract_factors, outer
 from pp_aif.ops.hmm import factor_marginals, forward_filter, propagate, smooth

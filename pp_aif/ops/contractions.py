@@ -17,9 +17,7 @@ __all__ = ["contract_factors", "outer"]
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def contract_factors(
-    A: Tensor, beliefs: Sequence[Tensor], *, skip: Sequence[int] = ()
-) -> Tensor:
+def contract_factors(A: Tensor, beliefs: Sequence[Tensor], *, skip: Sequence[int] = ()) -> Tensor:
     """Contract the trailing factor axes of ``A`` with beliefs over each factor.
 
     ``result[*batch, o, (kept factors)] = sum_{s_f, f not in skip} A[o, s_1..s_F] prod_f q_f(s_f)``
@@ -43,7 +41,7 @@ def contract_factors(
         raise ValueError(f"A has {A.dim()} axes, fewer than the {F} factors of the beliefs")
     skip = sorted(set(int(f) % F for f in skip)) if F else []
     lead_letters = _LETTERS[:lead]
-    factor_letters = _LETTERS[lead:lead + F]
+    factor_letters = _LETTERS[lead : lead + F]
     operands = [A]
     inputs = [lead_letters + factor_letters]
     for f, q in enumerate(beliefs):

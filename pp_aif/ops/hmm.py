@@ -14,7 +14,8 @@ the joint tensor factor by factor: about prod(S) * sum(S) operations, not prod(S
 Numerics. The forward pass works with normalised filtered beliefs and accumulates the log
 normalisers. Each step's likelihood is shifted by its maximum before exponentiating (the
 ``logmatmulexp`` trick of ``pyro.distributions.hmm``); a sequence whose normaliser still gets
-near underflow is recomputed with the shift taken on the log joint itself (see ``forward_filter``). The smoother is the
+near underflow is recomputed with the shift taken on the log joint itself (see
+``forward_filter``). The smoother is the
 alpha-gamma (Rauch-Tung-Striebel) form, which needs only normalised quantities:
 
     gamma_t(s) = alpha_t(s) * sum_s' p(s' | s, u_t) gamma_t+1(s') / prior_t+1(s'),
@@ -47,6 +48,7 @@ __all__ = [
     "smooth",
     "factor_marginals",
 ]
+
 
 class FilterResult(NamedTuple):
     """The forward pass.
@@ -99,8 +101,8 @@ def propagate(joint: Tensor, matrices: Sequence[Tensor], *, transpose: bool = Fa
     shape = joint.shape
     N = shape[0]
     for f, matrix in enumerate(matrices):
-        before = math.prod(shape[1:f + 1])
-        after = math.prod(shape[f + 2:])
+        before = math.prod(shape[1 : f + 1])
+        after = math.prod(shape[f + 2 :])
         if transpose:
             matrix = matrix.transpose(-1, -2)
         joint = torch.matmul(matrix.unsqueeze(1), joint.reshape(N, before, shape[f + 1], after))
@@ -164,17 +166,19 @@ def forward_filter(
     N = log_likelihood.shape[0]
     prior = outer(*[q.expand(N, -1) for q in initial], batch_dims=1)
     step_shift = log_likelihood.flatten(2).amax(-1)  # (N, T)
-    finite_shift = torch.where(torch.isfinite(step_shift), step_shift,
-                               torch.zeros_like(step_shift))
-    likelihood = torch.exp(log_likelihood - finite_shift.reshape(*step_shift.shape,
-                                                                 *([1] * (log_likelihood.dim() - 2))))
+    finite_shift = torch.where(torch.isfinite(step_shift), step_shift, torch.zeros_like(step_shift))
+    likelihood = torch.exp(
+        log_likelihood
+        - finite_shift.reshape(*step_shift.shape, *([1] * (log_likelihood.dim() - 2)))
+    )
     filtered, predicted, normalisers = _forward_scaled(likelihood, transitions, prior)
     log_normalisers = torch.log(normalisers) + finite_shift
     redo = (normalisers < math.sqrt(torch.finfo(normalisers.dtype).tiny)).any(-1)
     if redo.any():
         index = redo.nonzero()[:, 0]
-        robust = _forward_log_space(log_likelihood[index], [b[index] for b in transitions],
-                                    prior[index])
+        robust = _forward_log_space(
+            log_likelihood[index], [b[index] for b in transitions], prior[index]
+        )
         filtered, predicted, log_normalisers = (
             whole.index_put((index,), part)
             for whole, part in zip((filtered, predicted, log_normalisers), robust, strict=True)
@@ -200,7 +204,7 @@ def smooth(filtered: Tensor, predicted: Tensor, transitions: Sequence[Tensor]) -
 
 
 def factor_marginals(joint: Tensor, num_batch_dims: int) -> list[Tensor]:
-    """Marginals of each factor of a joint tensor (*batch, S_1, ..., S_F): F tensors (*batch, S_f)."""
+    """Marginals of each factor of a joint (*batch, S_1, ..., S_F): F tensors (*batch, S_f)."""
     F = joint.dim() - num_batch_dims
     factor_axes = list(range(num_batch_dims, joint.dim()))
     return [

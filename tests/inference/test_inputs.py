@@ -83,8 +83,9 @@ def test_action_batch_disagrees(setup):
 def test_non_integer_observations(setup):
     model, observations, actions = setup
     with raises("observations: entry (1, 0) is 0.5, not an integer index"):
-        pp_aif.infer_states(model, np.where(np.arange(8).reshape(4, 2) == 2, 0.5, observations),
-                            actions)
+        pp_aif.infer_states(
+            model, np.where(np.arange(8).reshape(4, 2) == 2, 0.5, observations), actions
+        )
     with raises("observations: must be integers, got dtype <U1"):
         pp_aif.infer_states(model, np.full((4, 2), "a"), actions)
 
@@ -109,8 +110,9 @@ def test_impossible_observation_names_step_and_modality(method):
     B = np.eye(2)[:, :, None]
     model = pp_aif.GenerativeModel(A, B)
     observations = np.array([[0], [0], [1], [0]])
-    with raises("observations: time step 2, modality 0: outcome 1 has probability 0 under the "
-                "model"):
+    with raises(
+        "observations: time step 2, modality 0: outcome 1 has probability 0 under the model"
+    ):
         pp_aif.infer_states(model, observations, method=method)
 
 
@@ -119,8 +121,10 @@ def test_impossible_in_combination_names_the_second_modality():
     A1 = np.array([[0.5, 1.0], [0.5, 0.0]])  # outcome 1 of modality 1 is impossible in state 1
     model = pp_aif.GenerativeModel([A0, A1], np.eye(2)[:, :, None])
     batch = np.array([[[0, 1], [0, 0]], [[1, 0], [1, 1]]])
-    with raises("observations: sequence 1, time step 1, modality 1: outcome 1 has probability 0 "
-                "under the model together with the outcomes of modalities 0..0"):
+    with raises(
+        "observations: sequence 1, time step 1, modality 1: outcome 1 has probability 0 "
+        "under the model together with the outcomes of modalities 0..0"
+    ):
         pp_aif.infer_states(model, batch)
 
 

@@ -1,4 +1,4 @@
-"""contract_factors and outer against SPM's spm_dot and spm_cross outputs (../shared/reference/spm)."""
+"""contract_factors and outer against SPM's spm_dot and spm_cross (../shared/reference/spm)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_spm_dot(spm_reference, case):
     A = torch.as_tensor(m["A"], dtype=torch.float64)
     states = factor_list(m["s"])
     o = torch.as_tensor(m["o"], dtype=torch.float64).ravel()
-    # result1: A contracted with the outcome vector over axis 0 (spm_dot(A, {o}) on the outcome axis)
+    # result1: A contracted with the outcome vector over axis 0 (spm_dot on the outcome axis)
     result1 = torch.einsum("o...,o->...", A, o)
     assert_close(result1, m["result1"].reshape(result1.shape))
     # result2: A contracted with every factor -> p(o)
