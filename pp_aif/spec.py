@@ -27,6 +27,7 @@ on first use, by :attr:`GenerativeModel.log_likelihood_last` and
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -129,6 +130,153 @@ def _check_vector_sums_to_one(tensor: Tensor, label: str) -> None:
         )
 
 
+def _read(value, name: str) -> list[Tensor] | None:
+    """None, or the list of tensors of ``value`` labelled ``name[i]``."""
+    if value is None:
+        return None
+    if name == "E":
+        return [_to_tensor(value, "E")]
+    return [_to_tensor(item, f"{name}[{i}]") for i, item in enumerate(_as_list(value, name))]
+
+
+def _check_transitions(B: Sequence[Tensor]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """B[f] (S_f, S_f, U_f) with columns summing to 1; returns (num_states, num_controls)."""
+    for f, b in enumerate(B):
+        label = f"B[{f}]"
+        if b.dim() != 3:
+            raise ModelError(
+                f"{label}: has {b.dim()} axes {tuple(b.shape)}; expected 3 axes "
+                "(S_next, S_prev, U) - give a (S, S, 1) array for a factor without control"
+            )
+        if b.shape[0] != b.shape[1]:
+            raise ModelError(
+                f"{label}: shape {tuple(b.shape)} is not square in its first two axes "
+                "(S_next, S_prev)"
+            )
+        if b.shape[0] == 0 or b.shape[2] == 0:
+            raise ModelError(f"{label}: shape {tuple(b.shape)} has an empty axis")
+        _check_finite(b, label)
+        _check_nonnegative(b, label)
+        _check_columns(b, label, "B[f][:, s_prev, u] (p(s_next | s_prev, u))")
+    return tuple(int(b.shape[0]) for b in B), tuple(int(b.shape[2]) for b in B)
+
+
+def _check_likelihoods(A: Sequence[Tensor], num_states: tuple[int, ...]) -> tuple[int, ...]:
+    """A[m] (O_m, S_1..S_F) agreeing with B, columns summing to 1; returns num_outcomes."""
+    F = len(num_states)
+    for m, a in enumerate(A):
+        label = f"A[{m}]"
+        if a.dim() != 1 + F:
+            raise ModelError(
+                f"{label}: has {a.dim()} axes {tuple(a.shape)}; expected {1 + F} "
+                f"(O, S_1, ..., S_F) for the {F} factor(s) of B"
+            )
+        if tuple(a.shape[1:]) != num_states:
+            raise ModelError(
+                f"{label}: state axes {tuple(a.shape[1:])} disagree with the numbers of "
+                f"states {num_states} given by B"
+            )
+        if a.shape[0] == 0:
+            raise ModelError(f"{label}: has no outcomes (axis 0 is empty)")
+        _check_finite(a, label)
+        _check_nonnegative(a, label)
+        _check_columns(a, label, "A[m][:, s_1, ..., s_F] (p(o | s))")
+    return tuple(int(a.shape[0]) for a in A)
+
+
+def _check_preferences(C: Sequence[Tensor], num_outcomes: tuple[int, ...]) -> None:
+    if len(C) != len(num_outcomes):
+        raise ModelError(f"C: has {len(C)} arrays; A has {len(num_outcomes)} modalities")
+    for m, c in enumerate(C):
+        label = f"C[{m}]"
+        if c.dim() not in (1, 2) or c.shape[0] != num_outcomes[m]:
+            raise ModelError(
+                f"{label}: shape {tuple(c.shape)}; expected ({num_outcomes[m]},) or "
+                f"({num_outcomes[m]}, T), one log-preference per outcome of A[{m}]"
+            )
+        _check_finite(c, label, allow_negative_infinity=True)
+        if (c == -math.inf).all(0).any():
+            raise ModelError(f"{label}: every outcome has log-preference -inf")
+
+
+def _check_initial(D: Sequence[Tensor], num_states: tuple[int, ...]) -> None:
+    if len(D) != len(num_states):
+        raise ModelError(f"D: has {len(D)} arrays; B has {len(num_states)} factors")
+    for f, d in enumerate(D):
+        label = f"D[{f}]"
+        if d.dim() != 1 or d.shape[0] != num_states[f]:
+            raise ModelError(
+                f"{label}: shape {tuple(d.shape)}; expected ({num_states[f]},), one "
+                f"probability per state of factor {f}"
+            )
+        _check_finite(d, label)
+        _check_nonnegative(d, label)
+        _check_vector_sums_to_one(d, label)
+
+
+def _check_policy_prior(E: Tensor, num_policies: int) -> None:
+    if E.dim() != 1 or E.shape[0] != num_policies:
+        raise ModelError(
+            f"E: shape {tuple(E.shape)}; expected ({num_policies},), one prior probability per "
+            f"policy ({num_policies} policies)"
+        )
+    _check_finite(E, "E")
+    _check_nonnegative(E, "E")
+    _check_vector_sums_to_one(E, "E")
+
+
+def _check_dirichlet(name: str, concentrations, like: Sequence[Tensor]) -> None:
+    """Concentrations shaped like ``like``, >= 0, every column with a positive total."""
+    if concentrations is None:
+        return
+    if len(concentrations) != len(like):
+        raise ModelError(f"{name}: has {len(concentrations)} arrays; {name[1]} has {len(like)}")
+    for i, (p, target) in enumerate(zip(concentrations, like, strict=True)):
+        label = f"{name}[{i}]"
+        if p.shape != target.shape:
+            raise ModelError(
+                f"{label}: shape {tuple(p.shape)}; expected {tuple(target.shape)}, the "
+                f"shape of {name[1]}[{i}]"
+            )
+        _check_finite(p, label)
+        _check_nonnegative(p, label)
+        empty = p.sum(0) <= 0
+        if empty.any():
+            index = tuple(int(j) for j in empty.nonzero()[0]) if empty.dim() else ()
+            raise ModelError(
+                f"{label}: column {index} has no positive concentration; every Dirichlet "
+                "needs a positive total"
+            )
+
+
+def _check_policies(policies, num_controls) -> Tensor:
+    """Integer policies (P, H, F) with every control in range, as int64."""
+    if isinstance(policies, Tensor):
+        tensor = policies
+    else:
+        array = np.asarray(policies)
+        if array.dtype.kind not in "iu":
+            raise ModelError(f"policies: must be integers, got dtype {array.dtype}")
+        tensor = torch.from_numpy(array)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ModelError(f"policies: must be integers, got dtype {tensor.dtype}")
+    F = len(num_controls)
+    if tensor.dim() != 3 or tensor.shape[2] != F or tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise ModelError(
+            f"policies: shape {tuple(tensor.shape)}; expected (P, H, {F}) with P, H >= 1"
+        )
+    tensor = tensor.to(torch.int64)
+    limits = torch.tensor(num_controls)
+    bad = (tensor < 0) | (tensor >= limits)
+    if bad.any():
+        p, h, f = (int(i) for i in bad.nonzero()[0])
+        raise ModelError(
+            f"policies: policy {p}, step {h}, factor {f} has control {int(tensor[p, h, f])}; "
+            f"factor {f} has controls 0..{num_controls[f] - 1}"
+        )
+    return tensor
+
+
 # ---------------------------------------------------------------------------------------------
 # policies
 
@@ -204,49 +352,19 @@ class GenerativeModel:
         pD=None,
         policies=None,
     ):
-        A_list = [_to_tensor(a, f"A[{m}]") for m, a in enumerate(_as_list(A, "A"))]
-        B_list = [_to_tensor(b, f"B[{f}]") for f, b in enumerate(_as_list(B, "B"))]
-        C_list = (
-            None
-            if C is None
-            else [_to_tensor(c, f"C[{m}]") for m, c in enumerate(_as_list(C, "C"))]
+        A_list, B_list = _read(A, "A"), _read(B, "B")
+        C_list, D_list, pA_list, pB_list, pD_list = (
+            _read(value, name)
+            for value, name in ((C, "C"), (D, "D"), (pA, "pA"), (pB, "pB"), (pD, "pD"))
         )
-        D_list = (
-            None
-            if D is None
-            else [_to_tensor(d, f"D[{f}]") for f, d in enumerate(_as_list(D, "D"))]
-        )
-        E_tensor = None if E is None else _to_tensor(E, "E")
-        pA_list = (
-            None
-            if pA is None
-            else [_to_tensor(a, f"pA[{m}]") for m, a in enumerate(_as_list(pA, "pA"))]
-        )
-        pB_list = (
-            None
-            if pB is None
-            else [_to_tensor(b, f"pB[{f}]") for f, b in enumerate(_as_list(pB, "pB"))]
-        )
-        pD_list = (
-            None
-            if pD is None
-            else [_to_tensor(d, f"pD[{f}]") for f, d in enumerate(_as_list(pD, "pD"))]
-        )
-
-        everything = [
-            *A_list,
-            *B_list,
-            *(C_list or []),
-            *(D_list or []),
-            *(pA_list or []),
-            *(pB_list or []),
-            *(pD_list or []),
+        E_list = _read(E, "E")
+        given = [
+            t
+            for group in (A_list, B_list, C_list, D_list, E_list, pA_list, pB_list, pD_list)
+            if group
+            for t in group
         ]
-        if E_tensor is not None:
-            everything.append(E_tensor)
-        dtype = everything[0].dtype
-        for tensor in everything[1:]:
-            dtype = torch.promote_types(dtype, tensor.dtype)
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in given))
         device = A_list[0].device
 
         def cast(tensors):
@@ -257,134 +375,31 @@ class GenerativeModel:
             )
 
         A_list, B_list, C_list, D_list = cast(A_list), cast(B_list), cast(C_list), cast(D_list)
-        pA_list, pB_list, pD_list = cast(pA_list), cast(pB_list), cast(pD_list)
-        if E_tensor is not None:
-            E_tensor = E_tensor.to(dtype=dtype, device=device)
+        E_list, pA_list, pB_list, pD_list = (
+            cast(E_list),
+            cast(pA_list),
+            cast(pB_list),
+            cast(pD_list),
+        )
 
-        # --- B defines the factors
-        for f, b in enumerate(B_list):
-            label = f"B[{f}]"
-            if b.dim() != 3:
-                raise ModelError(
-                    f"{label}: has {b.dim()} axes {tuple(b.shape)}; expected 3 axes "
-                    "(S_next, S_prev, U) - give a (S, S, 1) array for a factor without control"
-                )
-            if b.shape[0] != b.shape[1]:
-                raise ModelError(
-                    f"{label}: shape {tuple(b.shape)} is not square in its first two axes "
-                    "(S_next, S_prev)"
-                )
-            if b.shape[0] == 0 or b.shape[2] == 0:
-                raise ModelError(f"{label}: shape {tuple(b.shape)} has an empty axis")
-            _check_finite(b, label)
-            _check_nonnegative(b, label)
-            _check_columns(b, label, "B[f][:, s_prev, u] (p(s_next | s_prev, u))")
-        num_states = tuple(int(b.shape[0]) for b in B_list)
-        num_controls = tuple(int(b.shape[2]) for b in B_list)
-        F = len(num_states)
-
-        # --- A must agree with B
-        for m, a in enumerate(A_list):
-            label = f"A[{m}]"
-            if a.dim() != 1 + F:
-                raise ModelError(
-                    f"{label}: has {a.dim()} axes {tuple(a.shape)}; expected {1 + F} "
-                    f"(O, S_1, ..., S_F) for the {F} factor(s) of B"
-                )
-            if tuple(a.shape[1:]) != num_states:
-                raise ModelError(
-                    f"{label}: state axes {tuple(a.shape[1:])} disagree with the numbers of "
-                    f"states {num_states} given by B"
-                )
-            if a.shape[0] == 0:
-                raise ModelError(f"{label}: has no outcomes (axis 0 is empty)")
-            _check_finite(a, label)
-            _check_nonnegative(a, label)
-            _check_columns(a, label, "A[m][:, s_1, ..., s_F] (p(o | s))")
-        num_outcomes = tuple(int(a.shape[0]) for a in A_list)
-        M = len(num_outcomes)
-
-        # --- C
+        num_states, num_controls = _check_transitions(B_list)
+        num_outcomes = _check_likelihoods(A_list, num_states)
         if C_list is None:
             C_list = tuple(torch.zeros(o, dtype=dtype, device=device) for o in num_outcomes)
-        if len(C_list) != M:
-            raise ModelError(f"C: has {len(C_list)} arrays; A has {M} modalities")
-        for m, c in enumerate(C_list):
-            label = f"C[{m}]"
-            if c.dim() not in (1, 2) or c.shape[0] != num_outcomes[m]:
-                raise ModelError(
-                    f"{label}: shape {tuple(c.shape)}; expected ({num_outcomes[m]},) or "
-                    f"({num_outcomes[m]}, T), one log-preference per outcome of A[{m}]"
-                )
-            _check_finite(c, label, allow_negative_infinity=True)
-            if (c == -math.inf).all(0).any():
-                raise ModelError(f"{label}: every outcome has log-preference -inf")
-
-        # --- D
+        _check_preferences(C_list, num_outcomes)
         if D_list is None:
-            D_list = tuple(
-                torch.full((s,), 1.0 / s, dtype=dtype, device=device) for s in num_states
-            )
-        if len(D_list) != F:
-            raise ModelError(f"D: has {len(D_list)} arrays; B has {F} factors")
-        for f, d in enumerate(D_list):
-            label = f"D[{f}]"
-            if d.dim() != 1 or d.shape[0] != num_states[f]:
-                raise ModelError(
-                    f"{label}: shape {tuple(d.shape)}; expected ({num_states[f]},), one "
-                    f"probability per state of factor {f}"
-                )
-            _check_finite(d, label)
-            _check_nonnegative(d, label)
-            _check_vector_sums_to_one(d, label)
-
-        # --- policies and E
+            D_list = tuple(torch.full((s,), 1 / s, dtype=dtype, device=device) for s in num_states)
+        _check_initial(D_list, num_states)
         if policies is None:
             policies_tensor = construct_policies(num_controls, 1).to(device)
         else:
-            policies_tensor = self._validate_policies(policies, num_controls)
+            policies_tensor = _check_policies(policies, num_controls).to(device)
         P = policies_tensor.shape[0]
-        if E_tensor is None:
-            E_tensor = torch.full((P,), 1.0 / P, dtype=dtype, device=device)
-        if E_tensor.dim() != 1 or E_tensor.shape[0] != P:
-            raise ModelError(
-                f"E: shape {tuple(E_tensor.shape)}; expected ({P},), one prior probability per "
-                f"policy ({P} policies)"
-            )
-        _check_finite(E_tensor, "E")
-        _check_nonnegative(E_tensor, "E")
-        _check_vector_sums_to_one(E_tensor, "E")
-
-        # --- Dirichlet concentrations
-        for name, concentrations, like in (
-            ("pA", pA_list, A_list),
-            ("pB", pB_list, B_list),
-            ("pD", pD_list, D_list),
-        ):
-            if concentrations is None:
-                continue
-            if len(concentrations) != len(like):
-                raise ModelError(
-                    f"{name}: has {len(concentrations)} arrays; {name[1]} has {len(like)}"
-                )
-            for i, (p, target) in enumerate(zip(concentrations, like, strict=True)):
-                label = f"{name}[{i}]"
-                if p.shape != target.shape:
-                    raise ModelError(
-                        f"{label}: shape {tuple(p.shape)}; expected {tuple(target.shape)}, the "
-                        f"shape of {name[1]}[{i}]"
-                    )
-                _check_finite(p, label)
-                _check_nonnegative(p, label)
-                totals = p.sum(0)
-                if (totals <= 0).any():
-                    index = (
-                        tuple(int(j) for j in (totals <= 0).nonzero()[0]) if totals.dim() else ()
-                    )
-                    raise ModelError(
-                        f"{label}: column {index} has no positive concentration; every "
-                        "Dirichlet needs a positive total"
-                    )
+        E_tensor = torch.full((P,), 1 / P, dtype=dtype, device=device) if E is None else E_list[0]
+        _check_policy_prior(E_tensor, P)
+        _check_dirichlet("pA", pA_list, A_list)
+        _check_dirichlet("pB", pB_list, B_list)
+        _check_dirichlet("pD", pD_list, D_list)
 
         self.A: tuple[Tensor, ...] = A_list
         self.B: tuple[Tensor, ...] = B_list
@@ -398,38 +413,6 @@ class GenerativeModel:
         self.num_states = num_states
         self.num_controls = num_controls
         self.num_outcomes = num_outcomes
-
-    @staticmethod
-    def _validate_policies(policies, num_controls) -> Tensor:
-        if isinstance(policies, Tensor):
-            tensor = policies
-        else:
-            array = np.asarray(policies)
-            if array.dtype.kind not in "iu":
-                raise ModelError(f"policies: must be integers, got dtype {array.dtype}")
-            tensor = torch.from_numpy(array)
-        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-            raise ModelError(f"policies: must be integers, got dtype {tensor.dtype}")
-        F = len(num_controls)
-        if (
-            tensor.dim() != 3
-            or tensor.shape[2] != F
-            or tensor.shape[0] == 0
-            or tensor.shape[1] == 0
-        ):
-            raise ModelError(
-                f"policies: shape {tuple(tensor.shape)}; expected (P, H, {F}) with P, H >= 1"
-            )
-        tensor = tensor.to(torch.int64)
-        limits = torch.tensor(num_controls)
-        bad = (tensor < 0) | (tensor >= limits)
-        if bad.any():
-            p, h, f = (int(i) for i in bad.nonzero()[0])
-            raise ModelError(
-                f"policies: policy {p}, step {h}, factor {f} has control {int(tensor[p, h, f])}; "
-                f"factor {f} has controls 0..{num_controls[f] - 1}"
-            )
-        return tensor
 
     # ---- sizes
     @property
