@@ -1,0 +1,163 @@
+"""``expected_free_energy``: score every policy from the current beliefs.
+
+Dimension symbols: *batch belief batch, P policies, H horizon, F factors, M modalities.
+The definitions of every term are in :mod:`pp_aif.ops.efe`; ``G`` is minimised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pp_aif.errors import DataError
+from pp_aif.ops.efe import expected_free_energy_terms
+from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel, _check_policies
+
+__all__ = ["PolicyScores", "expected_free_energy", "METHODS"]
+
+METHODS = ("exact",)
+
+
+@dataclass(frozen=True)
+class PolicyScores:
+    """Expected free energy of each policy and its terms, in nats, summed over the horizon.
+
+    Attributes (each (*batch, P))
+    ----------
+    G : risk + ambiguity = -(epistemic + pragmatic); minimised.
+    risk : KL[q(o | pi) || prod_m p~_m(o_m)] over the joint outcome.
+    ambiguity : E_q(s | pi) H[p(o | s)].
+    epistemic : I(s; o | pi), the expected information gain about states.
+    pragmatic : sum_m E_q(o_m | pi) ln p~_m(o_m).
+    novelty : expected information gain about A and B from their Dirichlet counts (SPM's
+        ``spm_wnorm`` form); 0 without counts. Not part of G: a policy posterior subtracts it.
+    policies : int (P, H, F), the policies scored.
+    method : how the terms were computed.
+    """
+
+    G: Tensor
+    risk: Tensor
+    ambiguity: Tensor
+    epistemic: Tensor
+    pragmatic: Tensor
+    novelty: Tensor
+    policies: Tensor
+    method: str
+
+
+def _prepare_beliefs(model: GenerativeModel, beliefs) -> tuple[list[Tensor], tuple[int, ...]]:
+    """F tensors (N, S_f) and the caller's batch shape, or a DataError."""
+    if hasattr(beliefs, "marginals"):
+        raise DataError(
+            "beliefs: got a Beliefs result over a whole sequence; pass the marginals at one step, "
+            "e.g. [q[..., t, :] for q in beliefs.marginals]"
+        )
+    if isinstance(beliefs, Tensor | np.ndarray) and model.num_factors == 1:
+        beliefs = [beliefs]
+    if not isinstance(beliefs, Sequence) or len(beliefs) != model.num_factors:
+        raise DataError(
+            f"beliefs: expected a list of {model.num_factors} arrays (one per factor), got "
+            f"{type(beliefs).__name__}"
+            + (f" of length {len(beliefs)}" if isinstance(beliefs, Sequence) else "")
+        )
+    tensors = []
+    batch_shape = None
+    for f, (q, S) in enumerate(zip(beliefs, model.num_states, strict=True)):
+        q = torch.as_tensor(np.asarray(q) if not isinstance(q, Tensor) else q)
+        q = q.to(dtype=model.dtype, device=model.device)
+        if q.dim() < 1 or q.shape[-1] != S:
+            raise DataError(
+                f"beliefs[{f}]: shape {tuple(q.shape)}; expected ({S},) or (*batch, {S})"
+            )
+        if batch_shape is None:
+            batch_shape = tuple(q.shape[:-1])
+        elif tuple(q.shape[:-1]) != batch_shape:
+            raise DataError(
+                f"beliefs[{f}]: batch shape {tuple(q.shape[:-1])} differs from beliefs[0]'s "
+                f"{batch_shape}"
+            )
+        if not torch.isfinite(q).all() or (q < 0).any():
+            raise DataError(f"beliefs[{f}]: entries must be finite and non-negative")
+        sums = q.sum(-1)
+        if ((sums - 1).abs() > NORMALISATION_TOLERANCE).any():
+            index = tuple(int(i) for i in ((sums - 1).abs() > NORMALISATION_TOLERANCE).nonzero()[0])
+            raise DataError(
+                f"beliefs[{f}]: the distribution at batch index {index} sums to "
+                f"{sums[index].item():.6g}, not 1"
+            )
+        tensors.append(q.reshape(-1, S))
+    return tensors, batch_shape
+
+
+def log_preferences(model: GenerativeModel, time: int, horizon: int) -> list[Tensor]:
+    """ln p~_m = log_softmax(C_m) at the absolute times time+1..time+H: M tensors (H, O_m)."""
+    result = []
+    for m, c in enumerate(model.C):
+        if c.dim() == 1:
+            result.append(torch.log_softmax(c, 0).expand(horizon, -1))
+            continue
+        last = time + horizon
+        if time < 0 or last >= c.shape[1]:
+            raise ValueError(
+                f"C[{m}]: has preferences for times 0..{c.shape[1] - 1}, but policies of "
+                f"{horizon} steps from time {time} predict outcomes up to time {last}"
+            )
+        result.append(torch.log_softmax(c[:, time + 1 : last + 1], 0).T)
+    return result
+
+
+def expected_free_energy(
+    model: GenerativeModel,
+    beliefs,
+    policies=None,
+    *,
+    time: int = 0,
+    method: Literal["exact"] = "exact",
+) -> PolicyScores:
+    """Score every policy by its expected free energy G (minimised) and G's terms.
+
+    Parameters
+    ----------
+    model : GenerativeModel
+    beliefs : list of F arrays (S_f,) or (*batch, S_f)
+        The current beliefs q(s_f), e.g. the filtered marginals at the present step.
+    policies : int (P, H, F), optional
+        Defaults to ``model.policies``.
+    time : int
+        The present step; a time-varying ``C[m]`` (O_m, T) is read at the absolute times
+        ``time + 1 .. time + H`` of the predicted outcomes.
+    method : {"exact"}
+        Batched tensor contractions over all policies at once.
+
+    Returns
+    -------
+    PolicyScores, each term (*batch, P)
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not one of {METHODS}")
+    states, batch_shape = _prepare_beliefs(model, beliefs)
+    policies = (
+        model.policies
+        if policies is None
+        else _check_policies(policies, model.num_controls).to(model.device)
+    )
+    P, H, _ = policies.shape
+    terms = expected_free_energy_terms(
+        states,
+        model.A,
+        model.transition_by_action,
+        log_preferences(model, time, H),
+        policies,
+        pA=model.pA,
+        pB=model.pB,
+    )
+    return PolicyScores(
+        **{name: value.reshape(*batch_shape, P) for name, value in terms._asdict().items()},
+        policies=policies,
+        method=method,
+    )
