@@ -1,5 +1,26 @@
-"""Planning: policies and their expected free energy."""
+"""Planning: policies, their expected free energy, the policy posterior and action selection."""
 
 from pp_aif.planning.efe import PolicyScores, expected_free_energy
+from pp_aif.planning.policies import (
+    DEFAULT_ACTION_PRECISION,
+    DEFAULT_POLICY_PRECISION,
+    Lesions,
+    action_marginals,
+    action_probabilities,
+    policy_posterior,
+    policy_score,
+    select_actions,
+)
 
-__all__ = ["PolicyScores", "expected_free_energy"]
+__all__ = [
+    "PolicyScores",
+    "expected_free_energy",
+    "Lesions",
+    "policy_score",
+    "policy_posterior",
+    "action_marginals",
+    "action_probabilities",
+    "select_actions",
+    "DEFAULT_POLICY_PRECISION",
+    "DEFAULT_ACTION_PRECISION",
+]
