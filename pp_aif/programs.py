@@ -27,7 +27,14 @@ from torch import Tensor
 
 from pp_aif.spec import GenerativeModel
 
-__all__ = ["pomdp", "empty_guide", "sample_sequences", "state_site", "observation_site"]
+__all__ = [
+    "pomdp",
+    "policy_rollout",
+    "empty_guide",
+    "sample_sequences",
+    "state_site",
+    "observation_site",
+]
 
 
 def state_site(factor: int, t: int) -> str:
@@ -153,3 +160,40 @@ def sample_sequences(
         for f in range(model.num_factors)
     ]
     return observations, states
+
+
+def policy_rollout(model: GenerativeModel, beliefs: list[Tensor], policies: Tensor) -> None:
+    """The generative model run forward from the current beliefs under every policy.
+
+    Parameters
+    ----------
+    beliefs : F tensors (N, S_f)
+        q(s_f) at the present step; ``"s_{f}_0"`` is drawn from them.
+    policies : int (P, H, F)
+
+    Sites, inside ``pyro.plate("beliefs", N, dim=-2)`` and ``pyro.plate("policies", P, dim=-1)``:
+    ``"s_{f}_{tau}"`` for tau = 0..H and ``"o_{m}_{tau}"`` for tau = 1..H. Draw them with
+    ``pyro.infer.Predictive(policy_rollout, num_samples=K, parallel=True)``.
+    """
+    N = beliefs[0].shape[0]
+    P, H, _ = policies.shape
+    with pyro.plate("beliefs", N, dim=-2), pyro.plate("policies", P, dim=-1):
+        states = [
+            pyro.sample(state_site(f, 0), dist.Categorical(logits=torch.log(q)[:, None, :]))
+            for f, q in enumerate(beliefs)
+        ]
+        for tau in range(1, H + 1):
+            states = [
+                pyro.sample(
+                    state_site(f, tau),
+                    dist.Categorical(
+                        logits=Vindex(model.log_transition_last[f])[
+                            policies[:, tau - 1, f], states[f], :
+                        ]
+                    ),
+                )
+                for f in range(model.num_factors)
+            ]
+            for m in range(model.num_modalities):
+                logits = Vindex(model.log_likelihood_last[m])[(*states, slice(None))]
+                pyro.sample(observation_site(m, tau), dist.Categorical(logits=logits))

@@ -36,7 +36,13 @@ from torch import Tensor
 from pp_aif.ops.contractions import outer
 from pp_aif.ops.numerics import xlogy
 
-__all__ = ["EFETerms", "wnorm", "predict_states", "expected_free_energy_terms"]
+__all__ = [
+    "EFETerms",
+    "wnorm",
+    "predict_states",
+    "expected_free_energy_terms",
+    "sampled_expected_free_energy_terms",
+]
 
 #: SPM's floor inside ``spm_wnorm``: exp(-16).
 WNORM_FLOOR = math.exp(-16)
@@ -163,3 +169,130 @@ def expected_free_energy_terms(
         pragmatic=pragmatic,
         novelty=novelty,
     )
+
+
+def _mean_and_stderr(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean over the leading sample axis K and its standard error std / sqrt(K)."""
+    K = values.shape[0]
+    return values.mean(0), values.std(0, correction=1) / math.sqrt(K)
+
+
+def _one_hot_mean(index: Tensor, size: int, dtype) -> Tensor:
+    """The empirical distribution of samples (K, *rest): (*rest, size)."""
+    return torch.nn.functional.one_hot(index, size).to(dtype).mean(0)
+
+
+def sampled_expected_free_energy_terms(
+    state_samples: Sequence[Sequence[Tensor]],
+    A: Sequence[Tensor],
+    transition_by_action: Sequence[Tensor],
+    log_preferences: Sequence[Tensor],
+    policies: Tensor,
+    *,
+    pA: Sequence[Tensor] | None = None,
+    pB: Sequence[Tensor] | None = None,
+) -> tuple[EFETerms, EFETerms]:
+    """Monte Carlo estimates of every term, with standard errors, from sampled state rollouts.
+
+    Parameters
+    ----------
+    state_samples : list over tau = 0..H of F tensors int (K, N, P)
+        Hidden states of K rollouts of the generative model under each policy (tau = 0 drawn
+        from the current beliefs), e.g. from ``Predictive(pp_aif.programs.policy_rollout)``.
+    A, transition_by_action, log_preferences, policies, pA, pB
+        As in :func:`expected_free_energy_terms`.
+
+    Returns
+    -------
+    (estimates, standard errors), each an EFETerms of (N, P) tensors.
+
+    Estimators, each Rao-Blackwellised over outcomes given the sampled states (the conditional
+    expectation given s is closed form, so no outcome sample is needed):
+
+    - ambiguity: mean of h(s^k) = sum_m H[A_m(. | s^k)];
+    - pragmatic: mean of sum_m sum_o A_m[o, s^k] ln p~_m(o);
+    - H[q(o)]: mean of c_k = -sum_o p(o | s^k) ln q^(o), with q^(o) = mean_k p(o | s^k), the
+      Rao-Blackwellised predictive (a plug-in, biased by O(1/K); its delta-method error is the
+      spread of c_k); epistemic = H - ambiguity, risk = -H - pragmatic;
+    - novelty: the exact formula at the empirical state distributions (plug-in, O(1/K) bias),
+      with the delta-method standard error of its linearisation.
+
+    Each term is summed over tau per rollout before averaging, so the standard errors account for
+    the dependence between the steps of one rollout.
+    """
+    H = len(state_samples) - 1
+    K, N, P = state_samples[0][0].shape
+    dtype = A[0].dtype
+    num_states = tuple(a for a in A[0].shape[1:])
+    entropy_given_state = sum(-xlogy(a, a).sum(0) for a in A)
+    weights_A = None if pA is None else [wnorm(p) * (p > 0) for p in pA]
+    weights_B = None if pB is None else [wnorm(p) * (p > 0) for p in pB]
+    zeros = torch.zeros(K, N, P, dtype=dtype, device=A[0].device)
+    ambiguity, pragmatic, cross_entropy, novelty_linear = zeros, zeros, zeros, zeros
+    novelty_plug_in = torch.zeros(N, P, dtype=dtype, device=A[0].device)
+    for tau in range(1, H + 1):
+        states = tuple(state_samples[tau])
+        ambiguity = ambiguity + entropy_given_state[states]
+        # p(o_1..o_M | s^k): (K, N, P, O_1..O_M), and the Rao-Blackwellised predictive q^(o)
+        conditional = None
+        for m, a in enumerate(A):
+            given = a.movedim(0, -1)[states]  # (K, N, P, O_m)
+            log_p = log_preferences[m][tau - 1]
+            pragmatic = pragmatic + torch.where(
+                given > 0, given * log_p, torch.zeros_like(given)
+            ).sum(-1)
+            conditional = (
+                given
+                if conditional is None
+                else (conditional[..., None] * given.reshape(*given.shape[:3], *([1] * m), -1))
+            )
+        predictive = conditional.mean(0)
+        terms = torch.where(
+            conditional > 0, conditional * torch.log(predictive), torch.zeros_like(conditional)
+        )
+        cross_entropy = cross_entropy - terms.flatten(3).sum(-1)
+        if weights_A is not None:
+            flat_index = torch.zeros_like(states[0])
+            for f, s in enumerate(states):
+                flat_index = flat_index * num_states[f] + s
+            q_states = _one_hot_mean(flat_index, math.prod(num_states), dtype)  # (N, P, S)
+            for a, w in zip(A, weights_A, strict=True):
+                a_flat, w_flat = a.reshape(a.shape[0], -1), w.reshape(w.shape[0], -1)
+                q_outcomes = q_states @ a_flat.T  # (N, P, O)
+                w_q_states = q_states @ w_flat.T  # (N, P, O): W q(s)
+                novelty_plug_in = novelty_plug_in - (q_outcomes * w_q_states).sum(-1)
+                wt_q_outcomes = q_outcomes @ w_flat  # (N, P, S): W^T q(o)
+                a_given = a_flat.T[flat_index]  # (K, N, P, O)
+                novelty_linear = novelty_linear - (
+                    (a_given * w_q_states).sum(-1)
+                    + torch.gather(wt_q_outcomes.expand(K, -1, -1, -1), -1, flat_index[..., None])[
+                        ..., 0
+                    ]
+                )
+        if weights_B is not None:
+            for f, w in enumerate(weights_B):
+                S = w.shape[0]
+                w_u = w.permute(2, 0, 1)[policies[:, tau - 1, f]]  # (P, S_next, S_prev)
+                now, before = state_samples[tau][f], state_samples[tau - 1][f]
+                q_now = _one_hot_mean(now, S, dtype)
+                q_before = _one_hot_mean(before, S, dtype)
+                w_q_before = torch.einsum("pij,npj->npi", w_u, q_before)
+                wt_q_now = torch.einsum("pij,npi->npj", w_u, q_now)
+                novelty_plug_in = novelty_plug_in - (q_now * w_q_before).sum(-1)
+                novelty_linear = novelty_linear - (
+                    torch.gather(w_q_before.expand(K, -1, -1, -1), -1, now[..., None])[..., 0]
+                    + torch.gather(wt_q_now.expand(K, -1, -1, -1), -1, before[..., None])[..., 0]
+                )
+    estimates, errors = {}, {}
+    per_rollout = {
+        "G": -cross_entropy - pragmatic + ambiguity,
+        "risk": -cross_entropy - pragmatic,
+        "ambiguity": ambiguity,
+        "epistemic": cross_entropy - ambiguity,
+        "pragmatic": pragmatic,
+    }
+    for name, values in per_rollout.items():
+        estimates[name], errors[name] = _mean_and_stderr(values)
+    estimates["novelty"] = novelty_plug_in
+    errors["novelty"] = _mean_and_stderr(novelty_linear)[1]
+    return EFETerms(**estimates), EFETerms(**errors)

@@ -11,16 +11,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyro
 import torch
+from pyro.infer import Predictive
 from torch import Tensor
 
 from pp_aif.errors import DataError
-from pp_aif.ops.efe import expected_free_energy_terms
+from pp_aif.ops.efe import EFETerms, expected_free_energy_terms, sampled_expected_free_energy_terms
+from pp_aif.programs import policy_rollout, state_site
 from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel, _check_policies
 
 __all__ = ["PolicyScores", "expected_free_energy", "METHODS"]
 
-METHODS = ("exact",)
+METHODS = ("exact", "sampled")
+#: Rollouts per policy of the sampled method, by default.
+DEFAULT_NUM_SAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class PolicyScores:
         ``spm_wnorm`` form); 0 without counts. Not part of G: a policy posterior subtracts it.
     policies : int (P, H, F), the policies scored.
     method : how the terms were computed.
+    stderr : EFETerms of (*batch, P) standard errors (method "sampled"), else None.
     """
 
     G: Tensor
@@ -48,6 +54,7 @@ class PolicyScores:
     novelty: Tensor
     policies: Tensor
     method: str
+    stderr: EFETerms | None = None
 
 
 def _prepare_beliefs(model: GenerativeModel, beliefs) -> tuple[list[Tensor], tuple[int, ...]]:
@@ -117,7 +124,9 @@ def expected_free_energy(
     policies=None,
     *,
     time: int = 0,
-    method: Literal["exact"] = "exact",
+    method: Literal["exact", "sampled"] = "exact",
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seed: int | None = None,
 ) -> PolicyScores:
     """Score every policy by its expected free energy G (minimised) and G's terms.
 
@@ -131,8 +140,16 @@ def expected_free_energy(
     time : int
         The present step; a time-varying ``C[m]`` (O_m, T) is read at the absolute times
         ``time + 1 .. time + H`` of the predicted outcomes.
-    method : {"exact"}
-        Batched tensor contractions over all policies at once.
+    method : {"exact", "sampled"}
+        ``"exact"``: batched tensor contractions over all policies at once.
+        ``"sampled"``: the Pyro program :func:`pp_aif.programs.policy_rollout` is run forward
+        ``num_samples`` times per policy with ``pyro.infer.Predictive``, and each term is
+        estimated from the sampled states, Rao-Blackwellised over outcomes, with a standard
+        error in ``.stderr`` (see :func:`pp_aif.ops.efe.sampled_expected_free_energy_terms`).
+    num_samples : int
+        Rollouts per policy (and per belief in the batch) for ``"sampled"``.
+    seed : int, optional
+        Seeds Pyro's random number generator before sampling.
 
     Returns
     -------
@@ -147,17 +164,44 @@ def expected_free_energy(
         else _check_policies(policies, model.num_controls).to(model.device)
     )
     P, H, _ = policies.shape
-    terms = expected_free_energy_terms(
-        states,
-        model.A,
-        model.transition_by_action,
-        log_preferences(model, time, H),
-        policies,
-        pA=model.pA,
-        pB=model.pB,
-    )
+    preferences = log_preferences(model, time, H)
+    stderr = None
+    if method == "exact":
+        terms = expected_free_energy_terms(
+            states,
+            model.A,
+            model.transition_by_action,
+            preferences,
+            policies,
+            pA=model.pA,
+            pB=model.pB,
+        )
+    else:
+        if num_samples < 2:
+            raise ValueError(
+                f"num_samples: needs at least 2 for a standard error, got {num_samples}"
+            )
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        draws = Predictive(policy_rollout, num_samples=num_samples, parallel=True)(
+            model, states, policies
+        )
+        samples = [
+            [draws[state_site(f, tau)] for f in range(model.num_factors)] for tau in range(H + 1)
+        ]
+        terms, errors = sampled_expected_free_energy_terms(
+            samples,
+            model.A,
+            model.transition_by_action,
+            preferences,
+            policies,
+            pA=model.pA,
+            pB=model.pB,
+        )
+        stderr = EFETerms(*(value.reshape(*batch_shape, P) for value in errors))
     return PolicyScores(
         **{name: value.reshape(*batch_shape, P) for name, value in terms._asdict().items()},
         policies=policies,
         method=method,
+        stderr=stderr,
     )

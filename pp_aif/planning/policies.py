@@ -90,9 +90,8 @@ def action_marginals(
 ) -> list[Tensor]:
     """sum_pi q(pi) [pi_0,f = u] for each factor: F tensors (*batch, U_f). No loop over policies."""
     return [
-        policy_probabilities @ torch.nn.functional.one_hot(policies[:, 0, f], U).to(
-            policy_probabilities.dtype
-        )
+        policy_probabilities
+        @ torch.nn.functional.one_hot(policies[:, 0, f], U).to(policy_probabilities.dtype)
         for f, U in enumerate(num_controls)
     ]
 
