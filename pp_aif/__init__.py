@@ -7,6 +7,7 @@ The curated public API. Layout conventions (SPM/pymdp): ``A[m]`` (O_m, S_1..S_F)
 
 from pp_aif.errors import DataError, ModelError
 from pp_aif.inference import Beliefs, infer_states
+from pp_aif.learning import learn
 from pp_aif.planning import PolicyScores, expected_free_energy
 from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel, construct_policies
 
@@ -22,4 +23,5 @@ __all__ = [
     "Beliefs",
     "expected_free_energy",
     "PolicyScores",
+    "learn",
 ]
