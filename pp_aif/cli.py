@@ -1,5 +1,9 @@
 """The ``pp-aif`` command.
 
+``pp-aif simulate TASK [--agents N --trials K --seed S --out DIR]``: agents act in a task; for one
+agent a narrative of each step, for many a summary table; writes the record (netCDF) and an
+SPM-style figure of the first agent's first trial, and prints their paths.
+
 ``pp-aif demo [--out DIR] [--task NAME]``: exact state inference on a small two-factor model;
 prints the observations, both kinds of marginals and the log evidence (checked against Pyro's
 enumeration of the same program), and writes a figure whose path it prints.
@@ -110,9 +114,111 @@ def demo(task_name: str, out: Path) -> int:
     return 0
 
 
+def _narrate(dataset, labels, out) -> None:
+    for trial in range(dataset.sizes["trial"]):
+        record = dataset.isel(agent=0, trial=trial)
+        print(
+            f"\ntrial {trial}"
+            + (f" (reward {int(record['reward'])})" if "reward" in record else "")
+        )
+        for t in range(dataset.sizes["time"]):
+            seen = ", ".join(
+                f"{m}={labels.outcomes[i][int(record['observation'][t, i])]}"
+                for i, m in enumerate(labels.modalities)
+            )
+            believed = "; ".join(
+                f"{name} " + " ".join(f"{p:.2f}" for p in record[f"belief_{name}"][t].values)
+                for name in labels.factors
+            )
+            chosen = ", ".join(
+                labels.controls[f][int(u)]
+                for f, u in enumerate(record["action"][t].values)
+                if u >= 0 and len(labels.controls[f]) > 1
+            )
+            print(
+                f"  t={t}: observed {seen} | beliefs {believed}"
+                + (f" | action: {chosen}" if chosen else "")
+            )
+
+
+def _summarise(dataset, labels) -> None:
+    rows = [
+        [
+            "trial",
+            "agents",
+            *(["mean reward"] if "reward" in dataset else []),
+            *[f"accuracy ({n}) at t={dataset.sizes['time'] - 1}" for n in labels.factors],
+        ]
+    ]
+    last = dataset.isel(time=-1)
+    for trial in range(dataset.sizes["trial"]):
+        record = last.isel(trial=trial)
+        rows.append(
+            [
+                str(trial),
+                str(dataset.sizes["agent"]),
+                *(
+                    [f"{float(dataset['reward'].isel(trial=trial).mean()):.3f}"]
+                    if "reward" in dataset
+                    else []
+                ),
+                *[
+                    f"{float(record['belief_accuracy'].isel(factor=f).mean()):.3f}"
+                    for f in range(len(labels.factors))
+                ],
+            ]
+        )
+    print(_table(rows))
+
+
+def simulate_command(task_name: str, agents: int, trials: int, seed: int, out: Path) -> int:
+    from tqdm import tqdm
+
+    from pp_aif.plots import plot_trial
+    from pp_aif.simulate import save, simulate
+    from pp_aif.task import load_task
+
+    if agents < 1 or trials < 1:
+        raise ValueError(f"--agents and --trials must be at least 1, got {agents} and {trials}")
+    task = load_task(task_name)
+    print(
+        f"pp_aif simulate: {agents} agent(s), {trials} trial(s) of '{task.name}' "
+        f"({task.description}), seed {seed}"
+    )
+    start = time.perf_counter()
+    with tqdm(
+        total=trials, desc="trials", disable=trials * agents < 20_000 or None, leave=False
+    ) as bar:
+        dataset = simulate(task, agents, trials, seed, progress=bar.update)
+    seconds = time.perf_counter() - start
+    if agents == 1:
+        _narrate(dataset, task.labels, out)
+    else:
+        _summarise(dataset, task.labels)
+    print(f"\n{agents * trials} agent-trials in {seconds:.2f} s")
+    record = save(dataset, out / f"{task.name}_simulation.nc")
+    figure = plot_trial(dataset, task.labels)
+    path = out / f"{task.name}_trial.png"
+    figure.savefig(path, dpi=110)
+    print(f"record: {record}")
+    print(f"figure: {path} (agent 0, trial 0)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pp-aif", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    simulate_parser = commands.add_parser("simulate", help="agents act in a task")
+    simulate_parser.add_argument("task", help="task name (e.g. tmaze) or task file")
+    simulate_parser.add_argument("--agents", type=int, default=1, help="agents (default 1)")
+    simulate_parser.add_argument("--trials", type=int, default=1, help="trials (default 1)")
+    simulate_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    simulate_parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out"),
+        help="folder for the record and figure (default: ./out)",
+    )
     demo_parser = commands.add_parser("demo", help="exact state inference on a two-factor model")
     demo_parser.add_argument("--task", default="two_factor", help="task name or task file")
     demo_parser.add_argument(
@@ -123,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if arguments.command == "demo":
             return demo(arguments.task, arguments.out)
+        if arguments.command == "simulate":
+            return simulate_command(
+                arguments.task, arguments.agents, arguments.trials, arguments.seed, arguments.out
+            )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)
         return 2

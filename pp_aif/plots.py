@@ -12,7 +12,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from pp_aif.inference.states import Beliefs  # noqa: E402
 from pp_aif.task import Labels  # noqa: E402
 
-__all__ = ["plot_state_beliefs"]
+__all__ = ["plot_state_beliefs", "plot_trial"]
 
 
 def plot_state_beliefs(
@@ -66,4 +66,76 @@ def plot_state_beliefs(
         figure.colorbar(image, ax=axes[f, :], shrink=0.8, label="probability")
     if title:
         figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def plot_trial(dataset, labels: Labels, agent: int = 0, trial: int = 0) -> Figure:
+    """SPM-style figure of one trial of one agent (from ``pp_aif.simulate``).
+
+    Rows: beliefs over each factor in time (true states marked), the policy posterior q(pi) in
+    time, and the expected-free-energy terms of the most probable policy at each step.
+    """
+    record = dataset.isel(agent=agent, trial=trial)
+    T = record.sizes["time"]
+    F = len(labels.factors)
+    figure, axes = plt.subplots(
+        F + 2, 1, figsize=(1.8 + 1.6 * T, 2.2 * (F + 2)), constrained_layout=True
+    )
+    observed = record["observation"].values
+    acted = record["action"].values
+    ticks = []
+    for t in range(T):
+        seen = ", ".join(labels.outcomes[m][observed[t, m]] for m in range(len(labels.modalities)))
+        did = "; ".join(
+            labels.controls[f][acted[t, f]]
+            for f in range(F)
+            if acted[t, f] >= 0 and len(labels.controls[f]) > 1
+        )
+        ticks.append(f"t={t}\n{seen}" + (f"\n-> {did}" if did else ""))
+    for f, name in enumerate(labels.factors):
+        q = record[f"belief_{name}"].values.T
+        ax = axes[f]
+        ax.imshow(q, vmin=0, vmax=1, cmap="Greys", aspect="auto")
+        truth = record["true_state"].values[:, f]
+        ax.plot(
+            range(T),
+            truth,
+            "o",
+            color="tab:red",
+            markerfacecolor="none",
+            markersize=12,
+            label="true state",
+        )
+        ax.set_yticks(range(q.shape[0]), labels.states[f])
+        ax.set_xticks(range(T), [f"t={t}" for t in range(T)])
+        ax.set_title(f"beliefs about {name}: q(s_t | o_<=t)", fontsize=9)
+        ax.legend(loc="upper right", fontsize=7)
+    posterior = record["policy_posterior"].values.T  # (P, T)
+    ax = axes[F]
+    image = ax.imshow(
+        posterior, vmin=0, vmax=1, cmap="Greys", aspect="auto", interpolation="nearest"
+    )
+    ax.set_title("policy posterior q(pi) (blank: no choice at the last step)", fontsize=9)
+    ax.set_ylabel("policy")
+    ax.set_xticks(range(T), [f"t={t}" for t in range(T)])
+    figure.colorbar(image, ax=ax, shrink=0.8)
+    ax = axes[F + 1]
+    terms = ["risk", "ambiguity", "epistemic", "pragmatic", "novelty"]
+    width = 0.8 / len(terms)
+    for i, term in enumerate(terms):
+        values = []
+        for t in range(T):
+            row = record["policy_posterior"].values[t]
+            best = int(np.nanargmax(row)) if np.isfinite(row).any() else None
+            values.append(np.nan if best is None else record[term].values[t, best])
+        ax.bar(np.arange(T) + (i - len(terms) / 2 + 0.5) * width, values, width, label=term)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xticks(range(T), ticks, fontsize=7)
+    ax.set_title(
+        "expected free energy of the most probable policy: G = risk + ambiguity "
+        "= -(epistemic + pragmatic)",
+        fontsize=9,
+    )
+    ax.set_ylabel("nats")
+    ax.legend(fontsize=7, ncol=len(terms))
     return figure

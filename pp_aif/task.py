@@ -50,9 +50,12 @@ class Labels:
 
 @dataclass(frozen=True)
 class Task:
-    """A named generative model with an example sequence.
+    """A named generative model, the world it meets, and default agent settings.
 
     observations : int (T, M); actions : int (T-1, F) - an example sequence for demos and tests.
+    process : the world's generative process (None: the agent's model is the world).
+    settings : default AgentSettings; num_steps : T of one trial (None: the example's length).
+    reward : (modality, outcome) that counts as a reward, or None.
     """
 
     name: str
@@ -61,6 +64,14 @@ class Task:
     labels: Labels
     observations: Tensor
     actions: Tensor
+    process: GenerativeModel | None = None
+    settings: object = None
+    num_steps: int | None = None
+    reward: tuple[int, int] | None = None
+
+    @property
+    def trial_length(self) -> int:
+        return self.num_steps or int(self.observations.shape[0])
 
 
 def load_task(name_or_path: str | Path) -> Task:

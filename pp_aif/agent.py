@@ -1,0 +1,201 @@
+"""A batched active-inference agent: settings, state, and a pure step function.
+
+Dimension symbols: N agents (batched in every tensor), F factors (S_f states, U_f controls),
+M modalities, P policies, H horizon, T steps in a trial.
+
+One step at time t, for all N agents at once:
+
+    q(s_t)  ∝ p(o_t | s_t) p(s_t | o_<t)        exact, over the joint state (N, S_1..S_F)
+    G, q(pi) from the factor marginals of q(s_t) (pp_aif.planning), policies of horizon
+             min(H, T-1-t) so that no policy looks past the trial
+    u_t     ~ p(u) ∝ exp(alpha ln sum_pi q(pi) [pi_0 = u])
+    p(s_t+1 | o_<=t) = B[u_t] q(s_t)            the next prior, still joint
+
+Keeping the joint belief makes the agent's state inference exact: its beliefs equal
+``infer_states(..., mode="filtering")`` (tested). Between trials, ``pD`` (when the model has it)
+learns from the smoothed beliefs about the first step, per agent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from pp_aif.errors import DataError
+from pp_aif.ops.contractions import outer
+from pp_aif.ops.dirichlet import update_concentrations
+from pp_aif.ops.hmm import (
+    factor_marginals,
+    forward_filter,
+    observation_log_likelihood,
+    propagate,
+    select_transitions,
+    smooth,
+)
+from pp_aif.planning import (
+    DEFAULT_ACTION_PRECISION,
+    DEFAULT_POLICY_PRECISION,
+    Lesions,
+    PolicyScores,
+    action_marginals,
+    action_probabilities,
+    expected_free_energy,
+    policy_posterior,
+    select_actions,
+)
+from pp_aif.spec import GenerativeModel, construct_policies
+
+__all__ = ["AgentSettings", "AgentState", "StepResult", "initial_state", "step", "learn_initial"]
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How an agent plans and acts (SPM's defaults).
+
+    policy_precision : gamma in q(pi) = softmax(ln E - gamma (G - novelty)).
+    action_precision : alpha in p(u) ∝ exp(alpha ln marginal).
+    sample_actions : draw u from p(u) (True) or take its most probable value.
+    horizon : policy depth H; None uses the depth of ``model.policies``.
+    lesions : terms of G left out of the policy score.
+    efe_method : "exact" or "sampled"; num_samples : rollouts for "sampled".
+    learning_rate, forgetting : for pD between trials (when the model has pD).
+    """
+
+    policy_precision: float = DEFAULT_POLICY_PRECISION
+    action_precision: float = DEFAULT_ACTION_PRECISION
+    sample_actions: bool = True
+    horizon: int | None = None
+    lesions: Lesions = field(default_factory=Lesions)
+    efe_method: str = "exact"
+    num_samples: int = 1000
+    learning_rate: float = 1.0
+    forgetting: float = 0.0
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """time : the step about to be observed; prior : (N, S_1..S_F) p(s_t | o_<t);
+    pD : F tensors (N, S_f), each agent's initial-state counts (None without learning)."""
+
+    time: int
+    prior: Tensor
+    pD: list[Tensor] | None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """beliefs : F tensors (N, S_f) q(s_t | o_<=t); log_evidence : (N,) ln p(o_t | o_<t);
+    scores : PolicyScores (N, P) or None at the last step; policy_posterior : (N, P) or None;
+    action_probabilities : F tensors (N, U_f) or None; action : int (N, F) or None."""
+
+    beliefs: list[Tensor]
+    log_evidence: Tensor
+    scores: PolicyScores | None
+    policy_posterior: Tensor | None
+    action_probabilities: list[Tensor] | None
+    action: Tensor | None
+
+
+def _initial_beliefs(model: GenerativeModel, pD: list[Tensor] | None, N: int) -> list[Tensor]:
+    if pD is None:
+        return [d.expand(N, -1) for d in model.D]
+    return [p / p.sum(-1, keepdim=True) for p in pD]
+
+
+def initial_state(model: GenerativeModel, num_agents: int, pD: list[Tensor] | None = None):
+    """The state before the first observation; ``pD`` per agent, or the model's for all."""
+    if pD is None and model.pD is not None:
+        pD = [p.expand(num_agents, -1).clone() for p in model.pD]
+    prior = outer(*_initial_beliefs(model, pD, num_agents), batch_dims=1)
+    return AgentState(time=0, prior=prior, pD=pD)
+
+
+def step(
+    model: GenerativeModel,
+    settings: AgentSettings,
+    state: AgentState,
+    observation: Tensor,
+    *,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+) -> tuple[AgentState, StepResult]:
+    """Observe, infer, plan and act, for N agents at once. Pure: returns a new state.
+
+    observation : int (N, M), the outcomes at step ``state.time``; num_steps : T of the trial.
+    At the last step (time T-1) no action is chosen.
+    """
+    log_likelihood = observation_log_likelihood(model.log_A, observation[:, None, :])[:, 0]
+    log_joint = (torch.log(state.prior) + log_likelihood).flatten(1)
+    shift = log_joint.amax(-1, keepdim=True)
+    if not torch.isfinite(shift).all():
+        agent = int((~torch.isfinite(shift[:, 0])).nonzero()[0])
+        raise DataError(
+            f"observation: agent {agent}, time step {state.time}: outcomes "
+            f"{observation[agent].tolist()} have probability 0 under the agent's model"
+        )
+    weights = torch.exp(log_joint - shift)
+    total = weights.sum(-1, keepdim=True)
+    posterior = (weights / total).reshape(state.prior.shape)
+    log_evidence = (shift + torch.log(total))[:, 0]
+    beliefs = factor_marginals(posterior, 1)
+    if state.time >= num_steps - 1:
+        result = StepResult(beliefs, log_evidence, None, None, None, None)
+        return AgentState(state.time + 1, posterior, state.pD), result
+
+    depth = settings.horizon or model.policies.shape[1]
+    depth = min(depth, num_steps - 1 - state.time)
+    if depth == model.policies.shape[1]:
+        policies, log_prior = model.policies, torch.log(model.E)
+    else:  # every policy of the remaining depth, under a flat prior
+        policies = construct_policies(model.num_controls, depth).to(model.device)
+        P = policies.shape[0]
+        log_prior = torch.full((P,), -math.log(P), dtype=model.dtype, device=model.device)
+    scores = expected_free_energy(
+        model,
+        beliefs,
+        policies,
+        time=state.time,
+        method=settings.efe_method,
+        num_samples=settings.num_samples,
+    )
+    q_pi = policy_posterior(
+        scores, log_prior, precision=settings.policy_precision, lesions=settings.lesions
+    )
+    probabilities = action_probabilities(
+        action_marginals(q_pi, policies, model.num_controls), settings.action_precision
+    )
+    action = select_actions(probabilities, sample=settings.sample_actions, generator=generator)
+    matrices = [b[action[:, f]] for f, b in enumerate(model.transition_by_action)]
+    next_prior = propagate(posterior, matrices)
+    result = StepResult(beliefs, log_evidence, scores, q_pi, probabilities, action)
+    return AgentState(state.time + 1, next_prior, state.pD), result
+
+
+def learn_initial(
+    model: GenerativeModel,
+    settings: AgentSettings,
+    pD: list[Tensor],
+    observations: Tensor,
+    actions: Tensor,
+) -> list[Tensor]:
+    """Each agent's pD after a trial: pD + eta q(s_0 | o_1:T), smoothed under its own D.
+
+    observations int (N, T, M); actions int (N, T-1, F). Returns F tensors (N, S_f).
+    """
+    N = observations.shape[0]
+    transitions = select_transitions(model.transition_by_action, actions)
+    result = forward_filter(
+        observation_log_likelihood(model.log_A, observations),
+        transitions,
+        _initial_beliefs(model, pD, N),
+    )
+    first = factor_marginals(smooth(result.filtered, result.predicted, transitions)[:, 0], 1)
+    return [
+        update_concentrations(
+            p, q, learning_rate=settings.learning_rate, forgetting=settings.forgetting
+        )
+        for p, q in zip(pD, first, strict=True)
+    ]

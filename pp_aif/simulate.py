@@ -1,0 +1,145 @@
+"""Rollouts of batched agents in their task's world, recorded as an ``xarray.Dataset``.
+
+Dimensions: agent (N), trial (K), time (T), policy (P of the first step; NaN where a later step
+considers fewer), modality (M), factor (F), and one state axis per factor ("state_<name>").
+Variables:
+    observation (agent, trial, time, modality)        int
+    action (agent, trial, time, factor)               int, -1 at the last step (no action)
+    true_state (agent, trial, time, factor)           int
+    belief_<factor> (agent, trial, time, state_<factor>)  q(s_t | o_<=t)
+    belief_accuracy (agent, trial, time, factor)      q(s_t = true state)
+    log_evidence (agent, trial, time)                 ln p(o_t | o_<t)
+    policy_posterior, G, risk, ambiguity, epistemic, pragmatic, novelty
+                    (agent, trial, time, policy)      NaN at the last step
+    reward (agent, trial)                             rewards collected in the trial (if defined)
+Loops run over trials and time steps only; agents are a tensor axis.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from pp_aif.agent import AgentSettings, initial_state, learn_initial, step
+from pp_aif.envs import GenerativeProcess
+from pp_aif.task import Task
+
+__all__ = ["simulate", "TERMS"]
+
+logger = logging.getLogger(__name__)
+TERMS = ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty")
+
+
+def simulate(
+    task: Task,
+    num_agents: int = 1,
+    num_trials: int = 1,
+    seed: int = 0,
+    *,
+    settings: AgentSettings | None = None,
+    progress=None,
+) -> xr.Dataset:
+    """Run ``num_agents`` agents for ``num_trials`` trials of the task; returns the record.
+
+    Parameters
+    ----------
+    task : Task (see ``pp_aif.task.load_task``)
+    settings : AgentSettings, optional; default: the task's
+    progress : callable(int), optional; called with 1 after each trial (e.g. a tqdm update)
+    """
+    if num_agents < 1 or num_trials < 1:
+        raise ValueError(
+            f"num_agents and num_trials must be at least 1, got {num_agents}, {num_trials}"
+        )
+    settings = settings or task.settings or AgentSettings()
+    model = task.model
+    T, N, K = task.trial_length, num_agents, num_trials
+    F, M = model.num_factors, model.num_modalities
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    env = GenerativeProcess(task.process or model)
+    P = model.policies.shape[0] if (settings.horizon in (None, model.policies.shape[1])) else None
+
+    observations = np.zeros((N, K, T, M), dtype=np.int64)
+    actions = np.full((N, K, T, F), -1, dtype=np.int64)
+    true_states = np.zeros((N, K, T, F), dtype=np.int64)
+    beliefs = [np.zeros((N, K, T, S)) for S in model.num_states]
+    log_evidence = np.zeros((N, K, T))
+    recorded = {}
+    pD = None
+    for k in range(K):
+        state = initial_state(model, N, pD)
+        observation = env.reset(N, generator)
+        for t in range(T):
+            observations[:, k, t] = observation.cpu().numpy()
+            true_states[:, k, t] = env.states.cpu().numpy()
+            state, result = step(
+                model, settings, state, observation, num_steps=T, generator=generator
+            )
+            for f, q in enumerate(result.beliefs):
+                beliefs[f][:, k, t] = q.detach().cpu().numpy()
+            log_evidence[:, k, t] = result.log_evidence.detach().cpu().numpy()
+            if result.action is None:
+                continue
+            actions[:, k, t] = result.action.cpu().numpy()
+            width = P or result.policy_posterior.shape[-1]
+            values = {
+                "policy_posterior": result.policy_posterior,
+                **{name: getattr(result.scores, name) for name in TERMS},
+            }
+            for name, value in values.items():
+                array = recorded.setdefault(name, np.full((N, K, T, width), np.nan))
+                array[:, k, t, : value.shape[-1]] = value.detach().cpu().numpy()
+            observation = env.step(result.action)
+        if state.pD is not None:
+            pD = learn_initial(
+                model,
+                settings,
+                state.pD,
+                torch.as_tensor(observations[:, k]),
+                torch.as_tensor(actions[:, k, :-1]),
+            )
+        logger.info("trial %d of %d done", k + 1, K)
+        if progress is not None:
+            progress(1)
+
+    labels = task.labels
+    coords = {
+        "agent": np.arange(N),
+        "trial": np.arange(K),
+        "time": np.arange(T),
+        "modality": labels.modalities,
+        "factor": labels.factors,
+    }
+    data = {
+        "observation": (("agent", "trial", "time", "modality"), observations),
+        "action": (("agent", "trial", "time", "factor"), actions),
+        "true_state": (("agent", "trial", "time", "factor"), true_states),
+        "log_evidence": (("agent", "trial", "time"), log_evidence),
+    }
+    accuracy = np.zeros((N, K, T, F))
+    for f, name in enumerate(labels.factors):
+        data[f"belief_{name}"] = (("agent", "trial", "time", f"state_{name}"), beliefs[f])
+        coords[f"state_{name}"] = labels.states[f]
+        accuracy[..., f] = np.take_along_axis(beliefs[f], true_states[..., f, None], -1)[..., 0]
+    data["belief_accuracy"] = (("agent", "trial", "time", "factor"), accuracy)
+    for name, array in recorded.items():
+        data[name] = (("agent", "trial", "time", "policy"), array)
+    if task.reward is not None:
+        modality, outcome = task.reward
+        data["reward"] = (("agent", "trial"), (observations[..., modality] == outcome).sum(-1))
+    dataset = xr.Dataset(data, coords=coords)
+    dataset.attrs.update(task=task.name, seed=seed, num_steps=T, settings=repr(asdict(settings)))
+    return dataset
+
+
+def save(dataset: xr.Dataset, path: str | Path) -> Path:
+    """Write the record as netCDF (HDF5, via h5netcdf); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.to_netcdf(path, engine="h5netcdf")
+    return path
