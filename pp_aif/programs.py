@@ -162,7 +162,9 @@ def sample_sequences(
     return observations, states
 
 
-def policy_rollout(model: GenerativeModel, beliefs: list[Tensor], policies: Tensor) -> None:
+def policy_rollout(
+    model: GenerativeModel, beliefs: list[Tensor], policies: Tensor, A: list[Tensor] | None = None
+) -> None:
     """The generative model run forward from the current beliefs under every policy.
 
     Parameters
@@ -170,6 +172,8 @@ def policy_rollout(model: GenerativeModel, beliefs: list[Tensor], policies: Tens
     beliefs : F tensors (N, S_f)
         q(s_f) at the present step; ``"s_{f}_0"`` is drawn from them.
     policies : int (P, H, F)
+    A : M tensors (N, O_m, S_1..S_F), optional
+        One likelihood per belief (e.g. each agent's learned A); default: the model's.
 
     Sites, inside ``pyro.plate("beliefs", N, dim=-2)`` and ``pyro.plate("policies", P, dim=-1)``:
     ``"s_{f}_{tau}"`` for tau = 0..H and ``"o_{m}_{tau}"`` for tau = 1..H. Draw them with
@@ -195,5 +199,9 @@ def policy_rollout(model: GenerativeModel, beliefs: list[Tensor], policies: Tens
                 for f in range(model.num_factors)
             ]
             for m in range(model.num_modalities):
-                logits = Vindex(model.log_likelihood_last[m])[(*states, slice(None))]
+                if A is None:
+                    logits = Vindex(model.log_likelihood_last[m])[(*states, slice(None))]
+                else:
+                    rows = torch.arange(N, device=model.device)[:, None]
+                    logits = Vindex(torch.log(A[m]).movedim(1, -1))[(rows, *states, slice(None))]
                 pyro.sample(observation_site(m, tau), dist.Categorical(logits=logits))

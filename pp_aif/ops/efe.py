@@ -86,18 +86,24 @@ def predict_states(
     return steps
 
 
+def batch_likelihoods(A: Sequence[Tensor], num_factors: int) -> list[Tensor]:
+    """Each A_m as (N or 1, O_m, S_1..S_F): a shared (O_m, S..) array gets a batch axis of 1."""
+    return [a if a.dim() == num_factors + 2 else a.unsqueeze(0) for a in A]
+
+
 def _joint_outcomes(A: Sequence[Tensor], joint_states: Tensor) -> Tensor:
-    """q(o_1..o_M) = sum_s q(s) prod_m A_m[o_m, s]: (N, P, O_1..O_M) from (N, P, S_1..S_F)."""
+    """q(o_1..o_M) = sum_s q(s) prod_m A_m[o_m, s]: (N, P, O_1..O_M) from (N, P, S_1..S_F);
+    each A_m is (N or 1, O_m, S_1..S_F)."""
     F = joint_states.dim() - 2
     states, outcomes = _LETTERS[:F], _LETTERS[F : F + len(A)]
-    equation = ",".join(f"{o}{states}" for o in outcomes) + f",YZ{states}->YZ{outcomes}"
+    equation = ",".join(f"Y{o}{states}" for o in outcomes) + f",YZ{states}->YZ{outcomes}"
     return torch.einsum(equation, *A, joint_states)
 
 
 def _expect_over_states(array: Tensor, joint_states: Tensor) -> Tensor:
-    """sum_s array[o, s] q(s): (N, P, O) from array (O, S_1..S_F) and q (N, P, S_1..S_F)."""
+    """sum_s array[o, s] q(s): (N, P, O) from array (N or 1, O, S_1..S_F) and q (N, P, S..)."""
     states = _LETTERS[1 : joint_states.dim() - 1]
-    return torch.einsum(f"a{states},YZ{states}->YZa", array, joint_states)
+    return torch.einsum(f"Ya{states},YZ{states}->YZa", array, joint_states)
 
 
 def expected_free_energy_terms(
@@ -116,31 +122,36 @@ def expected_free_energy_terms(
     ----------
     beliefs : F tensors (N, S_f)
         Current beliefs q(s_f) (e.g. the filtered marginals at the present step).
-    A : M tensors (O_m, S_1..S_F)
+    A : M tensors (O_m, S_1..S_F), or (N, O_m, S_1..S_F) for one likelihood per belief
     transition_by_action : F tensors (U_f, S_next, S_prev)
     log_preferences : M tensors (H, O_m)
         ln p~_m(o) at each step of the horizon (log-softmaxed C, already indexed by time).
     policies : int (P, H, F)
-    pA : M tensors like A, optional; pB : F tensors (S_f, S_f, U_f), optional
-        Dirichlet counts; without them novelty is 0.
+    pA : M tensors like A (shared or per belief), optional; pB : F tensors (S_f, S_f, U_f),
+        optional. Dirichlet counts; without them novelty is 0.
 
     Returns
     -------
     EFETerms, each (N, P)
     """
+    F = len(beliefs)
+    A = batch_likelihoods(A, F)
+    pA = None if pA is None else batch_likelihoods(pA, F)
     N = beliefs[0].shape[0]
     P, H, _ = policies.shape
     dtype = beliefs[0].dtype
     zero = torch.zeros(N, P, dtype=dtype, device=beliefs[0].device)
-    entropy_given_state = sum(-xlogy(a, a).sum(0) for a in A)  # (S_1..S_F)
-    novelty_weights_A = None if pA is None else [wnorm(p) * (p > 0) for p in pA]
+    entropy_given_state = sum(-xlogy(a, a).sum(1) for a in A)  # (N or 1, S_1..S_F)
+    novelty_weights_A = (
+        None if pA is None else [wnorm(p.movedim(1, 0)).movedim(0, 1) * (p > 0) for p in pA]
+    )
     novelty_weights_B = None if pB is None else [wnorm(p) * (p > 0) for p in pB]
     ambiguity, pragmatic, outcome_entropy, novelty = zero, zero, zero, zero
     previous = [q[:, None, :].expand(-1, P, -1) for q in beliefs]
     for tau, states in enumerate(predict_states(beliefs, transition_by_action, policies)):
         joint_states = outer(*states, batch_dims=2)  # (N, P, S_1..S_F)
         state_axes = list(range(2, joint_states.dim()))
-        ambiguity = ambiguity + (joint_states * entropy_given_state).sum(state_axes)
+        ambiguity = ambiguity + (joint_states * entropy_given_state[:, None]).sum(state_axes)
         joint_outcomes = _joint_outcomes(A, joint_states)  # (N, P, O_1..O_M)
         outcome_entropy = outcome_entropy - xlogy(joint_outcomes, joint_outcomes).flatten(2).sum(-1)
         for m, a in enumerate(A):
@@ -223,20 +234,29 @@ def sampled_expected_free_energy_terms(
     H = len(state_samples) - 1
     K, N, P = state_samples[0][0].shape
     dtype = A[0].dtype
-    num_states = tuple(a for a in A[0].shape[1:])
-    entropy_given_state = sum(-xlogy(a, a).sum(0) for a in A)
-    weights_A = None if pA is None else [wnorm(p) * (p > 0) for p in pA]
+    F = len(state_samples[0])
+    A = batch_likelihoods(A, F)
+    pA = None if pA is None else batch_likelihoods(pA, F)
+    num_states = tuple(A[0].shape[2:])
+    # the batch index of each sample into a (N or 1, ...) array
+    rows = torch.arange(N, device=A[0].device)[None, :, None]
+
+    def at(array: Tensor, index: tuple[Tensor, ...]) -> Tensor:
+        return array[(rows if array.shape[0] == N else torch.zeros_like(rows), *index)]
+
+    entropy_given_state = sum(-xlogy(a, a).sum(1) for a in A)  # (N or 1, S_1..S_F)
+    weights_A = None if pA is None else [wnorm(p.movedim(1, 0)).movedim(0, 1) * (p > 0) for p in pA]
     weights_B = None if pB is None else [wnorm(p) * (p > 0) for p in pB]
     zeros = torch.zeros(K, N, P, dtype=dtype, device=A[0].device)
     ambiguity, pragmatic, cross_entropy, novelty_linear = zeros, zeros, zeros, zeros
     novelty_plug_in = torch.zeros(N, P, dtype=dtype, device=A[0].device)
     for tau in range(1, H + 1):
         states = tuple(state_samples[tau])
-        ambiguity = ambiguity + entropy_given_state[states]
+        ambiguity = ambiguity + at(entropy_given_state, states)
         # p(o_1..o_M | s^k): (K, N, P, O_1..O_M), and the Rao-Blackwellised predictive q^(o)
         conditional = None
         for m, a in enumerate(A):
-            given = a.movedim(0, -1)[states]  # (K, N, P, O_m)
+            given = at(a.movedim(1, -1), states)  # (K, N, P, O_m)
             log_p = log_preferences[m][tau - 1]
             pragmatic = pragmatic + torch.where(
                 given > 0, given * log_p, torch.zeros_like(given)
@@ -257,12 +277,12 @@ def sampled_expected_free_energy_terms(
                 flat_index = flat_index * num_states[f] + s
             q_states = _one_hot_mean(flat_index, math.prod(num_states), dtype)  # (N, P, S)
             for a, w in zip(A, weights_A, strict=True):
-                a_flat, w_flat = a.reshape(a.shape[0], -1), w.reshape(w.shape[0], -1)
-                q_outcomes = q_states @ a_flat.T  # (N, P, O)
-                w_q_states = q_states @ w_flat.T  # (N, P, O): W q(s)
+                a_flat, w_flat = a.flatten(2), w.flatten(2)  # (N or 1, O, S)
+                q_outcomes = torch.einsum("YZs,Yos->YZo", q_states, a_flat)
+                w_q_states = torch.einsum("YZs,Yos->YZo", q_states, w_flat)  # W q(s)
                 novelty_plug_in = novelty_plug_in - (q_outcomes * w_q_states).sum(-1)
-                wt_q_outcomes = q_outcomes @ w_flat  # (N, P, S): W^T q(o)
-                a_given = a_flat.T[flat_index]  # (K, N, P, O)
+                wt_q_outcomes = torch.einsum("YZo,Yos->YZs", q_outcomes, w_flat)  # W^T q(o)
+                a_given = at(a_flat.transpose(1, 2), (flat_index,))  # (K, N, P, O)
                 novelty_linear = novelty_linear - (
                     (a_given * w_q_states).sum(-1)
                     + torch.gather(wt_q_outcomes.expand(K, -1, -1, -1), -1, flat_index[..., None])[

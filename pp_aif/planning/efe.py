@@ -101,6 +101,32 @@ def _prepare_beliefs(model: GenerativeModel, beliefs) -> tuple[list[Tensor], tup
     return tensors, batch_shape
 
 
+def _per_belief(model: GenerativeModel, A, pA, batch_shape) -> tuple[list[Tensor], object]:
+    """The likelihoods and counts to score with: the model's (shared), or one per belief,
+    flattened to (N, O_m, S_1..S_F)."""
+    if A is None and pA is None:
+        return list(model.A), model.pA
+    N = int(np.prod(batch_shape, dtype=np.int64))
+    result = []
+    for name, arrays, shared in (("A", A, model.A), ("pA", pA, model.pA)):
+        if arrays is None:
+            result.append(None if shared is None else list(shared))
+            continue
+        if len(arrays) != model.num_modalities:
+            raise DataError(f"{name}: {len(arrays)} arrays for {model.num_modalities} modalities")
+        flat = []
+        for m, (array, like) in enumerate(zip(arrays, model.A, strict=True)):
+            array = torch.as_tensor(array, dtype=model.dtype, device=model.device)
+            if tuple(array.shape) != (*batch_shape, *like.shape):
+                raise DataError(
+                    f"{name}[{m}]: shape {tuple(array.shape)}; expected "
+                    f"{(*batch_shape, *like.shape)}, one array per belief"
+                )
+            flat.append(array.reshape(N, *like.shape))
+        result.append(flat)
+    return result[0], result[1]
+
+
 def log_preferences(model: GenerativeModel, time: int, horizon: int) -> list[Tensor]:
     """ln p~_m = log_softmax(C_m) at the absolute times time+1..time+H: M tensors (H, O_m)."""
     result = []
@@ -127,6 +153,8 @@ def expected_free_energy(
     method: Literal["exact", "sampled"] = "exact",
     num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int | None = None,
+    A=None,
+    pA=None,
 ) -> PolicyScores:
     """Score every policy by its expected free energy G (minimised) and G's terms.
 
@@ -150,6 +178,9 @@ def expected_free_energy(
         Rollouts per policy (and per belief in the batch) for ``"sampled"``.
     seed : int, optional
         Seeds Pyro's random number generator before sampling.
+    A, pA : M arrays (*batch, O_m, S_1..S_F), optional
+        One likelihood (and its Dirichlet counts) per belief in the batch, e.g. each agent's
+        learned A; default: the model's ``A`` and ``pA``, shared.
 
     Returns
     -------
@@ -164,16 +195,17 @@ def expected_free_energy(
         else _check_policies(policies, model.num_controls).to(model.device)
     )
     P, H, _ = policies.shape
+    likelihood, counts = _per_belief(model, A, pA, batch_shape)
     preferences = log_preferences(model, time, H)
     stderr = None
     if method == "exact":
         terms = expected_free_energy_terms(
             states,
-            model.A,
+            likelihood,
             model.transition_by_action,
             preferences,
             policies,
-            pA=model.pA,
+            pA=counts,
             pB=model.pB,
         )
     else:
@@ -184,18 +216,18 @@ def expected_free_energy(
         if seed is not None:
             pyro.set_rng_seed(seed)
         draws = Predictive(policy_rollout, num_samples=num_samples, parallel=True)(
-            model, states, policies
+            model, states, policies, None if A is None else likelihood
         )
         samples = [
             [draws[state_site(f, tau)] for f in range(model.num_factors)] for tau in range(H + 1)
         ]
         terms, errors = sampled_expected_free_energy_terms(
             samples,
-            model.A,
+            likelihood,
             model.transition_by_action,
             preferences,
             policies,
-            pA=model.pA,
+            pA=counts,
             pB=model.pB,
         )
         stderr = EFETerms(*(value.reshape(*batch_shape, P) for value in errors))

@@ -193,3 +193,39 @@ def test_bad_beliefs_are_named(rng):
     beliefs = pp_aif.infer_states(model, np.zeros((2, 1), dtype=int), np.zeros((1, 2), dtype=int))
     with pytest.raises(pp_aif.DataError, match="pass the marginals at one step"):
         pp_aif.expected_free_energy(model, beliefs)
+
+
+@pytest.mark.parametrize("method", ["exact", "sampled"])
+def test_one_likelihood_per_belief_equals_separate_models(rng, method):
+    arrays = random_arrays(rng, (2, 3), (3, 2), (2, 2))
+    policies = pp_aif.construct_policies((2, 2), 2)
+    model = pp_aif.GenerativeModel(arrays.A, arrays.B, D=arrays.D, policies=policies)
+    per_agent = [random_arrays(rng, (2, 3), (3, 2), (2, 2)) for _ in range(3)]
+    A = [np.stack([p.A[m] for p in per_agent]) for m in range(2)]
+    pA = [1 + 2 * a for a in A]
+    beliefs = [random_columns(rng, (s, 3)).T for s in (2, 3)]
+    together = pp_aif.expected_free_energy(
+        model, beliefs, A=A, pA=pA, method=method, num_samples=500, seed=0
+    )
+    for n, agent in enumerate(per_agent):
+        alone = pp_aif.expected_free_energy(
+            pp_aif.GenerativeModel(
+                agent.A, arrays.B, D=arrays.D, policies=policies, pA=[1 + 2 * a for a in agent.A]
+            ),
+            [b[n] for b in beliefs],
+            method=method,
+            num_samples=500,
+            seed=0,
+        )
+        if method == "exact":
+            for name in ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty"):
+                assert_close(getattr(together, name)[n], getattr(alone, name), msg=name)
+        else:  # different random draws: agree within the joint standard error
+            for name in ("G", "novelty"):
+                bound = (
+                    4 * np.hypot(getattr(together.stderr, name)[n], getattr(alone.stderr, name))
+                    + 1e-10
+                )
+                assert ((getattr(together, name)[n] - getattr(alone, name)).abs() <= bound).all()
+    with pytest.raises(pp_aif.DataError, match=r"A\[0\]: shape \(3, 2, 3\); expected"):
+        pp_aif.expected_free_energy(model, beliefs, A=[a[0] for a in A])
