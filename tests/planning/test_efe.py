@@ -223,7 +223,7 @@ def test_one_likelihood_per_belief_equals_separate_models(rng, method):
         else:  # different random draws: agree within the joint standard error
             for name in ("G", "novelty"):
                 bound = (
-                    4 * np.hypot(getattr(together.stderr, name)[n], getattr(alone.stderr, name))
+                    4 * torch.hypot(getattr(together.stderr, name)[n], getattr(alone.stderr, name))
                     + 1e-10
                 )
                 assert ((getattr(together, name)[n] - getattr(alone, name)).abs() <= bound).all()
