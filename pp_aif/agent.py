@@ -12,8 +12,10 @@ One step at time t, for all N agents at once:
     p(s_t+1 | o_<=t) = B[u_t] q(s_t)            the next prior, still joint
 
 Keeping the joint belief makes the agent's state inference exact: its beliefs equal
-``infer_states(..., mode="filtering")`` (tested). Between trials, ``pD`` (when the model has it)
-learns from the smoothed beliefs about the first step, per agent.
+``infer_states(..., mode="filtering")`` (tested). Between trials each agent learns its own
+Dirichlet counts - ``pA`` and ``pD``, when the model has them - from the trial's smoothed
+beliefs (:func:`learn_between_trials`); its A and D are the normalised counts. (Per-agent
+learning of B is not built yet: B stays the model's.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from pp_aif.errors import DataError
 from pp_aif.ops.contractions import outer
-from pp_aif.ops.dirichlet import update_concentrations
+from pp_aif.ops.dirichlet import initial_counts, observation_counts, update_concentrations
 from pp_aif.ops.hmm import (
     factor_marginals,
     forward_filter,
@@ -48,7 +50,14 @@ from pp_aif.planning import (
 )
 from pp_aif.spec import GenerativeModel, construct_policies
 
-__all__ = ["AgentSettings", "AgentState", "StepResult", "initial_state", "step", "learn_initial"]
+__all__ = [
+    "AgentSettings",
+    "AgentState",
+    "StepResult",
+    "initial_state",
+    "step",
+    "learn_between_trials",
+]
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,7 @@ class AgentSettings:
     horizon : policy depth H; None uses the depth of ``model.policies``.
     lesions : terms of G left out of the policy score.
     efe_method : "exact" or "sampled"; num_samples : rollouts for "sampled".
-    learning_rate, forgetting : for pD between trials (when the model has pD).
+    learning_rate, forgetting : for pA and pD between trials (when the model has them).
     """
 
     policy_precision: float = DEFAULT_POLICY_PRECISION
@@ -78,11 +87,17 @@ class AgentSettings:
 @dataclass(frozen=True)
 class AgentState:
     """time : the step about to be observed; prior : (N, S_1..S_F) p(s_t | o_<t);
-    pD : F tensors (N, S_f), each agent's initial-state counts (None without learning)."""
+    pA : M tensors (N, O_m, S_1..S_F), each agent's likelihood counts (None: the model's A);
+    pD : F tensors (N, S_f), each agent's initial-state counts (None: the model's D)."""
 
     time: int
     prior: Tensor
-    pD: list[Tensor] | None
+    pA: list[Tensor] | None = None
+    pD: list[Tensor] | None = None
+
+    def likelihood(self) -> list[Tensor] | None:
+        """Each agent's A, the normalised pA: M tensors (N, O_m, S_1..S_F), or None."""
+        return None if self.pA is None else [p / p.sum(1, keepdim=True) for p in self.pA]
 
 
 @dataclass(frozen=True)
@@ -105,12 +120,30 @@ def _initial_beliefs(model: GenerativeModel, pD: list[Tensor] | None, N: int) ->
     return [p / p.sum(-1, keepdim=True) for p in pD]
 
 
-def initial_state(model: GenerativeModel, num_agents: int, pD: list[Tensor] | None = None):
-    """The state before the first observation; ``pD`` per agent, or the model's for all."""
+def initial_state(
+    model: GenerativeModel,
+    num_agents: int,
+    pA: list[Tensor] | None = None,
+    pD: list[Tensor] | None = None,
+) -> AgentState:
+    """The state before a trial's first observation. Counts are per agent (N, ...); without
+    them, agents start from the model's counts (when it has them). As in SPM, an agent with
+    counts uses their normalised values as its A and D (the model's ``A`` and ``D`` are then
+    not used by the agent)."""
+    if pA is None and model.pA is not None:
+        pA = [p.expand(num_agents, *p.shape).clone() for p in model.pA]
     if pD is None and model.pD is not None:
         pD = [p.expand(num_agents, -1).clone() for p in model.pD]
     prior = outer(*_initial_beliefs(model, pD, num_agents), batch_dims=1)
-    return AgentState(time=0, prior=prior, pD=pD)
+    return AgentState(time=0, prior=prior, pA=pA, pD=pD)
+
+
+def _log_likelihood(model: GenerativeModel, A: list[Tensor] | None, observations: Tensor):
+    """ln p(o_t | s) for observations int (N, T, M): (N, T, S_1..S_F), per agent if A is."""
+    if A is None:
+        return observation_log_likelihood(model.log_A, observations)
+    rows = torch.arange(observations.shape[0], device=observations.device)[:, None]
+    return sum(torch.log(a)[rows, observations[..., m]] for m, a in enumerate(A))
 
 
 def step(
@@ -127,7 +160,8 @@ def step(
     observation : int (N, M), the outcomes at step ``state.time``; num_steps : T of the trial.
     At the last step (time T-1) no action is chosen.
     """
-    log_likelihood = observation_log_likelihood(model.log_A, observation[:, None, :])[:, 0]
+    A = state.likelihood()
+    log_likelihood = _log_likelihood(model, A, observation[:, None, :])[:, 0]
     log_joint = (torch.log(state.prior) + log_likelihood).flatten(1)
     shift = log_joint.amax(-1, keepdim=True)
     if not torch.isfinite(shift).all():
@@ -143,7 +177,7 @@ def step(
     beliefs = factor_marginals(posterior, 1)
     if state.time >= num_steps - 1:
         result = StepResult(beliefs, log_evidence, None, None, None, None)
-        return AgentState(state.time + 1, posterior, state.pD), result
+        return AgentState(state.time + 1, posterior, state.pA, state.pD), result
 
     depth = settings.horizon or model.policies.shape[1]
     depth = min(depth, num_steps - 1 - state.time)
@@ -160,6 +194,8 @@ def step(
         time=state.time,
         method=settings.efe_method,
         num_samples=settings.num_samples,
+        A=A,
+        pA=state.pA,
     )
     q_pi = policy_posterior(
         scores, log_prior, precision=settings.policy_precision, lesions=settings.lesions
@@ -171,31 +207,45 @@ def step(
     matrices = [b[action[:, f]] for f, b in enumerate(model.transition_by_action)]
     next_prior = propagate(posterior, matrices)
     result = StepResult(beliefs, log_evidence, scores, q_pi, probabilities, action)
-    return AgentState(state.time + 1, next_prior, state.pD), result
+    return AgentState(state.time + 1, next_prior, state.pA, state.pD), result
 
 
-def learn_initial(
+def learn_between_trials(
     model: GenerativeModel,
     settings: AgentSettings,
-    pD: list[Tensor],
+    state: AgentState,
     observations: Tensor,
     actions: Tensor,
-) -> list[Tensor]:
-    """Each agent's pD after a trial: pD + eta q(s_0 | o_1:T), smoothed under its own D.
+) -> tuple[list[Tensor] | None, list[Tensor] | None]:
+    """Each agent's (pA, pD) after a trial, from its beliefs smoothed under its own A and D.
 
-    observations int (N, T, M); actions int (N, T-1, F). Returns F tensors (N, S_f).
+    pA + eta sum_t o_t (x) q(s_t | o_1:T) and pD + eta q(s_0 | o_1:T), each after forgetting,
+    only where the counts are positive (:mod:`pp_aif.ops.dirichlet`). observations int
+    (N, T, M); actions int (N, T-1, F).
     """
+    if state.pA is None and state.pD is None:
+        return None, None
     N = observations.shape[0]
     transitions = select_transitions(model.transition_by_action, actions)
     result = forward_filter(
-        observation_log_likelihood(model.log_A, observations),
+        _log_likelihood(model, state.likelihood(), observations),
         transitions,
-        _initial_beliefs(model, pD, N),
+        _initial_beliefs(model, state.pD, N),
     )
-    first = factor_marginals(smooth(result.filtered, result.predicted, transitions)[:, 0], 1)
-    return [
-        update_concentrations(
-            p, q, learning_rate=settings.learning_rate, forgetting=settings.forgetting
-        )
-        for p, q in zip(pD, first, strict=True)
-    ]
+    marginals = factor_marginals(smooth(result.filtered, result.predicted, transitions), 2)
+
+    def update(concentrations, counts):
+        return [
+            update_concentrations(
+                p, d, learning_rate=settings.learning_rate, forgetting=settings.forgetting
+            )
+            for p, d in zip(concentrations, counts, strict=True)
+        ]
+
+    pA = (
+        None
+        if state.pA is None
+        else update(state.pA, observation_counts(observations, marginals, model.num_outcomes))
+    )
+    pD = None if state.pD is None else update(state.pD, initial_counts(marginals))
+    return pA, pD

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from pp_aif.agent import AgentSettings, initial_state, learn_initial, step
+from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
 from pp_aif.envs import GenerativeProcess
 from pp_aif.task import Task
 
@@ -70,9 +70,9 @@ def simulate(
     beliefs = [np.zeros((N, K, T, S)) for S in model.num_states]
     log_evidence = np.zeros((N, K, T))
     recorded = {}
-    pD = None
+    pA = pD = None
     for k in range(K):
-        state = initial_state(model, N, pD)
+        state = initial_state(model, N, pA, pD)
         observation = env.reset(N, generator)
         for t in range(T):
             observations[:, k, t] = observation.cpu().numpy()
@@ -95,14 +95,13 @@ def simulate(
                 array = recorded.setdefault(name, np.full((N, K, T, width), np.nan))
                 array[:, k, t, : value.shape[-1]] = value.detach().cpu().numpy()
             observation = env.step(result.action)
-        if state.pD is not None:
-            pD = learn_initial(
-                model,
-                settings,
-                state.pD,
-                torch.as_tensor(observations[:, k]),
-                torch.as_tensor(actions[:, k, :-1]),
-            )
+        pA, pD = learn_between_trials(
+            model,
+            settings,
+            state,
+            torch.as_tensor(observations[:, k]),
+            torch.as_tensor(actions[:, k, :-1]),
+        )
         logger.info("trial %d of %d done", k + 1, K)
         if progress is not None:
             progress(1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pp_aif
-from pp_aif.agent import AgentSettings, initial_state, learn_initial, step
+from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
 from pp_aif.envs import GenerativeProcess
 from pp_aif.planning import Lesions
 from pp_aif.task import load_task
@@ -103,12 +103,60 @@ def test_tmaze_published_behaviour(epistemic):
         assert abs(cue_first + stay_first - 1) < 1e-12  # never straight into an arm
 
 
-def test_learn_initial_equals_learn(rng):
-    task = load_task("tmaze")
-    model = task.model
-    observations = task.observations[None]
-    actions = task.actions[None]
-    learned = pp_aif.learn(model, observations, actions, parameters=["D"])
-    pD = learn_initial(model, AgentSettings(), [p[None] for p in model.pD], observations, actions)
-    for ours, expected in zip(pD, learned.pD, strict=True):
-        assert_close(ours[0], expected)
+def test_learning_between_trials_equals_learn(rng):
+    """Each agent's counts after a trial equal pp_aif.learn on its own data and model."""
+    arrays = random_arrays(rng, (2, 3), (3, 2), (2, 1), zero_fraction=0.2)
+    # as in SPM, an agent with counts uses their normalised values as A and D
+    counts_A = [(1 + 2 * a) * (a > 0) for a in arrays.A]
+    counts_D = [1 + d for d in arrays.D]
+    model = pp_aif.GenerativeModel(
+        [p / p.sum(0) for p in counts_A],
+        arrays.B,
+        D=[p / p.sum() for p in counts_D],
+        pA=counts_A,
+        pD=counts_D,
+        policies=pp_aif.construct_policies((2, 1), 1),
+    )
+    settings = AgentSettings(learning_rate=0.5, forgetting=0.1)
+    observations, actions, _ = run(model, settings, GenerativeProcess(model), 3, 4, seed=2)
+    state = initial_state(model, 3)
+    pA, pD = learn_between_trials(model, settings, state, observations, actions)
+    for n in range(3):
+        learned = pp_aif.learn(
+            model,
+            observations[n],
+            actions[n],
+            learning_rate=0.5,
+            forgetting=0.1,
+            parameters=["A", "D"],
+        )
+        for ours, expected in zip(pA, learned.pA, strict=True):
+            assert_close(ours[n], expected)
+        for ours, expected in zip(pD, learned.pD, strict=True):
+            assert_close(ours[n], expected)
+    # a second trial starts from each agent's own counts: beliefs follow its own A and D
+    second = initial_state(model, 3, pA, pD)
+    for n in range(3):
+        own = pp_aif.learn(
+            model,
+            observations[n],
+            actions[n],
+            learning_rate=0.5,
+            forgetting=0.1,
+            parameters=["A", "D"],
+        )
+        assert_close(second.likelihood()[0][n], own.A[0])
+
+
+def test_bandit_agents_learn_the_best_arm():
+    """Per-agent learning of A: agents come to pull the arm that pays most (p = 0.8)."""
+    from pp_aif.simulate import simulate
+
+    record = simulate(load_task("bandit"), num_agents=200, num_trials=30, seed=0)
+    pulls = record["action"].isel(time=0).sel(factor="position")
+    best_first = (pulls.isel(trial=0) == 0).mean().item()
+    best_late = (pulls.isel(trial=slice(20, 30)) == 0).mean().item()
+    assert abs(best_first - 1 / 3) <= 4 * np.sqrt(2 / 9 / 200)  # no preference at first
+    assert best_late >= 0.7
+    reward_late = record["reward"].isel(trial=slice(20, 30)).mean().item()
+    assert reward_late >= 0.7  # the best achievable is 0.8

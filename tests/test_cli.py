@@ -24,9 +24,9 @@ def test_demo_prints_agreement_and_writes_the_figure(tmp_path, capsys):
 def test_unknown_task_is_one_line(tmp_path, capsys):
     assert main(["demo", "--task", "nonexistent", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
-    assert (
-        error
-        == "pp-aif: error: unknown task 'nonexistent'; known tasks: foraging, tmaze, two_factor"
+    assert error == (
+        "pp-aif: error: unknown task 'nonexistent'; known tasks: bandit, foraging, tmaze, "
+        "two_factor"
     )
 
 
