@@ -45,6 +45,7 @@ from pp_aif.planning import (
     action_marginals,
     action_probabilities,
     expected_free_energy,
+    infer_precision,
     policy_posterior,
     select_actions,
 )
@@ -71,6 +72,8 @@ class AgentSettings:
     lesions : terms of G left out of the policy score.
     efe_method : "exact" or "sampled"; num_samples : rollouts for "sampled".
     learning_rate, forgetting : for pA and pD between trials (when the model has them).
+    infer_precision : infer gamma each step (SPM's beta update, prior rate 1 / policy_precision)
+        instead of holding it at policy_precision.
     """
 
     policy_precision: float = DEFAULT_POLICY_PRECISION
@@ -82,6 +85,7 @@ class AgentSettings:
     num_samples: int = 1000
     learning_rate: float = 1.0
     forgetting: float = 0.0
+    infer_precision: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,9 +201,14 @@ def step(
         A=A,
         pA=state.pA,
     )
-    q_pi = policy_posterior(
-        scores, log_prior, precision=settings.policy_precision, lesions=settings.lesions
-    )
+    if settings.infer_precision:
+        q_pi, _ = infer_precision(
+            scores, log_prior, beta=1.0 / settings.policy_precision, lesions=settings.lesions
+        )
+    else:
+        q_pi = policy_posterior(
+            scores, log_prior, precision=settings.policy_precision, lesions=settings.lesions
+        )
     probabilities = action_probabilities(
         action_marginals(q_pi, policies, model.num_controls), settings.action_precision
     )

@@ -14,6 +14,7 @@ Bad arguments get one line on stderr and exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -207,6 +208,7 @@ def simulate_command(task_name: str, agents: int, trials: int, seed: int, out: P
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pp-aif", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True)
     simulate_parser = commands.add_parser("simulate", help="agents act in a task")
     simulate_parser.add_argument("task", help="task name (e.g. tmaze) or task file")
@@ -225,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path("out"), help="folder for the figure (default: ./out)"
     )
     arguments = parser.parse_args(argv)
+    if arguments.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     torch.set_printoptions(precision=3)
     try:
         if arguments.command == "demo":

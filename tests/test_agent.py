@@ -160,3 +160,10 @@ def test_bandit_agents_learn_the_best_arm():
     assert best_late >= 0.7
     reward_late = record["reward"].isel(trial=slice(20, 30)).mean().item()
     assert reward_late >= 0.7  # the best achievable is 0.8
+
+
+def test_tmaze_with_inferred_precision_still_samples_the_cue():
+    task = load_task("tmaze")
+    settings = AgentSettings(infer_precision=True)
+    _, actions, _ = run(task.model, settings, GenerativeProcess(task.model), 200, 3, seed=3)
+    assert (actions[:, 0, 0] == 3).float().mean().item() >= 0.9

@@ -7,6 +7,7 @@ from pp_aif.planning.policies import (
     Lesions,
     action_marginals,
     action_probabilities,
+    infer_precision,
     policy_posterior,
     policy_score,
     select_actions,
@@ -21,6 +22,7 @@ __all__ = [
     "action_marginals",
     "action_probabilities",
     "select_actions",
+    "infer_precision",
     "DEFAULT_POLICY_PRECISION",
     "DEFAULT_ACTION_PRECISION",
 ]

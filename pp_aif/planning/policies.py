@@ -29,6 +29,7 @@ __all__ = [
     "action_marginals",
     "action_probabilities",
     "select_actions",
+    "infer_precision",
 ]
 
 #: gamma, the precision of the policy posterior (SPM: 1 / beta with beta = 1).
@@ -116,3 +117,38 @@ def select_actions(
             draw = p.argmax(-1)
         chosen.append(draw)
     return torch.stack(chosen, -1)
+
+
+def infer_precision(
+    scores: PolicyScores,
+    log_prior: Tensor,
+    *,
+    beta: float = 1.0,
+    iterations: int = 16,
+    free_energy: Tensor | None = None,
+    lesions: Lesions = Lesions(),
+) -> tuple[Tensor, Tensor]:
+    """Policy posterior with the policy precision gamma inferred (SPM's ``spm_MDP_VB_X``).
+
+    gamma = 1 / b has a Gamma prior with rate ``beta``; each iteration moves b down the
+    free-energy gradient dF/db = b - beta + (q(pi) - p(pi)) . Q, with Q = -score the negative
+    policy score, q(pi) = softmax(ln E + gamma Q - F) and p(pi) = softmax(ln E + gamma Q):
+    b <- b - dF/db / 2 (Friston et al. 2017, Neural Comput. 29(1), eqs. (B.1)-(B.3)).
+
+    Returns
+    -------
+    (q(pi) (*batch, P), gamma (*batch,)) after ``iterations`` updates, starting from b = beta.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta: must be positive, got {beta}")
+    Q = -policy_score(scores, lesions)
+    F = torch.zeros_like(Q) if free_energy is None else free_energy
+    b = torch.full(Q.shape[:-1], float(beta), dtype=Q.dtype, device=Q.device)
+    for _ in range(iterations):
+        gamma = 1.0 / b
+        posterior = torch.softmax(log_prior + gamma[..., None] * Q - F, -1)
+        prior = torch.softmax(log_prior + gamma[..., None] * Q, -1)
+        gradient = b - beta + ((posterior - prior) * Q).sum(-1)
+        b = b - gradient / 2
+    gamma = 1.0 / b
+    return torch.softmax(log_prior + gamma[..., None] * Q - F, -1), gamma

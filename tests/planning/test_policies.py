@@ -142,3 +142,48 @@ def test_zero_marginal_is_never_chosen():
         [probabilities[0].expand(500, 3)], generator=torch.Generator().manual_seed(0)
     )
     assert (chosen != 0).all()
+
+
+def spm_precision_loop(Q, log_E, F, beta, iterations):
+    """SPM's spm_MDP_VB_X precision update, restated in numpy (its Q is the negative EFE)."""
+
+    def softmax(x):
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    qb = beta
+    for _ in range(iterations):
+        w = 1 / qb
+        qu = softmax(log_E + w * Q + F)
+        pu = softmax(log_E + w * Q)
+        eg = (qu - pu) @ Q
+        dFdg = qb - beta + eg
+        qb = qb - dFdg / 2
+    w = 1 / qb
+    return softmax(log_E + w * Q + F), w
+
+
+@pytest.mark.parametrize("iterations", [1, 4, 16])
+def test_precision_inference_equals_spm_loop(problem, iterations):
+    *_, model, beliefs = problem
+    scores = pp_aif.expected_free_energy(model, beliefs)
+    F = torch.linspace(0, 1, 16, dtype=torch.float64)
+    q, gamma = pp_aif.planning.infer_precision(
+        scores, torch.log(model.E), beta=1.0, iterations=iterations, free_energy=F
+    )
+    Q = (scores.epistemic + scores.pragmatic + scores.novelty).numpy()
+    expected_q, expected_gamma = spm_precision_loop(
+        Q, np.log(model.E.numpy()), -F.numpy(), 1.0, iterations
+    )
+    assert_close(q, expected_q)
+    assert_close(gamma, expected_gamma)
+
+
+def test_precision_falls_when_observations_contradict_the_plan(problem):
+    """Free energy that disfavours the policies with the best score lowers confidence in G."""
+    *_, model, beliefs = problem
+    scores = pp_aif.expected_free_energy(model, beliefs)
+    Q = scores.epistemic + scores.pragmatic + scores.novelty
+    _, agreeing = pp_aif.planning.infer_precision(scores, torch.log(model.E), free_energy=-Q)
+    _, contradicting = pp_aif.planning.infer_precision(scores, torch.log(model.E), free_energy=Q)
+    assert contradicting < 1.0 < agreeing
