@@ -14,8 +14,8 @@ One step at time t, for all N agents at once:
 Keeping the joint belief makes the agent's state inference exact: its beliefs equal
 ``infer_states(..., mode="filtering")`` (tested). Between trials each agent learns its own
 Dirichlet counts - ``pA`` and ``pD``, when the model has them - from the trial's smoothed
-beliefs (:func:`learn_between_trials`); its A and D are the normalised counts. (Per-agent
-learning of B is not built yet: B stays the model's.)
+beliefs (:func:`learn_between_trials`): ``pA``, ``pB`` and ``pD``, whichever the model has;
+its A, B and D are the normalised counts.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ from torch import Tensor
 
 from pp_aif.errors import DataError
 from pp_aif.ops.contractions import outer
-from pp_aif.ops.dirichlet import initial_counts, observation_counts, update_concentrations
+from pp_aif.ops.dirichlet import (
+    initial_counts,
+    observation_counts,
+    transition_counts,
+    update_concentrations,
+)
 from pp_aif.ops.hmm import (
     factor_marginals,
     forward_filter,
@@ -71,7 +76,7 @@ class AgentSettings:
     horizon : policy depth H; None uses the depth of ``model.policies``.
     lesions : terms of G left out of the policy score.
     efe_method : "exact" or "sampled"; num_samples : rollouts for "sampled".
-    learning_rate, forgetting : for pA and pD between trials (when the model has them).
+    learning_rate, forgetting : for pA, pB and pD between trials (when the model has them).
     infer_precision : infer gamma each step (SPM's beta update, prior rate 1 / policy_precision)
         instead of holding it at policy_precision.
     """
@@ -92,12 +97,18 @@ class AgentSettings:
 class AgentState:
     """time : the step about to be observed; prior : (N, S_1..S_F) p(s_t | o_<t);
     pA : M tensors (N, O_m, S_1..S_F), each agent's likelihood counts (None: the model's A);
+    pB : F tensors (N, S_f, S_f, U_f), each agent's transition counts (None: the model's B);
     pD : F tensors (N, S_f), each agent's initial-state counts (None: the model's D)."""
 
     time: int
     prior: Tensor
     pA: list[Tensor] | None = None
+    pB: list[Tensor] | None = None
     pD: list[Tensor] | None = None
+
+    def transitions(self) -> list[Tensor] | None:
+        """Each agent's B, the normalised pB: F tensors (N, S_f, S_f, U_f), or None."""
+        return None if self.pB is None else [p / p.sum(1, keepdim=True) for p in self.pB]
 
     def likelihood(self) -> list[Tensor] | None:
         """Each agent's A, the normalised pA: M tensors (N, O_m, S_1..S_F), or None."""
@@ -129,6 +140,7 @@ def initial_state(
     num_agents: int,
     pA: list[Tensor] | None = None,
     pD: list[Tensor] | None = None,
+    pB: list[Tensor] | None = None,
 ) -> AgentState:
     """The state before a trial's first observation. Counts are per agent (N, ...); without
     them, agents start from the model's counts (when it has them). As in SPM, an agent with
@@ -136,10 +148,20 @@ def initial_state(
     not used by the agent)."""
     if pA is None and model.pA is not None:
         pA = [p.expand(num_agents, *p.shape).clone() for p in model.pA]
+    if pB is None and model.pB is not None:
+        pB = [p.expand(num_agents, *p.shape).clone() for p in model.pB]
     if pD is None and model.pD is not None:
         pD = [p.expand(num_agents, -1).clone() for p in model.pD]
     prior = outer(*_initial_beliefs(model, pD, num_agents), batch_dims=1)
-    return AgentState(time=0, prior=prior, pA=pA, pD=pD)
+    return AgentState(time=0, prior=prior, pA=pA, pB=pB, pD=pD)
+
+
+def _select_transitions(model: GenerativeModel, B: list[Tensor] | None, actions: Tensor):
+    """p(s_t+1 | s_t, u_t) for actions int (N, T, F): F tensors (N, T, S_next, S_prev)."""
+    if B is None:
+        return select_transitions(model.transition_by_action, actions)
+    rows = torch.arange(actions.shape[0], device=actions.device)[:, None]
+    return [b.permute(0, 3, 1, 2)[rows, actions[..., f]] for f, b in enumerate(B)]
 
 
 def _log_likelihood(model: GenerativeModel, A: list[Tensor] | None, observations: Tensor):
@@ -164,7 +186,7 @@ def step(
     observation : int (N, M), the outcomes at step ``state.time``; num_steps : T of the trial.
     At the last step (time T-1) no action is chosen.
     """
-    A = state.likelihood()
+    A, B = state.likelihood(), state.transitions()
     log_likelihood = _log_likelihood(model, A, observation[:, None, :])[:, 0]
     log_joint = (torch.log(state.prior) + log_likelihood).flatten(1)
     shift = log_joint.amax(-1, keepdim=True)
@@ -181,7 +203,7 @@ def step(
     beliefs = factor_marginals(posterior, 1)
     if state.time >= num_steps - 1:
         result = StepResult(beliefs, log_evidence, None, None, None, None)
-        return AgentState(state.time + 1, posterior, state.pA, state.pD), result
+        return AgentState(state.time + 1, posterior, state.pA, state.pB, state.pD), result
 
     depth = settings.horizon or model.policies.shape[1]
     depth = min(depth, num_steps - 1 - state.time)
@@ -200,6 +222,8 @@ def step(
         num_samples=settings.num_samples,
         A=A,
         pA=state.pA,
+        B=B,
+        pB=state.pB,
     )
     if settings.infer_precision:
         q_pi, _ = infer_precision(
@@ -213,10 +237,10 @@ def step(
         action_marginals(q_pi, policies, model.num_controls), settings.action_precision
     )
     action = select_actions(probabilities, sample=settings.sample_actions, generator=generator)
-    matrices = [b[action[:, f]] for f, b in enumerate(model.transition_by_action)]
+    matrices = [b[:, 0] for b in _select_transitions(model, B, action[:, None, :])]
     next_prior = propagate(posterior, matrices)
     result = StepResult(beliefs, log_evidence, scores, q_pi, probabilities, action)
-    return AgentState(state.time + 1, next_prior, state.pA, state.pD), result
+    return AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD), result
 
 
 def learn_between_trials(
@@ -225,17 +249,17 @@ def learn_between_trials(
     state: AgentState,
     observations: Tensor,
     actions: Tensor,
-) -> tuple[list[Tensor] | None, list[Tensor] | None]:
-    """Each agent's (pA, pD) after a trial, from its beliefs smoothed under its own A and D.
+) -> tuple[list[Tensor] | None, list[Tensor] | None, list[Tensor] | None]:
+    """Each agent's (pA, pD, pB) after a trial, from its beliefs smoothed under its own A, B, D.
 
-    pA + eta sum_t o_t (x) q(s_t | o_1:T) and pD + eta q(s_0 | o_1:T), each after forgetting,
-    only where the counts are positive (:mod:`pp_aif.ops.dirichlet`). observations int
-    (N, T, M); actions int (N, T-1, F).
+    pA + eta sum_t o_t (x) q(s_t | o_1:T), pB + eta sum_t q(s_t+1) (x) q(s_t) at u_t, and
+    pD + eta q(s_0 | o_1:T), each after forgetting, only where the counts are positive
+    (:mod:`pp_aif.ops.dirichlet`). observations int (N, T, M); actions int (N, T-1, F).
     """
-    if state.pA is None and state.pD is None:
-        return None, None
+    if state.pA is None and state.pB is None and state.pD is None:
+        return None, None, None
     N = observations.shape[0]
-    transitions = select_transitions(model.transition_by_action, actions)
+    transitions = _select_transitions(model, state.transitions(), actions)
     result = forward_filter(
         _log_likelihood(model, state.likelihood(), observations),
         transitions,
@@ -256,5 +280,10 @@ def learn_between_trials(
         if state.pA is None
         else update(state.pA, observation_counts(observations, marginals, model.num_outcomes))
     )
+    pB = (
+        None
+        if state.pB is None
+        else update(state.pB, transition_counts(actions, marginals, model.num_controls))
+    )
     pD = None if state.pD is None else update(state.pD, initial_counts(marginals))
-    return pA, pD
+    return pA, pD, pB

@@ -163,7 +163,11 @@ def sample_sequences(
 
 
 def policy_rollout(
-    model: GenerativeModel, beliefs: list[Tensor], policies: Tensor, A: list[Tensor] | None = None
+    model: GenerativeModel,
+    beliefs: list[Tensor],
+    policies: Tensor,
+    A: list[Tensor] | None = None,
+    transition_by_action: list[Tensor] | None = None,
 ) -> None:
     """The generative model run forward from the current beliefs under every policy.
 
@@ -174,6 +178,8 @@ def policy_rollout(
     policies : int (P, H, F)
     A : M tensors (N, O_m, S_1..S_F), optional
         One likelihood per belief (e.g. each agent's learned A); default: the model's.
+    transition_by_action : F tensors (N, U_f, S_next, S_prev), optional
+        One transition array per belief; default: the model's.
 
     Sites, inside ``pyro.plate("beliefs", N, dim=-2)`` and ``pyro.plate("policies", P, dim=-1)``:
     ``"s_{f}_{tau}"`` for tau = 0..H and ``"o_{m}_{tau}"`` for tau = 1..H. Draw them with
@@ -181,6 +187,20 @@ def policy_rollout(
     """
     N = beliefs[0].shape[0]
     P, H, _ = policies.shape
+    rows = torch.arange(N, device=model.device)[:, None]
+    own_transitions = (
+        None
+        if transition_by_action is None
+        else [torch.log(b).transpose(-1, -2) for b in transition_by_action]  # (N, U, S, S')
+    )
+
+    def transition_logits(f: int, tau: int) -> Tensor:
+        """ln p(s_f,tau | s_f,tau-1, u) under each policy: (..., N, P, S_f)."""
+        controls = policies[:, tau - 1, f]
+        if own_transitions is None:
+            return Vindex(model.log_transition_last[f])[controls, states[f], :]
+        return Vindex(own_transitions[f])[rows, controls, states[f], :]
+
     with pyro.plate("beliefs", N, dim=-2), pyro.plate("policies", P, dim=-1):
         states = [
             pyro.sample(state_site(f, 0), dist.Categorical(logits=torch.log(q)[:, None, :]))
@@ -188,20 +208,12 @@ def policy_rollout(
         ]
         for tau in range(1, H + 1):
             states = [
-                pyro.sample(
-                    state_site(f, tau),
-                    dist.Categorical(
-                        logits=Vindex(model.log_transition_last[f])[
-                            policies[:, tau - 1, f], states[f], :
-                        ]
-                    ),
-                )
+                pyro.sample(state_site(f, tau), dist.Categorical(logits=transition_logits(f, tau)))
                 for f in range(model.num_factors)
             ]
             for m in range(model.num_modalities):
                 if A is None:
                     logits = Vindex(model.log_likelihood_last[m])[(*states, slice(None))]
                 else:
-                    rows = torch.arange(N, device=model.device)[:, None]
                     logits = Vindex(torch.log(A[m]).movedim(1, -1))[(rows, *states, slice(None))]
                 pyro.sample(observation_site(m, tau), dist.Categorical(logits=logits))

@@ -70,9 +70,9 @@ def simulate(
     beliefs = [np.zeros((N, K, T, S)) for S in model.num_states]
     log_evidence = np.zeros((N, K, T))
     recorded = {}
-    pA = pD = None
+    pA = pB = pD = None
     for k in range(K):
-        state = initial_state(model, N, pA, pD)
+        state = initial_state(model, N, pA=pA, pB=pB, pD=pD)
         observation = env.reset(N, generator)
         for t in range(T):
             observations[:, k, t] = observation.cpu().numpy()
@@ -95,7 +95,7 @@ def simulate(
                 array = recorded.setdefault(name, np.full((N, K, T, width), np.nan))
                 array[:, k, t, : value.shape[-1]] = value.detach().cpu().numpy()
             observation = env.step(result.action)
-        pA, pD = learn_between_trials(
+        pA, pD, pB = learn_between_trials(
             model,
             settings,
             state,

@@ -105,47 +105,44 @@ def test_tmaze_published_behaviour(epistemic):
 
 def test_learning_between_trials_equals_learn(rng):
     """Each agent's counts after a trial equal pp_aif.learn on its own data and model."""
-    arrays = random_arrays(rng, (2, 3), (3, 2), (2, 1), zero_fraction=0.2)
-    # as in SPM, an agent with counts uses their normalised values as A and D
+    arrays = random_arrays(rng, (2, 3), (3, 2), (2, 2), zero_fraction=0.2)
+    # as in SPM, an agent with counts uses their normalised values as A, B and D
     counts_A = [(1 + 2 * a) * (a > 0) for a in arrays.A]
+    counts_B = [(1 + 3 * b) * (b > 0) for b in arrays.B]
     counts_D = [1 + d for d in arrays.D]
     model = pp_aif.GenerativeModel(
         [p / p.sum(0) for p in counts_A],
-        arrays.B,
+        [p / p.sum(0) for p in counts_B],
         D=[p / p.sum() for p in counts_D],
         pA=counts_A,
+        pB=counts_B,
         pD=counts_D,
-        policies=pp_aif.construct_policies((2, 1), 1),
+        policies=pp_aif.construct_policies((2, 2), 1),
     )
     settings = AgentSettings(learning_rate=0.5, forgetting=0.1)
     observations, actions, _ = run(model, settings, GenerativeProcess(model), 3, 4, seed=2)
-    state = initial_state(model, 3)
-    pA, pD = learn_between_trials(model, settings, state, observations, actions)
+    pA, pD, pB = learn_between_trials(
+        model, settings, initial_state(model, 3), observations, actions
+    )
+    learned = [
+        pp_aif.learn(model, observations[n], actions[n], learning_rate=0.5, forgetting=0.1)
+        for n in range(3)
+    ]
     for n in range(3):
-        learned = pp_aif.learn(
-            model,
-            observations[n],
-            actions[n],
-            learning_rate=0.5,
-            forgetting=0.1,
-            parameters=["A", "D"],
-        )
-        for ours, expected in zip(pA, learned.pA, strict=True):
+        for ours, expected in zip(pA, learned[n].pA, strict=True):
             assert_close(ours[n], expected)
-        for ours, expected in zip(pD, learned.pD, strict=True):
+        for ours, expected in zip(pB, learned[n].pB, strict=True):
             assert_close(ours[n], expected)
-    # a second trial starts from each agent's own counts: beliefs follow its own A and D
-    second = initial_state(model, 3, pA, pD)
+        for ours, expected in zip(pD, learned[n].pD, strict=True):
+            assert_close(ours[n], expected)
+    # the next trial starts from each agent's own counts, and its beliefs follow them exactly
+    second = initial_state(model, 3, pA=pA, pB=pB, pD=pD)
+    next_observation = observations[:, :1]
+    _, result = step(model, settings, second, next_observation[:, 0], num_steps=2)
     for n in range(3):
-        own = pp_aif.learn(
-            model,
-            observations[n],
-            actions[n],
-            learning_rate=0.5,
-            forgetting=0.1,
-            parameters=["A", "D"],
-        )
-        assert_close(second.likelihood()[0][n], own.A[0])
+        own = pp_aif.infer_states(learned[n], next_observation[n], mode="filtering")
+        assert_close(result.beliefs[0][n], own.marginals[0][0])
+        assert_close(second.transitions()[1][n], learned[n].B[1])
 
 
 def test_bandit_agents_learn_the_best_arm():

@@ -42,6 +42,8 @@ __all__ = [
     "predict_states",
     "expected_free_energy_terms",
     "sampled_expected_free_energy_terms",
+    "batch_likelihoods",
+    "batch_transitions",
 ]
 
 #: SPM's floor inside ``spm_wnorm``: exp(-16).
@@ -71,19 +73,36 @@ def predict_states(
 ) -> list[list[Tensor]]:
     """q(s_f,tau | pi) for tau = 1..H: a list over tau of F tensors (N, P, S_f).
 
-    beliefs : F tensors (N, S_f); transition_by_action : F tensors (U_f, S_next, S_prev);
-    policies : int (P, H, F).
+    beliefs : F tensors (N, S_f); transition_by_action : F tensors (U_f, S_next, S_prev), or
+    (N, U_f, S_next, S_prev) for one transition per belief; policies : int (P, H, F).
     """
     P, H, _ = policies.shape
+    transition_by_action = batch_transitions(transition_by_action)
     current = [q[:, None, :].expand(-1, P, -1) for q in beliefs]
     steps = []
     for tau in range(H):
         current = [
-            torch.einsum("pij,npj->npi", b[policies[:, tau, f]], q)
+            torch.einsum("Ypij,Ypj->Ypi", b[:, policies[:, tau, f]], q)
             for f, (b, q) in enumerate(zip(transition_by_action, current, strict=True))
         ]
         steps.append(current)
     return steps
+
+
+def batch_transitions(transition_by_action: Sequence[Tensor]) -> list[Tensor]:
+    """Each B_f as (N or 1, U_f, S_next, S_prev): a shared array gets a batch axis of 1."""
+    return [b if b.dim() == 4 else b.unsqueeze(0) for b in transition_by_action]
+
+
+def transition_novelty_weights(pB: Sequence[Tensor]) -> list[Tensor]:
+    """wnorm of transition counts (S, S, U) or (N, S, S, U), masked to positive counts, in the
+    by-action layout (N or 1, U, S_next, S_prev)."""
+    weights = []
+    for p in pB:
+        p = p if p.dim() == 4 else p.unsqueeze(0)
+        w = wnorm(p.movedim(1, 0)).movedim(0, 1) * (p > 0)
+        weights.append(w.permute(0, 3, 1, 2))
+    return weights
 
 
 def batch_likelihoods(A: Sequence[Tensor], num_factors: int) -> list[Tensor]:
@@ -145,7 +164,7 @@ def expected_free_energy_terms(
     novelty_weights_A = (
         None if pA is None else [wnorm(p.movedim(1, 0)).movedim(0, 1) * (p > 0) for p in pA]
     )
-    novelty_weights_B = None if pB is None else [wnorm(p) * (p > 0) for p in pB]
+    novelty_weights_B = None if pB is None else transition_novelty_weights(pB)
     ambiguity, pragmatic, outcome_entropy, novelty = zero, zero, zero, zero
     previous = [q[:, None, :].expand(-1, P, -1) for q in beliefs]
     for tau, states in enumerate(predict_states(beliefs, transition_by_action, policies)):
@@ -167,8 +186,8 @@ def expected_free_energy_terms(
             for f, (w, q_now, q_before) in enumerate(
                 zip(novelty_weights_B, states, previous, strict=True)
             ):
-                w_u = w.permute(2, 0, 1)[policies[:, tau, f]]  # (P, S_next, S_prev)
-                novelty = novelty - torch.einsum("npi,pij,npj->np", q_now, w_u, q_before)
+                w_u = w[:, policies[:, tau, f]]  # (N or 1, P, S_next, S_prev)
+                novelty = novelty - torch.einsum("Ypi,Ypij,Ypj->Yp", q_now, w_u, q_before)
         previous = states
     epistemic = outcome_entropy - ambiguity
     risk = -outcome_entropy - pragmatic
@@ -246,7 +265,7 @@ def sampled_expected_free_energy_terms(
 
     entropy_given_state = sum(-xlogy(a, a).sum(1) for a in A)  # (N or 1, S_1..S_F)
     weights_A = None if pA is None else [wnorm(p.movedim(1, 0)).movedim(0, 1) * (p > 0) for p in pA]
-    weights_B = None if pB is None else [wnorm(p) * (p > 0) for p in pB]
+    weights_B = None if pB is None else transition_novelty_weights(pB)
     zeros = torch.zeros(K, N, P, dtype=dtype, device=A[0].device)
     ambiguity, pragmatic, cross_entropy, novelty_linear = zeros, zeros, zeros, zeros
     novelty_plug_in = torch.zeros(N, P, dtype=dtype, device=A[0].device)
@@ -291,13 +310,13 @@ def sampled_expected_free_energy_terms(
                 )
         if weights_B is not None:
             for f, w in enumerate(weights_B):
-                S = w.shape[0]
-                w_u = w.permute(2, 0, 1)[policies[:, tau - 1, f]]  # (P, S_next, S_prev)
+                S = w.shape[-1]
+                w_u = w[:, policies[:, tau - 1, f]]  # (N or 1, P, S_next, S_prev)
                 now, before = state_samples[tau][f], state_samples[tau - 1][f]
                 q_now = _one_hot_mean(now, S, dtype)
                 q_before = _one_hot_mean(before, S, dtype)
-                w_q_before = torch.einsum("pij,npj->npi", w_u, q_before)
-                wt_q_now = torch.einsum("pij,npi->npj", w_u, q_now)
+                w_q_before = torch.einsum("Ypij,Ypj->Ypi", w_u, q_before)
+                wt_q_now = torch.einsum("Ypij,Ypi->Ypj", w_u, q_now)
                 novelty_plug_in = novelty_plug_in - (q_now * w_q_before).sum(-1)
                 novelty_linear = novelty_linear - (
                     torch.gather(w_q_before.expand(K, -1, -1, -1), -1, now[..., None])[..., 0]

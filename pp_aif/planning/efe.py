@@ -101,30 +101,24 @@ def _prepare_beliefs(model: GenerativeModel, beliefs) -> tuple[list[Tensor], tup
     return tensors, batch_shape
 
 
-def _per_belief(model: GenerativeModel, A, pA, batch_shape) -> tuple[list[Tensor], object]:
-    """The likelihoods and counts to score with: the model's (shared), or one per belief,
-    flattened to (N, O_m, S_1..S_F)."""
-    if A is None and pA is None:
-        return list(model.A), model.pA
+def _per_belief(arrays, shared, shapes, name: str, unit: str, batch_shape) -> list[Tensor] | None:
+    """``arrays`` (one per belief, shaped (*batch, *shapes[i].shape)) flattened to (N, ...),
+    or the model's ``shared`` arrays when none are given."""
+    if arrays is None:
+        return None if shared is None else list(shared)
+    if len(arrays) != len(shapes):
+        raise DataError(f"{name}: {len(arrays)} arrays for {len(shapes)} {unit}")
     N = int(np.prod(batch_shape, dtype=np.int64))
-    result = []
-    for name, arrays, shared in (("A", A, model.A), ("pA", pA, model.pA)):
-        if arrays is None:
-            result.append(None if shared is None else list(shared))
-            continue
-        if len(arrays) != model.num_modalities:
-            raise DataError(f"{name}: {len(arrays)} arrays for {model.num_modalities} modalities")
-        flat = []
-        for m, (array, like) in enumerate(zip(arrays, model.A, strict=True)):
-            array = torch.as_tensor(array, dtype=model.dtype, device=model.device)
-            if tuple(array.shape) != (*batch_shape, *like.shape):
-                raise DataError(
-                    f"{name}[{m}]: shape {tuple(array.shape)}; expected "
-                    f"{(*batch_shape, *like.shape)}, one array per belief"
-                )
-            flat.append(array.reshape(N, *like.shape))
-        result.append(flat)
-    return result[0], result[1]
+    flat = []
+    for i, (array, like) in enumerate(zip(arrays, shapes, strict=True)):
+        array = torch.as_tensor(array, dtype=like.dtype, device=like.device)
+        if tuple(array.shape) != (*batch_shape, *like.shape):
+            raise DataError(
+                f"{name}[{i}]: shape {tuple(array.shape)}; expected "
+                f"{(*batch_shape, *like.shape)}, one array per belief"
+            )
+        flat.append(array.reshape(N, *like.shape))
+    return flat
 
 
 def log_preferences(model: GenerativeModel, time: int, horizon: int) -> list[Tensor]:
@@ -155,6 +149,8 @@ def expected_free_energy(
     seed: int | None = None,
     A=None,
     pA=None,
+    B=None,
+    pB=None,
 ) -> PolicyScores:
     """Score every policy by its expected free energy G (minimised) and G's terms.
 
@@ -181,6 +177,8 @@ def expected_free_energy(
     A, pA : M arrays (*batch, O_m, S_1..S_F), optional
         One likelihood (and its Dirichlet counts) per belief in the batch, e.g. each agent's
         learned A; default: the model's ``A`` and ``pA``, shared.
+    B, pB : F arrays (*batch, S_f, S_f, U_f), optional
+        One transition array (and its counts) per belief; default: the model's, shared.
 
     Returns
     -------
@@ -195,18 +193,24 @@ def expected_free_energy(
         else _check_policies(policies, model.num_controls).to(model.device)
     )
     P, H, _ = policies.shape
-    likelihood, counts = _per_belief(model, A, pA, batch_shape)
+    likelihood = _per_belief(A, model.A, model.A, "A", "modalities", batch_shape)
+    counts = _per_belief(pA, model.pA, model.A, "pA", "modalities", batch_shape)
+    transitions = _per_belief(B, model.B, model.B, "B", "factors", batch_shape)
+    transitions = (
+        model.transition_by_action if B is None else [b.permute(0, 3, 1, 2) for b in transitions]
+    )
+    transition_counts = _per_belief(pB, model.pB, model.B, "pB", "factors", batch_shape)
     preferences = log_preferences(model, time, H)
     stderr = None
     if method == "exact":
         terms = expected_free_energy_terms(
             states,
             likelihood,
-            model.transition_by_action,
+            transitions,
             preferences,
             policies,
             pA=counts,
-            pB=model.pB,
+            pB=transition_counts,
         )
     else:
         if num_samples < 2:
@@ -216,7 +220,11 @@ def expected_free_energy(
         if seed is not None:
             pyro.set_rng_seed(seed)
         draws = Predictive(policy_rollout, num_samples=num_samples, parallel=True)(
-            model, states, policies, None if A is None else likelihood
+            model,
+            states,
+            policies,
+            None if A is None else likelihood,
+            None if B is None else transitions,
         )
         samples = [
             [draws[state_site(f, tau)] for f in range(model.num_factors)] for tau in range(H + 1)
@@ -224,11 +232,11 @@ def expected_free_energy(
         terms, errors = sampled_expected_free_energy_terms(
             samples,
             likelihood,
-            model.transition_by_action,
+            transitions,
             preferences,
             policies,
             pA=counts,
-            pB=model.pB,
+            pB=transition_counts,
         )
         stderr = EFETerms(*(value.reshape(*batch_shape, P) for value in errors))
     return PolicyScores(

@@ -196,21 +196,29 @@ def test_bad_beliefs_are_named(rng):
 
 
 @pytest.mark.parametrize("method", ["exact", "sampled"])
-def test_one_likelihood_per_belief_equals_separate_models(rng, method):
+def test_arrays_per_belief_equal_separate_models(rng, method):
+    """A, pA, B, pB given per belief (each agent's own) = one model per belief."""
     arrays = random_arrays(rng, (2, 3), (3, 2), (2, 2))
     policies = pp_aif.construct_policies((2, 2), 2)
     model = pp_aif.GenerativeModel(arrays.A, arrays.B, D=arrays.D, policies=policies)
     per_agent = [random_arrays(rng, (2, 3), (3, 2), (2, 2)) for _ in range(3)]
     A = [np.stack([p.A[m] for p in per_agent]) for m in range(2)]
     pA = [1 + 2 * a for a in A]
+    B = [np.stack([p.B[f] for p in per_agent]) for f in range(2)]
+    pB = [1 + 3 * b for b in B]
     beliefs = [random_columns(rng, (s, 3)).T for s in (2, 3)]
     together = pp_aif.expected_free_energy(
-        model, beliefs, A=A, pA=pA, method=method, num_samples=500, seed=0
+        model, beliefs, A=A, pA=pA, B=B, pB=pB, method=method, num_samples=500, seed=0
     )
     for n, agent in enumerate(per_agent):
         alone = pp_aif.expected_free_energy(
             pp_aif.GenerativeModel(
-                agent.A, arrays.B, D=arrays.D, policies=policies, pA=[1 + 2 * a for a in agent.A]
+                agent.A,
+                agent.B,
+                D=arrays.D,
+                policies=policies,
+                pA=[1 + 2 * a for a in agent.A],
+                pB=[1 + 3 * b for b in agent.B],
             ),
             [b[n] for b in beliefs],
             method=method,
@@ -229,3 +237,5 @@ def test_one_likelihood_per_belief_equals_separate_models(rng, method):
                 assert ((getattr(together, name)[n] - getattr(alone, name)).abs() <= bound).all()
     with pytest.raises(pp_aif.DataError, match=r"A\[0\]: shape \(3, 2, 3\); expected"):
         pp_aif.expected_free_energy(model, beliefs, A=[a[0] for a in A])
+    with pytest.raises(pp_aif.DataError, match="pB: 1 arrays for 2 factors"):
+        pp_aif.expected_free_energy(model, beliefs, pB=pB[:1])
