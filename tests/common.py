@@ -11,6 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+#: pymdp's legacy functions prune states below e^-16 and floor logarithms at 1e-16.
+PYMDP_TOLERANCE = {
+    "atol": 1e-5,
+    "rtol": 1e-5,
+    "reason": "pymdp prunes states below e^-16 and floors its logarithms at 1e-16",
+}
+
 #: Deterministic float64 math: the default tolerance of ``assert_close``.
 FLOAT64_ATOL = 1e-10
 FLOAT64_RTOL = 1e-10
@@ -146,3 +153,10 @@ def brute_force_filtering(arrays: Arrays, observations, actions):
     T = len(observations)
     rows = [brute_force(arrays, observations[: t + 1], actions[:t])[1] for t in range(T)]
     return [np.stack([rows[t][f][t] for t in range(T)]) for f in range(len(arrays.B))]
+
+
+def pymdp_objects(arrays):
+    """A list of arrays as pymdp's legacy object array (pymdp imported only when needed)."""
+    from pymdp.legacy import utils
+
+    return utils.obj_array_from_list([np.asarray(a, dtype=float) for a in arrays])

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 import pp_aif
-from tests.common import assert_close, random_arrays, sample_sequence
+from tests.common import (
+    assert_close,
+    pymdp_objects,
+    random_arrays,
+    sample_sequence,
+)
 
 legacy_learning = pytest.importorskip("pymdp.legacy.learning")
-legacy_utils = pytest.importorskip("pymdp.legacy.utils")
-
-
-def objects(arrays):
-    return legacy_utils.obj_array_from_list([np.asarray(a, dtype=float) for a in arrays])
 
 
 @pytest.mark.parametrize("shape", [((3,), (4,), (2,)), ((2, 3), (3, 2), (2, 2))])
@@ -28,23 +28,23 @@ def test_counts_equal_pymdp_legacy_summed_over_steps(rng, shape):
     learned = pp_aif.learn(model, observations, actions, learning_rate=0.7)
 
     marginals = [q.numpy() for q in pp_aif.infer_states(model, observations, actions).marginals]
-    qA, qB = objects(pA), objects(pB)
+    qA, qB = pymdp_objects(pA), pymdp_objects(pB)
     for t in range(5):
-        qs_t = objects([q[t] for q in marginals])
+        qs_t = pymdp_objects([q[t] for q in marginals])
         qA = legacy_learning.update_obs_likelihood_dirichlet(
-            qA, objects(arrays.A), list(observations[t]), qs_t, lr=0.7
+            qA, pymdp_objects(arrays.A), list(observations[t]), qs_t, lr=0.7
         )
         if t > 0:
             qB = legacy_learning.update_state_likelihood_dirichlet(
                 qB,
-                objects(arrays.B),
+                pymdp_objects(arrays.B),
                 list(actions[t - 1]),
                 qs_t,
-                objects([q[t - 1] for q in marginals]),
+                pymdp_objects([q[t - 1] for q in marginals]),
                 lr=0.7,
             )
     qD = legacy_learning.update_state_prior_dirichlet(
-        objects(pD), objects([q[0] for q in marginals]), lr=0.7
+        pymdp_objects(pD), pymdp_objects([q[0] for q in marginals]), lr=0.7
     )
     assert_close(list(learned.pA), list(qA))
     assert_close(list(learned.pB), list(qB))

@@ -202,16 +202,10 @@ def expected_free_energy(
     transition_counts = _per_belief(pB, model.pB, model.B, "pB", "factors", batch_shape)
     preferences = log_preferences(model, time, H)
     stderr = None
+    arrays = (likelihood, transitions, preferences, policies)
+    dirichlet = {"pA": counts, "pB": transition_counts}
     if method == "exact":
-        terms = expected_free_energy_terms(
-            states,
-            likelihood,
-            transitions,
-            preferences,
-            policies,
-            pA=counts,
-            pB=transition_counts,
-        )
+        terms = expected_free_energy_terms(states, *arrays, **dirichlet)
     else:
         if num_samples < 2:
             raise ValueError(
@@ -229,15 +223,7 @@ def expected_free_energy(
         samples = [
             [draws[state_site(f, tau)] for f in range(model.num_factors)] for tau in range(H + 1)
         ]
-        terms, errors = sampled_expected_free_energy_terms(
-            samples,
-            likelihood,
-            transitions,
-            preferences,
-            policies,
-            pA=counts,
-            pB=transition_counts,
-        )
+        terms, errors = sampled_expected_free_energy_terms(samples, *arrays, **dirichlet)
         stderr = EFETerms(*(value.reshape(*batch_shape, P) for value in errors))
     return PolicyScores(
         **{name: value.reshape(*batch_shape, P) for name, value in terms._asdict().items()},

@@ -6,24 +6,12 @@ utility + information gain, so it is compared with -G."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import pp_aif
-from tests.common import assert_close, random_arrays, random_columns
+from tests.common import PYMDP_TOLERANCE, assert_close, pymdp_objects, random_arrays, random_columns
 
 legacy_control = pytest.importorskip("pymdp.legacy.control")
-legacy_utils = pytest.importorskip("pymdp.legacy.utils")
-
-PYMDP_TOLERANCE = {
-    "atol": 1e-5,
-    "rtol": 1e-5,
-    "reason": "pymdp prunes states below e^-16 and floors its logarithms at 1e-16",
-}
-
-
-def objects(arrays):
-    return legacy_utils.obj_array_from_list([np.asarray(a, dtype=float) for a in arrays])
 
 
 @pytest.mark.parametrize(
@@ -46,15 +34,15 @@ def test_terms_equal_pymdp_legacy(rng, shape, horizon):
     beliefs = [random_columns(rng, (s,)) for s in num_states]
     scores = pp_aif.expected_free_energy(model, beliefs)
 
-    A, B, qs = objects(arrays.A), objects(arrays.B), objects(beliefs)
+    A, B, qs = pymdp_objects(arrays.A), pymdp_objects(arrays.B), pymdp_objects(beliefs)
     for p, policy in enumerate(policies.numpy()):
         qs_pi = legacy_control.get_expected_states(qs, B, policy)
         qo_pi = legacy_control.get_expected_obs(qs_pi, A)
-        utility = legacy_control.calc_expected_utility(qo_pi, objects(C))
+        utility = legacy_control.calc_expected_utility(qo_pi, pymdp_objects(C))
         info_gain = legacy_control.calc_states_info_gain(A, qs_pi)
         novelty = (
-            legacy_control.calc_pA_info_gain(objects(pA), qo_pi, qs_pi).item()
-            + legacy_control.calc_pB_info_gain(objects(pB), qs_pi, qs, policy).item()
+            legacy_control.calc_pA_info_gain(pymdp_objects(pA), qo_pi, qs_pi).item()
+            + legacy_control.calc_pB_info_gain(pymdp_objects(pB), qs_pi, qs, policy).item()
         )
         assert_close(scores.pragmatic[p], utility, **PYMDP_TOLERANCE)
         assert_close(scores.epistemic[p], info_gain, **PYMDP_TOLERANCE)

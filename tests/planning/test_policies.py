@@ -15,20 +15,9 @@ from pp_aif.planning import (
     policy_posterior,
     select_actions,
 )
-from tests.common import assert_close, random_arrays, random_columns
+from tests.common import PYMDP_TOLERANCE, assert_close, pymdp_objects, random_arrays, random_columns
 
 legacy_control = pytest.importorskip("pymdp.legacy.control")
-legacy_utils = pytest.importorskip("pymdp.legacy.utils")
-
-PYMDP_TOLERANCE = {
-    "atol": 1e-5,
-    "rtol": 1e-5,
-    "reason": "pymdp prunes states below e^-16 and floors its logarithms at 1e-16",
-}
-
-
-def objects(arrays):
-    return legacy_utils.obj_array_from_list([np.asarray(a, dtype=float) for a in arrays])
 
 
 @pytest.fixture
@@ -55,16 +44,16 @@ def test_policy_posterior_equals_pymdp(problem, lesions):
     scores = pp_aif.expected_free_energy(model, beliefs)
     ours = policy_posterior(scores, torch.log(model.E), precision=16.0, lesions=lesions)
     expected, _ = legacy_control.update_posterior_policies(
-        objects(beliefs),
-        objects(arrays.A),
-        objects(arrays.B),
-        objects(C),
+        pymdp_objects(beliefs),
+        pymdp_objects(arrays.A),
+        pymdp_objects(arrays.B),
+        pymdp_objects(C),
         list(policies.numpy()),
         use_utility=lesions.pragmatic,
         use_states_info_gain=lesions.epistemic,
         use_param_info_gain=lesions.novelty,
-        pA=objects(pA),
-        pB=objects(pB),
+        pA=pymdp_objects(pA),
+        pB=pymdp_objects(pB),
         E=E,
         gamma=16.0,
     )
