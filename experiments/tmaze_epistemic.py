@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from pp_aif.agent import AgentSettings  # noqa: E402
 from pp_aif.planning import Lesions  # noqa: E402
-from pp_aif.simulate import simulate  # noqa: E402
+from pp_aif.simulation import simulate  # noqa: E402
 from pp_aif.task import load_task  # noqa: E402
 
 CUE, LEFT, RIGHT, START = 3, 1, 2, 0

@@ -42,7 +42,7 @@ import torch
 
 import pp_aif
 from pp_aif.plots import plot_trial
-from pp_aif.simulate import simulate
+from pp_aif.simulation import simulate
 from pp_aif.task import load_task
 
 SMOKE_TEST = bool(os.environ.get("SMOKE_TEST"))

@@ -9,7 +9,9 @@ from pp_aif.errors import DataError, ModelError
 from pp_aif.inference import Beliefs, infer_states
 from pp_aif.learning import learn
 from pp_aif.planning import PolicyScores, expected_free_energy
+from pp_aif.simulation import simulate
 from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel, construct_policies
+from pp_aif.task import Task, load_task
 
 __version__ = "0.1.0"
 
@@ -24,4 +26,7 @@ __all__ = [
     "expected_free_energy",
     "PolicyScores",
     "learn",
+    "load_task",
+    "Task",
+    "simulate",
 ]

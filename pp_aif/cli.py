@@ -176,7 +176,7 @@ def simulate_command(task_name: str, agents: int, trials: int, seed: int, out: P
     from tqdm import tqdm
 
     from pp_aif.plots import plot_trial
-    from pp_aif.simulate import save, simulate
+    from pp_aif.simulation import save, simulate
     from pp_aif.task import load_task
 
     if agents < 1 or trials < 1:

@@ -147,7 +147,7 @@ def test_learning_between_trials_equals_learn(rng):
 
 def test_bandit_agents_learn_the_best_arm():
     """Per-agent learning of A: agents come to pull the arm that pays most (p = 0.8)."""
-    from pp_aif.simulate import simulate
+    from pp_aif.simulation import simulate
 
     record = simulate(load_task("bandit"), num_agents=200, num_trials=30, seed=0)
     pulls = record["action"].isel(time=0).sel(factor="position")

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 import pp_aif
-from pp_aif.simulate import save, simulate
+from pp_aif.simulation import save, simulate
 from pp_aif.task import load_task
 from tests.common import assert_close
 
@@ -55,3 +55,17 @@ def test_same_seed_same_record():
 def test_bad_sizes():
     with pytest.raises(ValueError, match="num_agents and num_trials must be at least 1"):
         simulate(load_task("tmaze"), 0, 1)
+
+
+def test_model_environment_settings_tuple():
+    """simulate((model, environment, settings)) runs a model against any world."""
+    from pp_aif.agent import AgentSettings
+
+    task = load_task("tmaze")
+    world = task.model
+    a = simulate((task.model, world, AgentSettings()), 20, 1, seed=4, num_steps=3)
+    b = simulate(task, 20, 1, seed=4)
+    assert (a["action"].values == b["action"].values).all()
+    assert "factor0" in a["factor"].values
+    with pytest.raises(TypeError, match=r"task\[1\]: expected a GenerativeModel or an Environment"):
+        simulate((task.model, "world", AgentSettings()))

@@ -26,8 +26,9 @@ import torch
 import xarray as xr
 
 from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
-from pp_aif.envs import GenerativeProcess
-from pp_aif.task import Task
+from pp_aif.envs import Environment, GenerativeProcess
+from pp_aif.spec import GenerativeModel
+from pp_aif.task import Labels, Task
 
 __all__ = ["simulate", "TERMS"]
 
@@ -35,33 +36,78 @@ logger = logging.getLogger(__name__)
 TERMS = ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty")
 
 
+def _as_task(task, num_steps: int | None) -> tuple[Task, Environment]:
+    """A Task and its environment, from a Task or a tuple (model, environment, settings)."""
+    if isinstance(task, Task):
+        return task, GenerativeProcess(task.process or task.model)
+    if not (isinstance(task, tuple) and len(task) == 3):
+        raise TypeError(
+            "task: expected a Task (pp_aif.load_task) or a tuple (model, environment, settings)"
+        )
+    model, env, settings = task
+    if not isinstance(model, GenerativeModel):
+        raise TypeError(f"task[0]: expected a GenerativeModel, got {type(model).__name__}")
+    if isinstance(env, GenerativeModel):
+        env = GenerativeProcess(env)
+    if not isinstance(env, Environment):
+        raise TypeError(
+            f"task[1]: expected a GenerativeModel or an Environment (reset/step), got "
+            f"{type(env).__name__}"
+        )
+    steps = num_steps or int(model.policies.shape[1]) + 1
+    labels = Labels(
+        factors=[f"factor{f}" for f in range(model.num_factors)],
+        states=[[str(s) for s in range(S)] for S in model.num_states],
+        controls=[[str(u) for u in range(U)] for U in model.num_controls],
+        modalities=[f"modality{m}" for m in range(model.num_modalities)],
+        outcomes=[[str(o) for o in range(size)] for size in model.num_outcomes],
+    )
+    empty = torch.zeros(steps, model.num_modalities, dtype=torch.int64)
+    built = Task(
+        name="custom",
+        description="a model, an environment and settings",
+        model=model,
+        labels=labels,
+        observations=empty,
+        actions=empty[:-1, :0],
+        settings=settings,
+        num_steps=steps,
+    )
+    return built, env
+
+
 def simulate(
-    task: Task,
+    task,
     num_agents: int = 1,
     num_trials: int = 1,
     seed: int = 0,
     *,
     settings: AgentSettings | None = None,
+    num_steps: int | None = None,
     progress=None,
 ) -> xr.Dataset:
     """Run ``num_agents`` agents for ``num_trials`` trials of the task; returns the record.
 
     Parameters
     ----------
-    task : Task (see ``pp_aif.task.load_task``)
+    task : Task (see ``pp_aif.load_task``), or a tuple (model, environment, settings)
+        The environment is a GenerativeModel (the world's process) or any object with the
+        ``Environment`` protocol (batched ``reset`` and ``step``, and ``states``).
     settings : AgentSettings, optional; default: the task's
+    num_steps : int, optional
+        T of a trial; default: the task's (for a tuple: the policies' depth + 1).
     progress : callable(int), optional; called with 1 after each trial (e.g. a tqdm update)
     """
     if num_agents < 1 or num_trials < 1:
         raise ValueError(
             f"num_agents and num_trials must be at least 1, got {num_agents}, {num_trials}"
         )
+    task, env = _as_task(task, num_steps)
     settings = settings or task.settings or AgentSettings()
     model = task.model
-    T, N, K = task.trial_length, num_agents, num_trials
+    T, N, K = num_steps or task.trial_length, num_agents, num_trials
     F, M = model.num_factors, model.num_modalities
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    env = GenerativeProcess(task.process or model)
     P = model.policies.shape[0] if (settings.horizon in (None, model.policies.shape[1])) else None
 
     observations = np.zeros((N, K, T, M), dtype=np.int64)
