@@ -26,3 +26,15 @@ def test_inference_benchmark_smoke(tmp_path):
     assert written["lengths"][0]["max_abs_difference"] < 1e-10
     assert all(row["max_abs_difference"] < 1e-10 for row in results["state_growth"])
     assert [row["T"] for row in results["linearity"]] == [3, 6]
+
+
+@pytest.mark.integration
+def test_agent_benchmark_smoke(tmp_path):
+    from benchmarks.bench_agent import Config as AgentConfig
+    from benchmarks.bench_agent import run as run_agents
+
+    results = run_agents(
+        AgentConfig(agents=(1, 3), sampled_agents=(2,), num_samples=5, repeats=1, out=tmp_path)
+    )
+    assert [row["agents"] for row in results["exact"]] == [1, 3]
+    assert (tmp_path / "bench_agent.json").is_file()
