@@ -138,14 +138,15 @@ def _initial_beliefs(model: GenerativeModel, pD: list[Tensor] | None, N: int) ->
 def initial_state(
     model: GenerativeModel,
     num_agents: int,
+    *,
     pA: list[Tensor] | None = None,
-    pD: list[Tensor] | None = None,
     pB: list[Tensor] | None = None,
+    pD: list[Tensor] | None = None,
 ) -> AgentState:
     """The state before a trial's first observation. Counts are per agent (N, ...); without
     them, agents start from the model's counts (when it has them). As in SPM, an agent with
-    counts uses their normalised values as its A and D (the model's ``A`` and ``D`` are then
-    not used by the agent)."""
+    counts uses their normalised values as its A, B and D (the model's ``A``, ``B`` and ``D``
+    are then not used by the agent)."""
     if pA is None and model.pA is not None:
         pA = [p.expand(num_agents, *p.shape).clone() for p in model.pA]
     if pB is None and model.pB is not None:

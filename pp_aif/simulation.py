@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pyro
 import torch
 import xarray as xr
 
@@ -97,6 +98,9 @@ def simulate(
     num_steps : int, optional
         T of a trial; default: the task's (for a tuple: the policies' depth + 1).
     progress : callable(int), optional; called with 1 after each trial (e.g. a tqdm update)
+
+    The environment and the actions draw from a generator seeded with ``seed``; with sampled
+    expected free energy, Pyro's global generator is seeded with it too.
     """
     if num_agents < 1 or num_trials < 1:
         raise ValueError(
@@ -108,6 +112,8 @@ def simulate(
     T, N, K = num_steps or task.trial_length, num_agents, num_trials
     F, M = model.num_factors, model.num_modalities
     generator = torch.Generator(device=model.device).manual_seed(seed)
+    if settings.efe_method == "sampled":  # Pyro's Predictive draws from the global generator
+        pyro.set_rng_seed(seed)
     P = model.policies.shape[0] if (settings.horizon in (None, model.policies.shape[1])) else None
 
     observations = np.zeros((N, K, T, M), dtype=np.int64)
