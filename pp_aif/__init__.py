@@ -6,7 +6,7 @@ The curated public API. Layout conventions (SPM/pymdp): ``A[m]`` (O_m, S_1..S_F)
 """
 
 from pp_aif.errors import DataError, ModelError
-from pp_aif.inference import Beliefs, infer_states
+from pp_aif.inference import Beliefs, ChainBeliefs, free_energy, infer_states, posterior_chain
 from pp_aif.learning import learn
 from pp_aif.planning import PolicyScores, expected_free_energy
 from pp_aif.simulation import simulate
@@ -23,6 +23,9 @@ __all__ = [
     "construct_policies",
     "infer_states",
     "Beliefs",
+    "ChainBeliefs",
+    "free_energy",
+    "posterior_chain",
     "expected_free_energy",
     "PolicyScores",
     "learn",

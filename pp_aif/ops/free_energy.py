@@ -1,0 +1,120 @@
+"""Variational free energy of beliefs about a sequence of hidden states.
+
+Dimension symbols: N sequences, T steps, F factors (S_f states), K = prod_f S_f joint states.
+
+    F[q] = E_q[ln q(s_1:T) - ln p(o_1:T, s_1:T | u)]  >=  -ln p(o_1:T | u),
+
+with equality exactly when q is the posterior (Beal 2003, ch. 2; Friston et al. 2017, Neural
+Comput. 29(1), eq. 3). Two families of q:
+
+- mean field: q(s) = prod_t prod_f q(s_f,t), given by the marginals F x (N, T, S_f);
+- Markov chain over the joint state: q(s_1:T) = q(s_1) prod_t q(s_t+1 | s_t), given by an initial
+  joint (N, K) and conditionals (N, T-1, K, K) indexed ``[n, t, s_t, s_t+1]``. It contains the
+  exact posterior, so its F can reach -ln p(o).
+
+0 ln 0 = 0 throughout; a belief that puts mass where the model has probability 0 has F = +inf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from pp_aif.ops.contractions import outer
+from pp_aif.ops.numerics import xlogy
+
+__all__ = [
+    "expected_log",
+    "joint_log_transitions",
+    "mean_field_free_energy",
+    "chain_free_energy",
+    "exact_chain",
+]
+
+
+def expected_log(weights: Tensor, log_values: Tensor, dims) -> Tensor:
+    """sum weights * log_values over ``dims``, with 0 * (-inf) = 0 (structural zeros)."""
+    terms = torch.where(weights > 0, weights * log_values, torch.zeros_like(weights))
+    return terms.sum(dims)
+
+
+def joint_log_transitions(transitions: Sequence[Tensor]) -> Tensor:
+    """ln p(s_t+1 | s_t, u_t) over the flattened joint state: (N, T-1, K_prev, K_next).
+
+    transitions : F tensors (N, T-1, S_next, S_prev) (``pp_aif.ops.hmm.select_transitions``).
+    """
+    log_t = [torch.log(b).transpose(-1, -2) for b in transitions]  # (N, T-1, S_prev, S_next)
+    N, steps = log_t[0].shape[:2]
+    total = torch.zeros(N, steps, 1, 1, dtype=log_t[0].dtype, device=log_t[0].device)
+    for b in log_t:
+        S = b.shape[-1]
+        total = (total[..., :, None, :, None] + b[..., None, :, None, :]).reshape(
+            N, steps, total.shape[-2] * S, total.shape[-1] * S
+        )
+    return total
+
+
+def mean_field_free_energy(
+    marginals: Sequence[Tensor],
+    log_likelihood: Tensor,
+    transitions: Sequence[Tensor],
+    initial: Sequence[Tensor],
+) -> Tensor:
+    """F of q(s) = prod_t prod_f q(s_f,t): (N,).
+
+    marginals : F tensors (N, T, S_f); log_likelihood : (N, T, S_1..S_F) ln p(o_t | s_t);
+    transitions : F tensors (N, T-1, S_next, S_prev); initial : F tensors (S_f,) or (N, S_f).
+    """
+    F = len(marginals)
+    entropy_terms = sum(xlogy(q, q).sum((-2, -1)) for q in marginals)  # E_q ln q
+    joint = outer(*marginals, batch_dims=2)  # (N, T, S_1..S_F)
+    energy = expected_log(joint, log_likelihood, tuple(range(1, F + 2)))
+    for f, (q, d) in enumerate(zip(marginals, initial, strict=True)):
+        energy = energy + expected_log(q[:, 0], torch.log(d).expand_as(q[:, 0]), -1)
+        if q.shape[1] > 1:
+            pairs = q[:, 1:, :, None] * q[:, :-1, None, :]  # (N, T-1, S_next, S_prev)
+            energy = energy + expected_log(pairs, torch.log(transitions[f]), (1, 2, 3))
+    return entropy_terms - energy
+
+
+def chain_free_energy(
+    initial_belief: Tensor,
+    conditionals: Tensor,
+    log_likelihood: Tensor,
+    log_transitions: Tensor,
+    log_initial: Tensor,
+) -> Tensor:
+    """F of a Markov chain over the joint state: (N,).
+
+    initial_belief : (N, K) q(s_1); conditionals : (N, T-1, K, K) q(s_t+1 | s_t);
+    log_likelihood : (N, T, K); log_transitions : (N, T-1, K, K) ``[.., s_t, s_t+1]``;
+    log_initial : (K,) or (N, K) ln p(s_1).
+    """
+    marginal = initial_belief
+    value = expected_log(marginal, torch.log(marginal) - log_initial - log_likelihood[:, 0], -1)
+    for t in range(conditionals.shape[1]):
+        pairs = marginal[:, :, None] * conditionals[:, t]  # (N, K, K)
+        log_ratio = (
+            torch.log(conditionals[:, t]) - log_transitions[:, t] - log_likelihood[:, t + 1, None]
+        )
+        value = value + expected_log(pairs, log_ratio, (-2, -1))
+        marginal = pairs.sum(1)
+    return value
+
+
+def exact_chain(filtered: Tensor, predicted: Tensor, smoothed: Tensor, log_transitions: Tensor):
+    """The posterior as a Markov chain: (initial (N, K), conditionals (N, T-1, K, K)).
+
+    From the forward-backward quantities (flattened to (N, T, K)):
+    q(s_t+1 = j | s_t = i) = alpha_t(i) p(j | i) gamma_t+1(j) / (predicted_t+1(j) gamma_t(i)).
+    Rows of states with gamma_t(i) = 0 carry no mass; they are set to p(. | i).
+    """
+    N, T, K = filtered.shape
+    ratio = smoothed / torch.where(predicted > 0, predicted, torch.ones_like(predicted))
+    transition = torch.exp(log_transitions)  # (N, T-1, K, K)
+    pairs = filtered[:, :-1, :, None] * transition * ratio[:, 1:, None, :]
+    totals = pairs.sum(-1, keepdim=True)
+    conditionals = torch.where(totals > 0, pairs / torch.where(totals > 0, totals, 1.0), transition)
+    return smoothed[:, 0], conditionals
