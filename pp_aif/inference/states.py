@@ -61,6 +61,11 @@ class Beliefs:
     method: str
     mode: str
 
+    @property
+    def free_energy(self) -> Tensor:
+        """F in nats, (*batch): for the exact methods the posterior is exact, so F = -ln p(o)."""
+        return -self.log_evidence
+
 
 def infer_states(
     model: GenerativeModel,

@@ -137,3 +137,12 @@ def test_bad_beliefs_are_named(rng):
             actions,
             beliefs=[np.array([[0.5, 0.5], [1.0, 1.0], [0.5, 0.5]]), np.full((3, 3), 1 / 3)],
         )
+
+
+def test_exact_beliefs_report_their_free_energy(rng):
+    arrays, model, observations, actions = make(rng, SHAPES[1], 0.0)
+    beliefs = pp_aif.infer_states(model, observations, actions)
+    chain = pp_aif.posterior_chain(model, observations, actions)
+    assert_close(
+        beliefs.free_energy, pp_aif.free_energy(model, observations, actions, beliefs=chain)
+    )
