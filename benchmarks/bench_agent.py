@@ -3,21 +3,17 @@
 Writes ``<out>/bench_agent.json``: seconds per trial for N agents in one tensor batch, and the
 cost per agent-step. Agents are a tensor axis, so the cost per agent should fall as N grows.
 
-Run: ``python benchmarks/bench_agent.py --out benchmarks/results`` (see docs/benchmarks.md).
+Run: ``python -m benchmarks.bench_agent --out benchmarks/results`` (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
+from benchmarks.common import best_time, machine, write_results
 from pp_aif.agent import AgentSettings
 from pp_aif.simulation import simulate
 from pp_aif.task import load_task
@@ -33,33 +29,19 @@ class Config:
     out: Path = field(default_factory=lambda: Path("benchmarks/results"))
 
 
-def best_time(function, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run(config: Config) -> dict:
     task = load_task("tmaze")
     steps = task.trial_length
     results = {
         "config": {**asdict(config), "out": str(config.out)},
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "exact": [],
         "sampled": [],
     }
     for method, sizes in (("exact", config.agents), ("sampled", config.sampled_agents)):
         settings = AgentSettings(efe_method=method, num_samples=config.num_samples)
         for n in sizes:
-            seconds = best_time(
+            seconds, _ = best_time(
                 lambda n=n, s=settings: simulate(task, n, 1, config.seed, settings=s),
                 config.repeats,
             )
@@ -70,10 +52,7 @@ def run(config: Config) -> dict:
             }
             results[method].append(row)
             print(json.dumps({"method": method, **row}))
-    config.out.mkdir(parents=True, exist_ok=True)
-    path = config.out / "bench_agent.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"results: {path}")
+    write_results(results, config.out, "bench_agent.json")
     return results
 
 

@@ -9,16 +9,13 @@ Three measurements, written to ``<out>/bench_inference.json``:
 3. ``state_growth``: two factors of S states each, T fixed: the factorised kernel against a
    dense-joint forward-backward that multiplies by the prod(S) x prod(S) transition matrix.
 
-Run: ``python benchmarks/bench_inference.py --out benchmarks/results`` (see docs/benchmarks.md).
+Run: ``python -m benchmarks.bench_inference --out benchmarks/results`` (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import numpy as np
 import torch
 
 import pp_aif
+from benchmarks.common import best_time, machine, write_results
 from pp_aif.programs import sample_sequences
 
 
@@ -62,15 +60,6 @@ def random_sequence(rng, model, T, seed):
     )[None]
     observations, _ = sample_sequences(model, actions, seed=seed)
     return observations[0], actions[0]
-
-
-def best_time(function, repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def dense_joint_smoother(model, observations, actions):
@@ -118,13 +107,7 @@ def run(config: Config) -> dict:
     model = random_model(rng, config.num_states, config.num_outcomes, config.num_controls)
     results = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "lengths": [],
         "linearity": [],
         "state_growth": [],
@@ -189,10 +172,7 @@ def run(config: Config) -> dict:
         results["state_growth"].append(row)
         print(json.dumps(row))
 
-    config.out.mkdir(parents=True, exist_ok=True)
-    path = config.out / "bench_inference.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"results: {path}")
+    write_results(results, config.out, "bench_inference.json")
     return results
 
 
