@@ -79,7 +79,7 @@ def plot_trial(dataset, labels: Labels, agent: int = 0, trial: int = 0) -> Figur
     T = record.sizes["time"]
     F = len(labels.factors)
     figure, axes = plt.subplots(
-        F + 2, 1, figsize=(1.8 + 1.6 * T, 2.2 * (F + 2)), constrained_layout=True
+        F + 2, 1, figsize=(max(6.5, 1.8 + 1.6 * T), 2.2 * (F + 2)), constrained_layout=True
     )
     observed = record["observation"].values
     acted = record["action"].values
@@ -132,8 +132,8 @@ def plot_trial(dataset, labels: Labels, agent: int = 0, trial: int = 0) -> Figur
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_xticks(range(T), ticks, fontsize=7)
     ax.set_title(
-        "expected free energy of the most probable policy: G = risk + ambiguity "
-        "= -(epistemic + pragmatic)",
+        "expected free energy of the most probable policy\n"
+        "G = risk + ambiguity = -(epistemic + pragmatic)",
         fontsize=9,
     )
     ax.set_ylabel("nats")
