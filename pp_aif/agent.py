@@ -158,19 +158,18 @@ def initial_state(
 
 
 def _select_transitions(model: GenerativeModel, B: list[Tensor] | None, actions: Tensor):
-    """p(s_t+1 | s_t, u_t) for actions int (N, T, F): F tensors (N, T, S_next, S_prev)."""
+    """p(s_t+1 | s_t, u_t) for actions int (N, T, F), per agent if B is: F x (N, T, S', S)."""
     if B is None:
         return select_transitions(model.transition_by_action, actions)
-    rows = torch.arange(actions.shape[0], device=actions.device)[:, None]
-    return [b.permute(0, 3, 1, 2)[rows, actions[..., f]] for f, b in enumerate(B)]
+    by_action = [b.permute(0, 3, 1, 2) for b in B]
+    return select_transitions(by_action, actions, per_sequence=True)
 
 
 def _log_likelihood(model: GenerativeModel, A: list[Tensor] | None, observations: Tensor):
     """ln p(o_t | s) for observations int (N, T, M): (N, T, S_1..S_F), per agent if A is."""
     if A is None:
         return observation_log_likelihood(model.log_A, observations)
-    rows = torch.arange(observations.shape[0], device=observations.device)[:, None]
-    return sum(torch.log(a)[rows, observations[..., m]] for m, a in enumerate(A))
+    return observation_log_likelihood([torch.log(a) for a in A], observations, per_sequence=True)
 
 
 def step(

@@ -115,7 +115,7 @@ def demo(task_name: str, out: Path) -> int:
     return 0
 
 
-def _narrate(dataset, labels, out) -> None:
+def _narrate(dataset, labels) -> None:
     for trial in range(dataset.sizes["trial"]):
         record = dataset.isel(agent=0, trial=trial)
         print(
@@ -193,7 +193,7 @@ def simulate_command(task_name: str, agents: int, trials: int, seed: int, out: P
         dataset = simulate(task, agents, trials, seed, progress=bar.update)
     seconds = time.perf_counter() - start
     if agents == 1:
-        _narrate(dataset, task.labels, out)
+        _narrate(dataset, task.labels)
     else:
         _summarise(dataset, task.labels)
     print(f"\n{agents * trials} agent-trials in {seconds:.2f} s")

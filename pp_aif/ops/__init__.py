@@ -2,7 +2,7 @@
 
 from pp_aif.ops.contractions import contract_factors, outer
 from pp_aif.ops.hmm import factor_marginals, forward_filter, propagate, smooth
-from pp_aif.ops.numerics import log_exact, spm_log, xlogy
+from pp_aif.ops.numerics import xlogy
 
 __all__ = [
     "contract_factors",
@@ -11,7 +11,5 @@ __all__ = [
     "smooth",
     "propagate",
     "factor_marginals",
-    "log_exact",
-    "spm_log",
     "xlogy",
 ]

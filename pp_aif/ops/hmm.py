@@ -63,31 +63,40 @@ class FilterResult(NamedTuple):
     log_normalisers: Tensor
 
 
-def observation_log_likelihood(log_A: Sequence[Tensor], observations: Tensor) -> Tensor:
+def observation_log_likelihood(
+    log_A: Sequence[Tensor], observations: Tensor, *, per_sequence: bool = False
+) -> Tensor:
     """ln p(o_t | s) for every step and joint state.
 
     Parameters
     ----------
-    log_A : M tensors (O_m, S_1, ..., S_F)
+    log_A : M tensors (O_m, S_1, ..., S_F), or (N, O_m, S_1, ..., S_F) with ``per_sequence``
+        (one likelihood per sequence, e.g. each agent's learned A)
     observations : int (N, T, M)
 
     Returns
     -------
     Tensor (N, T, S_1, ..., S_F)
     """
-    total = log_A[0][observations[..., 0]]
-    for m in range(1, len(log_A)):
-        total = total + log_A[m][observations[..., m]]
+    rows = torch.arange(observations.shape[0], device=observations.device)[:, None]
+    total = 0
+    for m, a in enumerate(log_A):
+        total = total + (a[rows, observations[..., m]] if per_sequence else a[observations[..., m]])
     return total
 
 
-def select_transitions(transition_by_action: Sequence[Tensor], actions: Tensor) -> list[Tensor]:
+def select_transitions(
+    transition_by_action: Sequence[Tensor], actions: Tensor, *, per_sequence: bool = False
+) -> list[Tensor]:
     """The transition matrix of each factor at each step, chosen by the actions.
 
-    transition_by_action : F tensors (U_f, S_next, S_prev); actions : int (N, T-1, F).
-    Returns F tensors (N, T-1, S_next, S_prev).
+    transition_by_action : F tensors (U_f, S_next, S_prev), or (N, U_f, S_next, S_prev) with
+    ``per_sequence``; actions : int (N, T-1, F). Returns F tensors (N, T-1, S_next, S_prev).
     """
-    return [b[actions[..., f]] for f, b in enumerate(transition_by_action)]
+    if not per_sequence:
+        return [b[actions[..., f]] for f, b in enumerate(transition_by_action)]
+    rows = torch.arange(actions.shape[0], device=actions.device)[:, None]
+    return [b[rows, actions[..., f]] for f, b in enumerate(transition_by_action)]
 
 
 def propagate(joint: Tensor, matrices: Sequence[Tensor], *, transpose: bool = False) -> Tensor:
