@@ -1,6 +1,7 @@
-"""The exceptions of pp_aif. Both are ``ValueError`` and name the array, index and problem."""
+"""The exceptions and warnings of pp_aif. The errors are ``ValueError`` and name the array, index
+and problem."""
 
-__all__ = ["ModelError", "DataError"]
+__all__ = ["ModelError", "DataError", "ConvergenceWarning"]
 
 
 class ModelError(ValueError):
@@ -9,3 +10,7 @@ class ModelError(ValueError):
 
 class DataError(ValueError):
     """Observations or actions are malformed, out of range, or impossible under the model."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative scheme (SVI, message passing) stopped at its limit without converging."""

@@ -2,7 +2,7 @@
 
 Dimension symbols: *batch sequences, T time steps, F factors (S_f states), M modalities.
 
-Two methods answer the same question exactly:
+Every method returns the same ``Beliefs``. Two answer the question exactly:
 
 ``method="exact"``      closed-form torch (``pp_aif.ops.hmm``): scaled forward filtering and
                         alpha-gamma smoothing over the joint state, contracted factor by factor.
@@ -11,12 +11,18 @@ Two methods answer the same question exactly:
                         ``TraceEnum_ELBO.compute_marginals`` gives the posterior marginals.
 
 Both must agree with each other and with brute-force enumeration of every state path to 1e-10
-in float64 (see ``tests/inference/test_states.py``).
+in float64 (see ``tests/inference/test_states.py``). The variational methods minimise the free
+energy F >= -ln p(o | u) within a family of beliefs:
+
+``method="mean_field"``, ``"structured"``  SVI guides of the Pyro program
+                        (:mod:`pp_aif.inference.variational`).
+``method="fpi"``, ``"vmp"``, ``"mmp"``     the field's message-passing schemes
+                        (:mod:`pp_aif.inference.message_passing`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -24,6 +30,7 @@ from torch import Tensor
 
 from pp_aif.errors import DataError
 from pp_aif.inference.inputs import Sequences, format_sequence, prepare_sequences
+from pp_aif.inference.variational import GUIDES, Optimisation, SVISettings, fit_guide
 from pp_aif.ops.hmm import (
     FilterResult,
     factor_marginals,
@@ -36,7 +43,8 @@ from pp_aif.spec import GenerativeModel
 
 __all__ = ["Beliefs", "infer_states", "METHODS", "MODES"]
 
-METHODS = ("exact", "enumerate")
+EXACT_METHODS = ("exact", "enumerate")
+METHODS = (*EXACT_METHODS, *GUIDES)
 MODES = ("smoothing", "filtering")
 
 
@@ -50,21 +58,31 @@ class Beliefs:
         ``mode="smoothing"``: q(s_f,t) = p(s_f,t | o_1:T, u_1:T-1);
         ``mode="filtering"``: q(s_f,t) = p(s_f,t | o_1:t, u_1:t-1).
         Each row sums to 1.
-    log_evidence : Tensor (*batch)
-        ln p(o_1:T | u_1:T-1), in nats (the same in both modes).
+        The variational methods give their approximate marginals (mode "smoothing" only).
+    log_evidence : Tensor (*batch) or None
+        ln p(o_1:T | u_1:T-1), in nats (the same in both modes); None for the approximate
+        methods, which do not compute it.
     method, mode : str
         How the beliefs were computed.
+    free_energy : Tensor (*batch)
+        F = E_q[ln q(s) - ln p(o, s | u)] in nats of the beliefs the method found. For the exact
+        methods q is the posterior and F = -log_evidence; otherwise F >= -ln p(o | u).
+    optimisation : Optimisation or None
+        For the iterative methods: iterations, final F, converged, and the loss trace.
     """
 
     marginals: list[Tensor]
-    log_evidence: Tensor
+    log_evidence: Tensor | None
     method: str
     mode: str
+    free_energy: Tensor | None = None
+    optimisation: Optimisation | None = None
 
-    @property
-    def free_energy(self) -> Tensor:
-        """F in nats, (*batch): for the exact methods the posterior is exact, so F = -ln p(o)."""
-        return -self.log_evidence
+    def __post_init__(self):
+        if self.free_energy is None:
+            if self.log_evidence is None:
+                raise ValueError("Beliefs: give log_evidence or free_energy")
+            object.__setattr__(self, "free_energy", -self.log_evidence)
 
 
 def infer_states(
@@ -72,8 +90,9 @@ def infer_states(
     observations,
     actions=None,
     *,
-    method: Literal["exact", "enumerate"] = "exact",
+    method: str = "exact",
     mode: Literal["smoothing", "filtering"] = "smoothing",
+    settings=None,
 ) -> Beliefs:
     """Posterior marginals over each hidden-state factor, and the log evidence.
 
@@ -86,10 +105,14 @@ def infer_states(
         ``actions[..., t, f]`` is the control of factor f between steps t and t+1. May be
         omitted when every factor has one control, or T = 1. Unbatched actions are shared by
         every sequence of a batch.
-    method : {"exact", "enumerate"}
-        ``"exact"`` (default, fast) or ``"enumerate"`` (the Pyro program; slow, the reference).
+    method : {"exact", "enumerate", "mean_field", "structured"}
+        ``"exact"`` (default, fast) or ``"enumerate"`` (the Pyro program; slow, the reference);
+        ``"mean_field"`` or ``"structured"``: an SVI guide (see module docstring).
     mode : {"smoothing", "filtering"}
-        Condition each q(s_t) on all observations, or on o_1:t only.
+        Condition each q(s_t) on all observations, or on o_1:t only. The variational methods
+        answer "smoothing" only.
+    settings : SVISettings or dict, optional
+        For the SVI methods: how the guide is fitted (a dict overrides fields of the defaults).
 
     Returns
     -------
@@ -101,7 +124,12 @@ def infer_states(
         Malformed or out-of-range observations or actions, or a sequence that has probability
         zero under the model; the message names the sequence, time step and modality.
     ValueError
-        An unknown ``method`` or ``mode``.
+        An unknown ``method`` or ``mode``, or settings for a method that takes none.
+
+    Warns
+    -----
+    ConvergenceWarning
+        An iterative method stopped at its limit before converging.
     """
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {METHODS}")
@@ -109,21 +137,54 @@ def infer_states(
         raise ValueError(f"mode: {mode!r} is not one of {MODES}")
     if not isinstance(model, GenerativeModel):
         raise TypeError(f"model: expected a GenerativeModel, got {type(model).__name__}")
+    if method in EXACT_METHODS and settings is not None:
+        raise ValueError(f"settings: method {method!r} takes no settings")
     sequences = prepare_sequences(model, observations, actions)
+    batch = sequences.batch_shape
+    T = sequences.observations.shape[1]
+    free_energy, record = None, None
     if method == "exact":
         marginals, log_evidence = _exact(model, sequences, mode)
-    else:
+    elif method == "enumerate":
         from pp_aif.inference.enumeration import enumerate_states
 
         marginals, log_evidence = enumerate_states(model, sequences, mode)
-    batch = sequences.batch_shape
-    T = sequences.observations.shape[1]
+    else:
+        if mode != "smoothing":
+            raise ValueError(f"mode: method {method!r} infers smoothing posteriors only")
+        result, transitions = run_forward_filter(
+            model, sequences
+        )  # support; DataError if impossible
+        marginals, free_energy, record = fit_guide(
+            model, sequences, method, _settings(SVISettings, settings), result, transitions
+        )
+        log_evidence = None
+        free_energy = free_energy.reshape(batch)
+        record = replace(record, final=record.final.reshape(batch))
     return Beliefs(
         marginals=[q.reshape(*batch, T, q.shape[-1]) for q in marginals],
-        log_evidence=log_evidence.reshape(batch),
+        log_evidence=None if log_evidence is None else log_evidence.reshape(batch),
         method=method,
         mode=mode,
+        free_energy=free_energy,
+        optimisation=record,
     )
+
+
+def _settings(kind, settings):
+    if settings is None:
+        return kind()
+    if isinstance(settings, kind):
+        return settings
+    if isinstance(settings, dict):
+        unknown = set(settings) - set(kind.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"settings: unknown {sorted(unknown)}; {kind.__name__} has "
+                f"{sorted(kind.__dataclass_fields__)}"
+            )
+        return kind(**settings)
+    raise TypeError(f"settings: expected {kind.__name__} or dict, got {type(settings).__name__}")
 
 
 def run_forward_filter(model: GenerativeModel, sequences: Sequences):

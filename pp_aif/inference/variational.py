@@ -1,0 +1,417 @@
+"""Variational state inference: Pyro guides for ``pp_aif.programs.pomdp`` fitted by ``SVI``.
+
+Dimension symbols: N sequences, T steps, F factors (S_f states), K = prod_f S_f joint states.
+
+The loss is the negative ELBO of the program, i.e. the variational free energy
+
+    F[q] = E_q[ln q(s_1:T) - ln p(o_1:T, s_1:T | u)]  >=  -ln p(o_1:T | u)
+
+(Wainwright & Jordan 2008; Friston et al. 2017, Neural Comput. 29(1), eq. 3). ``TraceEnum_ELBO``
+computes it exactly when the guide's sites are enumerated in parallel (under ``pyro.markov``, so
+the cost is linear in T), or by Monte Carlo over guide samples with a score-function gradient
+(``elbo="sampled"``). Two guide families:
+
+``mean_field``  q(s) = prod_t prod_f q(s_f,t); parameters: logits (N, T, S_f) per factor.
+``structured``  a Markov chain over the joint state, q(s_1) prod_t q(s_t+1 | s_t); parameters:
+                joint logits (N, K) for t = 0 and (N, T-1, K, K) for the transitions. Each
+                factor's site is drawn from its chain-rule conditional
+                q(s_f,t | s_1..f-1,t, s_t-1), so the family is every Markov chain over the joint
+                state and contains the exact posterior.
+
+Support. Where the model has structural zeros, any q that puts mass on an impossible state has
+F = +inf and no gradient. Both guides are therefore restricted to the support of the exact
+posterior (states, and for the chain, transitions with posterior mass; computed by the exact
+forward-backward pass): masked logits are ``LOG_ZERO``, whose probability is exactly 0 in float64
+and float32. The mean-field family may still have F = +inf: when consecutive steps of a factor
+are coupled by a structural zero, no product of marginals over the posterior's support avoids the
+impossible pairs; that raises a ``DataError`` naming the factor and step.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import torch
+from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.ops.indexing import Vindex
+from torch import Tensor
+
+from pp_aif.errors import ConvergenceWarning, DataError
+from pp_aif.inference.inputs import Sequences, format_sequence
+from pp_aif.ops.free_energy import (
+    chain_free_energy,
+    exact_chain,
+    joint_log_transitions,
+    mean_field_free_energy,
+)
+from pp_aif.ops.hmm import factor_marginals, observation_log_likelihood, smooth
+from pp_aif.programs import pomdp, state_site
+from pp_aif.spec import GenerativeModel
+
+__all__ = ["GUIDES", "Optimisation", "SVISettings", "fit_guide", "LOG_ZERO"]
+
+GUIDES = ("mean_field", "structured")
+LOG_ZERO = -1.0e4  # exp(LOG_ZERO - 0) underflows to exactly 0 in float32 and float64
+
+
+@dataclass(frozen=True)
+class SVISettings:
+    """How a guide is fitted.
+
+    optimiser : ``"lbfgs"`` minimises the exact (enumerated) ELBO with ``torch.optim.LBFGS`` on
+        ``TraceEnum_ELBO.differentiable_loss`` (Pyro's ``SVI.step`` cannot pass the closure that
+        L-BFGS needs); ``"adam"`` runs ``pyro.infer.SVI`` with ``pyro.optim.Adam``; ``"auto"``:
+        L-BFGS for the exact ELBO, Adam for the sampled one (a noisy objective).
+    num_steps : the most optimiser iterations; fitting stops earlier once converged.
+    learning_rate : Adam's step size (L-BFGS uses a strong-Wolfe line search).
+    tolerance : Adam: converged when the loss changed by less than ``tolerance`` x max(1, |F|)
+        nats at each of the last ``patience`` steps. L-BFGS: its ``tolerance_change``; converged
+        when it stops before ``num_steps`` iterations.
+    elbo : ``"exact"`` enumerates the guide (exact F, linear in T; the chain's cost grows as K^2);
+        ``"sampled"`` draws ``num_particles`` guide samples per step (score-function gradients);
+        ``"auto"`` enumerates when K <= ``max_enumerated_states``.
+    seed : seeds Pyro before fitting (only the sampled ELBO is random).
+    """
+
+    optimiser: str = "auto"
+    num_steps: int = 1000
+    learning_rate: float = 0.05
+    tolerance: float = 1e-9
+    patience: int = 20
+    elbo: str = "auto"
+    num_particles: int = 64
+    max_enumerated_states: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.elbo not in ("auto", "exact", "sampled"):
+            raise ValueError(f"elbo: {self.elbo!r} is not one of ('auto', 'exact', 'sampled')")
+        if self.optimiser not in ("auto", "lbfgs", "adam"):
+            raise ValueError(
+                f"optimiser: {self.optimiser!r} is not one of ('auto', 'lbfgs', 'adam')"
+            )
+        for name in ("num_steps", "patience", "num_particles", "max_enumerated_states"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if not self.tolerance >= 0:
+            raise ValueError(f"tolerance: must be >= 0, got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """The record of an iterative scheme: what it did and whether it converged.
+
+    iterations : steps (SVI) or sweeps (message passing) taken.
+    final : F at the end, (N,) nats (for SVI with ``elbo="sampled"``, a Monte Carlo estimate).
+    converged : whether the stopping rule was met before the limit.
+    trace : the loss (summed over sequences) at every iteration, (iterations,).
+    """
+
+    iterations: int
+    final: Tensor
+    converged: bool
+    trace: Tensor
+
+
+def _support(model: GenerativeModel, sequences: Sequences, result, transitions):
+    """Posterior support: joint states (N, T, K) and transitions (N, T-1, K, K) with mass."""
+    smoothed = smooth(result.filtered, result.predicted, transitions)
+    N, T = smoothed.shape[:2]
+    K = math.prod(model.num_states)
+    _, conditionals = exact_chain(
+        result.filtered.reshape(N, T, K),
+        result.predicted.reshape(N, T, K),
+        smoothed.reshape(N, T, K),
+        joint_log_transitions(transitions),
+    )
+    states = smoothed.reshape(N, T, K) > 0
+    pairs = states[:, :-1, :, None] & (conditionals > 0)
+    return smoothed, states, pairs
+
+
+def _check_mean_field_support(model, sequences, marginals_support, transitions) -> None:
+    """Raise if every product of marginals over the support puts mass on an impossible pair."""
+    for f, (support, b) in enumerate(zip(marginals_support, transitions, strict=True)):
+        if support.shape[1] < 2:
+            continue
+        both = support[:, 1:, :, None] & support[:, :-1, None, :]  # (N, T-1, S_next, S_prev)
+        impossible = both & ~(b > 0)
+        if impossible.any():
+            n, t, j, i = (int(x) for x in impossible.nonzero()[0])
+            raise DataError(
+                f"mean_field: {format_sequence(sequences.batch_shape, n)}factor {f}: the posterior "
+                f"gives states {i} at step {t} and {j} at step {t + 1} positive probability, but "
+                f"the transition {i} -> {j} is impossible; a product of marginals cannot avoid "
+                "that pair, so its free energy is infinite. Use method='structured' (or 'exact')"
+            )
+
+
+def _mean_field_guide(masks: list[Tensor], batched: bool):
+    """q(s) = prod_t prod_f q(s_f,t), logits (N, T, S_f) with masked entries at LOG_ZERO."""
+
+    def guide(model, observations, actions, **_):
+        logits = [
+            torch.where(
+                mask,
+                pyro.param(f"q_logits_{f}", torch.zeros_like(mask, dtype=model.dtype)),
+                LOG_ZERO,
+            )
+            for f, mask in enumerate(masks)
+        ]
+        T = masks[0].shape[1]
+        plate = pyro.plate("sequences", masks[0].shape[0], dim=-1) if batched else nullcontext()
+        with plate:
+            for t in pyro.markov(range(T)):
+                for f, S in enumerate(model.num_states):
+                    if S == 1:
+                        continue
+                    row = logits[f][:, t] if batched else logits[f][0, t]
+                    pyro.sample(
+                        state_site(f, t),
+                        dist.Categorical(logits=row),
+                        infer={"enumerate": "parallel"},
+                    )
+
+    return guide
+
+
+def _chain_conditionals(joint_logits: Tensor, num_states: tuple[int, ...]) -> list[Tensor]:
+    """Chain-rule conditionals of a joint over factors.
+
+    joint_logits : (..., K) over the flattened joint (factor 0 most significant).
+    Returns F tensors (..., S_1, ..., S_f): unnormalised ln q(s_1..s_f), marginalised over the
+    later factors; indexing the leading factors gives the logits of q(s_f | s_1..s_f-1).
+    """
+    joint = joint_logits.reshape(*joint_logits.shape[:-1], *num_states)
+    F = len(num_states)
+    return [
+        torch.logsumexp(joint, tuple(range(-(F - f - 1), 0))) if f < F - 1 else joint
+        for f in range(F)
+    ]
+
+
+def _structured_guide(initial_mask: Tensor, pair_mask: Tensor, batched: bool):
+    """A Markov chain over the joint state, sampled factor by factor (chain rule)."""
+
+    def guide(model, observations, actions, **_):
+        num_states = model.num_states
+        init = torch.where(
+            initial_mask,
+            pyro.param("q_initial", torch.zeros_like(initial_mask, dtype=model.dtype)),
+            LOG_ZERO,
+        )  # (N, K)
+        trans = torch.where(
+            pair_mask,
+            pyro.param("q_transitions", torch.zeros_like(pair_mask, dtype=model.dtype)),
+            LOG_ZERO,
+        )  # (N, T-1, K, K)
+        N, T = initial_mask.shape[0], pair_mask.shape[1] + 1
+        strides = [math.prod(num_states[f + 1 :]) for f in range(len(num_states))]
+        rows = torch.arange(N, device=model.device) if batched else torch.tensor(0)
+        plate = pyro.plate("sequences", N, dim=-1) if batched else nullcontext()
+        with plate:
+            previous = None
+            for t in pyro.markov(range(T)):
+                if t == 0:
+                    conditionals = _chain_conditionals(init, num_states)  # (N, S_1..S_f)
+                    lead = (rows,)
+                else:
+                    conditionals = _chain_conditionals(trans[:, t - 1], num_states)
+                    joint_previous = sum(s * k for s, k in zip(previous, strides, strict=True))
+                    lead = (rows, joint_previous)
+                states = []
+                for f, S in enumerate(num_states):
+                    if S == 1:
+                        states.append(torch.zeros((), dtype=torch.int64, device=model.device))
+                        continue
+                    logits = Vindex(conditionals[f])[(*lead, *states, slice(None))]
+                    states.append(
+                        pyro.sample(
+                            state_site(f, t),
+                            dist.Categorical(logits=logits),
+                            infer={"enumerate": "parallel"},
+                        )
+                    )
+                previous = states
+
+    return guide
+
+
+def fit_guide(
+    model: GenerativeModel,
+    sequences: Sequences,
+    method: str,
+    settings: SVISettings,
+    result,
+    transitions,
+):
+    """Fit a guide by SVI. Returns (marginals F x (N, T, S_f), free energy (N,), Optimisation).
+
+    ``result`` and ``transitions`` are the exact forward pass (for the posterior's support).
+    """
+    if method not in GUIDES:
+        raise ValueError(f"method: {method!r} is not one of {GUIDES}")
+    observations, actions = sequences.observations, sequences.actions
+    N, T = observations.shape[:2]
+    K = math.prod(model.num_states)
+    smoothed, state_support, pair_support = _support(model, sequences, result, transitions)
+    marginal_support = [q > 0 for q in factor_marginals(smoothed, 2)]
+    if method == "mean_field":
+        _check_mean_field_support(model, sequences, marginal_support, transitions)
+    batched = N > 1
+    if method == "mean_field":
+        guide = _mean_field_guide(marginal_support, batched)
+    else:
+        guide = _structured_guide(state_support[:, 0], pair_support, batched)
+    enumerate_guide = settings.elbo == "exact" or (
+        settings.elbo == "auto" and K <= settings.max_enumerated_states
+    )
+    if not enumerate_guide:
+        guide = pyro.poutine.infer_config(guide, lambda site: {})  # sample every guide site
+    elbo = TraceEnum_ELBO(
+        max_plate_nesting=1,
+        num_particles=1 if enumerate_guide else settings.num_particles,
+        vectorize_particles=not enumerate_guide,
+        strict_enumeration_warning=False,
+    )
+    if not batched:
+        observations, actions = observations[0], actions[0]
+    optimiser = settings.optimiser
+    if optimiser == "auto":
+        optimiser = "lbfgs" if enumerate_guide else "adam"
+    if optimiser == "lbfgs" and not enumerate_guide:
+        raise ValueError("optimiser: 'lbfgs' needs the exact ELBO (elbo='exact'); use 'adam'")
+    pyro.set_rng_seed(settings.seed)
+    with pyro.get_param_store().scope():
+        pyro.clear_param_store()
+        arguments = (model, observations, actions)
+        if optimiser == "lbfgs":
+            losses, converged = _run_lbfgs(elbo, guide, arguments, settings, method)
+        else:
+            losses, converged = _run_adam(elbo, guide, arguments, settings, method)
+        with torch.no_grad():
+            store = pyro.get_param_store()
+            marginals, free_energy = _read_guide(
+                model,
+                method,
+                store,
+                (marginal_support, state_support, pair_support),
+                sequences,
+                transitions,
+            )
+    record = Optimisation(
+        iterations=len(losses),
+        final=free_energy,
+        converged=converged,
+        trace=torch.tensor(losses, dtype=model.dtype),
+    )
+    if not converged:
+        warnings.warn(
+            f"infer_states(method={method!r}): {optimiser} did not converge in "
+            f"{settings.num_steps} iterations (last change "
+            f"{abs(losses[-1] - losses[-2]) if len(losses) > 1 else float('nan'):.3g} nats, "
+            f"tolerance {settings.tolerance:g}); raise num_steps",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return marginals, free_energy, record
+
+
+def _finite(loss: float, method: str) -> float:
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"{method}: the free energy became {loss} during fitting")
+    return loss
+
+
+def _run_adam(elbo, guide, arguments, settings: SVISettings, method: str):
+    """``pyro.infer.SVI`` with Adam. Returns (losses per step, converged)."""
+    svi = SVI(pomdp, guide, pyro.optim.Adam({"lr": settings.learning_rate}), elbo)
+    losses, stalled = [], 0
+    for _ in range(settings.num_steps):
+        loss = _finite(svi.step(*arguments), method)
+        change = abs(losses[-1] - loss) if losses else math.inf
+        losses.append(loss)
+        stalled = stalled + 1 if change <= settings.tolerance * max(1.0, abs(loss)) else 0
+        if stalled >= settings.patience:
+            return losses, True
+    return losses, False
+
+
+def _run_lbfgs(elbo, guide, arguments, settings: SVISettings, method: str):
+    """L-BFGS on the exact ELBO. Returns (losses per function evaluation, converged)."""
+    elbo.differentiable_loss(pomdp, guide, *arguments)  # creates the parameters
+    parameters = [p.unconstrained() for p in pyro.get_param_store().values()]
+    optimiser = torch.optim.LBFGS(
+        parameters,
+        lr=1.0,
+        max_iter=settings.num_steps,
+        max_eval=settings.num_steps * 5 // 4 + 1,
+        tolerance_grad=1e-10,
+        tolerance_change=settings.tolerance,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
+    losses = []
+
+    def closure():
+        optimiser.zero_grad()
+        loss = elbo.differentiable_loss(pomdp, guide, *arguments)
+        losses.append(_finite(loss.item(), method))
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    state = optimiser.state[optimiser._params[0]]
+    converged = (
+        state["n_iter"] < settings.num_steps
+        and state["func_evals"] < optimiser.defaults["max_eval"]
+    )
+    return losses, converged
+
+
+def _read_guide(model, method, store, supports, sequences, transitions):
+    """Marginals and closed-form F (N,) of the fitted guide (see ``pp_aif.ops.free_energy``)."""
+    marginal_support, state_support, pair_support = supports
+    N, T = sequences.observations.shape[:2]
+    log_likelihood = observation_log_likelihood(model.log_A, sequences.observations)
+    if method == "mean_field":
+        marginals = [
+            torch.softmax(torch.where(mask, store[f"q_logits_{f}"], LOG_ZERO), -1)
+            if S > 1
+            else torch.ones(N, T, 1, dtype=model.dtype, device=model.device)
+            for f, (mask, S) in enumerate(zip(marginal_support, model.num_states, strict=True))
+        ]
+        value = mean_field_free_energy(marginals, log_likelihood, transitions, model.D)
+        return marginals, value
+    K = math.prod(model.num_states)
+    initial = torch.softmax(torch.where(state_support[:, 0], store["q_initial"], LOG_ZERO), -1)
+    if T > 1:
+        conditionals = torch.softmax(
+            torch.where(pair_support, store["q_transitions"], LOG_ZERO), -1
+        )
+    else:
+        conditionals = torch.zeros(N, 0, K, K, dtype=model.dtype, device=model.device)
+    log_initial = model.log_D[0]
+    for log_d in model.log_D[1:]:
+        log_initial = (log_initial[:, None] + log_d[None, :]).reshape(-1)
+    value = chain_free_energy(
+        initial,
+        conditionals,
+        log_likelihood.reshape(N, T, K),
+        joint_log_transitions(transitions),
+        log_initial,
+    )
+    marginal, joint = initial, [initial]
+    for t in range(T - 1):
+        marginal = torch.einsum("ni,nij->nj", marginal, conditionals[:, t])
+        joint.append(marginal)
+    marginals = factor_marginals(torch.stack(joint, 1).reshape(N, T, *model.num_states), 2)
+    return marginals, value
