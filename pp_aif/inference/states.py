@@ -30,6 +30,7 @@ from torch import Tensor
 
 from pp_aif.errors import DataError
 from pp_aif.inference.inputs import Sequences, format_sequence, prepare_sequences
+from pp_aif.inference.message_passing import SCHEMES, MessagePassingSettings, run_scheme
 from pp_aif.inference.variational import GUIDES, Optimisation, SVISettings, fit_guide
 from pp_aif.ops.hmm import (
     FilterResult,
@@ -44,7 +45,7 @@ from pp_aif.spec import GenerativeModel
 __all__ = ["Beliefs", "infer_states", "METHODS", "MODES"]
 
 EXACT_METHODS = ("exact", "enumerate")
-METHODS = (*EXACT_METHODS, *GUIDES)
+METHODS = (*EXACT_METHODS, *GUIDES, *SCHEMES)
 MODES = ("smoothing", "filtering")
 
 
@@ -58,7 +59,7 @@ class Beliefs:
         ``mode="smoothing"``: q(s_f,t) = p(s_f,t | o_1:T, u_1:T-1);
         ``mode="filtering"``: q(s_f,t) = p(s_f,t | o_1:t, u_1:t-1).
         Each row sums to 1.
-        The variational methods give their approximate marginals (mode "smoothing" only).
+        The approximate methods give their marginals (smoothing only; fpi filtering only).
     log_evidence : Tensor (*batch) or None
         ln p(o_1:T | u_1:T-1), in nats (the same in both modes); None for the approximate
         methods, which do not compute it.
@@ -105,14 +106,16 @@ def infer_states(
         ``actions[..., t, f]`` is the control of factor f between steps t and t+1. May be
         omitted when every factor has one control, or T = 1. Unbatched actions are shared by
         every sequence of a batch.
-    method : {"exact", "enumerate", "mean_field", "structured"}
+    method : {"exact", "enumerate", "mean_field", "structured", "fpi", "vmp", "mmp"}
         ``"exact"`` (default, fast) or ``"enumerate"`` (the Pyro program; slow, the reference);
-        ``"mean_field"`` or ``"structured"``: an SVI guide (see module docstring).
+        ``"mean_field"`` or ``"structured"``: an SVI guide; ``"fpi"`` (a filter), ``"vmp"``,
+        ``"mmp"``: message passing (see module docstring).
     mode : {"smoothing", "filtering"}
         Condition each q(s_t) on all observations, or on o_1:t only. The variational methods
         answer "smoothing" only.
-    settings : SVISettings or dict, optional
-        For the SVI methods: how the guide is fitted (a dict overrides fields of the defaults).
+    settings : SVISettings, MessagePassingSettings or dict, optional
+        For the SVI methods, how the guide is fitted; for message passing, iterations and step
+        size (a dict overrides fields of the defaults).
 
     Returns
     -------
@@ -149,6 +152,13 @@ def infer_states(
         from pp_aif.inference.enumeration import enumerate_states
 
         marginals, log_evidence = enumerate_states(model, sequences, mode)
+    elif method in SCHEMES:
+        marginals, free_energy, record = run_scheme(
+            model, sequences, method, mode, _settings(MessagePassingSettings, settings)
+        )
+        log_evidence = None
+        free_energy = free_energy.reshape(batch)
+        record = replace(record, final=record.final.reshape(batch))
     else:
         if mode != "smoothing":
             raise ValueError(f"mode: method {method!r} infers smoothing posteriors only")
