@@ -42,6 +42,12 @@ from pp_aif.ops.hmm import (
     select_transitions,
     smooth,
 )
+from pp_aif.ops.message_passing import (
+    clipped_log,
+    fixed_point_iteration,
+    marginal_message_passing,
+    variational_message_passing,
+)
 from pp_aif.planning import (
     DEFAULT_ACTION_PRECISION,
     DEFAULT_POLICY_PRECISION,
@@ -66,6 +72,9 @@ __all__ = [
 ]
 
 
+INFERENCE_SCHEMES = ("exact", "fpi", "vmp", "mmp")
+
+
 @dataclass(frozen=True)
 class AgentSettings:
     """How an agent plans and acts (SPM's defaults).
@@ -79,6 +88,11 @@ class AgentSettings:
     learning_rate, forgetting : for pA, pB and pD between trials (when the model has them).
     infer_precision : infer gamma each step (SPM's beta update, prior rate 1 / policy_precision)
         instead of holding it at policy_precision.
+    inference : how q(s_t) is inferred each step (see the module docstring): "exact" (joint
+        filtering), "fpi" (pymdp's fixed-point iteration on the factorised prior), "vmp" or
+        "mmp" (message passing over the trial so far, from D; the present marginal is used).
+    inference_iterations, inference_tau : iterations (default 16) and step size (default: the
+        scheme's own, 1 for vmp, 1/4 for mmp) of the message-passing schemes.
     """
 
     policy_precision: float = DEFAULT_POLICY_PRECISION
@@ -91,6 +105,17 @@ class AgentSettings:
     learning_rate: float = 1.0
     forgetting: float = 0.0
     infer_precision: bool = False
+    inference: str = "exact"
+    inference_iterations: int = 16
+    inference_tau: float | None = None
+
+    def __post_init__(self):
+        if self.inference not in INFERENCE_SCHEMES:
+            raise ValueError(f"inference: {self.inference!r} is not one of {INFERENCE_SCHEMES}")
+        if int(self.inference_iterations) < 1:
+            raise ValueError(f"inference_iterations: must be >= 1, got {self.inference_iterations}")
+        if self.inference_tau is not None and not self.inference_tau > 0:
+            raise ValueError(f"inference_tau: must be > 0, got {self.inference_tau}")
 
 
 @dataclass(frozen=True)
@@ -98,13 +123,17 @@ class AgentState:
     """time : the step about to be observed; prior : (N, S_1..S_F) p(s_t | o_<t);
     pA : M tensors (N, O_m, S_1..S_F), each agent's likelihood counts (None: the model's A);
     pB : F tensors (N, S_f, S_f, U_f), each agent's transition counts (None: the model's B);
-    pD : F tensors (N, S_f), each agent's initial-state counts (None: the model's D)."""
+    pD : F tensors (N, S_f), each agent's initial-state counts (None: the model's D);
+    observations : int (N, time, M) and actions : int (N, time, F), the trial so far (for the
+    schemes that infer over it)."""
 
     time: int
     prior: Tensor
     pA: list[Tensor] | None = None
     pB: list[Tensor] | None = None
     pD: list[Tensor] | None = None
+    observations: Tensor | None = None
+    actions: Tensor | None = None
 
     def transitions(self) -> list[Tensor] | None:
         """Each agent's B, the normalised pB: F tensors (N, S_f, S_f, U_f), or None."""
@@ -200,10 +229,26 @@ def step(
     total = weights.sum(-1, keepdim=True)
     posterior = (weights / total).reshape(state.prior.shape)
     log_evidence = (shift + torch.log(total))[:, 0]
-    beliefs = factor_marginals(posterior, 1)
+    observations = (
+        observation[:, None]
+        if state.observations is None
+        else torch.cat([state.observations, observation[:, None]], 1)
+    )
+    if settings.inference == "exact":
+        beliefs = factor_marginals(posterior, 1)
+    else:
+        beliefs = _scheme_beliefs(
+            model, settings, state, A, B, log_likelihood, observations, posterior.shape[0]
+        )
+        posterior = outer(*beliefs, batch_dims=1)
     if state.time >= num_steps - 1:
         result = StepResult(beliefs, log_evidence, None, None, None, None)
-        return AgentState(state.time + 1, posterior, state.pA, state.pB, state.pD), result
+        return (
+            AgentState(
+                state.time + 1, posterior, state.pA, state.pB, state.pD, observations, state.actions
+            ),
+            result,
+        )
 
     depth = settings.horizon or model.policies.shape[1]
     depth = min(depth, num_steps - 1 - state.time)
@@ -240,7 +285,53 @@ def step(
     matrices = [b[:, 0] for b in _select_transitions(model, B, action[:, None, :])]
     next_prior = propagate(posterior, matrices)
     result = StepResult(beliefs, log_evidence, scores, q_pi, probabilities, action)
-    return AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD), result
+    actions = (
+        action[:, None] if state.actions is None else torch.cat([state.actions, action[:, None]], 1)
+    )
+    return (
+        AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD, observations, actions),
+        result,
+    )
+
+
+def _scheme_beliefs(model, settings, state, A, B, log_likelihood, observations, N):
+    """q(s_t) by an approximate scheme: F tensors (N, S_f).
+
+    fpi: pymdp's FPI with the factorised prior (the marginals of ``state.prior``, which for this
+    scheme is the product of B_f q_f of the last step). vmp / mmp: the scheme over the trial so
+    far from each agent's D, with each agent's A and B; the marginal at the present step.
+    """
+    iterations = settings.inference_iterations
+    if settings.inference == "fpi":
+        log_prior = [clipped_log(p) for p in factor_marginals(state.prior, 1)]
+        floor = math.log(torch.finfo(model.dtype).eps)
+        beliefs, _ = fixed_point_iteration(log_likelihood.clamp_min(floor), log_prior, iterations)
+        return beliefs
+    history = _log_likelihood(model, A, observations)  # (N, t+1, S_1..S_F)
+    if state.actions is None:
+        empty = torch.zeros(N, 0, model.num_factors, dtype=torch.int64, device=model.device)
+        transitions = _select_transitions(model, B, empty)
+    else:
+        transitions = _select_transitions(model, B, state.actions)
+    initial = _initial_beliefs(model, state.pD, N)
+    if settings.inference == "vmp":
+        floor = math.log(torch.finfo(model.dtype).eps)
+        marginals = variational_message_passing(
+            history.clamp_min(floor),
+            [clipped_log(b) for b in transitions],
+            [clipped_log(d) for d in initial],
+            iterations,
+            1.0 if settings.inference_tau is None else settings.inference_tau,
+        )
+    else:
+        marginals, _, _ = marginal_message_passing(
+            torch.exp(history),
+            transitions,
+            initial,
+            num_iterations=iterations,
+            tau=0.25 if settings.inference_tau is None else settings.inference_tau,
+        )
+    return [q[:, -1] for q in marginals]
 
 
 def learn_between_trials(

@@ -14,12 +14,15 @@ Bad arguments get one line on stderr and exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from pp_aif.agent import INFERENCE_SCHEMES, AgentSettings
 
 __all__ = ["main"]
 
@@ -172,7 +175,9 @@ def _summarise(dataset, labels) -> None:
     print(_table(rows))
 
 
-def simulate_command(task_name: str, agents: int, trials: int, seed: int, out: Path) -> int:
+def simulate_command(
+    task_name: str, agents: int, trials: int, seed: int, out: Path, inference: str = "exact"
+) -> int:
     from tqdm import tqdm
 
     from pp_aif.plots import plot_trial
@@ -182,15 +187,17 @@ def simulate_command(task_name: str, agents: int, trials: int, seed: int, out: P
     if agents < 1 or trials < 1:
         raise ValueError(f"--agents and --trials must be at least 1, got {agents} and {trials}")
     task = load_task(task_name)
+    settings = dataclasses.replace(task.settings or AgentSettings(), inference=inference)
     print(
         f"pp_aif simulate: {agents} agent(s), {trials} trial(s) of '{task.name}' "
         f"({task.description}), seed {seed}"
+        + ("" if inference == "exact" else f", state inference by {inference}")
     )
     start = time.perf_counter()
     with tqdm(
         total=trials, desc="trials", disable=trials * agents < 20_000 or None, leave=False
     ) as bar:
-        dataset = simulate(task, agents, trials, seed, progress=bar.update)
+        dataset = simulate(task, agents, trials, seed, settings=settings, progress=bar.update)
     seconds = time.perf_counter() - start
     if agents == 1:
         _narrate(dataset, task.labels)
@@ -216,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     simulate_parser.add_argument("--trials", type=int, default=1, help="trials (default 1)")
     simulate_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     simulate_parser.add_argument(
+        "--inference",
+        choices=INFERENCE_SCHEMES,
+        default="exact",
+        help="the agents' state inference (default exact)",
+    )
+    simulate_parser.add_argument(
         "--out",
         type=Path,
         default=Path("out"),
@@ -235,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
             return demo(arguments.task, arguments.out)
         if arguments.command == "simulate":
             return simulate_command(
-                arguments.task, arguments.agents, arguments.trials, arguments.seed, arguments.out
+                arguments.task,
+                arguments.agents,
+                arguments.trials,
+                arguments.seed,
+                arguments.out,
+                arguments.inference,
             )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)

@@ -164,3 +164,52 @@ def test_tmaze_with_inferred_precision_still_samples_the_cue():
     settings = AgentSettings(infer_precision=True)
     _, actions, _ = run(task.model, settings, GenerativeProcess(task.model), 200, 3, seed=3)
     assert (actions[:, 0, 0] == 3).float().mean().item() >= 0.9
+
+
+def test_fpi_agent_is_exact_with_one_factor(rng):
+    arrays = random_arrays(rng, (3,), (3, 2), (2,), zero_fraction=0.3)
+    model = pp_aif.GenerativeModel(
+        arrays.A, arrays.B, C=[rng.normal(size=3), np.zeros(2)], D=arrays.D
+    )
+    env = GenerativeProcess(model)
+    exact_run = run(model, AgentSettings(), env, 5, 4, seed=2)
+    fpi_run = run(model, AgentSettings(inference="fpi"), env, 5, 4, seed=2)
+    assert torch.equal(exact_run[1], fpi_run[1])  # the same actions
+    for exact, fpi in zip(exact_run[2], fpi_run[2], strict=True):
+        assert_close(fpi.beliefs, exact.beliefs, atol=1e-14, reason="FPI's log floor (eps)")
+
+
+@pytest.mark.parametrize("scheme", ["fpi", "vmp", "mmp"])
+def test_scheme_agents_hold_the_schemes_beliefs_about_the_trial_so_far(rng, scheme):
+    """At every step the agent's q(s_t) is the scheme's present marginal given the trial so far
+    (fpi: its filter; vmp, mmp: smoothing over o_0..o_t, read at t) - two paths, one truth."""
+    arrays = random_arrays(rng, (2, 3), (3, 2), (2, 2))
+    model = pp_aif.GenerativeModel(
+        arrays.A, arrays.B, C=[rng.normal(size=3), np.zeros(2)], D=arrays.D
+    )
+    settings = AgentSettings(inference=scheme, inference_iterations=8)
+    observations, actions, results = run(model, settings, GenerativeProcess(model), 3, 4, seed=4)
+    options = {"num_iterations": 8, "warn": False}
+    for t, result in enumerate(results):
+        if scheme == "fpi":
+            beliefs = pp_aif.infer_states(
+                model, observations, actions, method="fpi", mode="filtering", settings=options
+            )
+            expected = [q[:, t] for q in beliefs.marginals]
+        else:
+            beliefs = pp_aif.infer_states(
+                model,
+                observations[:, : t + 1],
+                actions[:, :t],
+                method=scheme,
+                settings=options,
+            )
+            expected = [q[:, -1] for q in beliefs.marginals]
+        assert_close(result.beliefs, expected, msg=f"step {t}")
+
+
+def test_unknown_inference_scheme_is_named():
+    with pytest.raises(ValueError, match=r"inference: 'bp' is not one of"):
+        AgentSettings(inference="bp")
+    with pytest.raises(ValueError, match=r"inference_iterations: must be >= 1"):
+        AgentSettings(inference="mmp", inference_iterations=0)

@@ -69,3 +69,21 @@ def test_simulate_bad_counts_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "pp-aif: error: --agents and --trials must be at least 1, got 0 and 1"
     )
+
+
+def test_simulate_with_another_inference_scheme(tmp_path, capsys):
+    arguments = [
+        "simulate",
+        "tmaze",
+        "--agents",
+        "20",
+        "--inference",
+        "mmp",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(arguments) == 0
+    output = capsys.readouterr().out
+    assert "state inference by mmp" in output and "20 agent-trials" in output
+    with pytest.raises(SystemExit):
+        main(["simulate", "tmaze", "--inference", "bp"])
