@@ -23,3 +23,22 @@ def test_tmaze_epistemic_smoke(tmp_path):
         assert 0 <= written[key] <= 1
         assert written[key] == results[key]
     assert (tmp_path / "tmaze_epistemic.png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_inference_schemes_smoke(tmp_path):
+    from experiments.inference_schemes import Config as SchemesConfig
+    from experiments.inference_schemes import run as run_schemes
+
+    config = SchemesConfig(
+        num_sequences=2, sizes=((2, 2, 4),), num_agents=10, iterations=4, out=tmp_path
+    )
+    results = run_schemes(config)
+    written = json.loads((tmp_path / "inference_schemes.json").read_text())
+    assert written["cases"].keys() == results["cases"].keys()
+    random_case = written["cases"]["random F=2 S=2 T=4"]["schemes"]
+    assert set(random_case) == {"exact", "mean_field", "structured", "fpi", "vmp", "mmp"}
+    for scheme, row in random_case.items():
+        assert row["gap"] >= -1e-9 and row["kl"] >= -1e-12, scheme
+    assert set(written["tmaze_closed_loop"]) == {"exact", "fpi", "vmp", "mmp"}
+    assert (tmp_path / "inference_schemes.png").stat().st_size > 10_000
