@@ -12,7 +12,8 @@ the cost is linear in T), or by Monte Carlo over guide samples with a score-func
 (``elbo="sampled"``). Two guide families:
 
 ``mean_field``  q(s) = prod_t prod_f q(s_f,t); parameters: logits (N, T, S_f) per factor.
-``structured``  a Markov chain over the joint state, q(s_1) prod_t q(s_t+1 | s_t); parameters:
+``structured``  a Markov chain over the joint state, q(s_1) prod_t q(s_t+1 | s_t), started at the
+                model's prior over paths; parameters:
                 joint logits (N, K) for t = 0 and (N, T-1, K, K) for the transitions. Each
                 factor's site is drawn from its chain-rule conditional
                 q(s_f,t | s_1..f-1,t, s_t-1), so the family is every Markov chain over the joint
@@ -183,6 +184,19 @@ def _mean_field_guide(masks: list[Tensor], batched: bool):
     return guide
 
 
+def _prior_chain(model: GenerativeModel, transitions, N: int) -> tuple[Tensor, Tensor]:
+    """The guide's starting point: the model's prior over paths, p(s_1) prod_t p(s_t+1 | s_t, u),
+    as logits (N, K) and (N, T-1, K, K) (impossible entries at LOG_ZERO)."""
+    log_initial = model.log_D[0]
+    for log_d in model.log_D[1:]:
+        log_initial = (log_initial[:, None] + log_d[None, :]).reshape(-1)
+    log_transitions = joint_log_transitions(transitions)
+    return (
+        log_initial.clamp_min(LOG_ZERO).expand(N, -1).clone(),
+        log_transitions.clamp_min(LOG_ZERO).clone(),
+    )
+
+
 def _chain_conditionals(joint_logits: Tensor, num_states: tuple[int, ...]) -> list[Tensor]:
     """Chain-rule conditionals of a joint over factors.
 
@@ -198,19 +212,21 @@ def _chain_conditionals(joint_logits: Tensor, num_states: tuple[int, ...]) -> li
     ]
 
 
-def _structured_guide(initial_mask: Tensor, pair_mask: Tensor, batched: bool):
+def _structured_guide(
+    initial_mask: Tensor, pair_mask: Tensor, batched: bool, start: tuple[Tensor, Tensor]
+):
     """A Markov chain over the joint state, sampled factor by factor (chain rule)."""
 
     def guide(model, observations, actions, **_):
         num_states = model.num_states
         init = torch.where(
             initial_mask,
-            pyro.param("q_initial", torch.zeros_like(initial_mask, dtype=model.dtype)),
+            pyro.param("q_initial", start[0]),
             LOG_ZERO,
         )  # (N, K)
         trans = torch.where(
             pair_mask,
-            pyro.param("q_transitions", torch.zeros_like(pair_mask, dtype=model.dtype)),
+            pyro.param("q_transitions", start[1]),
             LOG_ZERO,
         )  # (N, T-1, K, K)
         N, T = initial_mask.shape[0], pair_mask.shape[1] + 1
@@ -270,7 +286,9 @@ def fit_guide(
     if method == "mean_field":
         guide = _mean_field_guide(marginal_support, batched)
     else:
-        guide = _structured_guide(state_support[:, 0], pair_support, batched)
+        guide = _structured_guide(
+            state_support[:, 0], pair_support, batched, _prior_chain(model, transitions, N)
+        )
     enumerate_guide = settings.elbo == "exact" or (
         settings.elbo == "auto" and K <= settings.max_enumerated_states
     )
