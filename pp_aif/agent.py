@@ -11,8 +11,11 @@ One step at time t, for all N agents at once:
     u_t     ~ p(u) ∝ exp(alpha ln sum_pi q(pi) [pi_0 = u])
     p(s_t+1 | o_<=t) = B[u_t] q(s_t)            the next prior, still joint
 
-Keeping the joint belief makes the agent's state inference exact: its beliefs equal
-``infer_states(..., mode="filtering")`` (tested). Between trials each agent learns its own
+``AgentSettings.inference`` swaps the first line for an approximate scheme: "fpi" (pymdp's
+fixed-point iteration with the factorised prior), "vmp" or "mmp" (message passing over the trial
+so far, from D, read at the present step); the joint belief is then the product of the scheme's
+marginals. With "exact" (the default), keeping the joint belief makes the agent's state
+inference exact: its beliefs equal ``infer_states(..., mode="filtering")`` (tested). Between trials each agent learns its own
 Dirichlet counts - ``pA`` and ``pD``, when the model has them - from the trial's smoothed
 beliefs (:func:`learn_between_trials`): ``pA``, ``pB`` and ``pD``, whichever the model has;
 its A, B and D are the normalised counts.
