@@ -15,10 +15,10 @@ One step at time t, for all N agents at once:
 fixed-point iteration with the factorised prior), "vmp" or "mmp" (message passing over the trial
 so far, from D, read at the present step); the joint belief is then the product of the scheme's
 marginals. With "exact" (the default), keeping the joint belief makes the agent's state
-inference exact: its beliefs equal ``infer_states(..., mode="filtering")`` (tested). Between trials each agent learns its own
-Dirichlet counts - ``pA`` and ``pD``, when the model has them - from the trial's smoothed
-beliefs (:func:`learn_between_trials`): ``pA``, ``pB`` and ``pD``, whichever the model has;
-its A, B and D are the normalised counts.
+inference exact: its beliefs equal ``infer_states(..., mode="filtering")`` (tested). Between
+trials each agent learns its own Dirichlet counts from the trial's smoothed beliefs
+(:func:`learn_between_trials`): ``pA``, ``pB`` and ``pD``, whichever the model has; its A, B
+and D are the normalised counts.
 """
 
 from __future__ import annotations
