@@ -18,11 +18,12 @@ from pp_aif.inference.inputs import prepare_sequences
 from pp_aif.inference.states import Beliefs, run_forward_filter
 from pp_aif.ops.free_energy import (
     chain_free_energy,
-    exact_chain,
+    joint_log_initial,
     joint_log_transitions,
     mean_field_free_energy,
+    posterior_as_chain,
 )
-from pp_aif.ops.hmm import factor_marginals, observation_log_likelihood, smooth
+from pp_aif.ops.hmm import factor_marginals, observation_log_likelihood
 from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel
 
 __all__ = ["ChainBeliefs", "free_energy", "posterior_chain"]
@@ -116,9 +117,7 @@ def free_energy(model: GenerativeModel, observations, actions=None, *, beliefs) 
             )
         _check_distributions(beliefs.initial, "beliefs.initial")
         _check_distributions(beliefs.conditionals, "beliefs.conditionals")
-        log_initial = model.log_D[0]
-        for log_d in model.log_D[1:]:
-            log_initial = (log_initial[:, None] + log_d[None, :]).reshape(-1)
+        log_initial = joint_log_initial(model.log_D)
         value = chain_free_energy(
             beliefs.initial.reshape(N, K),
             beliefs.conditionals.reshape(N, T - 1, K, K),
@@ -136,15 +135,8 @@ def posterior_chain(model: GenerativeModel, observations, actions=None) -> Chain
     """The exact posterior p(s_1:T | o_1:T, u) as a Markov chain over the joint state."""
     sequences = prepare_sequences(model, observations, actions)
     result, transitions = run_forward_filter(model, sequences)
-    smoothed = smooth(result.filtered, result.predicted, transitions)
-    N, T = smoothed.shape[:2]
-    K = math.prod(model.num_states)
-    initial, conditionals = exact_chain(
-        result.filtered.reshape(N, T, K),
-        result.predicted.reshape(N, T, K),
-        smoothed.reshape(N, T, K),
-        joint_log_transitions(transitions),
-    )
+    _, initial, conditionals = posterior_as_chain(result.filtered, result.predicted, transitions)
+    T, K = result.filtered.shape[1], math.prod(model.num_states)
     batch = sequences.batch_shape
     return ChainBeliefs(
         initial.reshape(*batch, K), conditionals.reshape(*batch, T - 1, K, K), model.num_states

@@ -47,11 +47,12 @@ from pp_aif.errors import ConvergenceWarning, DataError
 from pp_aif.inference.inputs import Sequences, format_sequence
 from pp_aif.ops.free_energy import (
     chain_free_energy,
-    exact_chain,
+    joint_log_initial,
     joint_log_transitions,
     mean_field_free_energy,
+    posterior_as_chain,
 )
-from pp_aif.ops.hmm import factor_marginals, observation_log_likelihood, smooth
+from pp_aif.ops.hmm import factor_marginals, observation_log_likelihood
 from pp_aif.programs import pomdp, state_site
 from pp_aif.spec import GenerativeModel
 
@@ -124,15 +125,9 @@ class Optimisation:
 
 def _support(model: GenerativeModel, sequences: Sequences, result, transitions):
     """Posterior support: joint states (N, T, K) and transitions (N, T-1, K, K) with mass."""
-    smoothed = smooth(result.filtered, result.predicted, transitions)
+    smoothed, _, conditionals = posterior_as_chain(result.filtered, result.predicted, transitions)
     N, T = smoothed.shape[:2]
     K = math.prod(model.num_states)
-    _, conditionals = exact_chain(
-        result.filtered.reshape(N, T, K),
-        result.predicted.reshape(N, T, K),
-        smoothed.reshape(N, T, K),
-        joint_log_transitions(transitions),
-    )
     states = smoothed.reshape(N, T, K) > 0
     pairs = states[:, :-1, :, None] & (conditionals > 0)
     return smoothed, states, pairs
@@ -187,9 +182,7 @@ def _mean_field_guide(masks: list[Tensor], batched: bool):
 def _prior_chain(model: GenerativeModel, transitions, N: int) -> tuple[Tensor, Tensor]:
     """The guide's starting point: the model's prior over paths, p(s_1) prod_t p(s_t+1 | s_t, u),
     as logits (N, K) and (N, T-1, K, K) (impossible entries at LOG_ZERO)."""
-    log_initial = model.log_D[0]
-    for log_d in model.log_D[1:]:
-        log_initial = (log_initial[:, None] + log_d[None, :]).reshape(-1)
+    log_initial = joint_log_initial(model.log_D)
     log_transitions = joint_log_transitions(transitions)
     return (
         log_initial.clamp_min(LOG_ZERO).expand(N, -1).clone(),
@@ -417,9 +410,7 @@ def _read_guide(model, method, store, supports, sequences, transitions):
         )
     else:
         conditionals = torch.zeros(N, 0, K, K, dtype=model.dtype, device=model.device)
-    log_initial = model.log_D[0]
-    for log_d in model.log_D[1:]:
-        log_initial = (log_initial[:, None] + log_d[None, :]).reshape(-1)
+    log_initial = joint_log_initial(model.log_D)
     value = chain_free_energy(
         initial,
         conditionals,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from pp_aif.ops.contractions import outer
+from pp_aif.ops.hmm import smooth
 from pp_aif.ops.numerics import xlogy
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "mean_field_free_energy",
     "chain_free_energy",
     "exact_chain",
+    "posterior_as_chain",
+    "joint_log_initial",
 ]
 
 
@@ -118,3 +121,27 @@ def exact_chain(filtered: Tensor, predicted: Tensor, smoothed: Tensor, log_trans
     totals = pairs.sum(-1, keepdim=True)
     conditionals = torch.where(totals > 0, pairs / torch.where(totals > 0, totals, 1.0), transition)
     return smoothed[:, 0], conditionals
+
+
+def posterior_as_chain(filtered: Tensor, predicted: Tensor, transitions: Sequence[Tensor]):
+    """The smoothed joint (N, T, S_1..S_F) and the posterior as a chain over the flattened joint
+    state, (initial (N, K), conditionals (N, T-1, K, K)), from a forward pass
+    (``pp_aif.ops.hmm.forward_filter``) and its transitions F x (N, T-1, S_next, S_prev)."""
+    smoothed = smooth(filtered, predicted, transitions)
+    N, T = smoothed.shape[:2]
+    K = smoothed[0, 0].numel()
+    initial, conditionals = exact_chain(
+        filtered.reshape(N, T, K),
+        predicted.reshape(N, T, K),
+        smoothed.reshape(N, T, K),
+        joint_log_transitions(transitions),
+    )
+    return smoothed, initial, conditionals
+
+
+def joint_log_initial(log_initial: Sequence[Tensor]) -> Tensor:
+    """ln p(s_1) over the flattened joint state (K,), from F tensors (S_f,) ln D_f."""
+    total = log_initial[0]
+    for log_d in log_initial[1:]:
+        total = (total[:, None] + log_d[None, :]).reshape(-1)
+    return total
