@@ -30,6 +30,9 @@ import torch
 from torch import Tensor
 
 from pp_aif.errors import DataError
+from pp_aif.inference.inputs import Sequences
+from pp_aif.inference.states import run_forward_filter
+from pp_aif.inference.variational import GUIDES, SVISettings, fit_guide
 from pp_aif.ops.contractions import outer
 from pp_aif.ops.dirichlet import (
     initial_counts,
@@ -75,7 +78,7 @@ __all__ = [
 ]
 
 
-INFERENCE_SCHEMES = ("exact", "fpi", "vmp", "mmp")
+INFERENCE_SCHEMES = ("exact", "fpi", "vmp", "mmp", "mean_field", "structured")
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,9 @@ class AgentSettings:
         instead of holding it at policy_precision.
     inference : how q(s_t) is inferred each step (see the module docstring): "exact" (joint
         filtering), "fpi" (pymdp's fixed-point iteration on the factorised prior), "vmp" or
-        "mmp" (message passing over the trial so far, from D; the present marginal is used).
+        "mmp" (message passing over the trial so far, from D; the present marginal is used),
+        "mean_field" or "structured" (an SVI guide over the trial so far, likewise; slow, and
+        only for agents that do not learn).
     inference_iterations, inference_tau : iterations (default 16) and step size (default: the
         scheme's own, 1 for vmp, 1/4 for mmp) of the message-passing schemes.
     """
@@ -310,12 +315,23 @@ def _scheme_beliefs(model, settings, state, A, B, log_likelihood, observations, 
         floor = math.log(torch.finfo(model.dtype).eps)
         beliefs, _ = fixed_point_iteration(log_likelihood.clamp_min(floor), log_prior, iterations)
         return beliefs
+    actions = state.actions
+    if actions is None:
+        actions = torch.zeros(N, 0, model.num_factors, dtype=torch.int64, device=model.device)
+    if settings.inference in GUIDES:
+        if A is not None or B is not None or state.pD is not None:
+            raise ValueError(
+                f"inference: the SVI guides ({settings.inference!r}) infer with the model's own "
+                "A, B and D; agents that learn pA, pB or pD need 'exact', 'fpi', 'vmp' or 'mmp'"
+            )
+        sequences = Sequences(observations, actions, (N,))
+        result, transitions = run_forward_filter(model, sequences)  # the posterior's support
+        marginals, _, _ = fit_guide(
+            model, sequences, settings.inference, SVISettings(), result, transitions
+        )
+        return [q[:, -1] for q in marginals]
     history = _log_likelihood(model, A, observations)  # (N, t+1, S_1..S_F)
-    if state.actions is None:
-        empty = torch.zeros(N, 0, model.num_factors, dtype=torch.int64, device=model.device)
-        transitions = _select_transitions(model, B, empty)
-    else:
-        transitions = _select_transitions(model, B, state.actions)
+    transitions = _select_transitions(model, B, actions)
     initial = _initial_beliefs(model, state.pD, N)
     if settings.inference == "vmp":
         floor = math.log(torch.finfo(model.dtype).eps)

@@ -213,3 +213,24 @@ def test_unknown_inference_scheme_is_named():
         AgentSettings(inference="bp")
     with pytest.raises(ValueError, match=r"inference_iterations: must be >= 1"):
         AgentSettings(inference="mmp", inference_iterations=0)
+
+
+def test_structured_guide_agent_holds_the_exact_beliefs(rng):
+    """Smoothing o_0..o_t read at t is filtering: the structured guide (which contains the
+    posterior) gives the exact agent's beliefs, up to its optimiser."""
+    arrays = random_arrays(rng, (2, 2), (3,), (2, 1))
+    model = pp_aif.GenerativeModel(arrays.A, arrays.B, C=[rng.normal(size=3)], D=arrays.D)
+    env = GenerativeProcess(model)
+    exact_run = run(model, AgentSettings(sample_actions=False), env, 2, 3, seed=5)
+    guide_run = run(
+        model, AgentSettings(sample_actions=False, inference="structured"), env, 2, 3, seed=5
+    )
+    for exact, guided in zip(exact_run[2], guide_run[2], strict=True):
+        assert_close(guided.beliefs, exact.beliefs, atol=1e-4, reason="L-BFGS stopping rule")
+
+
+def test_guide_agents_that_learn_are_refused():
+    task = load_task("bandit")  # its agents learn pA
+    settings = AgentSettings(inference="mean_field")
+    with pytest.raises(ValueError, match=r"agents that learn pA, pB or pD need"):
+        pp_aif.simulate(task, 2, 1, 0, settings=settings)
