@@ -5,6 +5,7 @@ The curated public API. Layout conventions (SPM/pymdp): ``A[m]`` (O_m, S_1..S_F)
 ``D[f]`` (S_f,), ``E`` (P,).
 """
 
+from pp_aif.data import BehaviourData
 from pp_aif.errors import DataError, ModelError
 from pp_aif.inference import Beliefs, ChainBeliefs, free_energy, infer_states, posterior_chain
 from pp_aif.learning import learn
@@ -32,4 +33,5 @@ __all__ = [
     "load_task",
     "Task",
     "simulate",
+    "BehaviourData",
 ]
