@@ -217,11 +217,13 @@ def step(
     *,
     num_steps: int,
     generator: torch.Generator | None = None,
+    action: Tensor | None = None,
 ) -> tuple[AgentState, StepResult]:
     """Observe, infer, plan and act, for N agents at once. Pure: returns a new state.
 
     observation : int (N, M), the outcomes at step ``state.time``; num_steps : T of the trial.
-    At the last step (time T-1) no action is chosen.
+    At the last step (time T-1) no action is chosen. action : int (N, F), optional: replay
+    these actions (e.g. a person's) instead of choosing; the probabilities are still reported.
     """
     A, B = state.likelihood(), state.transitions()
     log_likelihood = _log_likelihood(model, A, observation[:, None, :])[:, 0]
@@ -258,14 +260,7 @@ def step(
             result,
         )
 
-    depth = settings.horizon or model.policies.shape[1]
-    depth = min(depth, num_steps - 1 - state.time)
-    if depth == model.policies.shape[1]:
-        policies, log_prior = model.policies, torch.log(model.E)
-    else:  # every policy of the remaining depth, under a flat prior
-        policies = construct_policies(model.num_controls, depth).to(model.device)
-        P = policies.shape[0]
-        log_prior = torch.full((P,), -math.log(P), dtype=model.dtype, device=model.device)
+    policies, log_prior = policies_at(model, settings, state.time, num_steps)
     scores = expected_free_energy(
         model,
         beliefs,
@@ -289,7 +284,8 @@ def step(
     probabilities = action_probabilities(
         action_marginals(q_pi, policies, model.num_controls), settings.action_precision
     )
-    action = select_actions(probabilities, sample=settings.sample_actions, generator=generator)
+    if action is None:
+        action = select_actions(probabilities, sample=settings.sample_actions, generator=generator)
     matrices = [b[:, 0] for b in _select_transitions(model, B, action[:, None, :])]
     next_prior = propagate(posterior, matrices)
     result = StepResult(beliefs, log_evidence, scores, q_pi, probabilities, action)
@@ -300,6 +296,21 @@ def step(
         AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD, observations, actions),
         result,
     )
+
+
+def policies_at(model: GenerativeModel, settings: AgentSettings, time: int, num_steps: int):
+    """The policies planned over at step ``time`` of a trial of ``num_steps``, and ln E.
+
+    Depth min(H, T-1-time), so that no policy looks past the trial; below the model's depth,
+    every policy of that depth under a flat prior. Returns (policies (P, H', F), log prior (P,)).
+    """
+    depth = settings.horizon or model.policies.shape[1]
+    depth = min(depth, num_steps - 1 - time)
+    if depth == model.policies.shape[1]:
+        return model.policies, torch.log(model.E)
+    policies = construct_policies(model.num_controls, depth).to(model.device)
+    P = policies.shape[0]
+    return policies, torch.full((P,), -math.log(P), dtype=model.dtype, device=model.device)
 
 
 def _scheme_beliefs(model, settings, state, A, B, log_likelihood, observations, N):
