@@ -34,6 +34,7 @@ __all__ = [
     "sample_sequences",
     "state_site",
     "observation_site",
+    "behaviour",
 ]
 
 
@@ -217,3 +218,40 @@ def policy_rollout(
                 else:
                     logits = Vindex(torch.log(A[m]).movedim(1, -1))[(rows, *states, slice(None))]
                 pyro.sample(observation_site(m, tau), dist.Categorical(logits=logits))
+
+
+def behaviour(values, *, priors: dict, fixed: dict | None = None) -> None:
+    """The behavioural model: agent parameters are latent, people's actions are observed.
+
+    values : ``pp_aif.fitting.PolicyValues`` of the data (what does not depend on parameters).
+    priors : {"gamma" | "alpha": a Pyro distribution over positive values}: the parameters to
+        infer, one per subject; fixed : values for the others (defaults: SPM's 1 and 512).
+
+    Sites: the parameters inside ``pyro.plate("subjects", N, dim=-3)``, and ``"u_{f}"``, each
+    factor's chosen controls (N, K, T-1), observed, as ``Categorical`` over
+    p(u_t | theta, history) inside plates over subjects, trials and steps.
+    """
+    from pp_aif.fitting.likelihood import action_log_probabilities
+    from pp_aif.planning import DEFAULT_ACTION_PRECISION, DEFAULT_POLICY_PRECISION
+
+    unknown = set(priors) - {"gamma", "alpha"}
+    if unknown:
+        raise ValueError(f"priors: unknown parameters {sorted(unknown)}; known: gamma, alpha")
+    fixed = {"gamma": DEFAULT_POLICY_PRECISION, "alpha": DEFAULT_ACTION_PRECISION, **(fixed or {})}
+    N, K, steps, _ = values.actions.shape
+    theta = {}
+    with pyro.plate("subjects", N, dim=-3):
+        for name in ("gamma", "alpha"):
+            if name in priors:
+                theta[name] = pyro.sample(name, priors[name])[..., 0, 0]  # (..., N)
+            else:
+                theta[name] = torch.as_tensor(fixed[name], dtype=values.scores[0].dtype)
+    log_probabilities = action_log_probabilities(values, theta["gamma"], theta["alpha"])
+    with (
+        pyro.plate("subjects_", N, dim=-3),
+        pyro.plate("trials", K, dim=-2),
+        pyro.plate("steps", steps, dim=-1),
+    ):
+        for f, log_p in enumerate(log_probabilities):
+            if log_p is not None:
+                pyro.sample(f"u_{f}", dist.Categorical(logits=log_p), obs=values.actions[..., f])

@@ -28,7 +28,12 @@ from pp_aif.planning import expected_free_energy
 from pp_aif.planning.policies import policy_score
 from pp_aif.spec import GenerativeModel
 
-__all__ = ["PolicyValues", "policy_values", "action_log_likelihood"]
+__all__ = [
+    "PolicyValues",
+    "policy_values",
+    "action_log_probabilities",
+    "action_log_likelihood",
+]
 
 
 @dataclass(frozen=True)
@@ -76,20 +81,22 @@ def policy_values(
     return PolicyValues(scores, log_prior, first, actions, model.num_controls)
 
 
-def action_log_likelihood(values: PolicyValues, gamma: Tensor, alpha: Tensor) -> Tensor:
-    """ln p(u_t | theta, history) of the person's actions: (*theta_batch, N, K, T-1).
+def action_log_probabilities(
+    values: PolicyValues, gamma: Tensor, alpha: Tensor
+) -> list[Tensor | None]:
+    """ln p(u_f,t = u | theta, history) for every control: F entries (*theta_batch, N, K, T-1,
+    U_f), None for a factor with one control.
 
     gamma, alpha : policy and action precision, tensors broadcastable to (*theta_batch, N)
     (one value per subject, optionally with leading sample axes).
     """
     gamma = torch.as_tensor(gamma)[..., None, None]  # (..., N, 1, 1)
     alpha = torch.as_tensor(alpha)[..., None, None]  # (..., N, 1, 1)
-    steps = []
-    for t, (score, log_prior, first) in enumerate(
-        zip(values.scores, values.log_prior, values.first_actions, strict=True)
+    per_factor: list[list[Tensor]] = [[] for _ in values.num_controls]
+    for score, log_prior, first in zip(
+        values.scores, values.log_prior, values.first_actions, strict=True
     ):
         log_q = torch.log_softmax(log_prior - gamma * score, -1)  # (..., N, K, P)
-        total = 0.0
         for f, U in enumerate(values.num_controls):
             if U == 1:
                 continue
@@ -101,10 +108,23 @@ def action_log_likelihood(values: PolicyValues, gamma: Tensor, alpha: Tensor) ->
                 alpha * log_marginal,
                 torch.full_like(log_marginal, -torch.inf),
             )
-            log_p = torch.log_softmax(scaled, -1)
-            chosen = values.actions[:, :, t, f]  # (N, K)
-            total = (
-                total + torch.gather(log_p, -1, chosen.expand(*log_p.shape[:-1])[..., None])[..., 0]
-            )
-        steps.append(total if isinstance(total, Tensor) else torch.zeros_like(log_q[..., 0]))
-    return torch.stack(steps, -1)
+            per_factor[f].append(torch.log_softmax(scaled, -1))
+    return [torch.stack(steps, -2) if steps else None for steps in per_factor]
+
+
+def action_log_likelihood(values: PolicyValues, gamma: Tensor, alpha: Tensor) -> Tensor:
+    """ln p(u_t | theta, history) of the person's actions: (*theta_batch, N, K, T-1).
+
+    gamma, alpha : as for :func:`action_log_probabilities`.
+    """
+    total = None
+    for f, log_p in enumerate(action_log_probabilities(values, gamma, alpha)):
+        if log_p is None:
+            continue
+        chosen = values.actions[..., f].expand(*log_p.shape[:-1])
+        term = torch.gather(log_p, -1, chosen[..., None])[..., 0]
+        total = term if total is None else total + term
+    if total is None:  # no factor has a choice: every action is certain
+        shape = torch.broadcast_shapes(torch.as_tensor(gamma).shape, torch.as_tensor(alpha).shape)
+        return torch.zeros(*shape, *values.actions.shape[:-1], dtype=values.scores[0].dtype)
+    return total

@@ -87,3 +87,28 @@ def test_learning_or_inferred_precision_are_refused(case):
     model, observations, actions = case
     with pytest.raises(ValueError, match=r"fixed policy precision"):
         policy_values(model, AgentSettings(infer_precision=True), observations, actions)
+
+
+def test_behavioural_program_scores_the_same_likelihood(case):
+    import pyro
+    import pyro.distributions as dist
+
+    from pp_aif.programs import behaviour
+
+    model, observations, actions = case
+    values = policy_values(model, AgentSettings(), observations, actions)
+    priors = {"gamma": dist.LogNormal(0.0, 1.0), "alpha": dist.LogNormal(1.0, 1.0)}
+    gamma = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
+    alpha = torch.tensor([1.0, 4.0, 2.0], dtype=torch.float64)
+    conditioned = pyro.poutine.condition(
+        behaviour, data={"gamma": gamma[:, None, None], "alpha": alpha[:, None, None]}
+    )
+    trace = pyro.poutine.trace(conditioned).get_trace(values, priors=priors)
+    expected = (
+        action_log_likelihood(values, gamma, alpha).sum()
+        + priors["gamma"].log_prob(gamma).sum()
+        + priors["alpha"].log_prob(alpha).sum()
+    )
+    assert_close(trace.log_prob_sum(), expected)
+    with pytest.raises(ValueError, match=r"priors: unknown parameters \['beta'\]"):
+        behaviour(values, priors={"beta": dist.LogNormal(0.0, 1.0)})
