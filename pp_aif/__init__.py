@@ -7,6 +7,7 @@ The curated public API. Layout conventions (SPM/pymdp): ``A[m]`` (O_m, S_1..S_F)
 
 from pp_aif.data import BehaviourData
 from pp_aif.errors import DataError, ModelError
+from pp_aif.fitting import fit
 from pp_aif.inference import Beliefs, ChainBeliefs, free_energy, infer_states, posterior_chain
 from pp_aif.learning import learn
 from pp_aif.planning import PolicyScores, expected_free_energy
@@ -34,4 +35,5 @@ __all__ = [
     "Task",
     "simulate",
     "BehaviourData",
+    "fit",
 ]

@@ -65,6 +65,13 @@ def policy_values(
             "settings: the fast action likelihood needs inference='exact' and a fixed policy "
             "precision (infer_precision=False)"
         )
+    learned = [name for name in ("pA", "pB", "pD") if getattr(model, name) is not None]
+    if learned:
+        raise ValueError(
+            f"model: has {', '.join(learned)}, so its agents learn between trials; the fast "
+            "action likelihood is for agents that do not learn (the learning likelihood is not "
+            "built yet): give a model without Dirichlet counts"
+        )
     N, K, T, _ = observations.shape
     flat_obs = observations.reshape(N * K, T, -1)
     flat_actions = actions.reshape(N * K, T - 1, -1)
