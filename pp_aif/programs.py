@@ -220,12 +220,14 @@ def policy_rollout(
                 pyro.sample(observation_site(m, tau), dist.Categorical(logits=logits))
 
 
-def behaviour(values, *, priors: dict, fixed: dict | None = None) -> None:
+def behaviour(values, *, priors: dict, fixed: dict | None = None, present=None) -> None:
     """The behavioural model: agent parameters are latent, people's actions are observed.
 
     values : ``pp_aif.fitting.PolicyValues`` of the data (what does not depend on parameters).
     priors : {"gamma" | "alpha": a Pyro distribution over positive values}: the parameters to
-        infer, one per subject; fixed : values for the others (defaults: SPM's 1 and 512).
+        infer, one per subject; fixed : values for the others (defaults: SPM's 1 and 512);
+    present : bool (N, K), optional: the trials that exist. Only the action sites are masked:
+        each subject's prior is scored once, whatever its number of trials.
 
     Sites: the parameters inside ``pyro.plate("subjects", N, dim=-3)``, and ``"u_{f}"``, each
     factor's chosen controls (N, K, T-1), observed, as ``Categorical`` over
@@ -247,10 +249,12 @@ def behaviour(values, *, priors: dict, fixed: dict | None = None) -> None:
             else:
                 theta[name] = torch.as_tensor(fixed[name], dtype=values.scores[0].dtype)
     log_probabilities = action_log_probabilities(values, theta["gamma"], theta["alpha"])
+    mask = True if present is None else present[..., None]  # (N, K, 1)
     with (
         pyro.plate("subjects_", N, dim=-3),
         pyro.plate("trials", K, dim=-2),
         pyro.plate("steps", steps, dim=-1),
+        pyro.poutine.mask(mask=mask),
     ):
         for f, log_p in enumerate(log_probabilities):
             if log_p is not None:

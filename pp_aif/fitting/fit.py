@@ -76,11 +76,9 @@ def fit(
     all_priors = {**default_priors(model.dtype), **(priors or {})}
     chosen = {name: all_priors[name] for name in params}
     fixed = {"gamma": settings.policy_precision, "alpha": settings.action_precision}
-    present = data.present[:, :, None]
 
     def program(values):
-        with pyro.poutine.mask(mask=present):
-            behaviour(values, priors=chosen, fixed=fixed)
+        behaviour(values, priors=chosen, fixed=fixed, present=data.present)
 
     samples = {name: [] for name in params}
     diverging = []

@@ -103,9 +103,10 @@ def test_behavioural_program_scores_the_same_likelihood(case):
     conditioned = pyro.poutine.condition(
         behaviour, data={"gamma": gamma[:, None, None], "alpha": alpha[:, None, None]}
     )
-    trace = pyro.poutine.trace(conditioned).get_trace(values, priors=priors)
+    present = torch.tensor([[True, True], [True, False], [False, True]])
+    trace = pyro.poutine.trace(conditioned).get_trace(values, priors=priors, present=present)
     expected = (
-        action_log_likelihood(values, gamma, alpha).sum()
+        action_log_likelihood(values, gamma, alpha).sum(-1)[present].sum()
         + priors["gamma"].log_prob(gamma).sum()
         + priors["alpha"].log_prob(alpha).sum()
     )
