@@ -79,6 +79,8 @@ __all__ = [
 
 
 INFERENCE_SCHEMES = ("exact", "fpi", "vmp", "mmp", "mean_field", "structured")
+#: the schemes that infer over the trial so far, so the state keeps its observations and actions
+HISTORY_SCHEMES = ("vmp", "mmp", "mean_field", "structured")
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,8 @@ class AgentState:
     pA : M tensors (N, O_m, S_1..S_F), each agent's likelihood counts (None: the model's A);
     pB : F tensors (N, S_f, S_f, U_f), each agent's transition counts (None: the model's B);
     pD : F tensors (N, S_f), each agent's initial-state counts (None: the model's D);
-    observations : int (N, time, M) and actions : int (N, time, F), the trial so far (for the
-    schemes that infer over it)."""
+    observations : int (N, time, M) and actions : int (N, time, F), the trial so far (kept only
+    for the schemes that infer over it, ``HISTORY_SCHEMES``; None otherwise)."""
 
     time: int
     prior: Tensor
@@ -239,11 +241,8 @@ def step(
     total = weights.sum(-1, keepdim=True)
     posterior = (weights / total).reshape(state.prior.shape)
     log_evidence = (shift + torch.log(total))[:, 0]
-    observations = (
-        observation[:, None]
-        if state.observations is None
-        else torch.cat([state.observations, observation[:, None]], 1)
-    )
+    keep = settings.inference in HISTORY_SCHEMES  # only these re-infer over the trial so far
+    observations = _append(state.observations, observation) if keep else None
     if settings.inference == "exact":
         beliefs = factor_marginals(posterior, 1)
     else:
@@ -289,13 +288,16 @@ def step(
     matrices = [b[:, 0] for b in _select_transitions(model, B, action[:, None, :])]
     next_prior = propagate(posterior, matrices)
     result = StepResult(beliefs, log_evidence, scores, q_pi, probabilities, action)
-    actions = (
-        action[:, None] if state.actions is None else torch.cat([state.actions, action[:, None]], 1)
-    )
+    actions = _append(state.actions, action) if keep else None
     return (
         AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD, observations, actions),
         result,
     )
+
+
+def _append(history: Tensor | None, value: Tensor) -> Tensor:
+    """history (N, t, X) with value (N, X) appended at step t."""
+    return value[:, None] if history is None else torch.cat([history, value[:, None]], 1)
 
 
 def policies_at(model: GenerativeModel, settings: AgentSettings, time: int, num_steps: int):

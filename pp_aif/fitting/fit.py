@@ -70,6 +70,14 @@ def fit(
         raise ValueError(
             f"chains and draws must be >= 1, warmup >= 0; got {chains}, {draws}, {warmup}"
         )
+    names = (tuple(task.labels.modalities), tuple(task.labels.factors))
+    if (data.modalities, data.factors) != names or data.observations.shape[2] != task.trial_length:
+        raise ValueError(
+            f"data: modalities {list(data.modalities)}, factors {list(data.factors)} and "
+            f"{data.observations.shape[2]} steps per trial do not fit task {task.name!r} "
+            f"({list(names[0])}, {list(names[1])}, {task.trial_length} steps); read the data "
+            "with BehaviourData.read(source, task)"
+        )
     settings = settings or task.settings or AgentSettings()
     model = task.model
     values = policy_values(model, settings, data.observations, data.actions)

@@ -18,6 +18,7 @@ from pp_aif.inference.inputs import prepare_sequences
 from pp_aif.inference.states import Beliefs, run_forward_filter
 from pp_aif.ops.free_energy import (
     chain_free_energy,
+    chain_joint_marginals,
     joint_log_initial,
     joint_log_transitions,
     mean_field_free_energy,
@@ -47,14 +48,12 @@ class ChainBeliefs:
         """q(s_f,t): F tensors (*batch, T, S_f)."""
         batch = self.initial.shape[:-1]
         K = self.initial.shape[-1]
-        marginal = self.initial.reshape(-1, K)
-        conditionals = self.conditionals.reshape(-1, self.conditionals.shape[-3], K, K)
-        steps = [marginal]
-        for t in range(conditionals.shape[1]):
-            marginal = torch.einsum("ni,nij->nj", marginal, conditionals[:, t])
-            steps.append(marginal)
-        joint = torch.stack(steps, 1).reshape(-1, len(steps), *self.num_states)
-        return [q.reshape(*batch, len(steps), q.shape[-1]) for q in factor_marginals(joint, 2)]
+        T = self.conditionals.shape[-3] + 1
+        joint = chain_joint_marginals(
+            self.initial.reshape(-1, K), self.conditionals.reshape(-1, T - 1, K, K)
+        )
+        joint = joint.reshape(-1, T, *self.num_states)
+        return [q.reshape(*batch, T, q.shape[-1]) for q in factor_marginals(joint, 2)]
 
 
 def _flatten_marginals(model, beliefs, batch_shape, T) -> list[Tensor]:

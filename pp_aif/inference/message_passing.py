@@ -19,6 +19,7 @@ exceeds the mass-free value by ~1e-14 nats.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -69,7 +70,7 @@ class MessagePassingSettings:
 def _floored_free_energy(model, marginals, log_likelihood, transitions, epsilon) -> Tensor:
     return mean_field_free_energy(
         marginals,
-        log_likelihood.clamp_min(torch.log(torch.tensor(epsilon, dtype=model.dtype)).item()),
+        log_likelihood.clamp_min(math.log(epsilon)),
         [b.clamp_min(epsilon) for b in transitions],
         [d.clamp_min(epsilon) for d in model.D],
     )

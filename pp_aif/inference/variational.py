@@ -47,6 +47,7 @@ from pp_aif.errors import ConvergenceWarning, DataError
 from pp_aif.inference.inputs import Sequences, format_sequence
 from pp_aif.ops.free_energy import (
     chain_free_energy,
+    chain_joint_marginals,
     joint_log_initial,
     joint_log_transitions,
     mean_field_free_energy,
@@ -418,9 +419,6 @@ def _read_guide(model, method, store, supports, sequences, transitions):
         joint_log_transitions(transitions),
         log_initial,
     )
-    marginal, joint = initial, [initial]
-    for t in range(T - 1):
-        marginal = torch.einsum("ni,nij->nj", marginal, conditionals[:, t])
-        joint.append(marginal)
-    marginals = factor_marginals(torch.stack(joint, 1).reshape(N, T, *model.num_states), 2)
+    joint = chain_joint_marginals(initial, conditionals).reshape(N, T, *model.num_states)
+    marginals = factor_marginals(joint, 2)
     return marginals, value

@@ -34,6 +34,7 @@ __all__ = [
     "exact_chain",
     "posterior_as_chain",
     "joint_log_initial",
+    "chain_joint_marginals",
 ]
 
 
@@ -137,6 +138,16 @@ def posterior_as_chain(filtered: Tensor, predicted: Tensor, transitions: Sequenc
         joint_log_transitions(transitions),
     )
     return smoothed, initial, conditionals
+
+
+def chain_joint_marginals(initial_belief: Tensor, conditionals: Tensor) -> Tensor:
+    """q(s_t) over the flattened joint state of a chain, (N, T, K), from q(s_1) (N, K) and
+    q(s_t+1 | s_t) (N, T-1, K, K)."""
+    marginal, steps = initial_belief, [initial_belief]
+    for t in range(conditionals.shape[1]):
+        marginal = torch.einsum("ni,nij->nj", marginal, conditionals[:, t])
+        steps.append(marginal)
+    return torch.stack(steps, 1)
 
 
 def joint_log_initial(log_initial: Sequence[Tensor]) -> Tensor:

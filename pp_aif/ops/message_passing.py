@@ -64,15 +64,12 @@ def expected_except(joint: Tensor, marginals: Sequence[Tensor], factor: int) -> 
 
     Returns (*batch, S_factor): SPM's ``spm_dot(X, x, f)`` over a batch.
     """
-    F = len(marginals)
-    letters = string.ascii_letters[: F + 1]
-    batch, states = letters[0], letters[1:]
+    states = string.ascii_letters[: len(marginals)]
     operands, inputs = [joint], [f"...{states}"]
     for g, q in enumerate(marginals):
         if g != factor:
             operands.append(q)
             inputs.append(f"...{states[g]}")
-    del batch
     return torch.einsum(f"{','.join(inputs)}->...{states[factor]}", *operands)
 
 

@@ -71,3 +71,5 @@ def test_bad_arguments_are_named(tmaze_without_learning):
         fit(task, data, method="svi")
     with pytest.raises(ValueError, match=r"params: \['beta'\]"):
         fit(task, data, params=["beta"])
+    with pytest.raises(ValueError, match=r"do not fit task 'foraging'"):
+        fit(pp_aif.load_task("foraging"), data)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import pp_aif
-from tests.common import assert_close, brute_force, random_arrays, random_columns, sample_sequence
+from tests.common import assert_close, brute_force, random_columns, sample_sequence
+from tests.inference.cases import random_case
 
 SHAPES = [
     ((3,), (4,), (2,)),
@@ -45,10 +46,7 @@ def brute_force_free_energy(arrays, observations, actions, path_probability):
 
 
 def make(rng, shape, zero_fraction, T=3):
-    arrays = random_arrays(rng, *shape, zero_fraction=zero_fraction)
-    model = pp_aif.GenerativeModel(arrays.A, arrays.B, D=arrays.D)
-    observations, actions = sample_sequence(rng, arrays, T)
-    return arrays, model, observations, actions
+    return random_case(rng, shape, T=T, zero_fraction=zero_fraction)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

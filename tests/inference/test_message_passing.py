@@ -13,7 +13,8 @@ import pytest
 
 import pp_aif
 from pp_aif.errors import ConvergenceWarning
-from tests.common import assert_close, brute_force, random_arrays, sample_sequence
+from tests.common import assert_close, brute_force
+from tests.inference.cases import random_case
 
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
@@ -36,10 +37,7 @@ CONVERGED = {"num_iterations": 1000, "tau": 0.5, "tolerance": 1e-9}
 
 
 def make(rng, shape, T=5, zero_fraction=0.0):
-    arrays = random_arrays(rng, *shape, zero_fraction=zero_fraction)
-    model = pp_aif.GenerativeModel(arrays.A, arrays.B, D=arrays.D)
-    observations, actions = sample_sequence(rng, arrays, T)
-    return arrays, model, observations, actions
+    return random_case(rng, shape, T=T, zero_fraction=zero_fraction)
 
 
 @pytest.mark.parametrize("zero_fraction", [0.0, 0.3])

@@ -13,6 +13,7 @@ import pp_aif
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.inference.variational import SVISettings
 from tests.common import assert_close, brute_force, random_arrays, sample_sequence
+from tests.inference.cases import random_case
 
 SHAPES = [
     ((3,), (4,), (2,)),
@@ -25,10 +26,7 @@ SVI_TOLERANCE = {"atol": 1e-4, "rtol": 0.0, "reason": "an optimiser's stopping r
 
 
 def make(rng, shape, zero_fraction, T=3):
-    arrays = random_arrays(rng, *shape, zero_fraction=zero_fraction)
-    model = pp_aif.GenerativeModel(arrays.A, arrays.B, D=arrays.D)
-    observations, actions = sample_sequence(rng, arrays, T)
-    return arrays, model, observations, actions
+    return random_case(rng, shape, T=T, zero_fraction=zero_fraction)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
