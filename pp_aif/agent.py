@@ -24,7 +24,7 @@ and D are the normalised counts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -103,6 +103,12 @@ class AgentSettings:
         only for agents that do not learn).
     inference_iterations, inference_tau : iterations (default 16) and step size (default: the
         scheme's own, 1 for vmp, 1/4 for mmp) of the message-passing schemes.
+    preference_scale : c, the agent plans with ln p~(o) = log_softmax(c C): its pragmatic value
+        is c times that at c = 1, up to a constant shared by every policy of a step, so q(pi)
+        uses c * pragmatic (the reported scores stay at c = 1).
+
+    The precisions, learning_rate, forgetting and preference_scale may be tensors (N, 1), one
+    value per agent (as ``pp_aif.fitting.posterior_predictive`` uses them).
     """
 
     policy_precision: float = DEFAULT_POLICY_PRECISION
@@ -118,6 +124,7 @@ class AgentSettings:
     inference: str = "exact"
     inference_iterations: int = 16
     inference_tau: float | None = None
+    preference_scale: float = 1.0
 
     def __post_init__(self):
         if self.inference not in INFERENCE_SCHEMES:
@@ -272,13 +279,16 @@ def step(
         B=B,
         pB=state.pB,
     )
+    planned = scores
+    if not _is_one(settings.preference_scale):
+        planned = replace(scores, pragmatic=settings.preference_scale * scores.pragmatic)
     if settings.infer_precision:
         q_pi, _ = infer_precision(
-            scores, log_prior, beta=1.0 / settings.policy_precision, lesions=settings.lesions
+            planned, log_prior, beta=1.0 / settings.policy_precision, lesions=settings.lesions
         )
     else:
         q_pi = policy_posterior(
-            scores, log_prior, precision=settings.policy_precision, lesions=settings.lesions
+            planned, log_prior, precision=settings.policy_precision, lesions=settings.lesions
         )
     probabilities = action_probabilities(
         action_marginals(q_pi, policies, model.num_controls), settings.action_precision
@@ -293,6 +303,10 @@ def step(
         AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD, observations, actions),
         result,
     )
+
+
+def _is_one(value) -> bool:
+    return isinstance(value, (int, float)) and value == 1
 
 
 def _append(history: Tensor | None, value: Tensor) -> Tensor:

@@ -8,6 +8,11 @@ SPM-style figure of the first agent's first trial, and prints their paths.
 prints the observations, both kinds of marginals and the log evidence (checked against Pyro's
 enumeration of the same program), and writes a figure whose path it prints.
 
+``pp-aif fit TASK DATA [--params a,b --method nuts|svi|map --hierarchical --out FILE.nc]``: fits
+the agent's parameters to people's choices (long-format CSV or Parquet), shows progress bars,
+prints ArviZ's summary and the convergence warnings in words, and writes the InferenceData
+atomically (a failed or interrupted fit leaves no file).
+
 Bad arguments get one line on stderr and exit status 2; no traceback.
 """
 
@@ -213,6 +218,103 @@ def simulate_command(
     return 0
 
 
+def fit_command(
+    task_name: str,
+    data_path: Path,
+    params: str,
+    method: str,
+    out: Path,
+    *,
+    chains: int,
+    draws: int,
+    warmup: int,
+    steps: int,
+    seed: int,
+    hierarchical: bool,
+    anonymise: bool,
+    salt: str | None,
+) -> int:
+    """Fit, print the ArviZ summary and the warnings in words, write the InferenceData
+    atomically: to a temporary file beside ``out``, renamed only once it is whole."""
+    import os
+    import warnings
+
+    import arviz as az
+    from tqdm import tqdm
+
+    from pp_aif.data import BehaviourData
+    from pp_aif.errors import ConvergenceWarning
+    from pp_aif.fitting import fit
+    from pp_aif.task import load_task
+
+    names = [name.strip() for name in params.split(",") if name.strip()]
+    if out.suffix != ".nc":
+        raise ValueError(f"--out: {out} should end in .nc (the InferenceData is netCDF)")
+    task = load_task(task_name)
+    data = BehaviourData.read(data_path, task, anonymise=anonymise, salt=salt)
+    N, K = data.present.shape
+    print(
+        f"pp_aif fit: {', '.join(names)} of '{task.name}' by {method}"
+        + (" (hierarchical)" if hierarchical else "")
+        + f", {N} subject(s), {int(data.present.sum())} trial(s), "
+        f"{int(data.present.sum()) * data.actions.shape[2]} choices, seed {seed}"
+    )
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=stage, leave=False)
+        bar = bars[stage]
+        bar.update(done - bar.n)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        inference = fit(
+            task,
+            data,
+            names,
+            method=method,
+            hierarchical=hierarchical,
+            chains=chains,
+            draws=draws,
+            warmup=warmup,
+            steps=steps,
+            seed=seed,
+            progress=progress,
+        )
+    for bar in bars.values():
+        bar.close()
+    seconds = time.perf_counter() - start
+    variables = names + list(inference.attrs.get("population", []))
+    if method == "map":  # one draw: the estimates themselves
+        import pandas as pd
+
+        posterior = inference.posterior
+        table = pd.DataFrame(
+            {name: posterior[name].values[0, 0] for name in names},
+            index=pd.Index(posterior.coords["subject"].values, name="subject"),
+        )
+        print("posterior mode:\n" + table.round(4).to_string())
+    else:
+        kind = "stats" if chains < 2 and method == "nuts" else "all"
+        summary = az.summary(inference, var_names=variables, kind=kind, round_to=3)
+        print(summary.to_string())
+    print(f"\nfitted in {seconds:.1f} s")
+    for warning in caught:
+        if issubclass(warning.category, ConvergenceWarning):
+            print(f"warning: {warning.message}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        inference.to_netcdf(str(partial))
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"posterior: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pp-aif", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -239,6 +341,32 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument(
         "--out", type=Path, default=Path("out"), help="folder for the figure (default: ./out)"
     )
+    fit_parser = commands.add_parser("fit", help="fit agents to people's choices")
+    fit_parser.add_argument("task", help="task name (e.g. tmaze) or task file")
+    fit_parser.add_argument("data", type=Path, help="long-format CSV or Parquet file")
+    fit_parser.add_argument(
+        "--params",
+        default="gamma,alpha",
+        help="comma-separated: gamma, alpha, preference, learning_rate, forgetting, "
+        "concentration (default gamma,alpha)",
+    )
+    fit_parser.add_argument("--method", choices=("nuts", "svi", "map"), default="nuts")
+    fit_parser.add_argument("--hierarchical", action="store_true", help="population model")
+    fit_parser.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
+    fit_parser.add_argument("--draws", type=int, default=500, help="draws (default 500)")
+    fit_parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up (default 500)")
+    fit_parser.add_argument("--steps", type=int, default=2000, help="SVI/MAP steps (default 2000)")
+    fit_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    fit_parser.add_argument(
+        "--anonymise", action="store_true", help="salted hashes instead of subject ids"
+    )
+    fit_parser.add_argument("--salt", default=None, help="the salt of --anonymise")
+    fit_parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out/fit.nc"),
+        help="InferenceData file (default out/fit.nc)",
+    )
     arguments = parser.parse_args(argv)
     if arguments.verbose:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -255,9 +383,28 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.out,
                 arguments.inference,
             )
+        if arguments.command == "fit":
+            return fit_command(
+                arguments.task,
+                arguments.data,
+                arguments.params,
+                arguments.method,
+                arguments.out,
+                chains=arguments.chains,
+                draws=arguments.draws,
+                warmup=arguments.warmup,
+                steps=arguments.steps,
+                seed=arguments.seed,
+                hierarchical=arguments.hierarchical,
+                anonymise=arguments.anonymise,
+                salt=arguments.salt,
+            )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("pp-aif: interrupted; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

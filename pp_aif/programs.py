@@ -220,35 +220,52 @@ def policy_rollout(
                 pyro.sample(observation_site(m, tau), dist.Categorical(logits=logits))
 
 
-def behaviour(values, *, priors: dict, fixed: dict | None = None, present=None) -> None:
+def behaviour(
+    likelihood, *, priors: dict, present=None, hierarchical: bool = False, links: dict | None = None
+) -> None:
     """The behavioural model: agent parameters are latent, people's actions are observed.
 
-    values : ``pp_aif.fitting.PolicyValues`` of the data (what does not depend on parameters).
-    priors : {"gamma" | "alpha": a Pyro distribution over positive values}: the parameters to
-        infer, one per subject; fixed : values for the others (defaults: SPM's 1 and 512);
+    likelihood : ``pp_aif.fitting.BehaviourLikelihood`` of the data (theta -> ln p(u | theta)).
+    priors : {name: distribution}, the parameters to infer (``pp_aif.fitting.PARAMETERS``), one
+        per subject; the others take the likelihood's defaults. Hierarchical: each prior must be
+        ``link^-1(Normal(m, s))`` and becomes the prior of the population mean.
     present : bool (N, K), optional: the trials that exist. Only the action sites are masked:
         each subject's prior is scored once, whatever its number of trials.
+    hierarchical : non-centred population model per parameter, on the link scale:
+        mu ~ Normal(m, s), sigma ~ HalfNormal(1/2), z_n ~ Normal(0, 1),
+        theta_n = link^-1(mu + sigma z_n); links : {name: torch Transform}, link^-1 per name.
 
-    Sites: the parameters inside ``pyro.plate("subjects", N, dim=-3)``, and ``"u_{f}"``, each
-    factor's chosen controls (N, K, T-1), observed, as ``Categorical`` over
-    p(u_t | theta, history) inside plates over subjects, trials and steps.
+    Sites: per subject ``name`` (or ``name_z``, with ``name_mu`` and ``name_sigma`` outside the
+    plate) inside ``pyro.plate("subjects", N, dim=-3)``; ``"u_{f}"``, each factor's chosen
+    controls (N, K, T-1), observed, as ``Categorical`` over p(u_t | theta, history) inside plates
+    over subjects, trials and steps.
     """
-    from pp_aif.fitting.likelihood import action_log_probabilities
-    from pp_aif.planning import DEFAULT_ACTION_PRECISION, DEFAULT_POLICY_PRECISION
+    from pp_aif.fitting.likelihood import PARAMETERS
 
-    unknown = set(priors) - {"gamma", "alpha"}
+    unknown = sorted(set(priors) - set(PARAMETERS))
     if unknown:
-        raise ValueError(f"priors: unknown parameters {sorted(unknown)}; known: gamma, alpha")
-    fixed = {"gamma": DEFAULT_POLICY_PRECISION, "alpha": DEFAULT_ACTION_PRECISION, **(fixed or {})}
-    N, K, steps, _ = values.actions.shape
+        raise ValueError(f"priors: unknown parameters {unknown}; known: {', '.join(PARAMETERS)}")
+    actions = likelihood.actions
+    N, K, steps, _ = actions.shape
+    dtype = likelihood.model.dtype
     theta = {}
+    if hierarchical:
+        population = {}
+        for name, prior in priors.items():
+            loc, scale = _population_prior(name, prior, links[name])
+            mu = pyro.sample(f"{name}_mu", dist.Normal(loc, scale))
+            sigma = pyro.sample(f"{name}_sigma", dist.HalfNormal(torch.tensor(0.5, dtype=dtype)))
+            population[name] = (mu, sigma)
     with pyro.plate("subjects", N, dim=-3):
-        for name in ("gamma", "alpha"):
-            if name in priors:
-                theta[name] = pyro.sample(name, priors[name])[..., 0, 0]  # (..., N)
+        for name, prior in priors.items():
+            if hierarchical:
+                mu, sigma = population[name]
+                z = pyro.sample(f"{name}_z", dist.Normal(torch.zeros((), dtype=dtype), 1.0))
+                value = links[name](mu + sigma * z)  # (..., N, 1, 1)
+                theta[name] = value[..., 0, 0]
             else:
-                theta[name] = torch.as_tensor(fixed[name], dtype=values.scores[0].dtype)
-    log_probabilities = action_log_probabilities(values, theta["gamma"], theta["alpha"])
+                theta[name] = pyro.sample(name, prior)[..., 0, 0]  # (..., N)
+    log_probabilities = likelihood.log_probabilities(theta)
     mask = True if present is None else present[..., None]  # (N, K, 1)
     with (
         pyro.plate("subjects_", N, dim=-3),
@@ -258,4 +275,17 @@ def behaviour(values, *, priors: dict, fixed: dict | None = None, present=None) 
     ):
         for f, log_p in enumerate(log_probabilities):
             if log_p is not None:
-                pyro.sample(f"u_{f}", dist.Categorical(logits=log_p), obs=values.actions[..., f])
+                pyro.sample(f"u_{f}", dist.Categorical(logits=log_p), obs=actions[..., f])
+
+
+def _population_prior(name: str, prior, link) -> tuple[Tensor, Tensor]:
+    """(m, s) of a prior link^-1(Normal(m, s)), or a ValueError naming the parameter."""
+    base = getattr(prior, "base_dist", None)
+    transforms = getattr(prior, "transforms", [])
+    if isinstance(base, dist.Normal) and len(transforms) == 1 and type(transforms[0]) is type(link):
+        return base.loc, base.scale
+    raise ValueError(
+        f"priors[{name!r}]: a hierarchical fit needs a prior of the form "
+        f"{type(link).__name__}(Normal(m, s)) (e.g. LogNormal), the prior of the population "
+        f"mean on the link scale; got {prior}"
+    )

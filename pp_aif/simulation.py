@@ -86,6 +86,7 @@ def simulate(
     settings: AgentSettings | None = None,
     num_steps: int | None = None,
     progress=None,
+    pD: list | None = None,
 ) -> xr.Dataset:
     """Run ``num_agents`` agents for ``num_trials`` trials of the task; returns the record.
 
@@ -98,6 +99,8 @@ def simulate(
     num_steps : int, optional
         T of a trial; default: the task's (for a tuple: the policies' depth + 1).
     progress : callable(int), optional; called with 1 after each trial (e.g. a tqdm update)
+    pD : F tensors (N, S_f), optional: each agent's initial-state counts before the first
+        trial (default: the model's pD, when it has one)
 
     The environment and the actions draw from a generator seeded with ``seed``; with sampled
     expected free energy, Pyro's global generator is seeded with it too.
@@ -122,7 +125,17 @@ def simulate(
     beliefs = [np.zeros((N, K, T, S)) for S in model.num_states]
     log_evidence = np.zeros((N, K, T))
     recorded = {}
-    pA = pB = pD = None
+    pA = pB = None
+    if pD is not None:
+        if model.pD is None:
+            raise ValueError("pD: the model has no pD, so its agents do not learn D")
+        pD = [torch.as_tensor(p, dtype=model.dtype, device=model.device) for p in pD]
+        shapes = [tuple(p.shape) for p in pD]
+        if shapes != [(N, S) for S in model.num_states]:
+            raise ValueError(
+                f"pD: shapes {shapes}; expected {[(N, S) for S in model.num_states]} "
+                "(one row of counts per agent)"
+            )
     for k in range(K):
         state = initial_state(model, N, pA=pA, pB=pB, pD=pD)
         observation = env.reset(N, generator)

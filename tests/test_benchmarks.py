@@ -38,3 +38,26 @@ def test_agent_benchmark_smoke(tmp_path):
     )
     assert [row["agents"] for row in results["exact"]] == [1, 3]
     assert (tmp_path / "bench_agent.json").is_file()
+
+
+@pytest.mark.integration
+def test_fit_benchmark_smoke(tmp_path):
+    from benchmarks.bench_fit import Config as FitConfig
+    from benchmarks.bench_fit import run as run_fit
+
+    results = run_fit(
+        FitConfig(
+            num_trials=3,
+            chains=1,
+            warmup=5,
+            draws=5,
+            jit=(False,),
+            batch=4,
+            evaluations=2,
+            out=tmp_path,
+        )
+    )
+    assert [row["agent"] for row in results["likelihood"]] == ["no learning", "learning pD"]
+    assert results["likelihood"][0]["choices"] == 6
+    assert results["nuts"][0]["ess_per_second"] > 0
+    assert (tmp_path / "bench_fit.json").is_file()

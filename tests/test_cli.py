@@ -87,3 +87,80 @@ def test_simulate_with_another_inference_scheme(tmp_path, capsys):
     assert "state inference by mmp" in output and "20 agent-trials" in output
     with pytest.raises(SystemExit):
         main(["simulate", "tmaze", "--inference", "bp"])
+
+
+@pytest.fixture(scope="module")
+def choices_csv(tmp_path_factory):
+    """Two simulated T-maze subjects' choices as a long-format CSV."""
+    import pp_aif
+    from pp_aif.data import long_format
+
+    task = pp_aif.load_task("tmaze")
+    path = tmp_path_factory.mktemp("data") / "choices.csv"
+    long_format(pp_aif.simulate(task, 2, 6, seed=3), task).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.integration
+def test_fit_prints_a_summary_and_writes_inference_data(tmp_path, capsys, choices_csv):
+    import arviz as az
+
+    out = tmp_path / "fit.nc"
+    arguments = ["fit", "tmaze", str(choices_csv), "--params", "alpha,learning_rate"]
+    arguments += ["--chains", "2", "--draws", "25", "--warmup", "25", "--out", str(out)]
+    assert main(arguments) == 0
+    output = capsys.readouterr().out
+    assert (
+        "pp_aif fit: alpha, learning_rate of 'tmaze' by nuts, 2 subject(s), 12 trial(s)" in output
+    )
+    assert "r_hat" in output and "ess_bulk" in output  # ArviZ's summary table
+    assert "warning: fit: effective sample size down to" in output  # 50 draws: in words
+    assert f"posterior: {out}" in output
+    inference = az.from_netcdf(out)
+    assert inference.posterior["learning_rate"].shape == (2, 25, 2)
+    assert inference.log_likelihood["actions"].shape == (2, 25, 2, 6)
+    assert list(tmp_path.iterdir()) == [out]  # no temporary file left beside it
+
+
+def test_fit_map_and_anonymised_subjects(tmp_path, capsys, choices_csv):
+    import arviz as az
+
+    out = tmp_path / "map.nc"
+    arguments = ["fit", "tmaze", str(choices_csv), "--params", "alpha", "--method", "map"]
+    arguments += ["--steps", "50", "--anonymise", "--salt", "pepper", "--out", str(out)]
+    assert main(arguments) == 0
+    subjects = az.from_netcdf(out).posterior.coords["subject"].values.tolist()
+    assert all(s not in ("agent-0", "agent-1") for s in subjects) and len(set(subjects)) == 2
+
+
+def test_interrupted_or_failed_fit_writes_nothing(tmp_path, capsys, choices_csv, monkeypatch):
+    import arviz as az
+
+    out = tmp_path / "fit.nc"
+
+    def interrupted(self, path, *args, **kwargs):
+        with open(path, "w") as handle:
+            handle.write("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(az.InferenceData, "to_netcdf", interrupted)
+    arguments = ["fit", "tmaze", str(choices_csv), "--params", "alpha", "--method", "map"]
+    assert main([*arguments, "--steps", "5", "--out", str(out)]) == 130
+    assert capsys.readouterr().err.rstrip().endswith("pp-aif: interrupted; nothing was written")
+    assert list(tmp_path.iterdir()) == []
+    assert main([*arguments, "--params", "beta", "--out", str(out)]) == 2
+    assert "params: ['beta']" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_bad_data_is_one_line_with_rows(tmp_path, capsys, choices_csv):
+    import pandas as pd
+
+    table = pd.read_csv(choices_csv)
+    table.loc[4, "where"] = 9
+    bad = tmp_path / "bad.csv"
+    table.to_csv(bad, index=False)
+    assert main(["fit", "tmaze", str(bad), "--out", str(tmp_path / "x.nc")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("pp-aif: error:") and "row" in error and "where" in error
+    assert not (tmp_path / "x.nc").exists()

@@ -1,18 +1,34 @@
-"""Fitting agents to people's behaviour: the action likelihood, the NUTS fit (issue 6, started)."""
+"""Fitting agents to people's behaviour: the action likelihood, ``fit`` (NUTS, SVI, MAP;
+single subjects or hierarchical), posterior predictive checks."""
 
-from pp_aif.fitting.fit import default_priors, fit
+from pp_aif.fitting.fit import LINKS, METHODS, default_priors, fit, parameter_draws
 from pp_aif.fitting.likelihood import (
+    LEARNING_PARAMETERS,
+    PARAMETERS,
+    BehaviourLikelihood,
     PolicyValues,
     action_log_likelihood,
     action_log_probabilities,
+    initial_state_evidence,
+    learned_initial_beliefs,
+    parameter_defaults,
     policy_values,
 )
 
 __all__ = [
+    "PARAMETERS",
+    "LEARNING_PARAMETERS",
+    "LINKS",
+    "METHODS",
+    "BehaviourLikelihood",
     "PolicyValues",
     "policy_values",
+    "initial_state_evidence",
+    "learned_initial_beliefs",
     "action_log_probabilities",
     "action_log_likelihood",
+    "parameter_defaults",
+    "parameter_draws",
     "fit",
     "default_priors",
 ]

@@ -1,74 +1,194 @@
-"""``fit``: agents fitted to people's behaviour by NUTS, returned as ``arviz.InferenceData``.
+"""``fit``: agents fitted to people's behaviour (NUTS, SVI or MAP), as ``arviz.InferenceData``.
 
 Dimension symbols: N subjects, K trials, C chains, D draws.
 
-The posterior of the precisions (gamma, alpha), one pair per subject, under the behavioural
-program ``pp_aif.programs.behaviour``. The InferenceData holds ``posterior`` (chain, draw,
-subject), ``sample_stats`` (``diverging``), ``observed_data`` (the actions) and a pointwise
-``log_likelihood`` per subject and trial ("actions", (chain, draw, subject, trial)), ready for
-``arviz.loo``. Divergences, R-hat > 1.01 and effective sample sizes below 100 per chain are
-warned about (``ConvergenceWarning``) with their numbers.
+The posterior of the agent's parameters (``pp_aif.fitting.PARAMETERS``), one value per subject,
+under the behavioural program ``pp_aif.programs.behaviour``, optionally hierarchical
+(population mean and scale per parameter, non-centred). The InferenceData holds ``posterior``
+(chain, draw, subject; and chain, draw for the population sites ``{name}_mu``,
+``{name}_sigma``, on the link scale), ``sample_stats`` (``diverging``), ``observed_data`` (the
+actions) and a pointwise ``log_likelihood`` per subject and trial ("actions", (chain, draw,
+subject, trial)), ready for ``arviz.loo``. Divergences, R-hat > 1.01 and effective sample sizes
+below 100 per chain are warned about (``ConvergenceWarning``) with their numbers.
+
+Methods: "nuts" (chains one after another, each seeded from ``seed``), "svi" (a Gaussian
+guide on the unconstrained scale, ``AutoNormal``, fitted by Adam; ``draws`` samples from it in
+one chain) and "map" (the posterior mode by Adam on an ``AutoDelta`` guide; one draw).
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
+from collections.abc import Callable
 
 import arviz as az
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions.transforms import ExpTransform, SigmoidTransform
 
 from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
 from pp_aif.errors import ConvergenceWarning
-from pp_aif.fitting.likelihood import action_log_likelihood, policy_values
+from pp_aif.fitting.likelihood import PARAMETERS, BehaviourLikelihood
 from pp_aif.programs import behaviour
 
-__all__ = ["fit", "default_priors", "PARAMETERS"]
+__all__ = ["fit", "default_priors", "LINKS", "METHODS", "parameter_draws"]
 
-PARAMETERS = ("gamma", "alpha")
+METHODS = ("nuts", "svi", "map")
+#: link^-1 of each parameter: its unconstrained scale (log for positive values, logit for omega)
+LINKS = {
+    "gamma": ExpTransform(),
+    "alpha": ExpTransform(),
+    "preference": ExpTransform(),
+    "learning_rate": ExpTransform(),
+    "forgetting": SigmoidTransform(),
+    "concentration": ExpTransform(),
+}
+#: (m, s) of each default prior link^-1(Normal(m, s))
+_PRIOR_SCALES = {
+    "gamma": (0.0, 1.0),  # median 1, SPM's default
+    "alpha": (math.log(4.0), 1.0),
+    "preference": (0.0, 1.0),  # the task's own C, within a factor of 5 (90%)
+    "learning_rate": (0.0, 1.0),
+    "forgetting": (-2.0, 1.0),  # median 0.12
+    "concentration": (0.0, 1.0),
+}
 
 
 def default_priors(dtype=torch.float64) -> dict:
-    """gamma ~ LogNormal(0, 1) (median 1, SPM's default); alpha ~ LogNormal(ln 4, 1)."""
-    return {
-        "gamma": dist.LogNormal(torch.tensor(0.0, dtype=dtype), 1.0),
-        "alpha": dist.LogNormal(torch.tensor(float(np.log(4.0)), dtype=dtype), 1.0),
-    }
+    """link^-1(Normal(m, s)) per parameter: gamma ~ LogNormal(0, 1), alpha ~ LogNormal(ln 4, 1),
+    preference ~ LogNormal(0, 1), learning_rate ~ LogNormal(0, 1), concentration ~
+    LogNormal(0, 1), forgetting ~ logit-normal(-2, 1)."""
+    priors = {}
+    for name, (loc, scale) in _PRIOR_SCALES.items():
+        base = dist.Normal(torch.tensor(loc, dtype=dtype), torch.tensor(scale, dtype=dtype))
+        priors[name] = dist.TransformedDistribution(base, [LINKS[name]])
+    return priors
 
 
 def fit(
     task,
     data: BehaviourData,
-    params=PARAMETERS,
+    params=("gamma", "alpha"),
     priors: dict | None = None,
     *,
     method: str = "nuts",
+    hierarchical: bool = False,
     chains: int = 4,
     draws: int = 500,
     warmup: int = 500,
     seed: int = 0,
     settings: AgentSettings | None = None,
+    steps: int = 2000,
+    learning_rate: float = 0.02,
+    jit: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> az.InferenceData:
-    """Fit the agent's precisions to each subject's actions.
+    """Fit the agent's parameters to each subject's actions.
 
-    task : the Task the data come from (its model and settings define the agent);
-    data : BehaviourData (``BehaviourData.read``); params : which of gamma, alpha to infer
-    (the others stay at the settings' values); priors : {name: distribution}, defaults
-    ``default_priors()``; method : "nuts" (more methods: issue 6); chains are run one after
-    another, each seeded from ``seed``.
+    task : the Task the data come from (its model and settings define the agent); data :
+    BehaviourData (``BehaviourData.read``); params : which of ``PARAMETERS`` to infer (the others
+    stay at ``parameter_defaults(settings)``); priors : {name: distribution}, defaults
+    ``default_priors()``; method : "nuts", "svi" or "map"; hierarchical : population model per
+    parameter (not with "map": the joint mode is at sigma -> 0); chains, draws, warmup : NUTS
+    (draws also for the SVI guide's samples); steps, learning_rate : Adam steps and step size of
+    "svi" and "map"; jit : compile the NUTS potential with
+    ``torch.jit`` (pays off for long runs); progress : callable(stage, done, total), optional.
     """
-    if method != "nuts":
-        raise ValueError(f"method: {method!r}; only 'nuts' is available so far")
-    unknown = set(params) - set(PARAMETERS)
+    _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps)
+    settings = settings or task.settings or AgentSettings()
+    model = task.model
+    likelihood = BehaviourLikelihood(
+        model, settings, data.observations, data.actions, params, data.present
+    )
+    all_priors = {**default_priors(model.dtype), **(priors or {})}
+    chosen = {name: all_priors[name] for name in params}
+
+    def program():
+        behaviour(
+            likelihood,
+            priors=chosen,
+            present=data.present,
+            hierarchical=hierarchical,
+            links=LINKS,
+        )
+
+    start = time.perf_counter()
+    with pyro.get_param_store().scope():
+        pyro.clear_param_store()
+        if method == "nuts":
+            # a dense mass matrix where it can be estimated from the warm-up (few dimensions)
+            full_mass = data.num_subjects * len(params) <= 12
+            sites, diverging, extra = _run_nuts(
+                program, chains, draws, warmup, seed, jit, progress, full_mass
+            )
+        elif method == "svi":
+            sites, extra = _run_svi(program, draws, steps, learning_rate, seed, progress)
+            diverging = np.zeros((1, draws), dtype=bool)
+        else:
+            sites, extra = _run_svi(
+                program, 1, steps, learning_rate, seed, progress, pyro.infer.autoguide.AutoDelta
+            )
+            diverging = np.zeros((1, 1), dtype=bool)
+    seconds = time.perf_counter() - start
+    posterior = _posterior(sites, params, hierarchical, data.num_subjects)
+    theta = {name: torch.as_tensor(posterior[name]) for name in params}  # (C, D, N)
+    pointwise = _pointwise(likelihood, theta, data.present)
+    subjects = list(data.subjects)
+    actions = data.actions.numpy()
+    population = [f"{name}_{part}" for name in params for part in ("mu", "sigma")]
+    inference = az.from_dict(
+        posterior=posterior,
+        sample_stats={"diverging": diverging},
+        log_likelihood={"actions": pointwise.numpy()},
+        observed_data={"actions": actions},
+        coords={
+            "subject": subjects,
+            "trial": np.arange(data.present.shape[1]),
+            "step": np.arange(actions.shape[2]),
+            "factor": list(data.factors),
+        },
+        dims={
+            **{name: ["subject"] for name in params},
+            "actions": ["subject", "trial"],
+        },
+        attrs={
+            "method": method,
+            "hierarchical": int(hierarchical),
+            "seconds": seconds,
+            "params": list(params),
+            "population": population if hierarchical else [],
+            "task": task.name,
+            **extra,
+        },
+    )
+    if method == "nuts":
+        names = list(params) + (population if hierarchical else [])
+        _warn_about(inference, names, chains, draws)
+    return inference
+
+
+def _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps):
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not one of {METHODS}")
+    unknown = sorted(set(params) - set(PARAMETERS))
     if unknown or not params:
-        raise ValueError(f"params: {sorted(unknown) or 'none'}; choose from {PARAMETERS}")
-    if chains < 1 or draws < 1 or warmup < 0:
+        raise ValueError(f"params: {unknown or 'none'}; choose from {PARAMETERS}")
+    if len(set(params)) != len(params):
+        raise ValueError(f"params: {list(params)} names a parameter twice")
+    if method == "map" and hierarchical:
         raise ValueError(
-            f"chains and draws must be >= 1, warmup >= 0; got {chains}, {draws}, {warmup}"
+            "method: 'map' with hierarchical=True has no useful mode (the joint density grows "
+            "without bound as the population scales shrink to 0); use 'nuts' or 'svi'"
+        )
+    if chains < 1 or draws < 1 or warmup < 0 or steps < 1:
+        raise ValueError(
+            "chains, draws and steps must be >= 1, warmup >= 0; got "
+            f"{chains}, {draws}, {steps}, {warmup}"
         )
     names = (tuple(task.labels.modalities), tuple(task.labels.factors))
     if (data.modalities, data.factors) != names or data.observations.shape[2] != task.trial_length:
@@ -78,60 +198,109 @@ def fit(
             f"({list(names[0])}, {list(names[1])}, {task.trial_length} steps); read the data "
             "with BehaviourData.read(source, task)"
         )
-    settings = settings or task.settings or AgentSettings()
-    model = task.model
-    values = policy_values(model, settings, data.observations, data.actions)
-    all_priors = {**default_priors(model.dtype), **(priors or {})}
-    chosen = {name: all_priors[name] for name in params}
-    fixed = {"gamma": settings.policy_precision, "alpha": settings.action_precision}
 
-    def program(values):
-        behaviour(values, priors=chosen, fixed=fixed, present=data.present)
 
-    samples = {name: [] for name in params}
-    diverging = []
-    start = time.perf_counter()
+def _run_nuts(program, chains, draws, warmup, seed, jit, progress, full_mass):
+    per_chain, diverging = [], []
     for chain in range(chains):
         pyro.set_rng_seed(seed + chain)
-        mcmc = pyro.infer.MCMC(
-            pyro.infer.NUTS(program), num_samples=draws, warmup_steps=warmup, disable_progbar=True
+        kernel = pyro.infer.NUTS(
+            program, jit_compile=jit, ignore_jit_warnings=True, full_mass=full_mass
         )
-        mcmc.run(values)
-        for name, value in mcmc.get_samples().items():
-            samples[name].append(value[:, :, 0, 0].detach().numpy())  # (draws, N)
+        mcmc = pyro.infer.MCMC(
+            kernel, num_samples=draws, warmup_steps=warmup, disable_progbar=progress is None
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            mcmc.run()
+        per_chain.append({k: v.detach() for k, v in mcmc.get_samples().items()})
         flags = np.zeros(draws, dtype=bool)
-        divergent = mcmc.diagnostics().get("divergences", {})
-        for indices in divergent.values():
-            flags[np.asarray(indices, dtype=int)[np.asarray(indices, dtype=int) < draws]] = True
+        for indices in mcmc.diagnostics().get("divergences", {}).values():
+            indices = np.asarray(indices, dtype=int)
+            flags[indices[indices < draws]] = True
         diverging.append(flags)
-    seconds = time.perf_counter() - start
-    posterior = {name: np.stack(values_, 0) for name, values_ in samples.items()}  # (C, D, N)
-    theta = {
-        name: torch.as_tensor(posterior[name]) if name in posterior else fixed[name]
-        for name in PARAMETERS
-    }
-    pointwise = action_log_likelihood(values, theta["gamma"], theta["alpha"]).sum(-1)
-    pointwise = torch.where(data.present, pointwise, torch.zeros((), dtype=pointwise.dtype))
-    subjects = list(data.subjects)
-    coords = {"subject": subjects, "trial": np.arange(data.present.shape[1])}
-    actions = data.actions.numpy()
-    inference = az.from_dict(
-        posterior=posterior,
-        sample_stats={"diverging": np.stack(diverging, 0)},
-        log_likelihood={"actions": pointwise.detach().numpy()},
-        observed_data={"actions": actions},
-        coords={**coords, "step": np.arange(actions.shape[2]), "factor": list(data.factors)},
-        dims={
-            **{name: ["subject"] for name in params},
-            "actions": ["subject", "trial"],
-        },
-        attrs={"method": method, "seconds": seconds, "params": list(params)},
+        if progress is not None:
+            progress("chains", chain + 1, chains)
+    sites = {name: torch.stack([c[name] for c in per_chain], 0) for name in per_chain[0]}
+    return sites, np.stack(diverging, 0), {}
+
+
+def _run_svi(program, draws, steps, learning_rate, seed, progress, guide_class=None):
+    """Adam on the negative ELBO of a guide (AutoNormal, or AutoDelta for the MAP); ``draws``
+    samples of the fitted guide."""
+    pyro.set_rng_seed(seed)
+    autoguide = pyro.infer.autoguide
+    if guide_class is autoguide.AutoDelta:
+        guide = guide_class(program, init_loc_fn=autoguide.init_to_median)
+    else:
+        guide = autoguide.AutoNormal(program, init_scale=0.1)
+    svi = pyro.infer.SVI(
+        program, guide, pyro.optim.Adam({"lr": learning_rate}), pyro.infer.Trace_ELBO()
     )
-    _warn_about(inference, params, chains, draws)
-    return inference
+    losses = []
+    for i in range(steps):
+        losses.append(svi.step())
+        if progress is not None and (i + 1) % max(1, steps // 20) == 0:
+            progress("optimisation", i + 1, steps)
+    if not np.isfinite(losses[-1]):
+        raise FloatingPointError(f"fit: the loss became {losses[-1]} after {steps} steps")
+    window = max(1, steps // 10)
+    final = float(np.mean(losses[-window:]))
+    drift = abs(final - np.mean(losses[-2 * window : -window])) if steps >= 2 * window else 0.0
+    if steps >= 20 and drift > 0.01 * max(1.0, abs(final)):
+        warnings.warn(
+            f"fit: the loss still moved by {drift:.3g} over the last {window} of {steps} steps; "
+            "raise steps",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    with torch.no_grad():
+        samples = [guide() for _ in range(draws)]
+    sites = {name: torch.stack([s[name] for s in samples], 0)[None] for name in samples[0]}
+    key = "log_density" if guide_class is autoguide.AutoDelta else "elbo"
+    return sites, {key: -final}
 
 
-def _warn_about(inference: az.InferenceData, params, chains: int, draws: int) -> None:
+def _posterior(sites: dict, params, hierarchical: bool, N: int) -> dict[str, np.ndarray]:
+    """Each parameter per subject (C, D, N), and the population sites (C, D)."""
+    posterior = {}
+    for name in params:
+        if not hierarchical:
+            value = sites[name]
+            posterior[name] = value.reshape(*value.shape[:2], N).numpy()
+            continue
+        mu, sigma, z = (sites[f"{name}_{part}"] for part in ("mu", "sigma", "z"))
+        C, D = z.shape[:2]
+        mu, sigma = mu.reshape(C, D, 1), sigma.reshape(C, D, 1)
+        posterior[name] = LINKS[name](mu + sigma * z.reshape(C, D, N)).numpy()
+        posterior[f"{name}_mu"] = mu[..., 0].numpy()
+        posterior[f"{name}_sigma"] = sigma[..., 0].numpy()
+    return posterior
+
+
+def parameter_draws(inference: az.InferenceData) -> dict[str, torch.Tensor]:
+    """The fitted parameters of every draw: {name: (C * D, N)} float64 tensors."""
+    posterior = inference.posterior
+    return {
+        name: torch.as_tensor(posterior[name].values).reshape(-1, posterior.sizes["subject"])
+        for name in inference.attrs["params"]
+    }
+
+
+def _pointwise(likelihood, theta: dict, present, chunk: int = 64) -> torch.Tensor:
+    """ln p(actions of trial k | theta) for every draw: (C, D, N, K), 0 on absent trials."""
+    C, D, N = next(iter(theta.values())).shape
+    flat = {name: value.reshape(C * D, N) for name, value in theta.items()}
+    parts = []
+    with torch.no_grad():
+        for start in range(0, C * D, chunk):
+            part = {name: value[start : start + chunk] for name, value in flat.items()}
+            parts.append(likelihood(part).sum(-1))
+    pointwise = torch.cat(parts, 0).reshape(C, D, N, -1)
+    return torch.where(present, pointwise, torch.zeros((), dtype=pointwise.dtype))
+
+
+def _warn_about(inference: az.InferenceData, names, chains: int, draws: int) -> None:
     divergent = int(inference.sample_stats["diverging"].values.sum())
     if divergent:
         warnings.warn(
@@ -141,14 +310,14 @@ def _warn_about(inference: az.InferenceData, params, chains: int, draws: int) ->
             stacklevel=3,
         )
     if chains > 1:
-        rhat = az.rhat(inference, var_names=list(params))
-        worst = max(float(rhat[name].max()) for name in params)
+        rhat = az.rhat(inference, var_names=list(names))
+        worst = max(float(rhat[name].max()) for name in names)
         if worst > 1.01:
             warnings.warn(
                 f"fit: R-hat up to {worst:.3f} (> 1.01)", ConvergenceWarning, stacklevel=3
             )
-    ess = az.ess(inference, var_names=list(params))
-    lowest = min(float(ess[name].min()) for name in params)
+    ess = az.ess(inference, var_names=list(names))
+    lowest = min(float(ess[name].min()) for name in names)
     if lowest < 100 * chains:
         warnings.warn(
             f"fit: effective sample size down to {lowest:.0f} (< 100 per chain); draw more",

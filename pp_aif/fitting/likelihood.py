@@ -1,109 +1,324 @@
 """The likelihood of people's actions under an active-inference agent, batched and differentiable.
 
-Dimension symbols: N subjects, K trials, T steps, F factors (U_f controls), P_t policies at t.
+Dimension symbols: N subjects, K trials, T steps, F factors (S_f states, U_f controls),
+P_t policies at step t, *b a batch of parameter draws (on the left).
 
-For agents that do not learn, beliefs and expected free energy depend on the observations and
-actions only, not on the precisions, so they are computed once (``PolicyValues``); the action
-likelihood is then a cheap closed form in the parameters:
+The agent's parameters theta (``PARAMETERS``):
 
-    ln q(pi)    = log_softmax(ln E - gamma * score(pi))              score = G - novelty (lesioned)
-    ln m_f(u)   = logsumexp over pi with pi_0,f = u of ln q(pi)
-    ln p(u_f)   = log_softmax(alpha * ln m_f)(u_f)
-    ln p(u_t)   = sum_f ln p(u_f,t)
+    gamma          policy precision             q(pi) = softmax(ln E - gamma * score(pi))
+    alpha          action precision             p(u_f) ∝ exp(alpha ln m_f(u))
+    preference     scale c of the preferences   ln p~(o) = log_softmax(c * C)
+    learning_rate  eta of pD between trials     pD <- (1 - omega) pD + eta q(s_0 | o_1:T)
+    forgetting     omega of pD between trials
+    concentration  scale kappa of the initial counts, pD_0 = kappa * model.pD
 
-exactly what ``pp_aif.agent.step`` computes when it replays the person's actions (tested to
-1e-10), with gradients to gamma and alpha (``torch.autograd.gradcheck``).
+Three facts make the likelihood cheap, and each is exact:
+
+1. The policy score is affine in c: ln p~(o) = c C(o) - logsumexp(c C), and the logsumexp is the
+   same for every policy of a step (all have the same depth), so it cancels in q(pi). Hence
+   score(pi; c) = base(pi) + c * pragmatic(pi) with base = -(epistemic + novelty) and
+   pragmatic = -E_q(o|pi)[ln p~(o)] at c = 1 (lesioned terms are zero).
+2. Without learning, beliefs and both parts of the score depend on the data only
+   (``PolicyValues``, computed once); the likelihood is then a closed form in (gamma, alpha, c):
+
+       ln q(pi)  = log_softmax(ln E - gamma * (base + c * pragmatic))
+       ln m_f(u) = logsumexp over pi with pi_0,f = u of ln q(pi)
+       ln p(u_f) = log_softmax(alpha * ln m_f)(u_f)
+
+3. When the agent learns its initial-state counts pD, a trial's smoothed q(s_0 | o_1:T), the
+   update of pD, is D_k(s_0) lambda_k(s_0) normalised, with lambda_k = p(o_1:T | s_0, u) fixed by
+   the data (A and B do not learn). So the counts of every trial follow from a short recursion
+   over trials on (*b, N, S) tensors, and then the beliefs and policy values of all trials are
+   computed at once, batched over trials (``BehaviourLikelihood``).
+
+Everything equals ``pp_aif.agent.step`` replaying the person's actions, with
+``learn_between_trials`` between trials (tested to 1e-10), and gradients reach every parameter
+(``torch.autograd.gradcheck``). Agents that learn A or B, infer gamma, or plan with another
+scheme are refused with the reason.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from pp_aif.agent import AgentSettings, policies_at
-from pp_aif.inference.states import infer_states
-from pp_aif.planning import expected_free_energy
-from pp_aif.planning.policies import policy_score
+from pp_aif.errors import DataError
+from pp_aif.ops.contractions import outer
+from pp_aif.ops.efe import expected_free_energy_terms
+from pp_aif.ops.hmm import (
+    factor_marginals,
+    forward_filter,
+    observation_log_likelihood,
+    propagate,
+    select_transitions,
+)
+from pp_aif.planning.efe import log_preferences
 from pp_aif.spec import GenerativeModel
 
 __all__ = [
+    "PARAMETERS",
+    "LEARNING_PARAMETERS",
     "PolicyValues",
+    "BehaviourLikelihood",
     "policy_values",
+    "initial_state_evidence",
+    "learned_initial_beliefs",
     "action_log_probabilities",
     "action_log_likelihood",
+    "parameter_defaults",
 ]
+
+PARAMETERS = ("gamma", "alpha", "preference", "learning_rate", "forgetting", "concentration")
+#: the parameters of learning pD between trials
+LEARNING_PARAMETERS = ("learning_rate", "forgetting", "concentration")
+
+
+def parameter_defaults(settings: AgentSettings) -> dict[str, float]:
+    """The value each parameter takes when it is not fitted: the agent's settings, c = kappa = 1."""
+    return {
+        "gamma": settings.policy_precision,
+        "alpha": settings.action_precision,
+        "preference": 1.0,
+        "learning_rate": settings.learning_rate,
+        "forgetting": settings.forgetting,
+        "concentration": 1.0,
+    }
 
 
 @dataclass(frozen=True)
 class PolicyValues:
-    """What the action likelihood needs that does not depend on gamma and alpha.
+    """What the action likelihood needs besides (gamma, alpha, c).
 
-    scores : T-1 tensors (N, K, P_t), the policy scores at each step with an action;
-    log_prior : T-1 tensors (P_t,), ln E;
-    first_actions : T-1 tensors (P_t, F), each policy's first control per factor;
-    actions : int (N, K, T-1, F), the person's actions.
+    base, pragmatic : T-1 tensors (*b, N, K, P_t), the two parts of the policy score at each
+        step with an action (score = base + c * pragmatic; see the module docstring);
+    log_prior : T-1 tensors (P_t,), ln E; first_actions : T-1 tensors (P_t, F), each policy's
+    first control per factor; actions : int (N, K, T-1, F), the person's actions.
     """
 
-    scores: list[Tensor]
+    base: list[Tensor]
+    pragmatic: list[Tensor]
     log_prior: list[Tensor]
     first_actions: list[Tensor]
     actions: Tensor
     num_controls: tuple[int, ...]
 
 
-def policy_values(
-    model: GenerativeModel, settings: AgentSettings, observations: Tensor, actions: Tensor
-) -> PolicyValues:
-    """Exact filtering beliefs and policy scores at every step of every trial, all at once.
-
-    observations : int (N, K, T, M); actions : int (N, K, T-1, F).
-    """
-    if settings.infer_precision or settings.inference != "exact":
+def _check_settings(model: GenerativeModel, settings: AgentSettings) -> None:
+    problems = []
+    if settings.infer_precision:
+        problems.append("infer_precision=True (gamma is then a belief, not a parameter)")
+    if settings.inference != "exact":
+        problems.append(f"inference={settings.inference!r} (the likelihood infers exactly)")
+    if settings.efe_method != "exact":
+        problems.append(f"efe_method={settings.efe_method!r} (a sampled G is not a likelihood)")
+    if problems:
         raise ValueError(
-            "settings: the fast action likelihood needs inference='exact' and a fixed policy "
-            "precision (infer_precision=False)"
+            "settings: the action likelihood needs a fixed policy precision, exact inference "
+            "and exact expected free energy; got " + "; ".join(problems)
         )
-    learned = [name for name in ("pA", "pB", "pD") if getattr(model, name) is not None]
+    learned = [name for name in ("pA", "pB") if getattr(model, name) is not None]
     if learned:
         raise ValueError(
-            f"model: has {', '.join(learned)}, so its agents learn between trials; the fast "
-            "action likelihood is for agents that do not learn (the learning likelihood is not "
-            "built yet): give a model without Dirichlet counts"
+            f"model: has {', '.join(learned)}, so its agents learn A or B between trials; the "
+            "action likelihood follows learning of pD only: give a model without pA and pB"
+        )
+
+
+def policy_values(
+    model: GenerativeModel,
+    settings: AgentSettings,
+    observations: Tensor,
+    actions: Tensor,
+    initial: list[Tensor] | None = None,
+) -> PolicyValues:
+    """Exact filtering beliefs and both parts of the policy score, for every step of every trial.
+
+    observations : int (N, K, T, M); actions : int (N, K, T-1, F); initial : F tensors
+    (*b, N, K, S_f), each trial's initial beliefs D (default: the model's D for every trial,
+    which needs a model without pD; see :class:`BehaviourLikelihood` for agents that learn it).
+    """
+    _check_settings(model, settings)
+    if initial is None and model.pD is not None:
+        raise ValueError(
+            "model: has pD, so its agents learn D between trials; give each trial's initial "
+            "beliefs (initial=), or use BehaviourLikelihood, which follows the learning"
         )
     N, K, T, _ = observations.shape
+    batch = () if initial is None else initial[0].shape[:-3]
     flat_obs = observations.reshape(N * K, T, -1)
     flat_actions = actions.reshape(N * K, T - 1, -1)
-    beliefs = infer_states(model, flat_obs, flat_actions, mode="filtering")
-    scores, log_prior, first = [], [], []
+    log_likelihood = observation_log_likelihood(model.log_A, flat_obs)
+    transitions = select_transitions(model.transition_by_action, flat_actions)
+    if initial is None:
+        initial = [d.expand(N * K, -1) for d in model.D]
+    else:
+        size = math.prod(batch) * N * K
+        log_likelihood = log_likelihood.expand(*batch, *log_likelihood.shape).reshape(
+            size, *log_likelihood.shape[1:]
+        )
+        transitions = [b.expand(*batch, *b.shape).reshape(size, *b.shape[1:]) for b in transitions]
+        initial = [d.reshape(size, d.shape[-1]) for d in initial]
+    filtered = forward_filter(log_likelihood, transitions, initial).filtered
+    marginals = factor_marginals(filtered, 2)  # F tensors (b*N*K, T, S_f)
+    lesions = settings.lesions
+    base, pragmatic, log_prior, first = [], [], [], []
     for t in range(T - 1):  # each step has its own policy depth and (time-varying) preferences
         policies, prior = policies_at(model, settings, t, T)
-        values = expected_free_energy(
-            model, [q[:, t] for q in beliefs.marginals], policies, time=t, method="exact"
+        # the kernel itself: these beliefs are filtered marginals, valid by construction
+        scores = expected_free_energy_terms(
+            [q[:, t] for q in marginals],
+            model.A,
+            model.transition_by_action,
+            log_preferences(model, t, policies.shape[1]),
+            policies,
         )
-        scores.append(policy_score(values, settings.lesions).reshape(N, K, -1))
+        value = torch.zeros_like(scores.G)
+        if lesions.epistemic:
+            value = value - scores.epistemic
+        if lesions.novelty:
+            value = value - scores.novelty
+        base.append(value.reshape(*batch, N, K, -1))
+        part = -scores.pragmatic if lesions.pragmatic else torch.zeros_like(scores.G)
+        pragmatic.append(part.reshape(*batch, N, K, -1))
         log_prior.append(prior)
         first.append(policies[:, 0, :])
-    return PolicyValues(scores, log_prior, first, actions, model.num_controls)
+    return PolicyValues(base, pragmatic, log_prior, first, actions, model.num_controls)
+
+
+def initial_state_evidence(
+    model: GenerativeModel, observations: Tensor, actions: Tensor, present: Tensor | None = None
+) -> Tensor:
+    """lambda_k(s_0) = p(o_0:T-1 | s_0, u) of every trial, up to a positive factor per trial:
+    (N, K, S_1..S_F), the largest entry of each trial 1 (absent trials: all 1).
+
+    The backward recursion beta_t = B_t^T (p(o_t+1 | s) beta_t+1), rescaled at each step.
+    A trial whose observations are impossible from every initial state the model allows raises
+    ``DataError`` naming the subject and trial.
+    """
+    N, K, T, _ = observations.shape
+    flat_obs = observations.reshape(N * K, T, -1)
+    log_likelihood = observation_log_likelihood(model.log_A, flat_obs)  # (NK, T, S...)
+    shift = log_likelihood.flatten(2).amax(-1)  # (NK, T)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    likelihood = torch.exp(log_likelihood - shift.reshape(*shift.shape, *[1] * model.num_factors))
+    transitions = select_transitions(model.transition_by_action, actions.reshape(N * K, T - 1, -1))
+    message = torch.ones_like(likelihood[:, 0])
+    for t in range(T - 1, 0, -1):
+        message = propagate(
+            likelihood[:, t] * message, [b[:, t - 1] for b in transitions], transpose=True
+        )
+        message = message / _largest(message)
+    evidence = likelihood[:, 0] * message
+    evidence = (evidence / _largest(evidence)).reshape(N, K, *evidence.shape[1:])
+    if present is not None:
+        evidence = torch.where(
+            present.reshape(N, K, *[1] * model.num_factors), evidence, torch.ones_like(evidence)
+        )
+    support = outer(*[d > 0 for d in (model.pD or model.D)], batch_dims=0)
+    possible = (evidence * support).flatten(2).sum(-1) > 0  # (N, K)
+    possible = possible & torch.isfinite(evidence.flatten(2)).all(-1)
+    if not possible.all():
+        n, k = (~possible).nonzero()[0].tolist()
+        raise DataError(
+            f"observations: subject {n}, trial {k}: impossible under the model from every "
+            "initial state it allows (p(o | s_0) = 0 wherever D > 0)"
+        )
+    return evidence
+
+
+def _largest(joint: Tensor) -> Tensor:
+    """The largest entry of each batch row of (B, S_1..S_F), shaped to divide it (1 if all 0)."""
+    top = joint.flatten(1).amax(-1)
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    return top.reshape(-1, *[1] * (joint.dim() - 1))
+
+
+def learned_initial_beliefs(
+    model: GenerativeModel,
+    evidence: Tensor,
+    learning_rate,
+    forgetting,
+    concentration,
+    present: Tensor | None = None,
+) -> list[Tensor]:
+    """Each trial's initial beliefs D_k = pD_k / sum pD_k of an agent that learns pD: F tensors
+    (*b, N, K, S_f).
+
+    evidence : (N, K, S_1..S_F), :func:`initial_state_evidence`; learning_rate, forgetting,
+    concentration : eta, omega, kappa, tensors broadcastable to (*b, N); present : bool (N, K),
+    optional: absent trials teach nothing. pD_0 = kappa * model.pD; after trial k,
+    pD_f <- (1 - omega) pD_f + eta q(s_f,0 | o_1:T), with q(s_0 | o_1:T)
+    ∝ prod_f pD_k,f(s_f) lambda_k(s_0): :func:`pp_aif.agent.learn_between_trials` in closed form
+    (entries with pD = 0 have q = 0, so they stay 0 without a mask). A factor whose pD has one
+    positive entry keeps a one-hot D whatever it learns, so the recursion runs over the others
+    only: one multiply, one sum and an update per trial for the T-maze.
+    """
+    if model.pD is None:
+        raise ValueError("model: has no pD, so its agents do not learn D")
+    N, K = evidence.shape[:2]
+    dtype = evidence.dtype
+    eta = torch.as_tensor(learning_rate, dtype=dtype)[..., None]  # (*b, N, 1)
+    omega = torch.as_tensor(forgetting, dtype=dtype)[..., None]
+    kappa = torch.as_tensor(concentration, dtype=dtype)[..., None]
+    batch = torch.broadcast_shapes(eta.shape[:-2], omega.shape[:-2], kappa.shape[:-2])
+    F = model.num_factors
+    learnable = [f for f, p in enumerate(model.pD) if int((p > 0).sum()) > 1]
+    fixed = {f: int((p > 0).nonzero()[0]) for f, p in enumerate(model.pD) if f not in learnable}
+    index = tuple(slice(None) if f in learnable else fixed[f] for f in range(F))
+    evidence = evidence[(slice(None), slice(None), *index)]  # (N, K, S_l...)
+    L = len(learnable)
+    kept = torch.ones(N, K, 1, dtype=dtype) if present is None else present[..., None].to(dtype)
+    counts = [(kappa * model.pD[f]).expand(*batch, N, -1) for f in learnable]
+    history: list[list[Tensor]] = [[] for _ in learnable]
+    for k in range(K):
+        for trials, p in zip(history, counts, strict=True):
+            trials.append(p)
+        if L == 0:
+            continue
+        joint = (counts[0] if L == 1 else outer(*counts, batch_dims=len(batch) + 1)) * (
+            evidence[:, k]
+        )
+        total = joint.flatten(-L).sum(-1)[..., None]  # (*b, N, 1)
+        step_eta, step_keep = eta * kept[:, k], 1.0 - omega * kept[:, k]
+        updated = []
+        for i, p in enumerate(counts):
+            others = [-L + j for j in range(L) if j != i]
+            marginal = joint.sum(others) if others else joint
+            updated.append(step_keep * p + step_eta * marginal / total)
+        counts = updated
+    beliefs = []
+    for f in range(F):
+        if f in learnable:
+            p = torch.stack(history[learnable.index(f)], -2)  # (*b, N, K, S_f)
+            beliefs.append(p / p.sum(-1, keepdim=True))
+        else:
+            one_hot = (model.pD[f] > 0).to(dtype)
+            beliefs.append(one_hot.expand(*batch, N, K, -1))
+    return beliefs
 
 
 def action_log_probabilities(
-    values: PolicyValues, gamma: Tensor, alpha: Tensor
+    values: PolicyValues, gamma, alpha, preference=1.0
 ) -> list[Tensor | None]:
-    """ln p(u_f,t = u | theta, history) for every control: F entries (*theta_batch, N, K, T-1,
-    U_f), None for a factor with one control.
+    """ln p(u_f,t = u | theta, history) for every control: F entries (*b, N, K, T-1, U_f), None
+    for a factor with one control.
 
-    gamma, alpha : policy and action precision, tensors broadcastable to (*theta_batch, N)
-    (one value per subject, optionally with leading sample axes).
+    gamma, alpha, preference : policy precision, action precision and preference scale, floats
+    or tensors broadcastable to (*b, N) (one value per subject, optionally with draw axes).
     """
-    gamma = torch.as_tensor(gamma)[..., None, None]  # (..., N, 1, 1)
-    alpha = torch.as_tensor(alpha)[..., None, None]  # (..., N, 1, 1)
+    dtype = values.base[0].dtype
+    gamma = torch.as_tensor(gamma, dtype=dtype)[..., None, None]  # (..., N, 1, 1)
+    alpha = torch.as_tensor(alpha, dtype=dtype)[..., None, None]
+    preference = torch.as_tensor(preference, dtype=dtype)[..., None, None]
     per_factor: list[list[Tensor]] = [[] for _ in values.num_controls]
-    for score, log_prior, first in zip(
-        values.scores, values.log_prior, values.first_actions, strict=True
+    for base, pragmatic, log_prior, first in zip(
+        values.base, values.pragmatic, values.log_prior, values.first_actions, strict=True
     ):
-        log_q = torch.log_softmax(log_prior - gamma * score, -1)  # (..., N, K, P)
+        log_q = torch.log_softmax(log_prior - gamma * (base + preference * pragmatic), -1)
         for f, U in enumerate(values.num_controls):
             if U == 1:
                 continue
@@ -119,19 +334,91 @@ def action_log_probabilities(
     return [torch.stack(steps, -2) if steps else None for steps in per_factor]
 
 
-def action_log_likelihood(values: PolicyValues, gamma: Tensor, alpha: Tensor) -> Tensor:
-    """ln p(u_t | theta, history) of the person's actions: (*theta_batch, N, K, T-1).
+def action_log_likelihood(values: PolicyValues, gamma, alpha, preference=1.0) -> Tensor:
+    """ln p(u_t | theta, history) of the person's actions: (*b, N, K, T-1).
 
-    gamma, alpha : as for :func:`action_log_probabilities`.
+    gamma, alpha, preference : as for :func:`action_log_probabilities`.
     """
     total = None
-    for f, log_p in enumerate(action_log_probabilities(values, gamma, alpha)):
+    for f, log_p in enumerate(action_log_probabilities(values, gamma, alpha, preference)):
         if log_p is None:
             continue
         chosen = values.actions[..., f].expand(*log_p.shape[:-1])
         term = torch.gather(log_p, -1, chosen[..., None])[..., 0]
         total = term if total is None else total + term
     if total is None:  # no factor has a choice: every action is certain
-        shape = torch.broadcast_shapes(torch.as_tensor(gamma).shape, torch.as_tensor(alpha).shape)
-        return torch.zeros(*shape, *values.actions.shape[:-1], dtype=values.scores[0].dtype)
+        shape = torch.broadcast_shapes(
+            *(torch.as_tensor(x).shape for x in (gamma, alpha, preference))
+        )
+        return torch.zeros(*shape, *values.actions.shape[:-1], dtype=values.base[0].dtype)
     return total
+
+
+class BehaviourLikelihood:
+    """The action likelihood of a data set as a function of the fitted parameters.
+
+    model, settings : the agent; observations int (N, K, T, M), actions int (N, K, T-1, F);
+    params : the names (``PARAMETERS``) that will be given when it is called; the others take
+    ``parameter_defaults(settings)``. present : bool (N, K), optional, the trials that exist.
+
+    What does not depend on the fitted parameters is computed here, once: the policy values
+    when no learning parameter is fitted, else the per-trial evidence lambda_k for the pD
+    recursion. ``likelihood(theta)`` with theta {name: tensor (*b, N)} returns (*b, N, K, T-1).
+    """
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        settings: AgentSettings,
+        observations: Tensor,
+        actions: Tensor,
+        params=("gamma", "alpha"),
+        present: Tensor | None = None,
+    ):
+        unknown = sorted(set(params) - set(PARAMETERS))
+        if unknown:
+            raise ValueError(f"params: {unknown} are not among {PARAMETERS}")
+        _check_settings(model, settings)
+        learning = [name for name in params if name in LEARNING_PARAMETERS]
+        if learning and model.pD is None:
+            raise ValueError(
+                f"params: {learning} describe learning D between trials, but the model has no pD"
+            )
+        if "preference" in params and not settings.lesions.pragmatic:
+            raise ValueError("params: 'preference' scales the pragmatic term, which is lesioned")
+        self.model, self.settings, self.params = model, settings, tuple(params)
+        self.observations, self.actions, self.present = observations, actions, present
+        self.defaults = parameter_defaults(settings)
+        self.evidence = (
+            None
+            if model.pD is None
+            else initial_state_evidence(model, observations, actions, present)
+        )
+        self.static = None if learning else self.values({})
+
+    def values(self, theta: dict) -> PolicyValues:
+        """Policy values under theta (only its learning parameters matter here)."""
+        if getattr(self, "static", None) is not None:
+            return self.static
+        initial = None
+        if self.evidence is not None:
+            rate, forget, scale = (
+                theta.get(name, self.defaults[name]) for name in LEARNING_PARAMETERS
+            )
+            initial = learned_initial_beliefs(
+                self.model, self.evidence, rate, forget, scale, self.present
+            )
+        return policy_values(self.model, self.settings, self.observations, self.actions, initial)
+
+    def log_probabilities(self, theta: dict) -> list[Tensor | None]:
+        """ln p(u_f,t = u | theta, history), as :func:`action_log_probabilities`."""
+        gamma, alpha, preference = (
+            theta.get(name, self.defaults[name]) for name in ("gamma", "alpha", "preference")
+        )
+        return action_log_probabilities(self.values(theta), gamma, alpha, preference)
+
+    def __call__(self, theta: dict) -> Tensor:
+        gamma, alpha, preference = (
+            theta.get(name, self.defaults[name]) for name in ("gamma", "alpha", "preference")
+        )
+        return action_log_likelihood(self.values(theta), gamma, alpha, preference)

@@ -13,5 +13,12 @@ __all__ = ["xlogy"]
 
 
 def xlogy(x: Tensor, y: Tensor) -> Tensor:
-    """x ln y with the convention 0 ln 0 = 0 (and 0 ln y = 0 for every y)."""
-    return torch.special.xlogy(x, y)
+    """x ln y with the convention 0 ln 0 = 0 (and 0 ln y = 0 for every y).
+
+    Where x = 0 the gradient is 0 too (``torch.special.xlogy`` gives NaN for x ln x at 0): a
+    probability that is exactly 0 is a structural zero, and stays one, so entropies built from
+    it stay differentiable in the parameters that move the other entries.
+    """
+    zero = x == 0
+    safe = torch.where(zero, torch.ones_like(y), y)
+    return torch.where(zero, torch.zeros_like(x), x * torch.log(safe))

@@ -7,13 +7,14 @@ import warnings
 
 import arviz as az
 import numpy as np
+import pyro.distributions as dist
 import pytest
 import torch
 
 import pp_aif
 from pp_aif.data import BehaviourData, long_format
 from pp_aif.errors import ConvergenceWarning
-from pp_aif.fitting import action_log_likelihood, policy_values
+from pp_aif.fitting import BehaviourLikelihood, action_log_likelihood, default_priors, policy_values
 from pp_aif.fitting.fit import fit
 from tests.common import assert_close
 
@@ -28,10 +29,10 @@ def tmaze_without_learning():
     return dataclasses.replace(task, model=model, settings=settings)
 
 
-def test_learning_agents_are_refused_by_the_fast_likelihood():
+def test_learning_agents_need_their_initial_beliefs_per_trial():
     task = pp_aif.load_task("tmaze")  # learns pD
     data = BehaviourData.read(long_format(pp_aif.simulate(task, 2, 1, 0), task), task)
-    with pytest.raises(ValueError, match=r"model: has pD, so its agents learn"):
+    with pytest.raises(ValueError, match=r"model: has pD, so its agents learn D between trials"):
         policy_values(task.model, task.settings, data.observations, data.actions)
 
 
@@ -67,9 +68,92 @@ def test_nuts_fit_returns_inference_data_for_loo(tmaze_without_learning):
 def test_bad_arguments_are_named(tmaze_without_learning):
     task = tmaze_without_learning
     data = BehaviourData.read(long_format(pp_aif.simulate(task, 1, 1, 0), task), task)
-    with pytest.raises(ValueError, match=r"method: 'svi'; only 'nuts'"):
-        fit(task, data, method="svi")
+    with pytest.raises(ValueError, match=r"method: 'laplace' is not one of"):
+        fit(task, data, method="laplace")
     with pytest.raises(ValueError, match=r"params: \['beta'\]"):
         fit(task, data, params=["beta"])
+    with pytest.raises(ValueError, match=r"names a parameter twice"):
+        fit(task, data, params=["alpha", "alpha"])
+    with pytest.raises(ValueError, match=r"'map' with hierarchical=True has no useful mode"):
+        fit(task, data, method="map", hierarchical=True)
     with pytest.raises(ValueError, match=r"do not fit task 'foraging'"):
         fit(pp_aif.load_task("foraging"), data)
+    with pytest.raises(ValueError, match=r"describe learning D between trials"):
+        fit(task, data, params=["learning_rate"])  # this T-maze has no pD
+    with pytest.raises(ValueError, match=r"priors\['alpha'\]: a hierarchical fit needs"):
+        fit(task, data, ["alpha"], {"alpha": dist.Gamma(2.0, 1.0)}, hierarchical=True)
+
+
+@pytest.fixture(scope="module")
+def one_subject():
+    """One learning T-maze subject, 30 trials, and its exact posterior of log alpha on a grid."""
+    task = pp_aif.load_task("tmaze")
+    task = dataclasses.replace(
+        task, settings=dataclasses.replace(task.settings, action_precision=3.0)
+    )
+    data = BehaviourData.read(long_format(pp_aif.simulate(task, 1, 30, seed=2), task), task)
+    likelihood = BehaviourLikelihood(
+        task.model, task.settings, data.observations, data.actions, ("alpha",)
+    )
+    grid = torch.linspace(-4.0, 6.0, 4001, dtype=torch.float64)  # u = ln alpha
+    prior = default_priors()["alpha"]
+    with torch.no_grad():
+        log_density = likelihood({"alpha": torch.exp(grid)[:, None]}).sum(
+            (-1, -2, -3)
+        ) + prior.log_prob(torch.exp(grid))
+    posterior = torch.softmax(log_density + grid, 0)  # the density of u carries e^u
+    exact = {
+        "mean_alpha": float((posterior * torch.exp(grid)).sum()),
+        "mean_log_alpha": float((posterior * grid).sum()),
+        "sd_log_alpha": float((posterior * grid**2).sum() - (posterior * grid).sum() ** 2) ** 0.5,
+        "mode_alpha": float(torch.exp(grid[log_density.argmax()])),
+    }
+    return task, data, exact
+
+
+@pytest.mark.integration
+def test_nuts_matches_the_exact_posterior_within_its_standard_error(one_subject):
+    task, data, exact = one_subject
+    idata = fit(task, data, ("alpha",), chains=2, draws=600, warmup=400, seed=3)
+    draws = idata.posterior["alpha"].values
+    mcse = float(az.mcse(idata, var_names=["alpha"])["alpha"].values.item())
+    assert abs(draws.mean() - exact["mean_alpha"]) < 4 * mcse, (draws.mean(), exact, mcse)
+    # the pointwise log-likelihood is the likelihood at every draw
+    likelihood = BehaviourLikelihood(
+        task.model, task.settings, data.observations, data.actions, ("alpha",)
+    )
+    expected = likelihood({"alpha": torch.as_tensor(draws)}).sum(-1)
+    assert_close(idata.log_likelihood["actions"].values, expected)
+
+
+def test_map_finds_the_mode_and_svi_the_posterior(one_subject):
+    task, data, exact = one_subject
+    mode = fit(task, data, ("alpha",), method="map", steps=1500, learning_rate=0.05, seed=0)
+    assert mode.posterior["alpha"].shape == (1, 1, 1)
+    assert_close(
+        mode.posterior["alpha"].values.item(),
+        exact["mode_alpha"],
+        rtol=1e-2,
+        atol=0,
+        reason="Adam's last steps and a grid step of 2.5e-3 in ln alpha",
+    )
+    svi = fit(task, data, ("alpha",), method="svi", steps=1500, draws=4000, seed=0)
+    log_alpha = np.log(svi.posterior["alpha"].values)
+    # a Gaussian in ln alpha: its mean and sd against the exact ones, to 5% of the sd
+    assert abs(log_alpha.mean() - exact["mean_log_alpha"]) < 0.05 * exact["sd_log_alpha"] + 4 * (
+        log_alpha.std() / np.sqrt(log_alpha.size)
+    )
+    assert abs(log_alpha.std() - exact["sd_log_alpha"]) < 0.1 * exact["sd_log_alpha"]
+
+
+@pytest.mark.integration
+def test_hierarchical_nuts_returns_population_and_subjects(tmaze_without_learning):
+    task = tmaze_without_learning
+    data = BehaviourData.read(long_format(pp_aif.simulate(task, 3, 4, seed=1), task), task)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        idata = fit(task, data, ("alpha",), hierarchical=True, chains=1, draws=30, warmup=30)
+    assert idata.posterior["alpha"].shape == (1, 30, 3)
+    assert idata.posterior["alpha_mu"].shape == (1, 30)
+    assert (idata.posterior["alpha_sigma"].values > 0).all()
+    assert idata.attrs["population"] == ["alpha_mu", "alpha_sigma"]

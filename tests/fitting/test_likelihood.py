@@ -93,9 +93,14 @@ def test_behavioural_program_scores_the_same_likelihood(case):
     import pyro
     import pyro.distributions as dist
 
+    from pp_aif.fitting import BehaviourLikelihood
     from pp_aif.programs import behaviour
 
     model, observations, actions = case
+    present = torch.tensor([[True, True], [True, False], [False, True]])
+    likelihood = BehaviourLikelihood(
+        model, AgentSettings(), observations, actions, ("gamma", "alpha"), present
+    )
     values = policy_values(model, AgentSettings(), observations, actions)
     priors = {"gamma": dist.LogNormal(0.0, 1.0), "alpha": dist.LogNormal(1.0, 1.0)}
     gamma = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64)
@@ -103,8 +108,7 @@ def test_behavioural_program_scores_the_same_likelihood(case):
     conditioned = pyro.poutine.condition(
         behaviour, data={"gamma": gamma[:, None, None], "alpha": alpha[:, None, None]}
     )
-    present = torch.tensor([[True, True], [True, False], [False, True]])
-    trace = pyro.poutine.trace(conditioned).get_trace(values, priors=priors, present=present)
+    trace = pyro.poutine.trace(conditioned).get_trace(likelihood, priors=priors, present=present)
     expected = (
         action_log_likelihood(values, gamma, alpha).sum(-1)[present].sum()
         + priors["gamma"].log_prob(gamma).sum()
@@ -112,4 +116,33 @@ def test_behavioural_program_scores_the_same_likelihood(case):
     )
     assert_close(trace.log_prob_sum(), expected)
     with pytest.raises(ValueError, match=r"priors: unknown parameters \['beta'\]"):
-        behaviour(values, priors={"beta": dist.LogNormal(0.0, 1.0)})
+        behaviour(likelihood, priors={"beta": dist.LogNormal(0.0, 1.0)})
+
+
+def test_hierarchical_program_is_non_centred(case):
+    """theta_n = exp(mu + sigma z_n); the density is Normal(mu) HalfNormal(sigma) N(z) times the
+    likelihood at theta (no Jacobian: z, mu and sigma are the latent sites)."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pp_aif.fitting import LINKS, BehaviourLikelihood
+    from pp_aif.programs import behaviour
+
+    model, observations, actions = case
+    likelihood = BehaviourLikelihood(model, AgentSettings(), observations, actions, ("alpha",))
+    values = policy_values(model, AgentSettings(), observations, actions)
+    prior = dist.LogNormal(torch.tensor(1.0, dtype=torch.float64), 0.5)
+    mu, sigma = torch.tensor(0.7, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    z = torch.tensor([-1.0, 0.2, 1.5], dtype=torch.float64)
+    data = {"alpha_mu": mu, "alpha_sigma": sigma, "alpha_z": z[:, None, None]}
+    trace = pyro.poutine.trace(pyro.poutine.condition(behaviour, data=data)).get_trace(
+        likelihood, priors={"alpha": prior}, hierarchical=True, links=LINKS
+    )
+    alpha = torch.exp(mu + sigma * z)
+    expected = (
+        action_log_likelihood(values, 1.0, alpha).sum()
+        + dist.Normal(1.0, 0.5).log_prob(mu)
+        + dist.HalfNormal(0.5).log_prob(sigma)
+        + dist.Normal(0.0, 1.0).log_prob(z).sum()
+    )
+    assert_close(trace.log_prob_sum(), expected)

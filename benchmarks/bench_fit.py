@@ -1,0 +1,175 @@
+"""Benchmark: the fitting likelihood (evaluations per second) and NUTS effective samples per second.
+
+One simulated subject on SPM's T-maze (the agent learns its context prior pD between trials),
+``num_trials`` trials of two choices each (100 choices by default). Written to
+``<out>/bench_fit.json``:
+
+1. ``likelihood``: evaluations per second of the action likelihood, forward only and forward with
+   the gradient, for (a) an agent that does not learn (gamma, alpha, preference: the policy
+   values are computed once and the likelihood is a closed form), and (b) the learning agent
+   (alpha, preference, learning_rate: the pD recursion over trials, then beliefs and policy values
+   of all trials at once). Also with ``batch`` parameter draws in one call (per draw).
+2. ``nuts``: ``pp_aif.fit`` of alpha, preference and learning_rate, ``chains`` x (``warmup`` +
+   ``draws``), with and without ``jit``: wall time, the smallest bulk ESS over the parameters,
+   and ESS per second.
+
+Run: ``python -m benchmarks.bench_fit --out benchmarks/results`` (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import arviz as az
+import torch
+
+import pp_aif
+from benchmarks.common import best_time, machine, write_results
+from pp_aif.data import BehaviourData, long_format
+from pp_aif.fitting import BehaviourLikelihood, fit
+
+LEARNING = ("alpha", "preference", "learning_rate")
+STATIC = ("gamma", "alpha", "preference")
+
+
+@dataclass
+class Config:
+    num_trials: int = 50
+    chains: int = 4
+    warmup: int = 500
+    draws: int = 500
+    jit: tuple[bool, ...] = (False, True)
+    batch: int = 1000
+    evaluations: int = 200
+    threads: int = 1
+    seed: int = 0
+    out: Path = field(default_factory=lambda: Path("benchmarks/results"))
+
+
+def subject(config: Config):
+    """The T-maze (learning, and a copy without pD) and one simulated subject's data."""
+    task = pp_aif.load_task("tmaze")
+    settings = dataclasses.replace(task.settings, action_precision=4.0)
+    task = dataclasses.replace(task, settings=settings)
+    record = pp_aif.simulate(task, 1, config.num_trials, config.seed)
+    data = BehaviourData.read(long_format(record, task), task)
+    m = task.model
+    static = dataclasses.replace(
+        task, model=pp_aif.GenerativeModel(m.A, m.B, m.C, m.D, m.E, policies=m.policies)
+    )
+    return task, static, data
+
+
+def _rate(function, evaluations: int) -> float:
+    seconds, _ = best_time(lambda: [function() for _ in range(evaluations)], 3)
+    return evaluations / seconds
+
+
+def likelihood_rates(config: Config, task, static, data) -> list[dict]:
+    rows = []
+    for label, which, params in (
+        ("no learning", static, STATIC),
+        ("learning pD", task, LEARNING),
+    ):
+        likelihood = BehaviourLikelihood(
+            which.model, which.settings, data.observations, data.actions, params
+        )
+        one = {name: torch.ones(1, dtype=torch.float64, requires_grad=True) for name in params}
+        many = {name: torch.ones(config.batch, 1, dtype=torch.float64) for name in params}
+
+        def gradient(likelihood=likelihood, one=one):
+            torch.autograd.grad(likelihood(one).sum(), list(one.values()))
+
+        with torch.no_grad():
+            forward = _rate(
+                lambda likelihood=likelihood, one=one: likelihood(one), config.evaluations
+            )
+            batched = config.batch * _rate(
+                lambda likelihood=likelihood, many=many: likelihood(many), 5
+            )
+        rows.append(
+            {
+                "agent": label,
+                "params": list(params),
+                "choices": int(data.actions.shape[1] * data.actions.shape[2]),
+                "forward_per_second": forward,
+                "gradient_per_second": _rate(gradient, config.evaluations),
+                "batched_forward_per_second": batched,
+                "batch": config.batch,
+            }
+        )
+        print(
+            f"{label:>12}: {forward:8.0f} evaluations/s, {rows[-1]['gradient_per_second']:7.0f} "
+            f"with gradient, {batched:9.0f}/s in batches of {config.batch} draws"
+        )
+    return rows
+
+
+def nuts_rates(config: Config, task, data) -> list[dict]:
+    rows = []
+    for jit in config.jit:
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            inference = fit(
+                task,
+                data,
+                LEARNING,
+                chains=config.chains,
+                warmup=config.warmup,
+                draws=config.draws,
+                seed=config.seed,
+                jit=jit,
+            )
+        seconds = time.perf_counter() - start
+        ess = az.ess(inference, var_names=list(LEARNING))
+        lowest = min(float(ess[name].min()) for name in LEARNING)
+        rows.append(
+            {
+                "jit": jit,
+                "params": list(LEARNING),
+                "chains": config.chains,
+                "warmup": config.warmup,
+                "draws": config.draws,
+                "seconds": seconds,
+                "ess_bulk_min": lowest,
+                "ess_per_second": lowest / seconds,
+                "divergences": int(inference.sample_stats["diverging"].values.sum()),
+                "warnings": [str(w.message) for w in caught if "fit:" in str(w.message)],
+            }
+        )
+        print(
+            f"NUTS (jit={jit}): {seconds:.0f} s, smallest bulk ESS {lowest:.0f}, "
+            f"{lowest / seconds:.1f} ESS/s, {rows[-1]['divergences']} divergences"
+        )
+    return rows
+
+
+def run(config: Config) -> dict:
+    torch.set_num_threads(config.threads)
+    task, static, data = subject(config)
+    results = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "machine": machine(),
+        "likelihood": likelihood_rates(config, task, static, data),
+        "nuts": nuts_rates(config, task, data),
+    }
+    write_results(results, config.out, "bench_fit.json")
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Config().out)
+    parser.add_argument("--trials", type=int, default=Config().num_trials)
+    args = parser.parse_args(argv)
+    run(Config(out=args.out, num_trials=args.trials))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The likelihood of agents that learn pD, and of the preference scale, equals the agent itself
+replaying the person's trials (with ``learn_between_trials`` between them, and a model whose C
+is scaled), and its gradients reach every parameter (gradcheck)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import pp_aif
+from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
+from pp_aif.errors import DataError
+from pp_aif.fitting import (
+    PARAMETERS,
+    BehaviourLikelihood,
+    initial_state_evidence,
+    learned_initial_beliefs,
+)
+from pp_aif.planning import Lesions
+from tests.common import assert_close, random_arrays, sample_sequence
+
+N, K, T = 3, 4, 3
+THETA = {
+    "gamma": [0.5, 2.0, 4.0],
+    "alpha": [1.0, 4.0, 16.0],
+    "preference": [0.3, 1.0, 2.5],
+    "learning_rate": [0.5, 1.0, 3.0],
+    "forgetting": [0.0, 0.1, 0.4],
+    "concentration": [0.5, 1.0, 4.0],
+}
+
+
+def _model(arrays, C, pD, policies):
+    return pp_aif.GenerativeModel(arrays.A, arrays.B, C=C, D=arrays.D, pD=pD, policies=policies)
+
+
+@pytest.fixture
+def case(rng):
+    """Two factors; the first has a pD with one structural zero, the second a positive one."""
+    arrays = random_arrays(rng, (3, 2), (3, 2), (3, 2), zero_fraction=0.2)
+    arrays.D[0] = np.array([0.6, 0.4, 0.0])
+    pD = [np.array([1.5, 1.0, 0.0]), np.array([2.0, 3.0])]
+    C = [rng.normal(size=3), rng.normal(size=(2, T))]
+    model = _model(arrays, C, pD, pp_aif.construct_policies((3, 2), 2))
+    pairs = [sample_sequence(rng, arrays, T) for _ in range(N * K)]
+    observations = torch.as_tensor(np.stack([o for o, _ in pairs])).reshape(N, K, T, -1)
+    actions = torch.as_tensor(np.stack([a for _, a in pairs])).reshape(N, K, T - 1, -1)
+    return arrays, C, pD, model, observations, actions
+
+
+def replayed(arrays, C, pD, policies, theta_n, observations, actions, present, lesions):
+    """ln p(person's action) of one subject from pp_aif.agent.step, trial by trial, with
+    learn_between_trials between them; the preference scale as a model whose C is scaled."""
+    c, kappa = theta_n["preference"], theta_n["concentration"]
+    model = _model(arrays, [c * np.asarray(x) for x in C], [kappa * p for p in pD], policies)
+    settings = AgentSettings(
+        policy_precision=theta_n["gamma"],
+        action_precision=theta_n["alpha"],
+        learning_rate=theta_n["learning_rate"],
+        forgetting=theta_n["forgetting"],
+        lesions=lesions,
+    )
+    out = torch.zeros(K, T - 1, dtype=torch.float64)
+    counts = None
+    for k in range(K):
+        if not present[k]:
+            continue  # an absent trial: no choices, nothing learned
+        state = initial_state(model, 1, pD=counts)
+        for t in range(T):
+            action = actions[None, k, t] if t < T - 1 else None
+            state, result = step(
+                model, settings, state, observations[None, k, t], num_steps=T, action=action
+            )
+            if action is not None:
+                for f, p in enumerate(result.action_probabilities):
+                    out[k, t] += torch.log(p[0, action[0, f]])
+        _, counts, _ = learn_between_trials(
+            model, settings, state, observations[None, k], actions[None, k]
+        )
+    return out
+
+
+@pytest.mark.parametrize("lesions", [Lesions(), Lesions(epistemic=False)])
+def test_learning_likelihood_equals_the_replayed_agent(case, lesions):
+    arrays, C, pD, model, observations, actions = case
+    present = torch.ones(N, K, dtype=torch.bool)
+    present[1, 1] = False  # a gap: that trial teaches subject 1 nothing
+    likelihood = BehaviourLikelihood(
+        model, AgentSettings(lesions=lesions), observations, actions, PARAMETERS, present
+    )
+    theta = {name: torch.tensor(value, dtype=torch.float64) for name, value in THETA.items()}
+    fast = likelihood(theta)
+    assert fast.shape == (N, K, T - 1)
+    for n in range(N):
+        theta_n = {name: value[n] for name, value in THETA.items()}
+        expected = replayed(
+            arrays,
+            C,
+            pD,
+            model.policies,
+            theta_n,
+            observations[n],
+            actions[n],
+            present[n],
+            lesions,
+        )
+        assert_close(fast[n][present[n]], expected[present[n]])
+
+
+def test_learning_likelihood_passes_gradcheck(case):
+    _, _, _, model, observations, actions = case
+    likelihood = BehaviourLikelihood(model, AgentSettings(), observations, actions, PARAMETERS)
+    names = list(THETA)
+    inputs = tuple(
+        torch.tensor(THETA[name], dtype=torch.float64, requires_grad=True) for name in names
+    )
+
+    def total(*values):
+        return likelihood(dict(zip(names, values, strict=True))).sum((-1, -2))
+
+    assert torch.autograd.gradcheck(total, inputs)
+    grads = torch.autograd.grad(total(*inputs).sum(), inputs)
+    for name, grad in zip(names, grads, strict=True):
+        assert (grad.abs() > 0).any(), f"no gradient reaches {name}"
+
+
+def test_parameter_draws_batch_on_the_left(case):
+    _, _, _, model, observations, actions = case
+    likelihood = BehaviourLikelihood(model, AgentSettings(), observations, actions, PARAMETERS)
+    generator = torch.Generator().manual_seed(0)
+    theta = {
+        name: torch.tensor(value, dtype=torch.float64)
+        * (0.5 + torch.rand(5, N, generator=generator, dtype=torch.float64))
+        for name, value in THETA.items()
+    }
+    batched = likelihood(theta)
+    assert batched.shape == (5, N, K, T - 1)
+    for s in range(5):
+        assert_close(batched[s], likelihood({name: v[s] for name, v in theta.items()}))
+
+
+def test_the_recursion_has_the_agents_counts(case):
+    """D_k from the closed-form recursion equals the normalised counts the agent learns."""
+    arrays, C, pD, model, observations, actions = case
+    evidence = initial_state_evidence(model, observations, actions)
+    initial = learned_initial_beliefs(model, evidence, 1.5, 0.2, 2.0)
+    settings = AgentSettings(learning_rate=1.5, forgetting=0.2)
+    counts = [2.0 * torch.as_tensor(p).expand(N, -1) for p in pD]
+    for k in range(K):
+        for f in range(2):
+            assert_close(initial[f][:, k], counts[f] / counts[f].sum(-1, keepdim=True))
+        state = initial_state(model, N, pD=counts)
+        for t in range(T):
+            action = actions[:, k, t] if t < T - 1 else None
+            state, _ = step(
+                model, settings, state, observations[:, k, t], num_steps=T, action=action
+            )
+        _, counts, _ = learn_between_trials(
+            model, settings, state, observations[:, k], actions[:, k]
+        )
+
+
+def test_preference_scale_of_the_agent_equals_a_scaled_model(case):
+    arrays, C, pD, model, observations, actions = case
+    scaled = _model(arrays, [2.5 * np.asarray(x) for x in C], pD, model.policies)
+    results = []
+    for m, settings in ((model, AgentSettings(preference_scale=2.5)), (scaled, AgentSettings())):
+        state = initial_state(m, N)
+        _, result = step(m, settings, state, observations[:, 0, 0], num_steps=T)
+        results.append(result.policy_posterior)
+    assert_close(results[0], results[1])
+
+
+def test_what_the_likelihood_cannot_follow_is_refused(case):
+    arrays, C, pD, model, observations, actions = case
+    with_pA = pp_aif.GenerativeModel(
+        arrays.A,
+        arrays.B,
+        C=C,
+        D=arrays.D,
+        pA=[10 * np.asarray(a) for a in arrays.A],
+        policies=model.policies,
+    )
+    with pytest.raises(ValueError, match=r"model: has pA, so its agents learn A or B"):
+        BehaviourLikelihood(with_pA, AgentSettings(), observations, actions)
+    without_pD = pp_aif.GenerativeModel(
+        arrays.A, arrays.B, C=C, D=arrays.D, policies=model.policies
+    )
+    with pytest.raises(ValueError, match=r"\['learning_rate'\] describe learning D"):
+        BehaviourLikelihood(
+            without_pD, AgentSettings(), observations, actions, ("alpha", "learning_rate")
+        )
+    with pytest.raises(ValueError, match=r"'preference' scales the pragmatic term"):
+        BehaviourLikelihood(
+            model,
+            AgentSettings(lesions=Lesions(pragmatic=False)),
+            observations,
+            actions,
+            ("preference",),
+        )
+    with pytest.raises(ValueError, match=r"\['beta'\] are not among"):
+        BehaviourLikelihood(model, AgentSettings(), observations, actions, ("beta",))
+    with pytest.raises(ValueError, match=r"efe_method='sampled'"):
+        BehaviourLikelihood(model, AgentSettings(efe_method="sampled"), observations, actions)
+
+
+def test_an_impossible_trial_is_named():
+    task = pp_aif.load_task("tmaze")
+    observations = torch.zeros(2, 2, 3, 2, dtype=torch.int64)
+    actions = torch.zeros(2, 2, 2, 2, dtype=torch.int64)
+    observations[1, 1, 1] = torch.tensor([1, 0])  # at the left arm without going there
+    with pytest.raises(DataError, match=r"subject 1, trial 1: impossible"):
+        initial_state_evidence(task.model, observations, actions)
