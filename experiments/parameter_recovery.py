@@ -33,18 +33,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import pp_aif  # noqa: E402
 from pp_aif.data import BehaviourData, long_format  # noqa: E402
-from pp_aif.fitting import default_priors, fit  # noqa: E402
+from pp_aif.fitting import fit, prior_draws  # noqa: E402
 from pp_aif.fitting.predictive import (  # noqa: E402
     choice_rates,
     posterior_predictive,
     simulate_subjects,
 )
+from pp_aif.plots import plot_choice_rates, plot_recovery  # noqa: E402
 
 CUE, LEFT, RIGHT = 3, 1, 2
 
@@ -72,17 +72,6 @@ def biased_tmaze(bias: float):
     context = torch.tensor([bias, 1.0 - bias], dtype=m.dtype)
     process = pp_aif.GenerativeModel(m.A, m.B, m.C, [m.D[0], context], policies=m.policies)
     return dataclasses.replace(task, process=process)
-
-
-def draw_parameters(config: Config, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Each subject's true parameters, drawn from the fit's priors."""
-    priors = default_priors()
-    theta = {}
-    for name in config.params:
-        base = priors[name].base_dist
-        z = torch.randn(config.num_subjects, generator=generator, dtype=torch.float64)
-        theta[name] = priors[name].transforms[0](base.loc + base.scale * z)
-    return theta
 
 
 def recovery(truth: dict, inference) -> dict:
@@ -156,7 +145,7 @@ def run(config: Config) -> dict:
     torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
     task = biased_tmaze(config.context_bias)
-    truth = draw_parameters(config, generator)
+    truth = prior_draws(config.params, config.num_subjects, generator)
     simulated = simulate_subjects(task, truth, config.num_trials, config.seed)
     data = BehaviourData.read(long_format(simulated, task), task)
     start = time.perf_counter()
@@ -192,9 +181,19 @@ def run(config: Config) -> dict:
         "warnings": [str(w.message) for w in caught],
     }
     config.out.mkdir(parents=True, exist_ok=True)
+    N = config.num_subjects
+    draws = {name: inference.posterior[name].values.reshape(-1, N) for name in config.params}
+    figure = plot_recovery({name: value.numpy() for name, value in truth.items()}, draws)
+    figure.savefig(config.out / "parameter_recovery.png", dpi=110)
+    figure = plot_choice_rates(
+        {label: c["observed"] for label, c in checks.items()},
+        {label: c["draws"] for label, c in checks.items()},
+        title="first move per block of trials: data vs posterior predictive",
+    )
+    figure.savefig(config.out / "parameter_recovery_ppc.png", dpi=110)
+    for c in checks.values():
+        del c["draws"]
     (config.out / "parameter_recovery.json").write_text(json.dumps(results, indent=2))
-    _plot_recovery(results["recovery"], config.out / "parameter_recovery.png")
-    _plot_predictive(checks, config.out / "parameter_recovery_ppc.png")
     return results
 
 
@@ -211,47 +210,9 @@ def _predictive_summary(observed, predicted) -> dict:
             "predicted": draws.mean(0).tolist(),
             "predicted_5": np.quantile(draws, 0.05, axis=0).tolist(),
             "predicted_95": np.quantile(draws, 0.95, axis=0).tolist(),
+            "draws": draws,
         }
     return summary
-
-
-def _plot_recovery(recovered: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, len(recovered), figsize=(4.2 * len(recovered), 4))
-    for ax, (name, r) in zip(np.atleast_1d(axes), recovered.items(), strict=True):
-        true, mean = np.array(r["true"]), np.array(r["posterior_mean"])
-        low, high = (np.array(x) for x in r["interval_90"])
-        inside = (true >= low) & (true <= high)
-        ax.errorbar(true, mean, yerr=[mean - low, high - mean], fmt="none", ecolor="0.75")
-        ax.scatter(true[inside], mean[inside], s=14, label="truth inside 90% interval")
-        ax.scatter(true[~inside], mean[~inside], s=14, color="C3", label="outside")
-        edges = [min(true.min(), low.min()), max(true.max(), high.max())]
-        ax.plot(edges, edges, "k--", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(f"true {name}")
-        ax.set_ylabel("posterior mean (90% interval)")
-        ax.set_title(f"{name}: r = {r['r']:.2f}, coverage = {r['coverage_90']:.2f}")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_predictive(checks: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (label, c) in enumerate(checks.items()):
-        blocks = np.arange(1, len(c["observed"]) + 1)
-        ax.fill_between(blocks, c["predicted_5"], c["predicted_95"], color=f"C{i}", alpha=0.25)
-        ax.plot(blocks, c["predicted"], color=f"C{i}", label=f"first move: {label} (predicted)")
-        ax.plot(blocks, c["observed"], "o", color=f"C{i}", label=f"{label} (data)")
-    ax.set_xlabel("block of trials")
-    ax.set_ylabel("choice rate (mean over subjects)")
-    ax.set_ylim(0, 1)
-    ax.set_title("posterior predictive check: 90% band over posterior draws")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> None:

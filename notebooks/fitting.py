@@ -39,7 +39,6 @@ import warnings
 from pathlib import Path
 
 import arviz as az
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -47,6 +46,7 @@ import pp_aif
 from pp_aif.data import BehaviourData, long_format
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting.predictive import choice_rates, posterior_predictive, simulate_subjects
+from pp_aif.plots import plot_choice_rates, plot_recovery
 
 SMOKE = os.environ.get("SMOKE_TEST") == "1"
 torch.set_num_threads(1)  # tiny tensors: one thread is fastest
@@ -70,15 +70,7 @@ world = pp_aif.GenerativeModel(
 task = dataclasses.replace(task, process=world)
 
 generator = torch.Generator().manual_seed(1)
-priors = pp_aif.fitting.default_priors()
-truth = {
-    name: priors[name].transforms[0](
-        priors[name].base_dist.loc
-        + priors[name].base_dist.scale
-        * torch.randn(SUBJECTS, generator=generator, dtype=torch.float64)
-    )
-    for name in ("alpha", "learning_rate")
-}
+truth = pp_aif.fitting.prior_draws(("alpha", "learning_rate"), SUBJECTS, generator)
 record = simulate_subjects(task, truth, TRIALS, seed=1)
 print({name: np.round(value.numpy(), 2).tolist() for name, value in truth.items()})
 
@@ -114,23 +106,21 @@ print(az.summary(inference, var_names=["alpha", "learning_rate"], round_to=2).to
 # ## 4. Recovery
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-covered = {}
-for ax, name in zip(axes, ("alpha", "learning_rate"), strict=True):
-    draws = inference.posterior[name].values.reshape(-1, SUBJECTS)
-    mean, (low, high) = draws.mean(0), np.quantile(draws, [0.05, 0.95], axis=0)
-    true = truth[name].numpy()
-    covered[name] = float(((true >= low) & (true <= high)).mean())
-    ax.errorbar(true, mean, yerr=[mean - low, high - mean], fmt="o", ms=4)
-    lims = [min(true.min(), low.min()), max(true.max(), high.max())]
-    ax.plot(lims, lims, "k--", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"true {name}")
-    ax.set_ylabel("posterior mean, 90% interval")
-    ax.set_title(f"{name}: {covered[name]:.0%} of truths inside")
-fig.tight_layout()
-print(covered)
+draws = {
+    name: inference.posterior[name].values.reshape(-1, SUBJECTS)
+    for name in ("alpha", "learning_rate")
+}
+plot_recovery({name: value.numpy() for name, value in truth.items()}, draws)
+covered = {
+    name: float(
+        (
+            (truth[name].numpy() >= np.quantile(draws[name], 0.05, 0))
+            & (truth[name].numpy() <= np.quantile(draws[name], 0.95, 0))
+        ).mean()
+    )
+    for name in draws
+}
+print("share of true values inside their 90% interval:", covered)
 
 # %% [markdown]
 # ## 5. Posterior predictive check
@@ -143,19 +133,18 @@ blocks = 2 if SMOKE else 4
 predicted = posterior_predictive(task, inference, TRIALS, num_draws=10 if SMOKE else 40, seed=2)
 observed = choice_rates(data.actions.numpy(), m.num_controls, blocks=blocks)
 simulated = choice_rates(predicted.action.values[..., :-1, :], m.num_controls, blocks=blocks)
-fig, ax = plt.subplots(figsize=(6, 4))
-for i, (label, control) in enumerate((("cue", 3), ("left", 1))):
-    rates = simulated.sel(factor=0).isel(step=0, control=control).mean("dim_1").values
-    low, high = np.quantile(rates, [0.05, 0.95], axis=0)
-    x = np.arange(1, blocks + 1)
-    ax.fill_between(x, low, high, color=f"C{i}", alpha=0.3, label=f"{label}: predicted 90%")
-    data_rate = observed.sel(factor=0).isel(step=0, control=control).mean("dim_0").values
-    ax.plot(x, data_rate, "o-", color=f"C{i}", label=f"{label}: data")
-ax.set_xlabel("block of trials")
-ax.set_ylabel("rate of the first move")
-ax.set_ylim(0, 1)
-ax.legend(fontsize=8)
-fig.tight_layout()
+first_moves = {"cue": 3, "left arm": 1}
+plot_choice_rates(
+    {
+        label: observed.sel(factor=0).isel(step=0, control=u).mean("dim_0").values
+        for label, u in first_moves.items()
+    },
+    {
+        label: simulated.sel(factor=0).isel(step=0, control=u).mean("dim_1").values
+        for label, u in first_moves.items()
+    },
+    title="first move per block of trials",
+)
 
 # %% [markdown]
 # ## 6. Ready for model comparison

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from pp_aif.inference.states import Beliefs  # noqa: E402
 from pp_aif.task import Labels  # noqa: E402
 
-__all__ = ["plot_state_beliefs", "plot_trial"]
+__all__ = ["plot_state_beliefs", "plot_trial", "plot_recovery", "plot_choice_rates"]
 
 
 def plot_state_beliefs(
@@ -139,3 +139,53 @@ def plot_trial(dataset, labels: Labels, agent: int = 0, trial: int = 0) -> Figur
     ax.set_ylabel("nats")
     ax.legend(fontsize=7, ncol=len(terms))
     return figure
+
+
+def plot_recovery(truth: dict, draws: dict) -> Figure:
+    """True parameters against posterior means with central 90% intervals, one panel each.
+
+    truth : {name: (N,) true values}; draws : {name: (S, N) posterior draws}. Log axes (the
+    parameters are positive); truths outside their interval are drawn in red.
+    """
+    names = list(truth)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        true, samples = np.asarray(truth[name]), np.asarray(draws[name])
+        mean = samples.mean(0)
+        low, high = np.quantile(samples, [0.05, 0.95], axis=0)
+        inside = (true >= low) & (true <= high)
+        ax.errorbar(true, mean, yerr=[mean - low, high - mean], fmt="none", ecolor="0.75")
+        ax.scatter(true[inside], mean[inside], s=14, label="truth inside 90% interval")
+        ax.scatter(true[~inside], mean[~inside], s=14, color="C3", label="outside")
+        edges = [min(true.min(), low.min()), max(true.max(), high.max())]
+        ax.plot(edges, edges, "k--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel("posterior mean (90% interval)")
+        r = np.corrcoef(np.log(true), np.log(samples).mean(0))[0, 1]
+        ax.set_title(f"{name}: r(log) = {r:.2f}, coverage = {inside.mean():.2f}")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_choice_rates(observed: dict, predicted: dict, *, title: str = "") -> Figure:
+    """Choice rates per block of trials: the data's (points) against the posterior predictive's
+    90% band and mean (lines). observed : {label: (blocks,)}; predicted : {label: (draws,
+    blocks)} (each draw's rate over the group)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, label in enumerate(observed):
+        rates = np.asarray(predicted[label])
+        blocks = np.arange(1, rates.shape[-1] + 1)
+        low, high = np.quantile(rates, [0.05, 0.95], axis=0)
+        ax.fill_between(blocks, low, high, color=f"C{i}", alpha=0.25)
+        ax.plot(blocks, rates.mean(0), color=f"C{i}", label=f"{label}: predicted (90% band)")
+        ax.plot(blocks, observed[label], "o", color=f"C{i}", label=f"{label}: data")
+    ax.set_xlabel("block of trials")
+    ax.set_ylabel("choice rate")
+    ax.set_ylim(0, 1)
+    ax.set_title(title or "posterior predictive check")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

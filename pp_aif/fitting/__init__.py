@@ -1,7 +1,7 @@
 """Fitting agents to people's behaviour: the action likelihood, ``fit`` (NUTS, SVI, MAP;
 single subjects or hierarchical), posterior predictive checks."""
 
-from pp_aif.fitting.fit import LINKS, METHODS, default_priors, fit, parameter_draws
+from pp_aif.fitting.fit import LINKS, METHODS, default_priors, fit, parameter_draws, prior_draws
 from pp_aif.fitting.likelihood import (
     LEARNING_PARAMETERS,
     PARAMETERS,
@@ -31,4 +31,5 @@ __all__ = [
     "parameter_draws",
     "fit",
     "default_priors",
+    "prior_draws",
 ]

@@ -36,7 +36,7 @@ from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting.likelihood import PARAMETERS, BehaviourLikelihood
 from pp_aif.programs import behaviour
 
-__all__ = ["fit", "default_priors", "LINKS", "METHODS", "parameter_draws"]
+__all__ = ["fit", "default_priors", "prior_draws", "LINKS", "METHODS", "parameter_draws"]
 
 METHODS = ("nuts", "svi", "map")
 #: link^-1 of each parameter: its unconstrained scale (log for positive values, logit for omega)
@@ -68,6 +68,19 @@ def default_priors(dtype=torch.float64) -> dict:
         base = dist.Normal(torch.tensor(loc, dtype=dtype), torch.tensor(scale, dtype=dtype))
         priors[name] = dist.TransformedDistribution(base, [LINKS[name]])
     return priors
+
+
+def prior_draws(
+    params, num_subjects: int, generator: torch.Generator, priors: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """One draw per subject of each parameter from its prior (default ``default_priors()``):
+    {name: (N,)} float64, reproducible from the generator."""
+    chosen = {**default_priors(), **(priors or {})}
+    draws = {}
+    for name in params:
+        uniform = torch.rand(num_subjects, generator=generator, dtype=torch.float64)
+        draws[name] = chosen[name].icdf(uniform.clamp(1e-12, 1 - 1e-12))
+    return draws
 
 
 def fit(

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from pp_aif.ops.contractions import outer
-from pp_aif.ops.numerics import xlogy
+from pp_aif.ops.numerics import entropy, xlogy
 
 __all__ = [
     "EFETerms",
@@ -110,13 +110,23 @@ def batch_likelihoods(A: Sequence[Tensor], num_factors: int) -> list[Tensor]:
     return [a if a.dim() == num_factors + 2 else a.unsqueeze(0) for a in A]
 
 
-def _joint_outcomes(A: Sequence[Tensor], joint_states: Tensor) -> Tensor:
-    """q(o_1..o_M) = sum_s q(s) prod_m A_m[o_m, s]: (N, P, O_1..O_M) from (N, P, S_1..S_F);
-    each A_m is (N or 1, O_m, S_1..S_F)."""
-    F = joint_states.dim() - 2
-    states, outcomes = _LETTERS[:F], _LETTERS[F : F + len(A)]
-    equation = ",".join(f"Y{o}{states}" for o in outcomes) + f",YZ{states}->YZ{outcomes}"
-    return torch.einsum(equation, *A, joint_states)
+def _joint_likelihood(A: Sequence[Tensor], num_factors: int) -> Tensor:
+    """prod_m A_m[o_m, s] as (N or 1, prod O, prod S) from A_m (N or 1, O_m, S_1..S_F)."""
+    M = len(A)
+    states = _LETTERS[:num_factors]
+    outcomes = _LETTERS[num_factors : num_factors + M]
+    equation = ",".join(f"Y{o}{states}" for o in outcomes) + f"->Y{outcomes}{states}"
+    joint = torch.einsum(equation, *A) if M > 1 else A[0]
+    batch = joint.shape[0]
+    return joint.reshape(batch, math.prod(a.shape[1] for a in A), -1)
+
+
+def xlogy_weighted(probabilities: Tensor, log_values: Tensor) -> Tensor:
+    """sum_o q(o) ln v(o) over the last axis, with 0 ln 0 = 0: (N, P) from q (N, P, O), (O,)."""
+    terms = torch.where(
+        probabilities > 0, probabilities * log_values, torch.zeros_like(probabilities)
+    )
+    return terms.sum(-1)
 
 
 def _expect_over_states(array: Tensor, joint_states: Tensor) -> Tensor:
@@ -160,7 +170,19 @@ def expected_free_energy_terms(
     P, H, _ = policies.shape
     dtype = beliefs[0].dtype
     zero = torch.zeros(N, P, dtype=dtype, device=beliefs[0].device)
-    entropy_given_state = sum(-xlogy(a, a).sum(1) for a in A)  # (N or 1, S_1..S_F)
+    num_outcomes = [a.shape[1] for a in A]
+    # model-only quantities, once per call: the joint likelihood p(o_1..o_M | s) as a matrix
+    # (batch, prod O, prod S), the entropy H[p(o | s)] (batch, prod S), and for each step the
+    # joint log preference sum_m ln p~_m(o_m) (prod O,)
+    joint_likelihood = _joint_likelihood(A, F)
+    entropy_given_state = sum(-xlogy(a, a).sum(1) for a in A).flatten(1)  # (N or 1, prod S)
+    joint_preferences = [
+        sum(
+            log_preferences[m][tau].reshape(*[1] * m, num_outcomes[m], *[1] * (len(A) - m - 1))
+            for m in range(len(A))
+        ).flatten()
+        for tau in range(H)
+    ]
     novelty_weights_A = (
         None if pA is None else [wnorm(p.movedim(1, 0)).movedim(0, 1) * (p > 0) for p in pA]
     )
@@ -169,17 +191,18 @@ def expected_free_energy_terms(
     previous = [q[:, None, :].expand(-1, P, -1) for q in beliefs]
     for tau, states in enumerate(predict_states(beliefs, transition_by_action, policies)):
         joint_states = outer(*states, batch_dims=2)  # (N, P, S_1..S_F)
-        state_axes = list(range(2, joint_states.dim()))
-        ambiguity = ambiguity + (joint_states * entropy_given_state[:, None]).sum(state_axes)
-        joint_outcomes = _joint_outcomes(A, joint_states)  # (N, P, O_1..O_M)
-        outcome_entropy = outcome_entropy - xlogy(joint_outcomes, joint_outcomes).flatten(2).sum(-1)
-        for m, a in enumerate(A):
-            predicted = _expect_over_states(a, joint_states)  # q(o_m | pi), (N, P, O_m)
-            log_p = log_preferences[m][tau]
-            pragmatic = pragmatic + torch.where(
-                predicted > 0, predicted * log_p, torch.zeros_like(predicted)
-            ).sum(-1)
-            if novelty_weights_A is not None:
+        flat_states = joint_states.flatten(2)  # (N, P, prod S)
+        ambiguity = ambiguity + (flat_states * entropy_given_state[:, None]).sum(-1)
+        joint_outcomes = torch.matmul(flat_states, joint_likelihood.transpose(-1, -2))
+        outcome_entropy = outcome_entropy + entropy(joint_outcomes)
+        log_p = joint_preferences[tau]
+        if torch.isfinite(log_p).all():
+            pragmatic = pragmatic + joint_outcomes @ log_p
+        else:  # a preference of -inf: outcomes that cannot occur contribute 0, not nan
+            pragmatic = pragmatic + xlogy_weighted(joint_outcomes, log_p)
+        if novelty_weights_A is not None:
+            for m, a in enumerate(A):
+                predicted = _expect_over_states(a, joint_states)  # q(o_m | pi), (N, P, O_m)
                 weighted = _expect_over_states(novelty_weights_A[m], joint_states)
                 novelty = novelty - (predicted * weighted).sum(-1)
         if novelty_weights_B is not None:
