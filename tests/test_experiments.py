@@ -42,3 +42,31 @@ def test_inference_schemes_smoke(tmp_path):
         assert row["gap"] >= -1e-9 and row["kl"] >= -1e-12, scheme
     assert set(written["tmaze_closed_loop"]) == {"exact", "fpi", "vmp", "mmp"}
     assert (tmp_path / "inference_schemes.png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_parameter_recovery_smoke(tmp_path):
+    from experiments.parameter_recovery import Config as RecoveryConfig
+    from experiments.parameter_recovery import run as run_recovery
+
+    config = RecoveryConfig(
+        num_subjects=3,
+        num_trials=4,
+        chains=1,
+        warmup=10,
+        draws=10,
+        blocks=2,
+        predictive_draws=3,
+        out=tmp_path,
+    )
+    results = run_recovery(config)
+    written = json.loads((tmp_path / "parameter_recovery.json").read_text())
+    assert set(written["recovery"]) == {"alpha", "learning_rate"}
+    for row in written["recovery"].values():
+        assert len(row["true"]) == 3 and 0 <= row["coverage_90"] <= 1
+    assert set(written["identifiability"]) == {"subjects", "gamma:alpha", "alpha:preference"}
+    first_move = written["posterior_predictive"]["cue"]
+    assert len(first_move["observed"]) == 2 and len(first_move["predicted_5"]) == 2
+    assert results["recovery"].keys() == written["recovery"].keys()
+    for name in ("parameter_recovery.png", "parameter_recovery_ppc.png"):
+        assert (tmp_path / name).stat().st_size > 10_000

@@ -110,7 +110,8 @@ def fit(
     parameter (not with "map": the joint mode is at sigma -> 0); chains, draws, warmup : NUTS
     (draws also for the SVI guide's samples); steps, learning_rate : Adam steps and step size of
     "svi" and "map"; jit : compile the NUTS potential with
-    ``torch.jit`` (pays off for long runs); progress : callable(stage, done, total), optional.
+    ``torch.jit`` (pays off for long runs); progress : callable(stage, done, total), optional,
+    for "svi" and "map" (NUTS shows Pyro's own progress bar per chain when it is given).
     """
     _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps)
     settings = settings or task.settings or AgentSettings()
@@ -232,8 +233,6 @@ def _run_nuts(program, chains, draws, warmup, seed, jit, progress, full_mass):
             indices = np.asarray(indices, dtype=int)
             flags[indices[indices < draws]] = True
         diverging.append(flags)
-        if progress is not None:
-            progress("chains", chain + 1, chains)
     sites = {name: torch.stack([c[name] for c in per_chain], 0) for name in per_chain[0]}
     return sites, np.stack(diverging, 0), {}
 
@@ -333,7 +332,8 @@ def _warn_about(inference: az.InferenceData, names, chains: int, draws: int) -> 
     lowest = min(float(ess[name].min()) for name in names)
     if lowest < 100 * chains:
         warnings.warn(
-            f"fit: effective sample size down to {lowest:.0f} (< 100 per chain); draw more",
+            f"fit: effective sample size down to {lowest:.0f} over {chains} chain(s) "
+            "(< 100 per chain); draw more",
             ConvergenceWarning,
             stacklevel=3,
         )
