@@ -299,9 +299,11 @@ def parameter_draws(inference: az.InferenceData) -> dict[str, torch.Tensor]:
     }
 
 
-def _pointwise(likelihood, theta: dict, present, chunk: int = 64) -> torch.Tensor:
-    """ln p(actions of trial k | theta) for every draw: (C, D, N, K), 0 on absent trials."""
+def _pointwise(likelihood, theta: dict, present, sequences: int = 50_000) -> torch.Tensor:
+    """ln p(actions of trial k | theta) for every draw: (C, D, N, K), 0 on absent trials.
+    Draws go in chunks of at most ``sequences`` trials in all, to bound memory."""
     C, D, N = next(iter(theta.values())).shape
+    chunk = max(1, sequences // (N * present.shape[1]))
     flat = {name: value.reshape(C * D, N) for name, value in theta.items()}
     parts = []
     with torch.no_grad():
