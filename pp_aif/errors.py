@@ -1,7 +1,7 @@
 """The exceptions and warnings of pp_aif. The errors are ``ValueError`` and name the array, index
 and problem."""
 
-__all__ = ["ModelError", "DataError", "ConvergenceWarning"]
+__all__ = ["ModelError", "DataError", "ConvergenceWarning", "DiagnosticWarning"]
 
 
 class ModelError(ValueError):
@@ -14,3 +14,7 @@ class DataError(ValueError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative scheme (SVI, message passing) stopped at its limit without converging."""
+
+
+class DiagnosticWarning(UserWarning):
+    """A diagnostic says an estimate is unreliable (e.g. PSIS-LOO's Pareto k above 0.7)."""

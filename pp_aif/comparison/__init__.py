@@ -1,6 +1,15 @@
-"""Model comparison: random-effects Bayesian model selection and Bayesian model reduction."""
+"""Model comparison: PSIS-LOO / WAIC rankings of fits, random-effects Bayesian model selection,
+and Bayesian model reduction."""
 
 from pp_aif.comparison.bms import BMSResult, bms
+from pp_aif.comparison.compare import compare, pointwise_fit
 from pp_aif.comparison.reduction import ReducedDirichlet, reduced_log_evidence
 
-__all__ = ["bms", "BMSResult", "reduced_log_evidence", "ReducedDirichlet"]
+__all__ = [
+    "compare",
+    "pointwise_fit",
+    "bms",
+    "BMSResult",
+    "reduced_log_evidence",
+    "ReducedDirichlet",
+]
