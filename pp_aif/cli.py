@@ -13,6 +13,10 @@ the agent's parameters to people's choices (long-format CSV or Parquet), shows p
 prints ArviZ's summary and the convergence warnings in words, and writes the InferenceData
 atomically (a failed or interrupted fit leaves no file).
 
+``pp-aif compare FIT.nc FIT.nc ... [--ic loo|waic --unit trial|subject --bms --out DIR]``: ranks
+fits of the same data in ArviZ's form, names unreliable Pareto k's, and with ``--bms`` runs
+random-effects BMS over each subject's summed PSIS-LOO elpd and writes its figure.
+
 Bad arguments get one line on stderr and exit status 2; no traceback.
 """
 
@@ -315,6 +319,72 @@ def fit_command(
     return 0
 
 
+def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: Path) -> int:
+    """Rank fits by PSIS-LOO / WAIC; with ``use_bms``, random-effects BMS over each subject's
+    summed pointwise elpd (PSIS-LOO per trial, summed over the subject's trials) and a figure."""
+    import warnings
+
+    import arviz as az
+    import numpy as np
+
+    from pp_aif.comparison import bms, compare
+    from pp_aif.errors import DiagnosticWarning
+    from pp_aif.plots import plot_model_selection
+
+    if len(paths) < 2:
+        raise ValueError(f"give at least two fit files to compare, got {len(paths)}")
+    names = [path.stem for path in paths]
+    if len(set(names)) != len(names):
+        names = [str(path) for path in paths]
+    fits = {}
+    for name, path in zip(names, paths, strict=True):
+        if not path.is_file():
+            raise FileNotFoundError(f"fit file not found: {path}")
+        fits[name] = az.from_netcdf(path)
+    print(f"pp_aif compare: {len(fits)} fits by {ic}, left-out unit: {unit}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DiagnosticWarning)
+        table = compare(fits, ic=ic, unit=unit)
+    columns = [c for c in table.columns if c != "scale"]
+    print(table[columns].round(3).to_string())
+    for warning in caught:
+        if issubclass(warning.category, DiagnosticWarning):
+            print(f"warning: {warning.message}")
+    if not use_bms:
+        return 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pareto k: reported above
+        per_subject = np.stack(
+            [
+                az.loo(fits[name], pointwise=True).loo_i.values.sum(-1)  # (N,)
+                for name in names
+            ],
+            -1,
+        )
+    result = bms(per_subject)
+    rows = [["model", "frequency", "exceedance", "protected"]]
+    for k, name in enumerate(names):
+        rows.append(
+            [
+                name,
+                f"{result.expected_frequencies[k]:.3f}",
+                f"{result.exceedance[k]:.3f}",
+                f"{result.protected_exceedance[k]:.3f}",
+            ]
+        )
+    print(
+        f"\nrandom-effects BMS over {per_subject.shape[0]} subjects (log evidence: each "
+        "subject's summed PSIS-LOO elpd)"
+    )
+    print(_table(rows))
+    print(f"Bayesian omnibus risk: {result.bor:.3f}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model_selection.png"
+    plot_model_selection(names, result).savefig(path, dpi=110)
+    print(f"figure: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pp-aif", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -367,6 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("out/fit.nc"),
         help="InferenceData file (default out/fit.nc)",
     )
+    compare_parser = commands.add_parser("compare", help="rank fits; random-effects BMS")
+    compare_parser.add_argument("fits", type=Path, nargs="+", help="InferenceData files (.nc)")
+    compare_parser.add_argument("--ic", choices=("loo", "waic"), default="loo")
+    compare_parser.add_argument("--unit", choices=("trial", "subject"), default="trial")
+    compare_parser.add_argument("--bms", action="store_true", help="random-effects BMS, figure")
+    compare_parser.add_argument(
+        "--out", type=Path, default=Path("out"), help="folder for the figure (default: ./out)"
+    )
     arguments = parser.parse_args(argv)
     if arguments.verbose:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -382,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.seed,
                 arguments.out,
                 arguments.inference,
+            )
+        if arguments.command == "compare":
+            return compare_command(
+                arguments.fits, arguments.ic, arguments.unit, arguments.bms, arguments.out
             )
         if arguments.command == "fit":
             return fit_command(

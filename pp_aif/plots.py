@@ -12,7 +12,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from pp_aif.inference.states import Beliefs  # noqa: E402
 from pp_aif.task import Labels  # noqa: E402
 
-__all__ = ["plot_state_beliefs", "plot_trial", "plot_recovery", "plot_choice_rates"]
+__all__ = [
+    "plot_state_beliefs",
+    "plot_trial",
+    "plot_recovery",
+    "plot_choice_rates",
+    "plot_model_selection",
+]
 
 
 def plot_state_beliefs(
@@ -187,5 +193,32 @@ def plot_choice_rates(observed: dict, predicted: dict, *, title: str = "") -> Fi
     ax.set_ylim(0, 1)
     ax.set_title(title or "posterior predictive check")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_model_selection(names: list[str], result) -> Figure:
+    """Random-effects BMS: expected model frequencies (with the Dirichlet's central 90%
+    intervals) and exceedance / protected exceedance probabilities, per model."""
+    alpha = np.asarray(result.alpha)
+    total = alpha.sum()
+    draws = np.random.default_rng(0).dirichlet(alpha, size=20_000)
+    low, high = np.quantile(draws, [0.05, 0.95], axis=0)
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(names), 3.6))
+    mean = alpha / total
+    axes[0].bar(x, mean, color="C0")
+    axes[0].errorbar(x, mean, yerr=[mean - low, high - mean], fmt="none", ecolor="k")
+    axes[0].set_ylabel("model frequency r (90% interval)")
+    axes[0].set_ylim(0, 1)
+    width = 0.38
+    axes[1].bar(x - width / 2, result.exceedance, width, label="exceedance", color="C1")
+    axes[1].bar(x + width / 2, result.protected_exceedance, width, label="protected", color="C2")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel("probability of being the most frequent")
+    axes[1].set_title(f"Bayesian omnibus risk {result.bor:.3f}", fontsize=10)
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(x, names, rotation=20)
     fig.tight_layout()
     return fig

@@ -164,3 +164,26 @@ def test_fit_bad_data_is_one_line_with_rows(tmp_path, capsys, choices_csv):
     error = capsys.readouterr().err
     assert error.startswith("pp-aif: error:") and "row" in error and "where" in error
     assert not (tmp_path / "x.nc").exists()
+
+
+@pytest.mark.integration
+def test_compare_ranks_fit_files_and_runs_bms(tmp_path, capsys, choices_csv):
+    files = []
+    for name, params in (("precision", "alpha"), ("learner", "alpha,learning_rate")):
+        out = tmp_path / f"{name}.nc"
+        arguments = ["fit", "tmaze", str(choices_csv), "--params", params, "--method", "svi"]
+        assert main([*arguments, "--steps", "200", "--draws", "200", "--out", str(out)]) == 0
+        files.append(str(out))
+    capsys.readouterr()
+    assert main(["compare", *files, "--bms", "--out", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert "pp_aif compare: 2 fits by loo, left-out unit: trial" in output
+    assert "elpd_loo" in output and "precision" in output and "learner" in output
+    assert "random-effects BMS over 2 subjects" in output
+    assert "Bayesian omnibus risk:" in output
+    figure = tmp_path / "model_selection.png"
+    assert figure.stat().st_size > 10_000 and f"figure: {figure}" in output
+    assert main(["compare", files[0]]) == 2
+    assert "at least two fit files" in capsys.readouterr().err
+    assert main(["compare", files[0], str(tmp_path / "missing.nc")]) == 2
+    assert "fit file not found" in capsys.readouterr().err

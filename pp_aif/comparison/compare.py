@@ -7,8 +7,9 @@ well a model predicts a held-out trial of a known subject) or "subject" (the tri
 summed first: how well it predicts a new subject's whole record, the question of a group study).
 
 The ranking is ArviZ's ``compare`` (stacking weights, elpd differences and their standard
-errors). PSIS diagnostics: a Pareto k above 0.7 makes that observation's LOO estimate unreliable
-(Vehtari, Gelman & Gabry 2017); they are reported as one ``DiagnosticWarning`` per model naming
+errors). PSIS diagnostics: a Pareto k above 0.7 (or ArviZ's lower threshold 1 - 1/log10(S) for
+S < 2200 draws) makes that observation's LOO estimate unreliable (Vehtari et al. 2024); they are
+reported as one ``DiagnosticWarning`` per model naming
 the subjects (and trials) affected, in place of ArviZ's unnamed warning.
 """
 
@@ -71,9 +72,10 @@ def compare(
         table = az.compare(prepared, ic=ic)
         if ic == "loo":
             for name, inference in prepared.items():
-                pareto_k[name] = az.loo(inference, pointwise=True).pareto_k
-    for name, k in pareto_k.items():
-        _warn_about_pareto_k(name, k, unit)
+                loo = az.loo(inference, pointwise=True)
+                pareto_k[name] = (loo.pareto_k, float(loo.get("good_k", PARETO_K_THRESHOLD)))
+    for name, (k, threshold) in pareto_k.items():
+        _warn_about_pareto_k(name, k, unit, threshold)
     return table
 
 
@@ -106,9 +108,9 @@ def _check_same_data(fits: dict[str, az.InferenceData]) -> None:
                 )
 
 
-def _warn_about_pareto_k(name: str, pareto_k, unit: str) -> None:
+def _warn_about_pareto_k(name: str, pareto_k, unit: str, threshold: float) -> None:
     k = np.asarray(pareto_k.values)
-    bad = np.argwhere(k > PARETO_K_THRESHOLD)
+    bad = np.argwhere(k > threshold)
     if not len(bad):
         return
     subjects = pareto_k.coords["subject"].values
@@ -118,11 +120,12 @@ def _warn_about_pareto_k(name: str, pareto_k, unit: str) -> None:
     else:
         where = [str(subjects[n]) for (n,) in bad[:10]]
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    remedy = "more draws, or unit='trial'" if unit == "subject" else "more draws"
     warnings.warn(
-        f"compare: model {name!r}: Pareto k > {PARETO_K_THRESHOLD} for {len(bad)} of {k.size} "
+        f"compare: model {name!r}: Pareto k > {threshold:.2f} for {len(bad)} of {k.size} "
         f"{unit}s (largest {k.max():.2f}), so their LOO estimates are unreliable: "
-        f"{', '.join(where)}{more}; refit with more draws, or compare by unit='trial', or use "
-        "K-fold cross-validation for these",
+        f"{', '.join(where)}{more}; refit with {remedy}, or use K-fold cross-validation for "
+        "these",
         DiagnosticWarning,
         stacklevel=3,
     )

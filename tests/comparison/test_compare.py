@@ -81,7 +81,8 @@ def test_unreliable_pareto_k_names_the_subject_and_trial(rng):
         compare({"good": good, "wild": wild})
     messages = [str(w.message) for w in caught if w.category is DiagnosticWarning]
     assert len(messages) == 1, [str(w.message) for w in caught]
-    assert "model 'wild': Pareto k > 0.7 for 1 of 24 trials" in messages[0]
+    # ArviZ's threshold for 800 draws: 1 - 1 / log10(800) = 0.66
+    assert "model 'wild': Pareto k > 0.66 for 1 of 24 trials" in messages[0]
     assert "(s2, trial 3)" in messages[0]
 
 
