@@ -70,3 +70,24 @@ def test_parameter_recovery_smoke(tmp_path):
     assert results["recovery"].keys() == written["recovery"].keys()
     for name in ("parameter_recovery.png", "parameter_recovery_ppc.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_model_recovery_smoke(tmp_path):
+    from experiments.model_recovery import KINDS
+    from experiments.model_recovery import Config as ModelConfig
+    from experiments.model_recovery import run as run_models
+
+    results = run_models(
+        ModelConfig(num_subjects=3, num_trials=4, steps=20, draws=50, out=tmp_path)
+    )
+    written = json.loads((tmp_path / "model_recovery.json").read_text())
+    for name in ("confusion_loo", "confusion_laplace"):
+        matrix = written[name]
+        assert len(matrix) == len(KINDS)
+        for row in matrix:  # shares of subjects: each row sums to 1
+            assert abs(sum(row) - 1) < 1e-12
+    assert written["diagonal_loo"] == results["diagonal_loo"]
+    bms = written["data_sets"]["learner"]["bms"]["loo"]
+    assert abs(sum(bms["expected_frequencies"]) - 1) < 1e-12
+    assert (tmp_path / "model_recovery.png").stat().st_size > 10_000
