@@ -152,7 +152,7 @@ def run(config: Config) -> dict:
 
 
 def _plot(by_loo, by_laplace, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for ax, matrix, title in (
         (axes[0], by_loo, "per subject: PSIS-LOO elpd"),
         (axes[1], by_laplace, "per subject: Laplace log evidence"),
@@ -163,12 +163,12 @@ def _plot(by_loo, by_laplace, path: Path) -> None:
                 colour = "white" if matrix[i, j] > 0.6 else "black"
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=colour)
         ax.set_xticks(range(len(KINDS)), KINDS)
-        ax.set_yticks(range(len(KINDS)), KINDS)
+        ax.set_yticks(range(len(KINDS)), KINDS if ax is axes[0] else [])
         ax.set_xlabel("chosen")
-        ax.set_ylabel("generated the data")
         ax.set_title(title)
+    axes[0].set_ylabel("generated the data")
     fig.colorbar(image, ax=axes, shrink=0.8, label="share of subjects")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
