@@ -188,6 +188,7 @@ def plot_choice_rates(observed: dict, predicted: dict, *, title: str = "") -> Fi
         ax.fill_between(blocks, low, high, color=f"C{i}", alpha=0.25)
         ax.plot(blocks, rates.mean(0), color=f"C{i}", label=f"{label}: predicted (90% band)")
         ax.plot(blocks, observed[label], "o", color=f"C{i}", label=f"{label}: data")
+    ax.set_xticks(np.arange(1, np.asarray(next(iter(predicted.values()))).shape[-1] + 1))
     ax.set_xlabel("block of trials")
     ax.set_ylabel("choice rate")
     ax.set_ylim(0, 1)
