@@ -45,6 +45,7 @@ from pp_aif.plots import plot_model_selection
 SMOKE = os.environ.get("SMOKE_TEST") == "1"
 torch.set_num_threads(1)
 SUBJECTS, TRIALS, STEPS = (4, 10, 200) if SMOKE else (12, 40, 1500)
+GRID, SAMPLES = (61, 1000) if SMOKE else (101, 4000)  # quadrature points per axis, IS samples
 
 # %% [markdown]
 # ## The people and the candidates
@@ -94,7 +95,9 @@ for warning in caught:
 evidence = {}
 for name, (task, params) in candidates.items():
     estimates = {
-        method: log_evidence(task, data, params, method=method, num_samples=2000)
+        method: log_evidence(
+            task, data, params, method=method, num_samples=SAMPLES, grid_points=GRID
+        )
         for method in ("laplace", "iwelbo", "grid")
     }
     evidence[name] = estimates["grid"].log_evidence
