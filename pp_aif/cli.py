@@ -301,7 +301,8 @@ def fit_command(
         )
         print("posterior mode:\n" + table.round(4).to_string())
     else:
-        kind = "stats" if chains < 2 and method == "nuts" else "all"
+        single_chain = method in ("svi", "grid") or chains < 2
+        kind = "stats" if single_chain else "all"
         summary = az.summary(inference, var_names=variables, kind=kind, round_to=3)
         print(summary.to_string())
     print(f"\nfitted in {seconds:.1f} s")
@@ -420,7 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: gamma, alpha, preference, learning_rate, forgetting, "
         "concentration (default gamma,alpha)",
     )
-    fit_parser.add_argument("--method", choices=("nuts", "svi", "map"), default="nuts")
+    fit_parser.add_argument(
+        "--method",
+        choices=("nuts", "svi", "map", "grid"),
+        default="nuts",
+        help="nuts (default), svi, map, or grid (the exact posterior of 1-2 parameters)",
+    )
     fit_parser.add_argument("--hierarchical", action="store_true", help="population model")
     fit_parser.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
     fit_parser.add_argument("--draws", type=int, default=500, help="draws (default 500)")

@@ -33,9 +33,9 @@ from torch import Tensor
 
 from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
-from pp_aif.errors import ConvergenceWarning
-from pp_aif.fitting.fit import LINKS, default_priors
+from pp_aif.fitting.fit import default_priors
 from pp_aif.fitting.likelihood import BehaviourLikelihood
+from pp_aif.fitting.quadrature import LinkScaleDensity, grid, laplace, log_density_on
 
 __all__ = ["Evidence", "log_evidence", "METHODS"]
 
@@ -57,102 +57,6 @@ class Evidence:
     def total(self) -> float:
         """ln p(y) of all subjects: the sum."""
         return float(self.log_evidence.sum())
-
-
-class _LogJoint:
-    """l_n(u) for all subjects at once: u (*b, N, d) -> (*b, N)."""
-
-    def __init__(self, task, data, params, priors, settings):
-        self.params = tuple(params)
-        model = task.model
-        self.likelihood = BehaviourLikelihood(
-            model, settings, data.observations, data.actions, self.params, data.present
-        )
-        self.present = data.present
-        all_priors = {**default_priors(model.dtype), **(priors or {})}
-        self.priors = [all_priors[name] for name in self.params]
-        self.links = [LINKS[name] for name in self.params]
-        self.initial = torch.stack(
-            [
-                _median_on_link_scale(p, link)
-                for p, link in zip(self.priors, self.links, strict=True)
-            ]
-        )
-
-    def __call__(self, u: Tensor) -> Tensor:
-        theta, total = {}, 0.0
-        for i, (name, prior, link) in enumerate(
-            zip(self.params, self.priors, self.links, strict=True)
-        ):
-            value = link(u[..., i])
-            theta[name] = value
-            base = getattr(prior, "base_dist", None)
-            if isinstance(base, pyro.distributions.Normal) and len(prior.transforms) == 1:
-                total = total + base.log_prob(u[..., i])  # the prior's density of u itself
-            else:
-                density = prior.log_prob(value) + link.log_abs_det_jacobian(u[..., i], value)
-                total = total + density
-        pointwise = self.likelihood(theta).sum(-1)  # (*b, N, K)
-        pointwise = torch.where(self.present, pointwise, torch.zeros_like(pointwise))
-        return total + pointwise.sum(-1)
-
-
-def _median_on_link_scale(prior, link) -> Tensor:
-    base = getattr(prior, "base_dist", None)
-    if isinstance(base, pyro.distributions.Normal):
-        return base.loc.to(torch.float64)
-    return link.inv(prior.icdf(torch.tensor(0.5, dtype=torch.float64)))
-
-
-def _gradient_and_hessian(objective, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """l (N,), its gradient (N, d) and Hessian blocks (N, d, d): subjects are independent, so
-    d backward passes through the summed gradient give every block."""
-    u = u.detach().requires_grad_(True)
-    value = objective(u)
-    (gradient,) = torch.autograd.grad(value.sum(), u, create_graph=True)
-    rows = []
-    for j in range(u.shape[-1]):
-        (row,) = torch.autograd.grad(gradient[..., j].sum(), u, retain_graph=True)
-        rows.append(row)
-    hessian = torch.stack(rows, -2)
-    return value.detach(), gradient.detach(), hessian.detach()
-
-
-def _laplace(objective, iterations: int = 100, tolerance: float = 1e-8):
-    """Damped Newton ascent per subject; returns (mode (N, d), l at it (N,), -Hessian)."""
-    N = objective.present.shape[0]
-    d = len(objective.params)
-    u = objective.initial.expand(N, d).clone()
-    value, gradient, hessian = _gradient_and_hessian(objective, u)
-    for _ in range(iterations):
-        curvature = -hessian
-        # keep the step an ascent direction: shift the curvature until it is positive definite
-        eigenvalues = torch.linalg.eigvalsh(curvature)
-        shift = torch.clamp(1e-6 - eigenvalues.min(-1).values, min=0.0)
-        curvature = curvature + shift[:, None, None] * torch.eye(d, dtype=u.dtype)
-        step = torch.linalg.solve(curvature, gradient[..., None])[..., 0]
-        scale = torch.ones(N, dtype=u.dtype)
-        for _ in range(30):  # halve each subject's step until its l does not fall
-            with torch.no_grad():
-                trial = objective(u + scale[:, None] * step)
-            worse = ~(trial >= value - 1e-12) | ~torch.isfinite(trial)
-            if not worse.any():
-                break
-            scale = torch.where(worse, scale / 2, scale)
-        u = u + scale[:, None] * step
-        value, gradient, hessian = _gradient_and_hessian(objective, u)
-        if gradient.abs().max() < tolerance:
-            break
-    else:
-        import warnings
-
-        warnings.warn(
-            f"log_evidence: Newton's method stopped after {iterations} iterations with a "
-            f"gradient of {gradient.abs().max():.2e}",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-    return u, value, -hessian
 
 
 def log_evidence(
@@ -177,9 +81,9 @@ def log_evidence(
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {METHODS}")
     settings = settings or task.settings or AgentSettings()
-    objective = _LogJoint(task, data, params, priors, settings)
+    objective = LinkScaleDensity(task, data, params, priors, settings)
     d = len(objective.params)
-    mode, value, curvature = _laplace(objective)
+    mode, value, curvature = laplace(objective)
     N = mode.shape[0]
     zero = torch.zeros(N, dtype=torch.float64)
     if method == "laplace":
@@ -215,25 +119,8 @@ def log_evidence(
 
 def _grid(objective, mode, curvature, points: int, width: float) -> Tensor:
     """Trapezoidal quadrature of exp l_n around each subject's mode: (N,)."""
-    N, d = mode.shape
-    sd = torch.sqrt(torch.diagonal(torch.linalg.inv(curvature), dim1=-2, dim2=-1))  # (N, d)
-    offsets = torch.linspace(-width, width, points, dtype=torch.float64)
-    axes = mode[None] + offsets[:, None, None] * sd[None]  # (points, N, d)
-    if d == 1:
-        u = axes  # (G, N, 1)
-        spacing = axes[1, :, 0] - axes[0, :, 0]
-    else:
-        first = axes[:, None, :, 0].expand(points, points, N)
-        second = axes[None, :, :, 1].expand(points, points, N)
-        u = torch.stack([first, second], -1).reshape(points * points, N, 2)
-        spacing = (axes[1, :, 0] - axes[0, :, 0]) * (axes[1, :, 1] - axes[0, :, 1])
-    with torch.no_grad():
-        values = torch.cat([objective(u[i : i + 200]) for i in range(0, u.shape[0], 200)])
-    weights = torch.ones(points, dtype=torch.float64)
-    weights[0] = weights[-1] = 0.5
-    if d == 2:
-        weights = (weights[:, None] * weights[None, :]).reshape(-1)
-    return torch.logsumexp(values + torch.log(weights)[:, None], 0) + torch.log(spacing)
+    u, log_weights, _ = grid(objective, mode, curvature, points, width)
+    return torch.logsumexp(log_density_on(objective, u) + log_weights, 0)
 
 
 def _svi_guide(task, data, params, priors, settings, steps, learning_rate, seed):

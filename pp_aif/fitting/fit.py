@@ -38,7 +38,7 @@ from pp_aif.programs import behaviour
 
 __all__ = ["fit", "default_priors", "prior_draws", "LINKS", "METHODS", "parameter_draws"]
 
-METHODS = ("nuts", "svi", "map")
+METHODS = ("nuts", "svi", "map", "grid")
 #: link^-1 of each parameter: its unconstrained scale (log for positive values, logit for omega)
 LINKS = {
     "gamma": ExpTransform(),
@@ -100,6 +100,8 @@ def fit(
     learning_rate: float = 0.02,
     jit: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    grid_points: int = 81,
+    width: float = 8.0,
 ) -> az.InferenceData:
     """Fit the agent's parameters to each subject's actions.
 
@@ -111,7 +113,11 @@ def fit(
     (draws also for the SVI guide's samples); steps, learning_rate : Adam steps and step size of
     "svi" and "map"; jit : compile the NUTS potential with
     ``torch.jit`` (pays off for long runs); progress : callable(stage, done, total), optional,
-    for "svi" and "map" (NUTS shows Pyro's own progress bar per chain when it is given).
+    for "svi" and "map" (NUTS shows Pyro's own progress bar per chain when it is given);
+    grid_points, width : method "grid", the exact posterior of 1 or 2 parameters per subject by
+    quadrature (``pp_aif.fitting.quadrature``: ``grid_points`` per axis over +-``width``
+    Laplace standard deviations around each subject's mode), from which ``draws`` draws are
+    taken (a grid cell by its posterior mass, then a uniform point within the cell).
     """
     _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps)
     settings = settings or task.settings or AgentSettings()
@@ -143,11 +149,16 @@ def fit(
         elif method == "svi":
             sites, extra = _run_svi(program, draws, steps, learning_rate, seed, progress)
             diverging = np.zeros((1, draws), dtype=bool)
-        else:
+        elif method == "map":
             sites, extra = _run_svi(
                 program, 1, steps, learning_rate, seed, progress, pyro.infer.autoguide.AutoDelta
             )
             diverging = np.zeros((1, 1), dtype=bool)
+        else:
+            sites, extra = _run_grid(
+                task, data, params, priors, settings, draws, grid_points, width, seed
+            )
+            diverging = np.zeros((1, draws), dtype=bool)
     seconds = time.perf_counter() - start
     posterior = _posterior(sites, params, hierarchical, data.num_subjects)
     theta = {name: torch.as_tensor(posterior[name]) for name in params}  # (C, D, N)
@@ -198,6 +209,12 @@ def _check_arguments(task, data, params, method, hierarchical, chains, draws, wa
         raise ValueError(
             "method: 'map' with hierarchical=True has no useful mode (the joint density grows "
             "without bound as the population scales shrink to 0); use 'nuts' or 'svi'"
+        )
+    if method == "grid" and (hierarchical or len(params) > 2):
+        raise ValueError(
+            "method: 'grid' (the exact posterior by quadrature) is for 1 or 2 parameters per "
+            f"subject without a population model; got {len(params)} parameter(s)"
+            + (", hierarchical" if hierarchical else "")
         )
     if chains < 1 or draws < 1 or warmup < 0 or steps < 1:
         raise ValueError(
@@ -271,6 +288,29 @@ def _run_svi(program, draws, steps, learning_rate, seed, progress, guide_class=N
     sites = {name: torch.stack([s[name] for s in samples], 0)[None] for name in samples[0]}
     key = "log_density" if guide_class is autoguide.AutoDelta else "elbo"
     return sites, {key: -final}
+
+
+def _run_grid(task, data, params, priors, settings, draws, points, width, seed):
+    """Draws from each subject's posterior on a quadrature grid: a cell by its mass, then a
+    uniform point within it; sites {name: (1, D, N)} and the log evidence per subject."""
+    from pp_aif.fitting.quadrature import LinkScaleDensity, grid, laplace, log_density_on
+
+    density = LinkScaleDensity(task, data, params, priors, settings)
+    mode, _, curvature = laplace(density)
+    u, log_weights, spacing = grid(density, mode, curvature, points, width)
+    log_mass = log_density_on(density, u) + log_weights  # (G, N)
+    generator = torch.Generator().manual_seed(seed)
+    cells = torch.multinomial(torch.softmax(log_mass, 0).T, draws, True, generator=generator)
+    N, d = mode.shape
+    chosen = u[cells, torch.arange(N)[:, None]]  # (N, D, d)
+    jitter = torch.rand(N, draws, d, generator=generator, dtype=torch.float64) - 0.5
+    chosen = chosen + jitter * spacing[:, None, :]
+    sites = {
+        name: LINKS[name](chosen[..., i]).T[None]  # (1, D, N)
+        for i, name in enumerate(params)
+    }
+    evidence = torch.logsumexp(log_mass, 0)
+    return sites, {"log_evidence": evidence.tolist()}
 
 
 def _posterior(sites: dict, params, hierarchical: bool, N: int) -> dict[str, np.ndarray]:

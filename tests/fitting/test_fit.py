@@ -107,6 +107,9 @@ def one_subject():
         "mean_log_alpha": float((posterior * grid).sum()),
         "sd_log_alpha": float((posterior * grid**2).sum() - (posterior * grid).sum() ** 2) ** 0.5,
         "mode_alpha": float(torch.exp(grid[log_density.argmax()])),
+        "log_evidence": float(
+            torch.logsumexp(log_density + grid, 0) + torch.log(grid[1] - grid[0])
+        ),
     }
     return task, data, exact
 
@@ -157,3 +160,25 @@ def test_hierarchical_nuts_returns_population_and_subjects(tmaze_without_learnin
     assert idata.posterior["alpha_mu"].shape == (1, 30)
     assert (idata.posterior["alpha_sigma"].values > 0).all()
     assert idata.attrs["population"] == ["alpha_mu", "alpha_sigma"]
+
+
+def test_grid_fit_is_the_exact_posterior(one_subject):
+    task, data, exact = one_subject
+    idata = fit(task, data, ("alpha",), method="grid", draws=20000, seed=1)
+    draws = idata.posterior["alpha"].values
+    assert draws.shape == (1, 20000, 1)
+    # within 4 Monte Carlo standard errors of the exact mean (independent draws)
+    assert abs(draws.mean() - exact["mean_alpha"]) < 4 * draws.std() / np.sqrt(draws.size)
+    log_alpha = np.log(draws)
+    assert abs(log_alpha.std() - exact["sd_log_alpha"]) < 0.02 * exact["sd_log_alpha"]
+    assert_close(
+        idata.attrs["log_evidence"][0],
+        exact["log_evidence"],
+        atol=1e-4,
+        rtol=0,
+        reason="two quadratures on different grids",
+    )
+    two = fit(task, data, ("alpha", "learning_rate"), method="grid", draws=50, grid_points=21)
+    assert two.posterior["learning_rate"].shape == (1, 50, 1)
+    with pytest.raises(ValueError, match=r"'grid' \(the exact posterior by quadrature\) is for 1"):
+        fit(task, data, ("alpha", "learning_rate", "gamma"), method="grid")

@@ -1,0 +1,150 @@
+"""The posterior of a subject's parameters on the link scale: density, mode, and a quadrature grid.
+
+Dimension symbols: N subjects, d fitted parameters, G grid points.
+
+Subjects of a non-hierarchical fit are independent, so each has its own posterior over its d
+parameters. On the link scale u (theta = link^-1(u), ``pp_aif.fitting.LINKS``)
+
+    l_n(u) = ln p(y_n | theta(u)) + ln p(theta(u)) + ln |dtheta / du|
+
+(``LinkScaleDensity``, all subjects at once). ``laplace`` finds each subject's mode by damped
+Newton ascent (the d x d Hessian blocks by autograd: d backward passes give every subject's
+block, since the subjects do not interact) and ``grid`` lays a trapezoidal quadrature grid of
++-``width`` Laplace standard deviations per axis around it. Both serve ``fit(method="grid")``
+(the exact posterior for d <= 2, sampled from the grid) and ``pp_aif.comparison.log_evidence``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import torch
+from torch import Tensor
+
+from pp_aif.errors import ConvergenceWarning
+from pp_aif.fitting.likelihood import BehaviourLikelihood
+
+__all__ = ["LinkScaleDensity", "laplace", "grid"]
+
+
+class LinkScaleDensity:
+    """l_n(u) for all subjects at once: u (*b, N, d) -> (*b, N)."""
+
+    def __init__(self, task, data, params, priors, settings):
+        from pp_aif.fitting.fit import LINKS, default_priors
+
+        self.params = tuple(params)
+        model = task.model
+        self.likelihood = BehaviourLikelihood(
+            model, settings, data.observations, data.actions, self.params, data.present
+        )
+        self.present = data.present
+        all_priors = {**default_priors(model.dtype), **(priors or {})}
+        self.priors = [all_priors[name] for name in self.params]
+        self.links = [LINKS[name] for name in self.params]
+        self.initial = torch.stack(
+            [median_on_link_scale(p, link) for p, link in zip(self.priors, self.links, strict=True)]
+        )
+
+    def __call__(self, u: Tensor) -> Tensor:
+        theta, total = {}, 0.0
+        for i, (name, prior, link) in enumerate(
+            zip(self.params, self.priors, self.links, strict=True)
+        ):
+            value = link(u[..., i])
+            theta[name] = value
+            base = getattr(prior, "base_dist", None)
+            if isinstance(base, pyro.distributions.Normal) and len(prior.transforms) == 1:
+                total = total + base.log_prob(u[..., i])  # the prior's density of u itself
+            else:
+                density = prior.log_prob(value) + link.log_abs_det_jacobian(u[..., i], value)
+                total = total + density
+        pointwise = self.likelihood(theta).sum(-1)  # (*b, N, K)
+        pointwise = torch.where(self.present, pointwise, torch.zeros_like(pointwise))
+        return total + pointwise.sum(-1)
+
+
+def median_on_link_scale(prior, link) -> Tensor:
+    base = getattr(prior, "base_dist", None)
+    if isinstance(base, pyro.distributions.Normal):
+        return base.loc.to(torch.float64)
+    return link.inv(prior.icdf(torch.tensor(0.5, dtype=torch.float64)))
+
+
+def gradient_and_hessian(objective, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """l (N,), its gradient (N, d) and Hessian blocks (N, d, d): subjects are independent, so
+    d backward passes through the summed gradient give every block."""
+    u = u.detach().requires_grad_(True)
+    value = objective(u)
+    (gradient,) = torch.autograd.grad(value.sum(), u, create_graph=True)
+    rows = []
+    for j in range(u.shape[-1]):
+        (row,) = torch.autograd.grad(gradient[..., j].sum(), u, retain_graph=True)
+        rows.append(row)
+    hessian = torch.stack(rows, -2)
+    return value.detach(), gradient.detach(), hessian.detach()
+
+
+def laplace(objective, iterations: int = 100, tolerance: float = 1e-8):
+    """Damped Newton ascent per subject; returns (mode (N, d), l at it (N,), -Hessian)."""
+    N = objective.present.shape[0]
+    d = len(objective.params)
+    u = objective.initial.expand(N, d).clone()
+    value, gradient, hessian = gradient_and_hessian(objective, u)
+    for _ in range(iterations):
+        curvature = -hessian
+        # keep the step an ascent direction: shift the curvature until it is positive definite
+        eigenvalues = torch.linalg.eigvalsh(curvature)
+        shift = torch.clamp(1e-6 - eigenvalues.min(-1).values, min=0.0)
+        curvature = curvature + shift[:, None, None] * torch.eye(d, dtype=u.dtype)
+        step = torch.linalg.solve(curvature, gradient[..., None])[..., 0]
+        scale = torch.ones(N, dtype=u.dtype)
+        for _ in range(30):  # halve each subject's step until its l does not fall
+            with torch.no_grad():
+                trial = objective(u + scale[:, None] * step)
+            worse = ~(trial >= value - 1e-12) | ~torch.isfinite(trial)
+            if not worse.any():
+                break
+            scale = torch.where(worse, scale / 2, scale)
+        u = u + scale[:, None] * step
+        value, gradient, hessian = gradient_and_hessian(objective, u)
+        if gradient.abs().max() < tolerance:
+            break
+    else:
+        warnings.warn(
+            f"log_evidence: Newton's method stopped after {iterations} iterations with a "
+            f"gradient of {gradient.abs().max():.2e}",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return u, value, -hessian
+
+
+def grid(objective, mode: Tensor, curvature: Tensor, points: int, width: float):
+    """A trapezoidal grid around each subject's mode: u (G, N, d), and ln of each point's
+    quadrature weight (trapezoid weight times cell volume) (G, N), and the spacing (N, d)."""
+    N, d = mode.shape
+    if d > 2:
+        raise ValueError(f"params: the quadrature grid is for 1 or 2 parameters, got {d}")
+    sd = torch.sqrt(torch.diagonal(torch.linalg.inv(curvature), dim1=-2, dim2=-1))  # (N, d)
+    offsets = torch.linspace(-width, width, points, dtype=torch.float64)
+    axes = mode[None] + offsets[:, None, None] * sd[None]  # (points, N, d)
+    spacing = axes[1] - axes[0]  # (N, d)
+    weights = torch.ones(points, dtype=torch.float64)
+    weights[0] = weights[-1] = 0.5
+    if d == 1:
+        u = axes
+    else:
+        first = axes[:, None, :, 0].expand(points, points, N)
+        second = axes[None, :, :, 1].expand(points, points, N)
+        u = torch.stack([first, second], -1).reshape(points * points, N, 2)
+        weights = (weights[:, None] * weights[None, :]).reshape(-1)
+    log_weights = torch.log(weights)[:, None] + torch.log(spacing).sum(-1)[None]
+    return u, log_weights, spacing
+
+
+def log_density_on(objective, u: Tensor, chunk: int = 200) -> Tensor:
+    """l_n at every grid point: (G, N), in chunks of points."""
+    with torch.no_grad():
+        return torch.cat([objective(u[i : i + chunk]) for i in range(0, u.shape[0], chunk)])
