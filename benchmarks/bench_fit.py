@@ -27,6 +27,7 @@ from pathlib import Path
 
 import arviz as az
 import torch
+from pp_aif.tasks.tmaze import without_learning
 
 import pp_aif
 from benchmarks.common import best_time, machine, write_results
@@ -58,11 +59,7 @@ def subject(config: Config):
     task = dataclasses.replace(task, settings=settings)
     record = pp_aif.simulate(task, 1, config.num_trials, config.seed)
     data = BehaviourData.read(long_format(record, task), task)
-    m = task.model
-    static = dataclasses.replace(
-        task, model=pp_aif.GenerativeModel(m.A, m.B, m.C, m.D, m.E, policies=m.policies)
-    )
-    return task, static, data
+    return task, without_learning(task), data
 
 
 def _rate(function, evaluations: int) -> float:

@@ -37,6 +37,7 @@ import arviz as az  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from pp_aif.tasks.tmaze import with_context_bias, without_learning  # noqa: E402
 
 import pp_aif  # noqa: E402
 from pp_aif.comparison import bms, compare, log_evidence  # noqa: E402
@@ -69,13 +70,8 @@ class Config:
 def tasks(bias: float) -> dict:
     """The three kinds as Tasks on the biased T-maze."""
     base = pp_aif.load_task("tmaze")
-    m = base.model
-    context = torch.tensor([bias, 1.0 - bias], dtype=m.dtype)
-    world = pp_aif.GenerativeModel(m.A, m.B, m.C, [m.D[0], context], policies=m.policies)
-    learner = dataclasses.replace(base, process=world)
-    fixed = dataclasses.replace(
-        learner, model=pp_aif.GenerativeModel(m.A, m.B, m.C, m.D, policies=m.policies)
-    )
+    learner = with_context_bias(base, bias)
+    fixed = without_learning(learner)
     blind = dataclasses.replace(
         learner, settings=dataclasses.replace(base.settings, lesions=Lesions(epistemic=False))
     )

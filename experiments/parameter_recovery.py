@@ -42,6 +42,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from pp_aif.tasks.tmaze import with_context_bias  # noqa: E402
 
 import pp_aif  # noqa: E402
 from pp_aif.data import BehaviourData, long_format  # noqa: E402
@@ -76,11 +77,7 @@ class Config:
 
 def biased_tmaze(bias: float):
     """SPM's T-maze whose world puts the reward on the left in ``bias`` of the trials."""
-    task = pp_aif.load_task("tmaze")
-    m = task.model
-    context = torch.tensor([bias, 1.0 - bias], dtype=m.dtype)
-    process = pp_aif.GenerativeModel(m.A, m.B, m.C, [m.D[0], context], policies=m.policies)
-    return dataclasses.replace(task, process=process)
+    return with_context_bias(pp_aif.load_task("tmaze"), bias)
 
 
 def recovery(truth: dict, inference) -> dict:

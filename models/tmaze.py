@@ -14,6 +14,8 @@ at the start. The world is the model itself: the context is drawn 50/50 each tri
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from pp_aif.agent import AgentSettings
@@ -73,3 +75,21 @@ def build(validity: float = 0.98) -> Task:
         num_steps=3,
         reward=(1, 1),
     )
+
+
+def with_context_bias(task: Task, bias: float) -> Task:
+    """The task in a world that puts the reward on the left in ``bias`` of the trials (the
+    agent's model, and its 50/50 prior, unchanged): learning the context prior then pays."""
+    if not 0.0 <= bias <= 1.0:
+        raise ValueError(f"bias: a probability in [0, 1], got {bias}")
+    m = task.model
+    context = torch.tensor([bias, 1.0 - bias], dtype=m.dtype)
+    process = GenerativeModel(m.A, m.B, m.C, [m.D[0], context], m.E, policies=m.policies)
+    return dataclasses.replace(task, process=process)
+
+
+def without_learning(task: Task) -> Task:
+    """The task whose agents keep their context prior D (the model without pD)."""
+    m = task.model
+    model = GenerativeModel(m.A, m.B, m.C, m.D, m.E, policies=m.policies)
+    return dataclasses.replace(task, model=model)

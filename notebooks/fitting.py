@@ -32,7 +32,6 @@
 # With `SMOKE_TEST=1` (the tests) everything runs at a tiny size.
 
 # %%
-import dataclasses
 import os
 import tempfile
 import warnings
@@ -41,6 +40,7 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 import torch
+from pp_aif.tasks.tmaze import with_context_bias
 
 import pp_aif
 from pp_aif.data import BehaviourData, long_format
@@ -62,12 +62,8 @@ WARMUP, DRAWS, CHAINS = (40, 40, 2) if SMOKE else (300, 300, 2)
 # `experiments/parameter_recovery.py`), the preferences at the task's own.
 
 # %%
-task = pp_aif.load_task("tmaze")
+task = with_context_bias(pp_aif.load_task("tmaze"), 0.8)
 m = task.model
-world = pp_aif.GenerativeModel(
-    m.A, m.B, m.C, [m.D[0], torch.tensor([0.8, 0.2], dtype=m.dtype)], policies=m.policies
-)
-task = dataclasses.replace(task, process=world)
 
 generator = torch.Generator().manual_seed(1)
 truth = pp_aif.fitting.prior_draws(("alpha", "learning_rate"), SUBJECTS, generator)

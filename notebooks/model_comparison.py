@@ -28,12 +28,12 @@
 # With `SMOKE_TEST=1` (the tests) everything runs at a tiny size.
 
 # %%
-import dataclasses
 import os
 import warnings
 
 import numpy as np
 import torch
+from pp_aif.tasks.tmaze import with_context_bias, without_learning
 
 import pp_aif
 from pp_aif.comparison import bms, compare, log_evidence
@@ -51,15 +51,8 @@ GRID, SAMPLES = (61, 1000) if SMOKE else (101, 4000)  # quadrature points per ax
 # ## The people and the candidates
 
 # %%
-tmaze = pp_aif.load_task("tmaze")
-m = tmaze.model
-world = pp_aif.GenerativeModel(
-    m.A, m.B, m.C, [m.D[0], torch.tensor([0.8, 0.2], dtype=m.dtype)], policies=m.policies
-)
-learner = dataclasses.replace(tmaze, process=world)
-fixed_prior = dataclasses.replace(
-    learner, model=pp_aif.GenerativeModel(m.A, m.B, m.C, m.D, policies=m.policies)
-)
+learner = with_context_bias(pp_aif.load_task("tmaze"), 0.8)
+fixed_prior = without_learning(learner)
 candidates = {
     "learner": (learner, ("alpha", "learning_rate")),
     "fixed prior": (fixed_prior, ("alpha",)),

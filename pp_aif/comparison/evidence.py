@@ -33,8 +33,6 @@ from torch import Tensor
 
 from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
-from pp_aif.fitting.fit import default_priors
-from pp_aif.fitting.likelihood import BehaviourLikelihood
 from pp_aif.fitting.quadrature import LinkScaleDensity, grid, laplace, log_density_on
 
 __all__ = ["Evidence", "log_evidence", "METHODS"]
@@ -125,19 +123,9 @@ def _grid(objective, mode, curvature, points: int, width: float) -> Tensor:
 
 def _svi_guide(task, data, params, priors, settings, steps, learning_rate, seed):
     """The Gaussian of ``fit(method="svi")`` on the link scale, per subject: loc, scale (N, d)."""
-    from pp_aif.fitting.fit import _run_svi
-    from pp_aif.programs import behaviour
+    from pp_aif.fitting.fit import _run_svi, behavioural_program
 
-    model = task.model
-    likelihood = BehaviourLikelihood(
-        model, settings, data.observations, data.actions, params, data.present
-    )
-    all_priors = {**default_priors(model.dtype), **(priors or {})}
-    chosen = {name: all_priors[name] for name in params}
-
-    def program():
-        behaviour(likelihood, priors=chosen, present=data.present)
-
+    _, program = behavioural_program(task, data, params, priors, settings)
     with pyro.get_param_store().scope():
         pyro.clear_param_store()
         _run_svi(program, 1, steps, learning_rate, seed, None)

@@ -121,22 +121,7 @@ def fit(
     """
     _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps)
     settings = settings or task.settings or AgentSettings()
-    model = task.model
-    likelihood = BehaviourLikelihood(
-        model, settings, data.observations, data.actions, params, data.present
-    )
-    all_priors = {**default_priors(model.dtype), **(priors or {})}
-    chosen = {name: all_priors[name] for name in params}
-
-    def program():
-        behaviour(
-            likelihood,
-            priors=chosen,
-            present=data.present,
-            hierarchical=hierarchical,
-            links=LINKS,
-        )
-
+    likelihood, program = behavioural_program(task, data, params, priors, settings, hierarchical)
     start = time.perf_counter()
     with pyro.get_param_store().scope():
         pyro.clear_param_store()
@@ -195,6 +180,22 @@ def fit(
         names = list(params) + (population if hierarchical else [])
         _warn_about(inference, names, chains, draws)
     return inference
+
+
+def behavioural_program(task, data, params, priors, settings, hierarchical=False):
+    """(the data's ``BehaviourLikelihood``, the behavioural Pyro program without arguments)."""
+    likelihood = BehaviourLikelihood(
+        task.model, settings, data.observations, data.actions, params, data.present
+    )
+    all_priors = {**default_priors(task.model.dtype), **(priors or {})}
+    chosen = {name: all_priors[name] for name in params}
+
+    def program():
+        behaviour(
+            likelihood, priors=chosen, present=data.present, hierarchical=hierarchical, links=LINKS
+        )
+
+    return likelihood, program
 
 
 def _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps):

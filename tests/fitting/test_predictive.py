@@ -87,3 +87,16 @@ def test_posterior_predictive_simulates_draws_by_subjects():
     )
     with pytest.raises(ValueError, match=r"'concentration' scales pD"):
         simulate_subjects(no_pD, {"concentration": torch.ones(2)}, 1)
+
+
+def test_a_biased_tmaze_world_draws_its_contexts_at_the_bias():
+    from pp_aif.tasks.tmaze import with_context_bias, without_learning
+
+    task = with_context_bias(pp_aif.load_task("tmaze"), 0.8)
+    record = pp_aif.simulate(task, 2000, 1, seed=5)
+    left = (record.true_state.values[:, 0, 0, 1] == 0).mean()
+    assert abs(left - 0.8) < 4 * np.sqrt(0.8 * 0.2 / 2000)  # within 4 standard errors
+    assert task.model.D[1].tolist() == [0.5, 0.5]  # the agent's prior is its own
+    assert without_learning(task).model.pD is None and task.model.pD is not None
+    with pytest.raises(ValueError, match=r"bias: a probability in \[0, 1\], got 1.5"):
+        with_context_bias(task, 1.5)
