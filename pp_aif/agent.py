@@ -133,6 +133,12 @@ class AgentSettings:
             raise ValueError(f"inference_iterations: must be >= 1, got {self.inference_iterations}")
         if self.inference_tau is not None and not self.inference_tau > 0:
             raise ValueError(f"inference_tau: must be > 0, got {self.inference_tau}")
+        scale = torch.as_tensor(self.preference_scale)
+        if not (torch.isfinite(scale).all() and (scale >= 0).all()):
+            raise ValueError(
+                f"preference_scale: must be finite and >= 0 (c scales ln p~ = log_softmax(c C)), "
+                f"got {self.preference_scale}"
+            )
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,12 @@ def _check_same_data(fits: dict[str, az.InferenceData]) -> None:
                 f"fits[{name!r}]: has no log_likelihood['actions']; fit it with pp_aif.fit"
             )
         here = inference.log_likelihood["actions"]
+        draws = here.shape[0] * here.shape[1]
+        if draws < 100:
+            raise ValueError(
+                f"fits[{name!r}]: has {draws} posterior draw(s); PSIS-LOO and WAIC need a "
+                "posterior sample (at least 100 draws: fit by 'nuts', 'svi' or 'grid', not 'map')"
+            )
         if reference is None:
             reference_name, reference, shape = name, inference, here.shape[2:]
             continue

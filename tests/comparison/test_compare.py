@@ -97,6 +97,14 @@ def test_bad_comparisons_are_named(rng):
     other = synthetic_fit(rng, -0.5, 0.05, actions=np.ones((N, K, 2, 2)))
     with pytest.raises(ValueError, match=r"were fitted to different actions"):
         compare({"a": a, "other": other})
+    point = az.from_dict(
+        posterior={"alpha": np.ones((1, 1, N))},
+        log_likelihood={"actions": -np.ones((1, 1, N, K))},
+        coords={"subject": [f"s{n}" for n in range(N)], "trial": np.arange(K)},
+        dims={"alpha": ["subject"], "actions": ["subject", "trial"]},
+    )
+    with pytest.raises(ValueError, match=r"fits\['map'\]: has 1 posterior draw\(s\)"):
+        compare({"a": a, "map": point})
     no_loglik = az.from_dict(posterior={"alpha": rng.normal(size=(C, D))})
     with pytest.raises(ValueError, match=r"fits\['x'\]: has no log_likelihood"):
         compare({"a": a, "x": no_loglik})

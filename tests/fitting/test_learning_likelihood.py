@@ -212,3 +212,8 @@ def test_an_impossible_trial_is_named():
     observations[1, 1, 1] = torch.tensor([1, 0])  # at the left arm without going there
     with pytest.raises(DataError, match=r"subject 1, trial 1: impossible"):
         initial_state_evidence(task.model, observations, actions)
+
+
+def test_a_negative_preference_scale_is_refused():
+    with pytest.raises(ValueError, match=r"preference_scale: must be finite and >= 0"):
+        AgentSettings(preference_scale=-1.0)
