@@ -79,7 +79,7 @@ def test_model_recovery_smoke(tmp_path):
     from experiments.model_recovery import run as run_models
 
     results = run_models(
-        ModelConfig(num_subjects=3, num_trials=4, steps=20, draws=50, out=tmp_path)
+        ModelConfig(num_subjects=3, num_trials=4, steps=20, draws=100, out=tmp_path)
     )
     written = json.loads((tmp_path / "model_recovery.json").read_text())
     for name in ("confusion_loo", "confusion_laplace"):
