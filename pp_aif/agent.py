@@ -134,9 +134,9 @@ class AgentSettings:
         if self.inference_tau is not None and not self.inference_tau > 0:
             raise ValueError(f"inference_tau: must be > 0, got {self.inference_tau}")
         scale = torch.as_tensor(self.preference_scale)
-        if not (torch.isfinite(scale).all() and (scale >= 0).all()):
+        if not (torch.isfinite(scale).all() and (scale > 0).all()):
             raise ValueError(
-                f"preference_scale: must be finite and >= 0 (c scales ln p~ = log_softmax(c C)), "
+                f"preference_scale: must be finite and > 0 (c scales ln p~ = log_softmax(c C)), "
                 f"got {self.preference_scale}"
             )
 
@@ -285,9 +285,7 @@ def step(
         B=B,
         pB=state.pB,
     )
-    planned = scores
-    if not _is_one(settings.preference_scale):
-        planned = replace(scores, pragmatic=settings.preference_scale * scores.pragmatic)
+    planned = replace(scores, pragmatic=settings.preference_scale * scores.pragmatic)
     if settings.infer_precision:
         q_pi, _ = infer_precision(
             planned, log_prior, beta=1.0 / settings.policy_precision, lesions=settings.lesions
@@ -309,10 +307,6 @@ def step(
         AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD, observations, actions),
         result,
     )
-
-
-def _is_one(value) -> bool:
-    return isinstance(value, (int, float)) and value == 1
 
 
 def _append(history: Tensor | None, value: Tensor) -> Tensor:

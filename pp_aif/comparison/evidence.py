@@ -33,7 +33,8 @@ from torch import Tensor
 
 from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
-from pp_aif.fitting.quadrature import LinkScaleDensity, grid, laplace, log_density_on
+from pp_aif.fitting.fit import behavioural_program
+from pp_aif.fitting.quadrature import LinkScaleDensity, grid_log_mass, laplace
 
 __all__ = ["Evidence", "log_evidence", "METHODS"]
 
@@ -78,9 +79,12 @@ def log_evidence(
     """
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {METHODS}")
+    d = len(params)
+    if method == "grid" and d > 2:
+        raise ValueError(f"params: the grid reference is for 1 or 2 parameters, got {d}")
     settings = settings or task.settings or AgentSettings()
-    objective = LinkScaleDensity(task, data, params, priors, settings)
-    d = len(objective.params)
+    likelihood, program = behavioural_program(task, data, params, priors, settings)
+    objective = LinkScaleDensity(likelihood, priors)
     mode, value, curvature = laplace(objective)
     N = mode.shape[0]
     zero = torch.zeros(N, dtype=torch.float64)
@@ -88,18 +92,15 @@ def log_evidence(
         estimate = value + 0.5 * d * math.log(2 * math.pi) - 0.5 * torch.logdet(curvature)
         return Evidence(estimate, zero, mode, objective.params, method)
     if method == "grid":
-        if d > 2:
-            raise ValueError(f"params: the grid reference is for 1 or 2 parameters, got {d}")
+        _, log_mass, _ = grid_log_mass(objective, grid_points, width, mode, curvature)
         return Evidence(
-            _grid(objective, mode, curvature, grid_points, width),
+            torch.logsumexp(log_mass, 0),
             zero,
             mode,
             objective.params,
             method,
         )
-    loc, scale = _svi_guide(
-        task, data, objective.params, priors, settings, steps, learning_rate, seed
-    )
+    loc, scale = _svi_guide(program, objective.params, steps, learning_rate, seed)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(num_samples, N, d, generator=generator, dtype=torch.float64)
     samples = loc + scale * noise  # (S, N, d)
@@ -115,17 +116,10 @@ def log_evidence(
     return Evidence(estimate, stderr, mode, objective.params, method)
 
 
-def _grid(objective, mode, curvature, points: int, width: float) -> Tensor:
-    """Trapezoidal quadrature of exp l_n around each subject's mode: (N,)."""
-    u, log_weights, _ = grid(objective, mode, curvature, points, width)
-    return torch.logsumexp(log_density_on(objective, u) + log_weights, 0)
-
-
-def _svi_guide(task, data, params, priors, settings, steps, learning_rate, seed):
+def _svi_guide(program, params, steps, learning_rate, seed):
     """The Gaussian of ``fit(method="svi")`` on the link scale, per subject: loc, scale (N, d)."""
-    from pp_aif.fitting.fit import _run_svi, behavioural_program
+    from pp_aif.fitting.fit import _run_svi
 
-    _, program = behavioural_program(task, data, params, priors, settings)
     with pyro.get_param_store().scope():
         pyro.clear_param_store()
         _run_svi(program, 1, steps, learning_rate, seed, None)

@@ -36,7 +36,15 @@ from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting.likelihood import PARAMETERS, BehaviourLikelihood
 from pp_aif.programs import behaviour
 
-__all__ = ["fit", "default_priors", "prior_draws", "LINKS", "METHODS", "parameter_draws"]
+__all__ = [
+    "fit",
+    "default_priors",
+    "chosen_priors",
+    "prior_draws",
+    "LINKS",
+    "METHODS",
+    "parameter_draws",
+]
 
 METHODS = ("nuts", "svi", "map", "grid")
 #: link^-1 of each parameter: its unconstrained scale (log for positive values, logit for omega)
@@ -75,7 +83,7 @@ def prior_draws(
 ) -> dict[str, torch.Tensor]:
     """One draw per subject of each parameter from its prior (default ``default_priors()``):
     {name: (N,)} float64, reproducible from the generator."""
-    chosen = {**default_priors(), **(priors or {})}
+    chosen = chosen_priors(params, priors)
     draws = {}
     for name in params:
         uniform = torch.rand(num_subjects, generator=generator, dtype=torch.float64)
@@ -140,9 +148,7 @@ def fit(
             )
             diverging = np.zeros((1, 1), dtype=bool)
         else:
-            sites, extra = _run_grid(
-                task, data, params, priors, settings, draws, grid_points, width, seed
-            )
+            sites, extra = _run_grid(likelihood, priors, draws, grid_points, width, seed)
             diverging = np.zeros((1, draws), dtype=bool)
     seconds = time.perf_counter() - start
     posterior = _posterior(sites, params, hierarchical, data.num_subjects)
@@ -182,13 +188,18 @@ def fit(
     return inference
 
 
+def chosen_priors(params, priors: dict | None = None, dtype=torch.float64) -> dict:
+    """{name: prior} for the fitted parameters: the caller's, else ``default_priors()``."""
+    every = {**default_priors(dtype), **(priors or {})}
+    return {name: every[name] for name in params}
+
+
 def behavioural_program(task, data, params, priors, settings, hierarchical=False):
     """(the data's ``BehaviourLikelihood``, the behavioural Pyro program without arguments)."""
     likelihood = BehaviourLikelihood(
         task.model, settings, data.observations, data.actions, params, data.present
     )
-    all_priors = {**default_priors(task.model.dtype), **(priors or {})}
-    chosen = {name: all_priors[name] for name in params}
+    chosen = chosen_priors(params, priors, task.model.dtype)
 
     def program():
         behaviour(
@@ -291,18 +302,16 @@ def _run_svi(program, draws, steps, learning_rate, seed, progress, guide_class=N
     return sites, {key: -final}
 
 
-def _run_grid(task, data, params, priors, settings, draws, points, width, seed):
+def _run_grid(likelihood, priors, draws, points, width, seed):
     """Draws from each subject's posterior on a quadrature grid: a cell by its mass, then a
     uniform point within it; sites {name: (1, D, N)} and the log evidence per subject."""
-    from pp_aif.fitting.quadrature import LinkScaleDensity, grid, laplace, log_density_on
+    from pp_aif.fitting.quadrature import LinkScaleDensity, grid_log_mass
 
-    density = LinkScaleDensity(task, data, params, priors, settings)
-    mode, _, curvature = laplace(density)
-    u, log_weights, spacing = grid(density, mode, curvature, points, width)
-    log_mass = log_density_on(density, u) + log_weights  # (G, N)
+    params = likelihood.params
+    u, log_mass, spacing = grid_log_mass(LinkScaleDensity(likelihood, priors), points, width)
     generator = torch.Generator().manual_seed(seed)
     cells = torch.multinomial(torch.softmax(log_mass, 0).T, draws, True, generator=generator)
-    N, d = mode.shape
+    N, d = spacing.shape
     chosen = u[cells, torch.arange(N)[:, None]]  # (N, D, d)
     jitter = torch.rand(N, draws, d, generator=generator, dtype=torch.float64) - 0.5
     chosen = chosen + jitter * spacing[:, None, :]

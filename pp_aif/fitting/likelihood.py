@@ -40,7 +40,7 @@ scheme are refused with the reason.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -57,6 +57,7 @@ from pp_aif.ops.hmm import (
     select_transitions,
 )
 from pp_aif.planning.efe import log_preferences
+from pp_aif.planning.policies import policy_score
 from pp_aif.spec import GenerativeModel
 
 __all__ = [
@@ -78,11 +79,11 @@ LEARNING_PARAMETERS = ("learning_rate", "forgetting", "concentration")
 
 
 def parameter_defaults(settings: AgentSettings) -> dict[str, float]:
-    """The value each parameter takes when it is not fitted: the agent's settings, c = kappa = 1."""
+    """The value each parameter takes when it is not fitted: the agent's settings, kappa = 1."""
     return {
         "gamma": settings.policy_precision,
         "alpha": settings.action_precision,
-        "preference": 1.0,
+        "preference": settings.preference_scale,
         "learning_rate": settings.learning_rate,
         "forgetting": settings.forgetting,
         "concentration": 1.0,
@@ -147,12 +148,22 @@ def policy_values(
             "model: has pD, so its agents learn D between trials; give each trial's initial "
             "beliefs (initial=), or use BehaviourLikelihood, which follows the learning"
         )
+    return _policy_values(model, settings, _trial_arrays(model, observations, actions), initial)
+
+
+def _trial_arrays(model: GenerativeModel, observations: Tensor, actions: Tensor):
+    """What the data fix, once: ln p(o_t | s) (N*K, T, S_1..S_F), the chosen transitions
+    F x (N*K, T-1, S_f, S_f), and the actions (N, K, T-1, F)."""
     N, K, T, _ = observations.shape
-    batch = () if initial is None else initial[0].shape[:-3]
-    flat_obs = observations.reshape(N * K, T, -1)
+    log_likelihood = observation_log_likelihood(model.log_A, observations.reshape(N * K, T, -1))
     flat_actions = actions.reshape(N * K, T - 1, -1)
-    log_likelihood = observation_log_likelihood(model.log_A, flat_obs)
-    transitions = select_transitions(model.transition_by_action, flat_actions)
+    return log_likelihood, select_transitions(model.transition_by_action, flat_actions), actions
+
+
+def _policy_values(model, settings, arrays, initial) -> PolicyValues:
+    log_likelihood, transitions, actions = arrays
+    N, K, T = actions.shape[0], actions.shape[1], actions.shape[2] + 1
+    batch = () if initial is None else initial[0].shape[:-3]
     if initial is None:
         initial = [d.expand(N * K, -1) for d in model.D]
     else:
@@ -164,7 +175,7 @@ def policy_values(
         initial = [d.reshape(size, d.shape[-1]) for d in initial]
     filtered = forward_filter(log_likelihood, transitions, initial).filtered
     marginals = factor_marginals(filtered, 2)  # F tensors (b*N*K, T, S_f)
-    lesions = settings.lesions
+    without_pragmatic = replace(settings.lesions, pragmatic=False)
     base, pragmatic, log_prior, first = [], [], [], []
     for t in range(T - 1):  # each step has its own policy depth and (time-varying) preferences
         policies, prior = policies_at(model, settings, t, T)
@@ -176,13 +187,8 @@ def policy_values(
             log_preferences(model, t, policies.shape[1]),
             policies,
         )
-        value = torch.zeros_like(scores.G)
-        if lesions.epistemic:
-            value = value - scores.epistemic
-        if lesions.novelty:
-            value = value - scores.novelty
-        base.append(value.reshape(*batch, N, K, -1))
-        part = -scores.pragmatic if lesions.pragmatic else torch.zeros_like(scores.G)
+        base.append(policy_score(scores, without_pragmatic).reshape(*batch, N, K, -1))
+        part = -scores.pragmatic if settings.lesions.pragmatic else torch.zeros_like(scores.G)
         pragmatic.append(part.reshape(*batch, N, K, -1))
         log_prior.append(prior)
         first.append(policies[:, 0, :])
@@ -387,18 +393,21 @@ class BehaviourLikelihood:
         if "preference" in params and not settings.lesions.pragmatic:
             raise ValueError("params: 'preference' scales the pragmatic term, which is lesioned")
         self.model, self.settings, self.params = model, settings, tuple(params)
-        self.observations, self.actions, self.present = observations, actions, present
+        self.actions, self.present = actions, present
         self.defaults = parameter_defaults(settings)
+        self.arrays = _trial_arrays(model, observations, actions)
         self.evidence = (
             None
             if model.pD is None
             else initial_state_evidence(model, observations, actions, present)
         )
-        self.static = None if learning else self.values({})
+        self.static = None
+        if not learning:
+            self.static = self.values({})
 
     def values(self, theta: dict) -> PolicyValues:
         """Policy values under theta (only its learning parameters matter here)."""
-        if getattr(self, "static", None) is not None:
+        if self.static is not None:
             return self.static
         initial = None
         if self.evidence is not None:
@@ -408,7 +417,7 @@ class BehaviourLikelihood:
             initial = learned_initial_beliefs(
                 self.model, self.evidence, rate, forget, scale, self.present
             )
-        return policy_values(self.model, self.settings, self.observations, self.actions, initial)
+        return _policy_values(self.model, self.settings, self.arrays, initial)
 
     def log_probabilities(self, theta: dict) -> list[Tensor | None]:
         """ln p(u_f,t = u | theta, history), as :func:`action_log_probabilities`."""

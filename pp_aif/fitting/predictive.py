@@ -116,6 +116,8 @@ def choice_rates(actions, num_controls, *, blocks: int = 1, present=None) -> xr.
         for b in range(blocks):
             w = weight[..., edges[b] : edges[b + 1], None, None]
             counts = (one_hot[..., edges[b] : edges[b + 1], :, :] * w).sum(-3)
-            rates[..., i, :, b, :] = counts / np.maximum(w.sum(-3), 1e-300)
+            total = w.sum(-3)
+            with np.errstate(invalid="ignore", divide="ignore"):  # a block with no trials: NaN
+                rates[..., i, :, b, :] = np.where(total > 0, counts / total, np.nan)
     dims = [f"dim_{i}" for i in range(actions.ndim - 3)] + ["factor", "step", "block", "control"]
     return xr.DataArray(rates, dims=dims, coords={"factor": factors})

@@ -25,23 +25,21 @@ from torch import Tensor
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting.likelihood import BehaviourLikelihood
 
-__all__ = ["LinkScaleDensity", "laplace", "grid"]
+__all__ = ["LinkScaleDensity", "laplace", "grid", "grid_log_mass"]
 
 
 class LinkScaleDensity:
     """l_n(u) for all subjects at once: u (*b, N, d) -> (*b, N)."""
 
-    def __init__(self, task, data, params, priors, settings):
-        from pp_aif.fitting.fit import LINKS, default_priors
+    def __init__(self, likelihood: BehaviourLikelihood, priors: dict | None = None):
+        from pp_aif.fitting.fit import LINKS, chosen_priors
 
-        self.params = tuple(params)
-        model = task.model
-        self.likelihood = BehaviourLikelihood(
-            model, settings, data.observations, data.actions, self.params, data.present
-        )
-        self.present = data.present
-        all_priors = {**default_priors(model.dtype), **(priors or {})}
-        self.priors = [all_priors[name] for name in self.params]
+        self.likelihood, self.params = likelihood, likelihood.params
+        self.present = likelihood.present
+        if self.present is None:
+            self.present = torch.ones(likelihood.actions.shape[:2], dtype=torch.bool)
+        chosen = chosen_priors(self.params, priors, likelihood.model.dtype)
+        self.priors = [chosen[name] for name in self.params]
         self.links = [LINKS[name] for name in self.params]
         self.initial = torch.stack(
             [median_on_link_scale(p, link) for p, link in zip(self.priors, self.links, strict=True)]
@@ -55,7 +53,11 @@ class LinkScaleDensity:
             value = link(u[..., i])
             theta[name] = value
             base = getattr(prior, "base_dist", None)
-            if isinstance(base, pyro.distributions.Normal) and len(prior.transforms) == 1:
+            if (
+                isinstance(base, pyro.distributions.Normal)
+                and len(prior.transforms) == 1
+                and type(prior.transforms[0]) is type(link)
+            ):
                 total = total + base.log_prob(u[..., i])  # the prior's density of u itself
             else:
                 density = prior.log_prob(value) + link.log_abs_det_jacobian(u[..., i], value)
@@ -113,10 +115,17 @@ def laplace(objective, iterations: int = 100, tolerance: float = 1e-8):
             break
     else:
         warnings.warn(
-            f"log_evidence: Newton's method stopped after {iterations} iterations with a "
+            f"laplace: Newton's method stopped after {iterations} iterations with a "
             f"gradient of {gradient.abs().max():.2e}",
             ConvergenceWarning,
             stacklevel=3,
+        )
+    flat = torch.linalg.eigvalsh(-hessian).min(-1).values <= 0
+    if flat.any():
+        raise ValueError(
+            f"laplace: the posterior of subject(s) {flat.nonzero()[:, 0].tolist()} is not "
+            "curved at its mode (a flat or saddle direction): the parameters are not "
+            "identified there; fit fewer parameters or give tighter priors"
         )
     return u, value, -hessian
 
@@ -127,6 +136,8 @@ def grid(objective, mode: Tensor, curvature: Tensor, points: int, width: float):
     N, d = mode.shape
     if d > 2:
         raise ValueError(f"params: the quadrature grid is for 1 or 2 parameters, got {d}")
+    if points < 2 or not width > 0:
+        raise ValueError(f"grid: needs >= 2 points and a width > 0, got {points} and {width}")
     sd = torch.sqrt(torch.diagonal(torch.linalg.inv(curvature), dim1=-2, dim2=-1))  # (N, d)
     offsets = torch.linspace(-width, width, points, dtype=torch.float64)
     axes = mode[None] + offsets[:, None, None] * sd[None]  # (points, N, d)
@@ -148,3 +159,13 @@ def log_density_on(objective, u: Tensor, chunk: int = 200) -> Tensor:
     """l_n at every grid point: (G, N), in chunks of points."""
     with torch.no_grad():
         return torch.cat([objective(u[i : i + chunk]) for i in range(0, u.shape[0], chunk)])
+
+
+def grid_log_mass(objective, points: int, width: float, mode=None, curvature=None):
+    """Each subject's posterior on a grid around its mode: u (G, N, d), ln of the mass of each
+    point (l_n(u) plus its quadrature weight; logsumexp over G is ln p(y_n)), spacing (N, d).
+    mode, curvature : ``laplace``'s, when the caller has them already."""
+    if mode is None:
+        mode, _, curvature = laplace(objective)
+    u, log_weights, spacing = grid(objective, mode, curvature, points, width)
+    return u, log_density_on(objective, u) + log_weights, spacing

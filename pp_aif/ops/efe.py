@@ -123,10 +123,9 @@ def _joint_likelihood(A: Sequence[Tensor], num_factors: int) -> Tensor:
 
 def xlogy_weighted(probabilities: Tensor, log_values: Tensor) -> Tensor:
     """sum_o q(o) ln v(o) over the last axis, with 0 ln 0 = 0: (N, P) from q (N, P, O), (O,)."""
-    terms = torch.where(
-        probabilities > 0, probabilities * log_values, torch.zeros_like(probabilities)
-    )
-    return terms.sum(-1)
+    # the -inf is replaced before the product, so no 0 * -inf reaches the gradient either
+    safe = torch.where(probabilities > 0, log_values, torch.zeros_like(probabilities))
+    return (probabilities * safe).sum(-1)
 
 
 def _expect_over_states(array: Tensor, joint_states: Tensor) -> Tensor:
@@ -183,6 +182,7 @@ def expected_free_energy_terms(
         ).flatten()
         for tau in range(H)
     ]
+    finite_preferences = [bool(torch.isfinite(p).all()) for p in joint_preferences]
     novelty_weights_A = (
         None if pA is None else [wnorm(p.movedim(1, 0)).movedim(0, 1) * (p > 0) for p in pA]
     )
@@ -196,7 +196,7 @@ def expected_free_energy_terms(
         joint_outcomes = torch.matmul(flat_states, joint_likelihood.transpose(-1, -2))
         outcome_entropy = outcome_entropy + entropy(joint_outcomes)
         log_p = joint_preferences[tau]
-        if torch.isfinite(log_p).all():
+        if finite_preferences[tau]:
             pragmatic = pragmatic + joint_outcomes @ log_p
         else:  # a preference of -inf: outcomes that cannot occur contribute 0, not nan
             pragmatic = pragmatic + xlogy_weighted(joint_outcomes, log_p)

@@ -32,3 +32,16 @@ def test_entropy_equals_the_definition_and_passes_gradcheck(rng):
     (grad,) = torch.autograd.grad(entropy(leaf).sum(), leaf)
     assert grad[0, 1, 2] == 0 and torch.isfinite(grad).all()
     assert_close(grad[1, 0], -(torch.log(q[1, 0]) + 1))
+
+
+def test_weighted_log_with_minus_infinity_keeps_gradients_finite():
+    """A preference of -inf on an outcome that cannot occur: value and gradient stay finite."""
+    from pp_aif.ops.efe import xlogy_weighted
+
+    q = torch.tensor([[0.3, 0.7, 0.0]], dtype=torch.float64, requires_grad=True)
+    log_values = torch.tensor([0.0, -1.0, -np.inf], dtype=torch.float64)
+    value = xlogy_weighted(q, log_values)
+    assert_close(value, torch.tensor([-0.7], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(value.sum(), q)
+    assert torch.isfinite(grad).all()
+    assert_close(grad, torch.tensor([[0.0, -1.0, 0.0]], dtype=torch.float64))
