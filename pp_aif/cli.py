@@ -306,9 +306,7 @@ def fit_command(
         summary = az.summary(inference, var_names=variables, kind=kind, round_to=3)
         print(summary.to_string())
     print(f"\nfitted in {seconds:.1f} s")
-    for warning in caught:
-        if issubclass(warning.category, ConvergenceWarning):
-            print(f"warning: {warning.message}")
+    _report(caught, ConvergenceWarning)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
@@ -320,6 +318,19 @@ def fit_command(
     return 0
 
 
+def _report(caught, category) -> None:
+    """Print the recorded warnings of ``category`` in words; pass every other one on."""
+    import warnings
+
+    for warning in caught:
+        if issubclass(warning.category, category):
+            print(f"warning: {warning.message}")
+        else:
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+
+
 def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: Path) -> int:
     """Rank fits by PSIS-LOO / WAIC; with ``use_bms``, random-effects BMS over each subject's
     summed pointwise elpd (PSIS-LOO per trial, summed over the subject's trials) and a figure."""
@@ -328,7 +339,7 @@ def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: P
     import arviz as az
     import numpy as np
 
-    from pp_aif.comparison import bms, compare
+    from pp_aif.comparison import bms, compare, pointwise_fit
     from pp_aif.errors import DiagnosticWarning
     from pp_aif.plots import plot_model_selection
 
@@ -348,16 +359,19 @@ def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: P
         table = compare(fits, ic=ic, unit=unit)
     columns = [c for c in table.columns if c != "scale"]
     print(table[columns].round(3).to_string())
-    for warning in caught:
-        if issubclass(warning.category, DiagnosticWarning):
-            print(f"warning: {warning.message}")
+    _report(caught, DiagnosticWarning)
     if not use_bms:
         return 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pareto k: reported above
-        per_subject = np.stack(
+        subjects = fits[names[0]].log_likelihood.coords["subject"].values
+        per_subject = np.stack(  # each subject's present trials' elpd, summed: (N, models)
             [
-                az.loo(fits[name], pointwise=True).loo_i.values.sum(-1)  # (N,)
+                az.loo(pointwise_fit(fits[name]), pointwise=True)
+                .loo_i.groupby("subject")
+                .sum()
+                .reindex(subject=subjects)
+                .values
                 for name in names
             ],
             -1,

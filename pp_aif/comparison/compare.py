@@ -39,12 +39,20 @@ def pointwise_fit(inference: az.InferenceData, unit: str = "trial") -> az.Infere
         raise ValueError(
             "fit: has no log_likelihood['actions'] (per subject and trial); fit it with pp_aif.fit"
         )
-    if unit == "trial":
-        return inference
-    summed = inference.log_likelihood["actions"].sum("trial")
+    pointwise = inference.log_likelihood["actions"]
+    if unit == "subject":  # absent trials hold 0: the sum is over the subject's own trials
+        pointwise = pointwise.sum("trial")
+    else:  # one observation per trial that exists: absent trials are no observations
+        present = np.ones(pointwise.shape[2:], dtype=bool)
+        if "constant_data" in inference.groups() and "present" in inference.constant_data:
+            present = inference.constant_data["present"].values.astype(bool)
+        pointwise = (
+            pointwise.stack(observation=("subject", "trial"))
+            .isel(observation=np.flatnonzero(present.reshape(-1)))
+            .reset_index("observation")
+        )
     return az.InferenceData(
-        posterior=inference.posterior,
-        log_likelihood=summed.to_dataset(name="actions"),
+        posterior=inference.posterior, log_likelihood=pointwise.to_dataset(name="actions")
     )
 
 
@@ -69,11 +77,13 @@ def compare(
         warnings.filterwarnings("ignore", message=r".*Pareto.*", category=UserWarning)
         warnings.filterwarnings("ignore", message=r".*posterior variance.*", category=UserWarning)
         warnings.filterwarnings("ignore", message=r".*inplace keyword.*")  # ArviZ on pandas 3
-        table = az.compare(prepared, ic=ic)
-        if ic == "loo":
-            for name, inference in prepared.items():
-                loo = az.loo(inference, pointwise=True)
+        if ic == "loo":  # once per model: the ranking and the diagnostics share it
+            estimates = {name: az.loo(fit, pointwise=True) for name, fit in prepared.items()}
+            for name, loo in estimates.items():
                 pareto_k[name] = (loo.pareto_k, float(loo.get("good_k", PARETO_K_THRESHOLD)))
+            table = az.compare(estimates, ic="loo")
+        else:
+            table = az.compare(prepared, ic=ic)
     for name, (k, threshold) in pareto_k.items():
         _warn_about_pareto_k(name, k, unit, threshold)
     return table
@@ -115,16 +125,18 @@ def _check_same_data(fits: dict[str, az.InferenceData]) -> None:
 
 
 def _warn_about_pareto_k(name: str, pareto_k, unit: str, threshold: float) -> None:
+    """pareto_k : one value per observation (a trial, with its subject and trial coordinates,
+    or a subject)."""
     k = np.asarray(pareto_k.values)
-    bad = np.argwhere(k > threshold)
+    bad = np.flatnonzero(k > threshold)
     if not len(bad):
         return
     subjects = pareto_k.coords["subject"].values
     if unit == "trial":
         trials = pareto_k.coords["trial"].values
-        where = [f"({subjects[n]}, trial {trials[t]})" for n, t in bad[:10]]
+        where = [f"({subjects[i]}, trial {trials[i]})" for i in bad[:10]]
     else:
-        where = [str(subjects[n]) for (n,) in bad[:10]]
+        where = [str(subjects[i]) for i in bad[:10]]
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     remedy = "more draws, or unit='trial'" if unit == "subject" else "more draws"
     warnings.warn(

@@ -162,6 +162,7 @@ def fit(
         sample_stats={"diverging": diverging},
         log_likelihood={"actions": pointwise.numpy()},
         observed_data={"actions": actions},
+        constant_data={"present": data.present.numpy()},
         coords={
             "subject": subjects,
             "trial": np.arange(data.present.shape[1]),
@@ -171,6 +172,7 @@ def fit(
         dims={
             **{name: ["subject"] for name in params},
             "actions": ["subject", "trial"],
+            "present": ["subject", "trial"],
         },
         attrs={
             "method": method,

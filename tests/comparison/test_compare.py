@@ -16,15 +16,22 @@ from tests.common import assert_close
 C, D, N, K = 2, 400, 4, 6
 
 
-def synthetic_fit(rng, mean, spread, actions=None):
-    """An InferenceData shaped like pp_aif.fit's, with a known pointwise log-likelihood."""
-    log_likelihood = mean + spread * rng.normal(size=(C, D, N, K))
+def synthetic_fit(rng, mean, spread, actions=None, present=None):
+    """An InferenceData shaped like pp_aif.fit's, with a known pointwise log-likelihood (0 on
+    absent trials, as pp_aif.fit stores them)."""
+    present = np.ones((N, K), dtype=bool) if present is None else present
+    log_likelihood = (mean + spread * rng.normal(size=(C, D, N, K))) * present
     return az.from_dict(
         posterior={"alpha": rng.lognormal(size=(C, D, N))},
         log_likelihood={"actions": log_likelihood},
         observed_data={"actions": np.zeros((N, K, 2, 2)) if actions is None else actions},
+        constant_data={"present": present},
         coords={"subject": [f"s{n}" for n in range(N)], "trial": np.arange(K)},
-        dims={"alpha": ["subject"], "actions": ["subject", "trial"]},
+        dims={
+            "alpha": ["subject"],
+            "actions": ["subject", "trial"],
+            "present": ["subject", "trial"],
+        },
     )
 
 
@@ -108,3 +115,28 @@ def test_bad_comparisons_are_named(rng):
     no_loglik = az.from_dict(posterior={"alpha": rng.normal(size=(C, D))})
     with pytest.raises(ValueError, match=r"fits\['x'\]: has no log_likelihood"):
         compare({"a": a, "x": no_loglik})
+
+
+def test_absent_trials_are_no_observations(rng):
+    """A subject with fewer trials: pp_aif.fit stores 0 for the missing ones and marks them in
+    constant_data; LOO must neither count them nor call them unreliable (their k is infinite)."""
+    present = np.ones((N, K), dtype=bool)
+    present[1, 4:] = False
+    fits = {
+        name: synthetic_fit(rng, mean, 0.05, present=present)
+        for name, mean in (("good", -0.5), ("bad", -0.9))
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = compare(fits)
+    assert not [w for w in caught if w.category is DiagnosticWarning]
+    kept = fits["good"].log_likelihood["actions"].values[:, :, present]  # (C, D, 22)
+    assert_close(
+        table.loc["good", "elpd_loo"],
+        elpd_loo_by_hand(kept),
+        rtol=1e-3,
+        atol=0,
+        reason="PSIS smooths the largest importance ratios",
+    )
+    loo = az.loo(pointwise_fit(fits["good"]), pointwise=True)
+    assert loo.n_data_points == int(present.sum()) == 22
