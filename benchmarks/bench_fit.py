@@ -9,9 +9,10 @@ One simulated subject on SPM's T-maze (the agent learns its context prior pD bet
    values are computed once and the likelihood is a closed form), and (b) the learning agent
    (alpha, preference, learning_rate: the pD recursion over trials, then beliefs and policy values
    of all trials at once). Also with ``batch`` parameter draws in one call (per draw).
-2. ``nuts``: ``pp_aif.fit`` of alpha, preference and learning_rate, ``chains`` x (``warmup`` +
-   ``draws``), with and without ``jit``: wall time, the smallest bulk ESS over the parameters,
-   and ESS per second.
+2. ``nuts``: NUTS on the behavioural program of each agent (the learner: alpha, preference and
+   learning_rate; the agent without learning: gamma, alpha and preference), ``chains`` x
+   (``warmup`` + ``draws``), by ``pp_aif.fit`` (all chains at once) and by Pyro's NUTS (chains
+   in turn): wall time, the smallest bulk ESS over the parameters, and ESS per second.
 
 Run: ``python -m benchmarks.bench_fit --out benchmarks/results`` (see docs/benchmarks.md).
 """
@@ -33,6 +34,7 @@ import pp_aif
 from benchmarks.common import best_time, machine, write_results
 from pp_aif.data import BehaviourData, long_format
 from pp_aif.fitting import BehaviourLikelihood, fit
+from pp_aif.fitting.fit import behavioural_program
 
 LEARNING = ("alpha", "preference", "learning_rate")
 STATIC = ("gamma", "alpha", "preference")
@@ -44,7 +46,9 @@ class Config:
     chains: int = 4
     warmup: int = 500
     draws: int = 500
-    jit: tuple[bool, ...] = (False, True)
+    #: "pp_aif": ``fit(method="nuts")``, all chains at once; "pyro": Pyro's NUTS on the same
+    #: program, chains in turn (the baseline)
+    samplers: tuple[str, ...] = ("pp_aif", "pyro")
     batch: int = 1000
     evaluations: int = 200
     threads: int = 1
@@ -107,43 +111,71 @@ def likelihood_rates(config: Config, task, static, data) -> list[dict]:
     return rows
 
 
-def nuts_rates(config: Config, task, data) -> list[dict]:
+def _pyro_nuts(task, data, params, config: Config):
+    """Pyro's NUTS on the same behavioural program, chains one after another (its default
+    when chains outnumber the spare cores): {name: (C, D, N)}, divergences."""
+    import numpy as np
+    import pyro
+
+    _, program = behavioural_program(task, data, params, None, task.settings)
+    per_chain, divergences = [], 0
+    for chain in range(config.chains):
+        pyro.set_rng_seed(config.seed + chain)
+        kernel = pyro.infer.NUTS(program, full_mass=len(params) <= 12)
+        mcmc = pyro.infer.MCMC(
+            kernel, num_samples=config.draws, warmup_steps=config.warmup, disable_progbar=True
+        )
+        mcmc.run()
+        per_chain.append({name: value[:, :, 0, 0] for name, value in mcmc.get_samples().items()})
+        found = mcmc.diagnostics().get("divergences", {}).values()
+        divergences += sum(int((np.asarray(i) < config.draws).sum()) for i in found)
+    draws = {name: np.stack([c[name].numpy() for c in per_chain]) for name in params}
+    return az.from_dict(posterior=draws), divergences
+
+
+def nuts_rates(config: Config, task, static, data) -> list[dict]:
     rows = []
-    for jit in config.jit:
-        start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            inference = fit(
-                task,
-                data,
-                LEARNING,
-                chains=config.chains,
-                warmup=config.warmup,
-                draws=config.draws,
-                seed=config.seed,
-                jit=jit,
+    for label, which, params in (("learning pD", task, LEARNING), ("no learning", static, STATIC)):
+        for sampler in config.samplers:
+            start = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if sampler == "pp_aif":
+                    inference = fit(
+                        which,
+                        data,
+                        params,
+                        chains=config.chains,
+                        warmup=config.warmup,
+                        draws=config.draws,
+                        seed=config.seed,
+                    )
+                    divergences = int(inference.sample_stats["diverging"].values.sum())
+                else:
+                    inference, divergences = _pyro_nuts(which, data, params, config)
+            seconds = time.perf_counter() - start
+            ess = az.ess(inference, var_names=list(params))
+            lowest = min(float(ess[name].min()) for name in params)
+            rows.append(
+                {
+                    "agent": label,
+                    "sampler": sampler,
+                    "params": list(params),
+                    "chains": config.chains,
+                    "warmup": config.warmup,
+                    "draws": config.draws,
+                    "seconds": seconds,
+                    "ess_bulk_min": lowest,
+                    "ess_per_second": lowest / seconds,
+                    "divergences": divergences,
+                    "gradient_calls": inference.attrs.get("gradients"),
+                    "warnings": [str(w.message) for w in caught if "fit:" in str(w.message)],
+                }
             )
-        seconds = time.perf_counter() - start
-        ess = az.ess(inference, var_names=list(LEARNING))
-        lowest = min(float(ess[name].min()) for name in LEARNING)
-        rows.append(
-            {
-                "jit": jit,
-                "params": list(LEARNING),
-                "chains": config.chains,
-                "warmup": config.warmup,
-                "draws": config.draws,
-                "seconds": seconds,
-                "ess_bulk_min": lowest,
-                "ess_per_second": lowest / seconds,
-                "divergences": int(inference.sample_stats["diverging"].values.sum()),
-                "warnings": [str(w.message) for w in caught if "fit:" in str(w.message)],
-            }
-        )
-        print(
-            f"NUTS (jit={jit}): {seconds:.0f} s, smallest bulk ESS {lowest:.0f}, "
-            f"{lowest / seconds:.1f} ESS/s, {rows[-1]['divergences']} divergences"
-        )
+            print(
+                f"NUTS, {label}, {sampler}: {seconds:.0f} s, smallest bulk ESS {lowest:.0f}, "
+                f"{lowest / seconds:.1f} ESS/s, {divergences} divergences"
+            )
     return rows
 
 
@@ -154,7 +186,7 @@ def run(config: Config) -> dict:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "machine": machine(),
         "likelihood": likelihood_rates(config, task, static, data),
-        "nuts": nuts_rates(config, task, data),
+        "nuts": nuts_rates(config, task, static, data),
     }
     write_results(results, config.out, "bench_fit.json")
     return results

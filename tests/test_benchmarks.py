@@ -51,7 +51,6 @@ def test_fit_benchmark_smoke(tmp_path):
             chains=1,
             warmup=5,
             draws=5,
-            jit=(False,),
             batch=4,
             evaluations=2,
             out=tmp_path,
@@ -59,5 +58,11 @@ def test_fit_benchmark_smoke(tmp_path):
     )
     assert [row["agent"] for row in results["likelihood"]] == ["no learning", "learning pD"]
     assert results["likelihood"][0]["choices"] == 6
-    assert results["nuts"][0]["ess_per_second"] > 0
+    assert [(row["agent"], row["sampler"]) for row in results["nuts"]] == [
+        ("learning pD", "pp_aif"),
+        ("learning pD", "pyro"),
+        ("no learning", "pp_aif"),
+        ("no learning", "pyro"),
+    ]
+    assert all(row["ess_per_second"] > 0 for row in results["nuts"])
     assert (tmp_path / "bench_fit.json").is_file()

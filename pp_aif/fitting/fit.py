@@ -11,9 +11,11 @@ actions) and a pointwise ``log_likelihood`` per subject and trial ("actions", (c
 subject, trial)), ready for ``arviz.loo``. Divergences, R-hat > 1.01 and effective sample sizes
 below 100 per chain are warned about (``ConvergenceWarning``) with their numbers.
 
-Methods: "nuts" (chains one after another, each seeded from ``seed``), "svi" (a Gaussian
-guide on the unconstrained scale, ``AutoNormal``, fitted by Adam; ``draws`` samples from it in
-one chain) and "map" (the posterior mode by Adam on an ``AutoDelta`` guide; one draw).
+Methods: "nuts" (Stan's NUTS with all chains as one tensor axis, ``pp_aif.fitting.nuts``, on
+the behavioural program's potential; seeded from ``seed``), "svi" (a Gaussian guide on the
+unconstrained scale, ``AutoNormal``, fitted by Adam; ``draws`` samples from it in one chain),
+"map" (the posterior mode by Adam on an ``AutoDelta`` guide; one draw) and "grid" (the exact
+posterior of 1-2 parameters per subject by quadrature).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting.likelihood import PARAMETERS, BehaviourLikelihood
+from pp_aif.fitting.nuts import ProgramPotential, nuts
 from pp_aif.programs import behaviour
 
 __all__ = [
@@ -106,7 +109,6 @@ def fit(
     settings: AgentSettings | None = None,
     steps: int = 2000,
     learning_rate: float = 0.02,
-    jit: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     grid_points: int = 81,
     width: float = 8.0,
@@ -119,9 +121,8 @@ def fit(
     ``default_priors()``; method : "nuts", "svi" or "map"; hierarchical : population model per
     parameter (not with "map": the joint mode is at sigma -> 0); chains, draws, warmup : NUTS
     (draws also for the SVI guide's samples); steps, learning_rate : Adam steps and step size of
-    "svi" and "map"; jit : compile the NUTS potential with
-    ``torch.jit`` (pays off for long runs); progress : callable(stage, done, total), optional,
-    for "svi" and "map" (NUTS shows Pyro's own progress bar per chain when it is given);
+    "svi" and "map"; progress : callable(stage, done, total), optional ("warmup" and
+    "sampling" for NUTS, "optimisation" for SVI and MAP);
     grid_points, width : method "grid", the exact posterior of 1 or 2 parameters per subject by
     quadrature (``pp_aif.fitting.quadrature``: ``grid_points`` per axis over +-``width``
     Laplace standard deviations around each subject's mode), from which ``draws`` draws are
@@ -135,21 +136,19 @@ def fit(
         pyro.clear_param_store()
         if method == "nuts":
             # a dense mass matrix where it can be estimated from the warm-up (few dimensions)
-            full_mass = data.num_subjects * len(params) <= 12
-            sites, diverging, extra = _run_nuts(
-                program, chains, draws, warmup, seed, jit, progress, full_mass
-            )
+            dense = data.num_subjects * len(params) <= 12
+            sites, stats, extra = _run_nuts(program, chains, draws, warmup, seed, progress, dense)
         elif method == "svi":
             sites, extra = _run_svi(program, draws, steps, learning_rate, seed, progress)
-            diverging = np.zeros((1, draws), dtype=bool)
+            stats = {"diverging": np.zeros((1, draws), dtype=bool)}
         elif method == "map":
             sites, extra = _run_svi(
                 program, 1, steps, learning_rate, seed, progress, pyro.infer.autoguide.AutoDelta
             )
-            diverging = np.zeros((1, 1), dtype=bool)
+            stats = {"diverging": np.zeros((1, 1), dtype=bool)}
         else:
             sites, extra = _run_grid(likelihood, priors, draws, grid_points, width, seed)
-            diverging = np.zeros((1, draws), dtype=bool)
+            stats = {"diverging": np.zeros((1, draws), dtype=bool)}
     seconds = time.perf_counter() - start
     posterior = _posterior(sites, params, hierarchical, data.num_subjects)
     theta = {name: torch.as_tensor(posterior[name]) for name in params}  # (C, D, N)
@@ -159,7 +158,7 @@ def fit(
     population = [f"{name}_{part}" for name in params for part in ("mu", "sigma")]
     inference = az.from_dict(
         posterior=posterior,
-        sample_stats={"diverging": diverging},
+        sample_stats=stats,
         log_likelihood={"actions": pointwise.numpy()},
         observed_data={"actions": actions},
         constant_data={"present": data.present.numpy()},
@@ -245,27 +244,33 @@ def _check_arguments(task, data, params, method, hierarchical, chains, draws, wa
         )
 
 
-def _run_nuts(program, chains, draws, warmup, seed, jit, progress, full_mass):
-    per_chain, diverging = [], []
-    for chain in range(chains):
-        pyro.set_rng_seed(seed + chain)
-        kernel = pyro.infer.NUTS(
-            program, jit_compile=jit, ignore_jit_warnings=True, full_mass=full_mass
-        )
-        mcmc = pyro.infer.MCMC(
-            kernel, num_samples=draws, warmup_steps=warmup, disable_progbar=progress is None
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            mcmc.run()
-        per_chain.append({k: v.detach() for k, v in mcmc.get_samples().items()})
-        flags = np.zeros(draws, dtype=bool)
-        for indices in mcmc.diagnostics().get("divergences", {}).values():
-            indices = np.asarray(indices, dtype=int)
-            flags[indices[indices < draws]] = True
-        diverging.append(flags)
-    sites = {name: torch.stack([c[name] for c in per_chain], 0) for name in per_chain[0]}
-    return sites, np.stack(diverging, 0), {}
+def _run_nuts(program, chains, draws, warmup, seed, progress, dense):
+    """All chains at once (``pp_aif.fitting.nuts``): the sites {name: (C, D, *shape)}, the
+    sample stats (diverging, tree depth, acceptance, step size) and the gradient count."""
+    pyro.set_rng_seed(seed)
+    potential = ProgramPotential(program)
+    initial = potential.initial(chains, torch.Generator().manual_seed(seed))
+    result = nuts(
+        potential,
+        initial,
+        draws,
+        warmup,
+        seed=seed,
+        dense=dense,
+        progress=progress,
+    )
+    C, D, d = result.samples.shape
+    with torch.no_grad():
+        flat = potential.constrained(result.samples.reshape(C * D, d))
+    sites = {name: value.reshape(C, D, *value.shape[1:]) for name, value in flat.items()}
+    stats = {
+        "diverging": result.diverging.numpy(),
+        "tree_depth": result.tree_depth.numpy(),
+        "acceptance_rate": result.accept.numpy(),
+        "step_size": result.step_size[:, None].expand(C, D).numpy(),
+        "n_steps": result.leapfrogs.numpy(),
+    }
+    return sites, stats, {"gradients": result.gradients}
 
 
 def _run_svi(program, draws, steps, learning_rate, seed, progress, guide_class=None):
