@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "--params",
         default="gamma,alpha",
         help="comma-separated: gamma, alpha, preference, learning_rate, forgetting, "
-        "concentration (default gamma,alpha)",
+        "concentration, likelihood_precision (default gamma,alpha)",
     )
     fit_parser.add_argument(
         "--method",

@@ -13,6 +13,7 @@ from pp_aif.fitting.likelihood import (
     learned_initial_beliefs,
     parameter_defaults,
     policy_values,
+    sharpened_likelihood,
 )
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "action_log_probabilities",
     "action_log_likelihood",
     "parameter_defaults",
+    "sharpened_likelihood",
     "parameter_draws",
     "fit",
     "default_priors",

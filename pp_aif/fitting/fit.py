@@ -58,6 +58,7 @@ LINKS = {
     "learning_rate": ExpTransform(),
     "forgetting": SigmoidTransform(),
     "concentration": ExpTransform(),
+    "likelihood_precision": ExpTransform(),
 }
 #: (m, s) of each default prior link^-1(Normal(m, s))
 _PRIOR_SCALES = {
@@ -67,13 +68,14 @@ _PRIOR_SCALES = {
     "learning_rate": (0.0, 1.0),
     "forgetting": (-2.0, 1.0),  # median 0.12
     "concentration": (0.0, 1.0),
+    "likelihood_precision": (0.0, 0.5),  # the task's own A, within a factor of 2.3 (90%)
 }
 
 
 def default_priors(dtype=torch.float64) -> dict:
     """link^-1(Normal(m, s)) per parameter: gamma ~ LogNormal(0, 1), alpha ~ LogNormal(ln 4, 1),
     preference ~ LogNormal(0, 1), learning_rate ~ LogNormal(0, 1), concentration ~
-    LogNormal(0, 1), forgetting ~ logit-normal(-2, 1)."""
+    LogNormal(0, 1), forgetting ~ logit-normal(-2, 1), likelihood_precision ~ LogNormal(0, 0.5)."""
     priors = {}
     for name, (loc, scale) in _PRIOR_SCALES.items():
         base = dist.Normal(torch.tensor(loc, dtype=dtype), torch.tensor(scale, dtype=dtype))

@@ -11,6 +11,8 @@ The agent's parameters theta (``PARAMETERS``):
     learning_rate  eta of pD between trials     pD <- (1 - omega) pD + eta q(s_0 | o_1:T)
     forgetting     omega of pD between trials
     concentration  scale kappa of the initial counts, pD_0 = kappa * model.pD
+    likelihood_precision  zeta of the agent's A: A_zeta(o | s) ∝ A(o | s)^zeta per column
+                   (the world's A is the data's; the agent infers and plans with A_zeta)
 
 Three facts make the likelihood cheap, and each is exact:
 
@@ -18,8 +20,9 @@ Three facts make the likelihood cheap, and each is exact:
    same for every policy of a step (all have the same depth), so it cancels in q(pi). Hence
    score(pi; c) = base(pi) + c * pragmatic(pi) with base = -(epistemic + novelty) and
    pragmatic = -E_q(o|pi)[ln p~(o)] at c = 1 (lesioned terms are zero).
-2. Without learning, beliefs and both parts of the score depend on the data only
-   (``PolicyValues``, computed once); the likelihood is then a closed form in (gamma, alpha, c):
+2. Without learning and without zeta, beliefs and both parts of the score depend on the data
+   only (``PolicyValues``, computed once); the likelihood is then a closed form in
+   (gamma, alpha, c):
 
        ln q(pi)  = log_softmax(ln E - gamma * (base + c * pragmatic))
        ln m_f(u) = logsumexp over pi with pi_0,f = u of ln q(pi)
@@ -71,9 +74,18 @@ __all__ = [
     "action_log_probabilities",
     "action_log_likelihood",
     "parameter_defaults",
+    "sharpened_likelihood",
 ]
 
-PARAMETERS = ("gamma", "alpha", "preference", "learning_rate", "forgetting", "concentration")
+PARAMETERS = (
+    "gamma",
+    "alpha",
+    "preference",
+    "learning_rate",
+    "forgetting",
+    "concentration",
+    "likelihood_precision",
+)
 #: the parameters of learning pD between trials
 LEARNING_PARAMETERS = ("learning_rate", "forgetting", "concentration")
 
@@ -87,6 +99,7 @@ def parameter_defaults(settings: AgentSettings) -> dict[str, float]:
         "learning_rate": settings.learning_rate,
         "forgetting": settings.forgetting,
         "concentration": 1.0,
+        "likelihood_precision": 1.0,
     }
 
 
@@ -151,28 +164,75 @@ def policy_values(
     return _policy_values(model, settings, _trial_arrays(model, observations, actions), initial)
 
 
-def _trial_arrays(model: GenerativeModel, observations: Tensor, actions: Tensor):
+def sharpened_likelihood(A, zeta, log: bool = False) -> list[Tensor]:
+    """The agent's likelihood at precision zeta: A_zeta(o | s) = A(o | s)^zeta / sum_o A^zeta,
+    M tensors (*b, O_m, S_1..S_F) for zeta a float or tensor (*b) (``log``: ln A_zeta, -inf
+    at the zeros). Zeros stay exactly zero, with a finite gradient in zeta; zeta = 1 gives A."""
+    out = []
+    for a in A:
+        zeta_ = torch.as_tensor(zeta, dtype=a.dtype)
+        zeta_ = zeta_.reshape(*zeta_.shape, *[1] * a.dim())
+        positive = a > 0
+        scaled = torch.where(positive, zeta_ * torch.log(torch.where(positive, a, 1.0)), -torch.inf)
+        log_a = torch.log_softmax(scaled, -a.dim())
+        out.append(log_a if log else torch.exp(log_a))
+    return out
+
+
+def _trial_arrays(model: GenerativeModel, observations: Tensor, actions: Tensor, log_A=None):
     """What the data fix, once: ln p(o_t | s) (N*K, T, S_1..S_F), the chosen transitions
-    F x (N*K, T-1, S_f, S_f), and the actions (N, K, T-1, F)."""
+    F x (N*K, T-1, S_f, S_f), and the actions (N, K, T-1, F). With log_A, M tensors
+    (*b, N, O_m, S..) (the agents' own log likelihoods), ln p(o_t | s) is (*b, N*K, T, S..)."""
     N, K, T, _ = observations.shape
-    log_likelihood = observation_log_likelihood(model.log_A, observations.reshape(N * K, T, -1))
     flat_actions = actions.reshape(N * K, T - 1, -1)
-    return log_likelihood, select_transitions(model.transition_by_action, flat_actions), actions
+    transitions = select_transitions(model.transition_by_action, flat_actions)
+    if log_A is None:
+        log_likelihood = observation_log_likelihood(model.log_A, observations.reshape(N * K, T, -1))
+        return log_likelihood, transitions, actions
+    batch = log_A[0].shape[: -model.num_factors - 2]
+    flat = math.prod(batch) * N * K
+    per_trial = [  # (b*N*K, O, S..), each trial with its subject's A
+        a[..., None, :, *[slice(None)] * model.num_factors]
+        .expand(*batch, N, K, *a.shape[-model.num_factors - 1 :])
+        .reshape(flat, *a.shape[-model.num_factors - 1 :])
+        for a in log_A
+    ]
+    flat_observations = observations.reshape(N * K, T, -1).expand(*batch, N * K, T, -1)
+    log_likelihood = observation_log_likelihood(
+        per_trial,
+        flat_observations.reshape(flat, T, -1),
+        per_sequence=True,
+    )
+    return log_likelihood.reshape(*batch, N * K, *log_likelihood.shape[1:]), transitions, actions
 
 
-def _policy_values(model, settings, arrays, initial) -> PolicyValues:
+def _policy_values(model, settings, arrays, initial, A=None) -> PolicyValues:
+    """Policy values from _trial_arrays; initial : F tensors (*b, N, K, S_f) or None (the
+    model's D); A : M tensors (*b, N, O_m, S..), the agents' own likelihoods, or None."""
     log_likelihood, transitions, actions = arrays
     N, K, T = actions.shape[0], actions.shape[1], actions.shape[2] + 1
-    batch = () if initial is None else initial[0].shape[:-3]
-    if initial is None:
-        initial = [d.expand(N * K, -1) for d in model.D]
-    else:
-        size = math.prod(batch) * N * K
-        log_likelihood = log_likelihood.expand(*batch, *log_likelihood.shape).reshape(
-            size, *log_likelihood.shape[1:]
-        )
+    F = model.num_factors
+    shapes = [log_likelihood.shape[: -F - 2]]
+    shapes += [] if initial is None else [initial[0].shape[:-3]]
+    shapes += [] if A is None else [A[0].shape[: -F - 2]]
+    batch = torch.broadcast_shapes(*shapes)
+    size = math.prod(batch) * N * K
+    log_likelihood = log_likelihood.expand(*batch, *log_likelihood.shape[-F - 2 :])
+    log_likelihood = log_likelihood.reshape(size, *log_likelihood.shape[-F - 1 :])
+    if batch:
         transitions = [b.expand(*batch, *b.shape).reshape(size, *b.shape[1:]) for b in transitions]
-        initial = [d.reshape(size, d.shape[-1]) for d in initial]
+    if initial is None:
+        initial = [d.expand(size, -1) for d in model.D]
+    else:
+        initial = [d.expand(*batch, N, K, -1).reshape(size, d.shape[-1]) for d in initial]
+    likelihood = model.A
+    if A is not None:  # each trial's agent's own A: (b*N*K, O_m, S..)
+        likelihood = [
+            a.reshape(*a.shape[: -F - 1], 1, *a.shape[-F - 1 :])
+            .expand(*batch, N, K, *a.shape[-F - 1 :])
+            .reshape(size, *a.shape[-F - 1 :])
+            for a in A
+        ]
     filtered = forward_filter(log_likelihood, transitions, initial).filtered
     marginals = factor_marginals(filtered, 2)  # F tensors (b*N*K, T, S_f)
     without_pragmatic = replace(settings.lesions, pragmatic=False)
@@ -182,7 +242,7 @@ def _policy_values(model, settings, arrays, initial) -> PolicyValues:
         # the kernel itself: these beliefs are filtered marginals, valid by construction
         scores = expected_free_energy_terms(
             [q[:, t] for q in marginals],
-            model.A,
+            likelihood,
             model.transition_by_action,
             log_preferences(model, t, policies.shape[1]),
             policies,
@@ -206,20 +266,8 @@ def initial_state_evidence(
     ``DataError`` naming the subject and trial.
     """
     N, K, T, _ = observations.shape
-    flat_obs = observations.reshape(N * K, T, -1)
-    log_likelihood = observation_log_likelihood(model.log_A, flat_obs)  # (NK, T, S...)
-    shift = log_likelihood.flatten(2).amax(-1)  # (NK, T)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    likelihood = torch.exp(log_likelihood - shift.reshape(*shift.shape, *[1] * model.num_factors))
-    transitions = select_transitions(model.transition_by_action, actions.reshape(N * K, T - 1, -1))
-    message = torch.ones_like(likelihood[:, 0])
-    for t in range(T - 1, 0, -1):
-        message = propagate(
-            likelihood[:, t] * message, [b[:, t - 1] for b in transitions], transpose=True
-        )
-        message = message / _largest(message)
-    evidence = likelihood[:, 0] * message
-    evidence = (evidence / _largest(evidence)).reshape(N, K, *evidence.shape[1:])
+    log_likelihood, transitions, _ = _trial_arrays(model, observations, actions)
+    evidence = _evidence(log_likelihood, transitions).reshape(N, K, *model.num_states)
     if present is not None:
         evidence = torch.where(
             present.reshape(N, K, *[1] * model.num_factors), evidence, torch.ones_like(evidence)
@@ -234,6 +282,24 @@ def initial_state_evidence(
             "initial state it allows (p(o | s_0) = 0 wherever D > 0)"
         )
     return evidence
+
+
+def _evidence(log_likelihood: Tensor, transitions: list[Tensor]) -> Tensor:
+    """p(o_0:T-1 | s_0, u) of each sequence, its largest entry 1 (all 0: left 0): (B, S..) from
+    ln p(o_t | s) (B, T, S..) and F x (B, T-1, S_f, S_f), by the backward recursion
+    beta_t = B_t^T (p(o_t+1 | s) beta_t+1), rescaled at each step."""
+    F = len(transitions)
+    shift = log_likelihood.flatten(2).amax(-1)  # (B, T)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    likelihood = torch.exp(log_likelihood - shift.reshape(*shift.shape, *[1] * F))
+    message = torch.ones_like(likelihood[:, 0])
+    for t in range(likelihood.shape[1] - 1, 0, -1):
+        message = propagate(
+            likelihood[:, t] * message, [b[:, t - 1] for b in transitions], transpose=True
+        )
+        message = message / _largest(message)
+    evidence = likelihood[:, 0] * message
+    return evidence / _largest(evidence)
 
 
 def _largest(joint: Tensor) -> Tensor:
@@ -254,7 +320,8 @@ def learned_initial_beliefs(
     """Each trial's initial beliefs D_k = pD_k / sum pD_k of an agent that learns pD: F tensors
     (*b, N, K, S_f).
 
-    evidence : (N, K, S_1..S_F), :func:`initial_state_evidence`; learning_rate, forgetting,
+    evidence : (*e, N, K, S_1..S_F), :func:`initial_state_evidence` (with batch axes *e when
+    it depends on the parameters, as with zeta); learning_rate, forgetting,
     concentration : eta, omega, kappa, tensors broadcastable to (*b, N); present : bool (N, K),
     optional: absent trials teach nothing. pD_0 = kappa * model.pD; after trial k,
     pD_f <- (1 - omega) pD_f + eta q(s_f,0 | o_1:T), with q(s_0 | o_1:T)
@@ -265,17 +332,19 @@ def learned_initial_beliefs(
     """
     if model.pD is None:
         raise ValueError("model: has no pD, so its agents do not learn D")
-    N, K = evidence.shape[:2]
+    F = model.num_factors
+    N, K = evidence.shape[-F - 2 : -F]
     dtype = evidence.dtype
     eta = torch.as_tensor(learning_rate, dtype=dtype)[..., None]  # (*b, N, 1)
     omega = torch.as_tensor(forgetting, dtype=dtype)[..., None]
     kappa = torch.as_tensor(concentration, dtype=dtype)[..., None]
-    batch = torch.broadcast_shapes(eta.shape[:-2], omega.shape[:-2], kappa.shape[:-2])
-    F = model.num_factors
+    batch = torch.broadcast_shapes(
+        eta.shape[:-2], omega.shape[:-2], kappa.shape[:-2], evidence.shape[: -F - 2]
+    )
     learnable = [f for f, p in enumerate(model.pD) if int((p > 0).sum()) > 1]
     fixed = {f: int((p > 0).nonzero()[0]) for f, p in enumerate(model.pD) if f not in learnable}
     index = tuple(slice(None) if f in learnable else fixed[f] for f in range(F))
-    evidence = evidence[(slice(None), slice(None), *index)]  # (N, K, S_l...)
+    evidence = evidence[(Ellipsis, *index)]  # (*e, N, K, S_l...)
     L = len(learnable)
     kept = torch.ones(N, K, 1, dtype=dtype) if present is None else present[..., None].to(dtype)
     counts = [(kappa * model.pD[f]).expand(*batch, N, -1) for f in learnable]
@@ -286,7 +355,7 @@ def learned_initial_beliefs(
         if L == 0:
             continue
         joint = (counts[0] if L == 1 else outer(*counts, batch_dims=len(batch) + 1)) * (
-            evidence[:, k]
+            evidence.select(-L - 1, k)
         )
         total = joint.flatten(-L).sum(-1)[..., None]  # (*b, N, 1)
         step_eta, step_keep = eta * kept[:, k], 1.0 - omega * kept[:, k]
@@ -393,31 +462,49 @@ class BehaviourLikelihood:
         if "preference" in params and not settings.lesions.pragmatic:
             raise ValueError("params: 'preference' scales the pragmatic term, which is lesioned")
         self.model, self.settings, self.params = model, settings, tuple(params)
-        self.actions, self.present = actions, present
+        self.observations, self.actions, self.present = observations, actions, present
         self.defaults = parameter_defaults(settings)
         self.arrays = _trial_arrays(model, observations, actions)
+        # the data's own checks (impossible trials) at zeta = 1: A_zeta has A's zeros
         self.evidence = (
             None
             if model.pD is None
             else initial_state_evidence(model, observations, actions, present)
         )
         self.static = None
-        if not learning:
+        if not learning and "likelihood_precision" not in params:
             self.static = self.values({})
 
     def values(self, theta: dict) -> PolicyValues:
-        """Policy values under theta (only its learning parameters matter here)."""
+        """Policy values under theta (only its learning parameters and zeta matter here)."""
         if self.static is not None:
             return self.static
+        arrays, evidence, A = self.arrays, self.evidence, None
+        if "likelihood_precision" in theta:
+            log_A = sharpened_likelihood(self.model.A, theta["likelihood_precision"], log=True)
+            A = [torch.exp(a) for a in log_A]
+            arrays = _trial_arrays(self.model, self.observations, self.actions, log_A)
+            if evidence is not None:
+                log_likelihood, transitions, _ = arrays
+                size = log_likelihood.shape[: -self.model.num_factors - 2]
+                flat = log_likelihood.reshape(-1, *log_likelihood.shape[len(size) + 1 :])
+                batch = flat.shape[0] // log_likelihood.shape[len(size)]
+                transitions = [
+                    b.expand(batch, *b.shape).reshape(-1, *b.shape[1:]) for b in transitions
+                ]
+                evidence = _evidence(flat, transitions).reshape(*size, *self.evidence.shape)
+                if self.present is not None:  # absent trials: all 1, as initial_state_evidence
+                    keep = self.present.reshape(*self.present.shape, *[1] * self.model.num_factors)
+                    evidence = torch.where(keep, evidence, 1.0)
         initial = None
-        if self.evidence is not None:
+        if evidence is not None:
             rate, forget, scale = (
                 theta.get(name, self.defaults[name]) for name in LEARNING_PARAMETERS
             )
             initial = learned_initial_beliefs(
-                self.model, self.evidence, rate, forget, scale, self.present
+                self.model, evidence, rate, forget, scale, self.present
             )
-        return _policy_values(self.model, self.settings, self.arrays, initial)
+        return _policy_values(self.model, self.settings, arrays, initial, A)
 
     def log_probabilities(self, theta: dict) -> list[Tensor | None]:
         """ln p(u_f,t = u | theta, history), as :func:`action_log_probabilities`."""

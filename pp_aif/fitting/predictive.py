@@ -21,8 +21,9 @@ import xarray as xr
 
 from pp_aif.agent import AgentSettings
 from pp_aif.fitting.fit import parameter_draws
-from pp_aif.fitting.likelihood import PARAMETERS, parameter_defaults
+from pp_aif.fitting.likelihood import PARAMETERS, parameter_defaults, sharpened_likelihood
 from pp_aif.simulation import simulate
+from pp_aif.spec import GenerativeModel
 
 __all__ = ["simulate_subjects", "posterior_predictive", "choice_rates"]
 
@@ -59,6 +60,20 @@ def simulate_subjects(
         learning_rate=column("learning_rate"),
         forgetting=column("forgetting"),
     )
+    if "likelihood_precision" in theta:
+        zeta = torch.as_tensor(theta["likelihood_precision"], dtype=model.dtype).reshape(-1)
+        if not bool((zeta == zeta[0]).all()):
+            raise ValueError(
+                "theta: 'likelihood_precision' must be the same for every subject here (the "
+                f"simulated agents share one A); got {zeta.tolist()}: simulate each value apart"
+            )
+        A = sharpened_likelihood(model.A, float(zeta[0]))
+        model = GenerativeModel(
+            A, model.B, model.C, model.D, model.E,
+            pA=model.pA, pB=model.pB, pD=model.pD, policies=model.policies,
+        )  # fmt: skip
+        world = task.model if task.process is None else task.process  # keeps its own A
+        task = dataclasses.replace(task, model=model, process=world)
     pD = None
     if model.pD is not None:
         kappa = column("concentration")

@@ -1,4 +1,5 @@
-"""The likelihood of agents that learn pD, and of the preference scale, equals the agent itself
+"""The likelihood of agents that learn pD, of the preference scale and of the likelihood
+precision, equals the agent itself
 replaying the person's trials (with ``learn_between_trials`` between them, and a model whose C
 is scaled), and its gradients reach every parameter (gradcheck)."""
 
@@ -28,11 +29,14 @@ THETA = {
     "learning_rate": [0.5, 1.0, 3.0],
     "forgetting": [0.0, 0.1, 0.4],
     "concentration": [0.5, 1.0, 4.0],
+    "likelihood_precision": [0.5, 1.0, 3.0],
 }
 
 
-def _model(arrays, C, pD, policies):
-    return pp_aif.GenerativeModel(arrays.A, arrays.B, C=C, D=arrays.D, pD=pD, policies=policies)
+def _model(arrays, C, pD, policies, zeta=1.0):
+    """The agent's model; zeta sharpens A column by column (A^zeta normalised, numpy)."""
+    A = [a**zeta / (a**zeta).sum(0, keepdims=True) for a in arrays.A]
+    return pp_aif.GenerativeModel(A, arrays.B, C=C, D=arrays.D, pD=pD, policies=policies)
 
 
 @pytest.fixture
@@ -51,9 +55,16 @@ def case(rng):
 
 def replayed(arrays, C, pD, policies, theta_n, observations, actions, present, lesions):
     """ln p(person's action) of one subject from pp_aif.agent.step, trial by trial, with
-    learn_between_trials between them; the preference scale as a model whose C is scaled."""
+    learn_between_trials between them; the preference scale as a model whose C is scaled, the
+    likelihood precision as one whose A is sharpened."""
     c, kappa = theta_n["preference"], theta_n["concentration"]
-    model = _model(arrays, [c * np.asarray(x) for x in C], [kappa * p for p in pD], policies)
+    model = _model(
+        arrays,
+        [c * np.asarray(x) for x in C],
+        [kappa * p for p in pD],
+        policies,
+        theta_n["likelihood_precision"],
+    )
     settings = AgentSettings(
         policy_precision=theta_n["gamma"],
         action_precision=theta_n["alpha"],
@@ -218,3 +229,31 @@ def test_a_negative_preference_scale_is_refused():
     for bad in (-1.0, 0.0):  # c = 0 would make 0 * (-inf) preferences NaN
         with pytest.raises(ValueError, match=r"preference_scale: must be finite and > 0"):
             AgentSettings(preference_scale=bad)
+
+
+def test_likelihood_precision_is_the_agent_with_a_sharpened_A(case):
+    """Without pD: zeta fitted equals the fixed likelihood of the model whose A is A^zeta
+    (numpy), and zeta = 1 is the model's own A."""
+    arrays, C, _, model, observations, actions = case
+    plain = pp_aif.GenerativeModel(arrays.A, arrays.B, C=C, D=arrays.D, policies=model.policies)
+    fitted = BehaviourLikelihood(
+        plain, AgentSettings(), observations, actions, ("alpha", "likelihood_precision")
+    )
+    zeta = THETA["likelihood_precision"]
+    alpha = torch.tensor(THETA["alpha"], dtype=torch.float64)
+    values = fitted({"alpha": alpha, "likelihood_precision": torch.tensor(zeta)})
+    for n in range(N):
+        sharp = _model(arrays, C, None, model.policies, zeta[n])
+        fixed = BehaviourLikelihood(sharp, AgentSettings(), observations, actions, ("alpha",))
+        assert_close(values[n], fixed({"alpha": alpha})[n])
+    assert_close(pp_aif.fitting.sharpened_likelihood(plain.A, 1.0), list(plain.A))
+
+
+def test_simulated_subjects_share_one_likelihood_precision():
+    from pp_aif.fitting.predictive import simulate_subjects
+
+    task = pp_aif.load_task("tmaze")
+    record = simulate_subjects(task, {"likelihood_precision": torch.tensor([2.0, 2.0])}, 2)
+    assert record.sizes["agent"] == 2
+    with pytest.raises(ValueError, match=r"'likelihood_precision' must be the same for every"):
+        simulate_subjects(task, {"likelihood_precision": torch.tensor([1.0, 2.0])}, 1)
