@@ -16,6 +16,7 @@ Dimension symbols: N subjects, K trials (per subject, in order), T steps, M moda
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,15 @@ class BehaviourData:
     @property
     def num_subjects(self) -> int:
         return self.observations.shape[0]
+
+    def to(self, device) -> BehaviourData:
+        """A copy whose tensors are on ``device``."""
+        return dataclasses.replace(
+            self,
+            observations=self.observations.to(device),
+            actions=self.actions.to(device),
+            present=self.present.to(device),
+        )
 
     @classmethod
     def read(cls, source, task, *, anonymise: bool = False, salt: str | None = None):

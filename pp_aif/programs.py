@@ -262,9 +262,10 @@ def behaviour(
                 mu, sigma = population[name]
                 z = pyro.sample(f"{name}_z", dist.Normal(torch.zeros((), dtype=dtype), 1.0))
                 value = links[name](mu + sigma * z)  # (..., N, 1, 1)
-                theta[name] = value[..., 0, 0]
             else:
-                theta[name] = pyro.sample(name, prior)[..., 0, 0]  # (..., N)
+                value = pyro.sample(name, prior)
+            # where the data are (priors drawn on the CPU feed a likelihood on a GPU)
+            theta[name] = value[..., 0, 0].to(actions.device)  # (..., N)
     log_probabilities = likelihood.log_probabilities(theta)
     mask = True if present is None else present[..., None]  # (N, K, 1)
     with (

@@ -87,6 +87,7 @@ def simulate(
     num_steps: int | None = None,
     progress=None,
     pD: list | None = None,
+    device=None,
 ) -> xr.Dataset:
     """Run ``num_agents`` agents for ``num_trials`` trials of the task; returns the record.
 
@@ -101,6 +102,9 @@ def simulate(
     progress : callable(int), optional; called with 1 after each trial (e.g. a tqdm update)
     pD : F tensors (N, S_f), optional: each agent's initial-state counts before the first
         trial (default: the model's pD, when it has one)
+    device : run on this device (e.g. "cuda"; default: where the task's model is). The
+        record is numpy either way; draws on a GPU come from its own generator, so a seed
+        gives other trajectories there than on the CPU.
 
     The environment and the actions draw from a generator seeded with ``seed``; with sampled
     expected free energy, Pyro's global generator is seeded with it too.
@@ -109,6 +113,8 @@ def simulate(
         raise ValueError(
             f"num_agents and num_trials must be at least 1, got {num_agents}, {num_trials}"
         )
+    if device is not None and isinstance(task, Task):
+        task = task.to(device)
     task, env = _as_task(task, num_steps)
     settings = settings or task.settings or AgentSettings()
     model = task.model
@@ -164,8 +170,8 @@ def simulate(
             model,
             settings,
             state,
-            torch.as_tensor(observations[:, k]),
-            torch.as_tensor(actions[:, k, :-1]),
+            torch.as_tensor(observations[:, k], device=model.device),
+            torch.as_tensor(actions[:, k, :-1], device=model.device),
         )
         logger.info("trial %d of %d done", k + 1, K)
         if progress is not None:

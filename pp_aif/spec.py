@@ -266,7 +266,7 @@ def _check_policies(policies, num_controls) -> Tensor:
             f"policies: shape {tuple(tensor.shape)}; expected (P, H, {F}) with P, H >= 1"
         )
     tensor = tensor.to(torch.int64)
-    limits = torch.tensor(num_controls)
+    limits = torch.tensor(num_controls, device=tensor.device)
     bad = (tensor < 0) | (tensor >= limits)
     if bad.any():
         p, h, f = (int(i) for i in bad.nonzero()[0])

@@ -6,6 +6,7 @@ The task files of the top-level ``models/`` folder are installed as ``pp_aif.tas
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 from dataclasses import dataclass
@@ -72,6 +73,16 @@ class Task:
     @property
     def trial_length(self) -> int:
         return self.num_steps or int(self.observations.shape[0])
+
+    def to(self, device=None, dtype=None) -> Task:
+        """A copy with the model, the world and the example on ``device`` (and in ``dtype``)."""
+        return dataclasses.replace(
+            self,
+            model=self.model.to(dtype=dtype, device=device),
+            process=None if self.process is None else self.process.to(dtype=dtype, device=device),
+            observations=self.observations.to(device),
+            actions=self.actions.to(device),
+        )
 
 
 def load_task(name_or_path: str | Path) -> Task:

@@ -114,6 +114,7 @@ def fit(
     progress: Callable[[str, int, int], None] | None = None,
     grid_points: int = 81,
     width: float = 8.0,
+    device=None,
 ) -> az.InferenceData:
     """Fit the agent's parameters to each subject's actions.
 
@@ -128,10 +129,16 @@ def fit(
     grid_points, width : method "grid", the exact posterior of 1 or 2 parameters per subject by
     quadrature (``pp_aif.fitting.quadrature``: ``grid_points`` per axis over +-``width``
     Laplace standard deviations around each subject's mode), from which ``draws`` draws are
-    taken (a grid cell by its posterior mass, then a uniform point within the cell).
+    taken (a grid cell by its posterior mass, then a uniform point within the cell); device :
+    compute the likelihood there (e.g. "cuda"; default: where the task's model is; NUTS's own
+    bookkeeping stays on the CPU, and the InferenceData holds numpy arrays either way).
     """
     _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps)
     settings = settings or task.settings or AgentSettings()
+    if device is not None:
+        if method == "grid":
+            raise ValueError("device: the grid method runs on the CPU; leave device unset")
+        task, data = task.to(device), data.to(device)
     likelihood, program = behavioural_program(task, data, params, priors, settings, hierarchical)
     start = time.perf_counter()
     with pyro.get_param_store().scope():
@@ -153,17 +160,18 @@ def fit(
             stats = {"diverging": np.zeros((1, draws), dtype=bool)}
     seconds = time.perf_counter() - start
     posterior = _posterior(sites, params, hierarchical, data.num_subjects)
-    theta = {name: torch.as_tensor(posterior[name]) for name in params}  # (C, D, N)
-    pointwise = _pointwise(likelihood, theta, data.present)
+    device_ = task.model.device
+    theta = {name: torch.as_tensor(posterior[name], device=device_) for name in params}  # (C, D, N)
+    pointwise = _pointwise(likelihood, theta, data.present).cpu()
     subjects = list(data.subjects)
-    actions = data.actions.numpy()
+    actions = data.actions.cpu().numpy()
     population = [f"{name}_{part}" for name in params for part in ("mu", "sigma")]
     inference = az.from_dict(
         posterior=posterior,
         sample_stats=stats,
         log_likelihood={"actions": pointwise.numpy()},
         observed_data={"actions": actions},
-        constant_data={"present": data.present.numpy()},
+        constant_data={"present": data.present.cpu().numpy()},
         coords={
             "subject": subjects,
             "trial": np.arange(data.present.shape[1]),
@@ -263,8 +271,8 @@ def _run_nuts(program, chains, draws, warmup, seed, progress, dense):
     )
     C, D, d = result.samples.shape
     with torch.no_grad():
-        flat = potential.constrained(result.samples.reshape(C * D, d))
-    sites = {name: value.reshape(C, D, *value.shape[1:]) for name, value in flat.items()}
+        flat = potential.constrained(result.samples.reshape(C * D, d))  # on the CPU
+    sites = {name: value.reshape(C, D, *value.shape[1:]).cpu() for name, value in flat.items()}
     stats = {
         "diverging": result.diverging.numpy(),
         "tree_depth": result.tree_depth.numpy(),
@@ -306,7 +314,7 @@ def _run_svi(program, draws, steps, learning_rate, seed, progress, guide_class=N
         )
     with torch.no_grad():
         samples = [guide() for _ in range(draws)]
-    sites = {name: torch.stack([s[name] for s in samples], 0)[None] for name in samples[0]}
+    sites = {name: torch.stack([s[name] for s in samples], 0)[None].cpu() for name in samples[0]}
     key = "log_density" if guide_class is autoguide.AutoDelta else "elbo"
     return sites, {key: -final}
 

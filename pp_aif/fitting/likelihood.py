@@ -170,7 +170,7 @@ def sharpened_likelihood(A, zeta, log: bool = False) -> list[Tensor]:
     at the zeros). Zeros stay exactly zero, with a finite gradient in zeta; zeta = 1 gives A."""
     out = []
     for a in A:
-        zeta_ = torch.as_tensor(zeta, dtype=a.dtype)
+        zeta_ = torch.as_tensor(zeta, dtype=a.dtype, device=a.device)
         zeta_ = zeta_.reshape(*zeta_.shape, *[1] * a.dim())
         positive = a > 0
         scaled = torch.where(positive, zeta_ * torch.log(torch.where(positive, a, 1.0)), -torch.inf)
@@ -335,9 +335,10 @@ def learned_initial_beliefs(
     F = model.num_factors
     N, K = evidence.shape[-F - 2 : -F]
     dtype = evidence.dtype
-    eta = torch.as_tensor(learning_rate, dtype=dtype)[..., None]  # (*b, N, 1)
-    omega = torch.as_tensor(forgetting, dtype=dtype)[..., None]
-    kappa = torch.as_tensor(concentration, dtype=dtype)[..., None]
+    device = evidence.device
+    eta = torch.as_tensor(learning_rate, dtype=dtype, device=device)[..., None]  # (*b, N, 1)
+    omega = torch.as_tensor(forgetting, dtype=dtype, device=device)[..., None]
+    kappa = torch.as_tensor(concentration, dtype=dtype, device=device)[..., None]
     batch = torch.broadcast_shapes(
         eta.shape[:-2], omega.shape[:-2], kappa.shape[:-2], evidence.shape[: -F - 2]
     )
@@ -346,7 +347,11 @@ def learned_initial_beliefs(
     index = tuple(slice(None) if f in learnable else fixed[f] for f in range(F))
     evidence = evidence[(Ellipsis, *index)]  # (*e, N, K, S_l...)
     L = len(learnable)
-    kept = torch.ones(N, K, 1, dtype=dtype) if present is None else present[..., None].to(dtype)
+    kept = (
+        torch.ones(N, K, 1, dtype=dtype, device=evidence.device)
+        if present is None
+        else present[..., None].to(dtype)
+    )
     counts = [(kappa * model.pD[f]).expand(*batch, N, -1) for f in learnable]
     history: list[list[Tensor]] = [[] for _ in learnable]
     for k in range(K):
@@ -385,10 +390,10 @@ def action_log_probabilities(
     gamma, alpha, preference : policy precision, action precision and preference scale, floats
     or tensors broadcastable to (*b, N) (one value per subject, optionally with draw axes).
     """
-    dtype = values.base[0].dtype
-    gamma = torch.as_tensor(gamma, dtype=dtype)[..., None, None]  # (..., N, 1, 1)
-    alpha = torch.as_tensor(alpha, dtype=dtype)[..., None, None]
-    preference = torch.as_tensor(preference, dtype=dtype)[..., None, None]
+    dtype, device = values.base[0].dtype, values.base[0].device
+    gamma = torch.as_tensor(gamma, dtype=dtype, device=device)[..., None, None]  # (..., N, 1, 1)
+    alpha = torch.as_tensor(alpha, dtype=dtype, device=device)[..., None, None]
+    preference = torch.as_tensor(preference, dtype=dtype, device=device)[..., None, None]
     per_factor: list[list[Tensor]] = [[] for _ in values.num_controls]
     for base, pragmatic, log_prior, first in zip(
         values.base, values.pragmatic, values.log_prior, values.first_actions, strict=True
@@ -425,7 +430,12 @@ def action_log_likelihood(values: PolicyValues, gamma, alpha, preference=1.0) ->
         shape = torch.broadcast_shapes(
             *(torch.as_tensor(x).shape for x in (gamma, alpha, preference))
         )
-        return torch.zeros(*shape, *values.actions.shape[:-1], dtype=values.base[0].dtype)
+        return torch.zeros(
+            *shape,
+            *values.actions.shape[:-1],
+            dtype=values.base[0].dtype,
+            device=values.actions.device,
+        )
     return total
 
 

@@ -320,7 +320,7 @@ def nuts(
     if initial.dim() != 2:
         raise ValueError(f"initial: (chains, dimensions) expected, got {tuple(initial.shape)}")
     C, d = initial.shape
-    U, _ = _evaluate(potential, initial.detach().numpy().astype(np.float64), initial.dtype)
+    U, _ = _evaluate(potential, initial.detach().cpu().numpy().astype(np.float64), initial)
     if not np.isfinite(U).all():
         bad = np.flatnonzero(~np.isfinite(U)).tolist()
         raise ValueError(f"initial: the potential is not finite for chain(s) {bad}")
@@ -349,14 +349,14 @@ def nuts(
         for c in range(C)
     ]
     runs = {
-        c: chain.run(initial[c].detach().numpy().astype(np.float64), draws, warmup, report(c))
+        c: chain.run(initial[c].detach().cpu().numpy().astype(np.float64), draws, warmup, report(c))
         for c, chain in enumerate(chains)
     }
     asked = {c: next(run) for c, run in runs.items()}
     results, calls = {}, 0
     while asked:
         order = sorted(asked)
-        U, g = _evaluate(potential, np.stack([asked[c] for c in order]), initial.dtype)
+        U, g = _evaluate(potential, np.stack([asked[c] for c in order]), initial)
         calls += 1
         for row, c in enumerate(order):
             try:
@@ -381,16 +381,17 @@ def nuts(
     )
 
 
-def _evaluate(potential, z: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """U(z) (B,) and its gradient (B, d); non-finite values give U = inf and a zero gradient."""
+def _evaluate(potential, z: np.ndarray, like: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """U(z) (B,) and its gradient (B, d), computed in the dtype and on the device of ``like``;
+    non-finite values give U = inf and a zero gradient."""
     with torch.enable_grad():
-        x = torch.as_tensor(z, dtype=dtype).requires_grad_(True)
+        x = torch.as_tensor(z, dtype=like.dtype, device=like.device).requires_grad_(True)
         U = potential(x)
         finite = torch.isfinite(U)
         (g,) = torch.autograd.grad(torch.where(finite, U, 0.0).sum(), x)
     finite = finite & torch.isfinite(g).all(-1)
     U = torch.where(finite, U.detach(), torch.inf)
-    return U.numpy(), torch.where(finite[:, None], g, 0.0).numpy()
+    return U.cpu().numpy(), torch.where(finite[:, None], g, 0.0).cpu().numpy()
 
 
 class ProgramPotential:
@@ -401,7 +402,9 @@ class ProgramPotential:
     values are given to the program conditioned on them, with a leading chain axis left of
     its plates (the program's tensors must broadcast on the left, as vectorised Pyro programs
     do), and the potential is -(sum of the log densities of the chain's sites, masks and
-    scales applied, + log |Jacobian| of the transforms). Pyro's validation is off inside (a
+    scales applied, + log |Jacobian| of the transforms). The sites' values live where z does
+    (the CPU, for ``nuts``); a program may compute on another device (a likelihood on a GPU),
+    and each site's log density comes back to z's device. Pyro's validation is off inside (a
     wild point of a trajectory gives a non-finite potential, which the sampler treats as a
     divergence, instead of an error).
     """
@@ -437,7 +440,7 @@ class ProgramPotential:
 
     def __call__(self, z: Tensor) -> Tensor:
         C = z.shape[0]
-        values, log_jacobian = {}, torch.zeros(C, dtype=z.dtype)
+        values, log_jacobian = {}, torch.zeros(C, dtype=z.dtype, device=z.device)
         for name, shape, where, transform in self.sites:
             pad = (1,) * (self.depth - len(shape))
             u = z[:, where].reshape(C, *pad, *shape)
@@ -455,9 +458,9 @@ class ProgramPotential:
                 continue
             log_p = site["log_prob"]
             if log_p.dim() > self.depth:  # one value per chain
-                log_density = log_density + log_p.reshape(C, -1).sum(-1)
+                log_density = log_density + log_p.reshape(C, -1).sum(-1).to(z.device)
             else:  # the same for every chain
-                log_density = log_density + log_p.sum()
+                log_density = log_density + log_p.sum().to(z.device)
         return -log_density
 
     def initial(self, chains: int, generator: torch.Generator, radius: float = 2.0) -> Tensor:

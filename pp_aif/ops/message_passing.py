@@ -84,7 +84,9 @@ def fixed_point_iteration(
     One factor: exact after one iteration (q = softmax(ln prior + ln p(o | s))).
     """
     q = [torch.softmax(torch.zeros_like(p), -1) for p in log_prior]
-    change = torch.zeros(log_likelihood.shape[0], dtype=log_likelihood.dtype)
+    change = torch.zeros(
+        log_likelihood.shape[0], dtype=log_likelihood.dtype, device=log_likelihood.device
+    )
     for _ in range(num_iterations):
         updated = [
             torch.softmax(expected_except(log_likelihood, q, f) + log_prior[f], -1)
