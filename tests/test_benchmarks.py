@@ -66,3 +66,15 @@ def test_fit_benchmark_smoke(tmp_path):
     ]
     assert all(row["ess_per_second"] > 0 for row in results["nuts"])
     assert (tmp_path / "bench_fit.json").is_file()
+
+
+def test_device_benchmark_smoke(tmp_path):
+    from benchmarks.bench_device import Config as DeviceConfig
+    from benchmarks.bench_device import run as run_device
+
+    results = run_device(
+        DeviceConfig(device="cpu", agents=(2,), trials=1, draws=(1, 3), num_trials=2, out=tmp_path)
+    )
+    assert [row["draws"] for row in results["likelihood"]] == [1, 3]
+    assert results["agents"][0]["agent_steps_per_second"] > 0
+    assert (tmp_path / "bench_device_cpu.json").is_file()
