@@ -16,6 +16,7 @@ block, since the subjects do not interact) and ``grid`` lays a trapezoidal quadr
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pyro
@@ -155,8 +156,12 @@ def grid(objective, mode: Tensor, curvature: Tensor, points: int, width: float):
     return u, log_weights, spacing
 
 
-def log_density_on(objective, u: Tensor, chunk: int = 200) -> Tensor:
-    """l_n at every grid point: (G, N), in chunks of points."""
+def log_density_on(objective, u: Tensor, trials: int = 100_000) -> Tensor:
+    """l_n at every grid point: (G, N), in chunks of points of at most ``trials`` trials in all
+    (points x subjects x trials per subject), which bounds the memory (a trial's beliefs and
+    policy values take about 10 kB on the T-maze: 1 GB a chunk)."""
+    per_point = math.prod(objective.present.shape) if hasattr(objective, "present") else 1
+    chunk = max(1, trials // per_point)
     with torch.no_grad():
         return torch.cat([objective(u[i : i + chunk]) for i in range(0, u.shape[0], chunk)])
 
