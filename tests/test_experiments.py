@@ -79,10 +79,10 @@ def test_model_recovery_smoke(tmp_path):
     from experiments.model_recovery import run as run_models
 
     results = run_models(
-        ModelConfig(num_subjects=3, num_trials=4, steps=20, draws=100, out=tmp_path)
+        ModelConfig(num_subjects=3, num_trials=4, draws=100, grid_points=9, out=tmp_path)
     )
     written = json.loads((tmp_path / "model_recovery.json").read_text())
-    for name in ("confusion_loo", "confusion_laplace"):
+    for name in ("confusion_loo", "confusion_laplace", "confusion_exact"):
         matrix = written[name]
         assert len(matrix) == len(KINDS)
         for row in matrix:  # shares of subjects: each row sums to 1
@@ -91,3 +91,7 @@ def test_model_recovery_smoke(tmp_path):
     bms = written["data_sets"]["learner"]["bms"]["loo"]
     assert abs(sum(bms["expected_frequencies"]) - 1) < 1e-12
     assert (tmp_path / "model_recovery.png").stat().st_size > 10_000
+    svi = run_models(
+        ModelConfig(num_subjects=2, num_trials=3, method="svi", steps=20, draws=100, out=tmp_path)
+    )
+    assert "confusion_exact" not in svi
