@@ -60,7 +60,7 @@ CUE, LEFT, RIGHT = 3, 1, 2
 @dataclass
 class Config:
     num_subjects: int = 50
-    num_trials: int = 120
+    num_trials: int = 200
     method: str = "grid"  # the exact posterior by quadrature; "nuts" samples it
     context_bias: float = 0.8
     params: tuple[str, ...] = ("alpha", "learning_rate")
