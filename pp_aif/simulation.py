@@ -163,7 +163,9 @@ def simulate(
                 **{name: getattr(result.scores, name) for name in TERMS},
             }
             for name, value in values.items():
-                array = recorded.setdefault(name, np.full((N, K, T, width), np.nan))
+                if name not in recorded:  # (not setdefault: it would allocate every step)
+                    recorded[name] = np.full((N, K, T, width), np.nan)
+                array = recorded[name]
                 array[:, k, t, : value.shape[-1]] = value.detach().cpu().numpy()
             observation = env.step(result.action)
         pA, pD, pB = learn_between_trials(
