@@ -18,6 +18,11 @@ each step tau = 1..H (all summed over tau):
 with W = ``wnorm`` of the Dirichlet counts, masked to their positive entries (SPM's
 ``spm_wnorm``; pymdp's ``calc_pA_info_gain`` / ``calc_pB_info_gain``).
 
+Each step is computed once per distinct policy prefix (``policy_prefix_tree``): policies that
+start alike share the predicted states of their common start. Cost per call, in the number of
+joint states S = prod_f S_f, joint outcomes O = prod_m O_m and distinct prefixes U_tau at step
+tau (<= P): O(N sum_tau U_tau S (O + sum_f S_f)).
+
 The joint outcome is contracted exactly (prod_m O_m entries per step and policy): with M > 1
 the modalities' predicted outcomes are dependent, and per-modality KLs do not add up to the risk.
 References: Friston et al. (2017), Neural Computation 29(1), eqs. 7-8; Da Costa et al. (2020),
@@ -44,6 +49,7 @@ __all__ = [
     "sampled_expected_free_energy_terms",
     "batch_likelihoods",
     "batch_transitions",
+    "policy_prefix_tree",
 ]
 
 #: SPM's floor inside ``spm_wnorm``: exp(-16).
@@ -92,6 +98,68 @@ def predict_states(
 def batch_transitions(transition_by_action: Sequence[Tensor]) -> list[Tensor]:
     """Each B_f as (N or 1, U_f, S_next, S_prev): a shared array gets a batch axis of 1."""
     return [b if b.dim() == 4 else b.unsqueeze(0) for b in transition_by_action]
+
+
+class _Level(NamedTuple):
+    """The distinct policy prefixes of length tau + 1: each one's control at tau (U_tau, F),
+    its parent among the prefixes of length tau (U_tau,), and each policy's prefix (P,) (None
+    where the prefixes are the policies themselves, in order)."""
+
+    actions: Tensor
+    parent: Tensor
+    inverse: Tensor | None
+
+
+_TREES: dict[tuple, list[tuple[Tensor, list[_Level]]]] = {}
+
+
+def policy_prefix_tree(policies: Tensor) -> list[_Level]:
+    """The policies as a tree of shared prefixes, one level per step (cached per policies).
+
+    Policies with a common start share the predicted states of that start: SPM's T-maze's 16
+    two-step policies have 4 distinct first moves, so the first step of the expected free
+    energy is computed for 4 prefixes, not 16. Prefixes are numbered in order of first
+    appearance, so the last level is the policies themselves when they are distinct.
+    """
+    key = (tuple(policies.shape), str(policies.device))
+    for known, levels in _TREES.get(key, []):
+        if torch.equal(known, policies):
+            return levels
+    P, H, _ = policies.shape
+    rows = policies.reshape(P, -1).tolist()
+    F = policies.shape[2]
+    levels, previous = [], [()] * P  # each policy's prefix id at the previous level
+    parents_of: dict = {}
+    for tau in range(H):
+        index: dict = {}
+        inverse, actions, parent = [], [], []
+        for p in range(P):
+            prefix = tuple(rows[p][: (tau + 1) * F])
+            if prefix not in index:
+                index[prefix] = len(index)
+                actions.append(rows[p][tau * F : (tau + 1) * F])
+                parent.append(parents_of.get(previous[p], 0))
+            inverse.append(index[prefix])
+        parents_of = {prefix: i for prefix, i in index.items()}
+        previous = [tuple(rows[p][: (tau + 1) * F]) for p in range(P)]
+        identity = inverse == list(range(P))
+        device = policies.device
+        levels.append(
+            _Level(
+                torch.tensor(actions, dtype=torch.int64, device=device).reshape(-1, F),
+                torch.tensor(parent, dtype=torch.int64, device=device),
+                None if identity else torch.tensor(inverse, dtype=torch.int64, device=device),
+            )
+        )
+    cached = _TREES.setdefault(key, [])
+    cached.append((policies.clone(), levels))
+    del cached[:-8]  # a few policy sets per shape (policies cut to the steps left, lesions)
+    return levels
+
+
+def _spread(per_prefix: Tensor, level: _Level) -> Tensor:
+    """A step's term per distinct prefix (N, U) as one per policy (N, P)."""
+    return per_prefix if level.inverse is None else per_prefix[:, level.inverse]
 
 
 def transition_novelty_weights(pB: Sequence[Tensor]) -> list[Tensor]:
@@ -187,31 +255,47 @@ def expected_free_energy_terms(
         None if pA is None else [wnorm(p.movedim(1, 0)).movedim(0, 1) * (p > 0) for p in pA]
     )
     novelty_weights_B = None if pB is None else transition_novelty_weights(pB)
+    transitions = batch_transitions(transition_by_action)
     ambiguity, pragmatic, outcome_entropy, novelty = zero, zero, zero, zero
-    previous = [q[:, None, :].expand(-1, P, -1) for q in beliefs]
-    for tau, states in enumerate(predict_states(beliefs, transition_by_action, policies)):
-        joint_states = outer(*states, batch_dims=2)  # (N, P, S_1..S_F)
-        flat_states = joint_states.flatten(2)  # (N, P, prod S)
-        ambiguity = ambiguity + (flat_states * entropy_given_state[:, None]).sum(-1)
+    # each step for the distinct policy prefixes only (``policy_prefix_tree``), each of the
+    # step's terms (N, U_tau) then handed to the policies that share the prefix
+    current = [q[:, None, :] for q in beliefs]  # (N, 1, S_f): the root
+    for tau, level in enumerate(policy_prefix_tree(policies)):
+        previous = [q[:, level.parent] for q in current]  # (N, U, S_f)
+        states = [
+            torch.einsum("Yuij,Yuj->Yui", b[:, level.actions[:, f]], q)
+            for f, (b, q) in enumerate(zip(transitions, previous, strict=True))
+        ]
+        joint_states = outer(*states, batch_dims=2)  # (N, U, S_1..S_F)
+        flat_states = joint_states.flatten(2)  # (N, U, prod S)
+        step_ambiguity = (flat_states * entropy_given_state[:, None]).sum(-1)
         joint_outcomes = torch.matmul(flat_states, joint_likelihood.transpose(-1, -2))
-        outcome_entropy = outcome_entropy + entropy(joint_outcomes)
+        step_entropy = entropy(joint_outcomes)
         log_p = joint_preferences[tau]
         if finite_preferences[tau]:
-            pragmatic = pragmatic + joint_outcomes @ log_p
+            step_pragmatic = joint_outcomes @ log_p
         else:  # a preference of -inf: outcomes that cannot occur contribute 0, not nan
-            pragmatic = pragmatic + xlogy_weighted(joint_outcomes, log_p)
+            step_pragmatic = xlogy_weighted(joint_outcomes, log_p)
+        step_novelty = None
         if novelty_weights_A is not None:
+            step_novelty = 0
             for m, a in enumerate(A):
-                predicted = _expect_over_states(a, joint_states)  # q(o_m | pi), (N, P, O_m)
+                predicted = _expect_over_states(a, joint_states)  # q(o_m | pi), (N, U, O_m)
                 weighted = _expect_over_states(novelty_weights_A[m], joint_states)
-                novelty = novelty - (predicted * weighted).sum(-1)
+                step_novelty = step_novelty - (predicted * weighted).sum(-1)
         if novelty_weights_B is not None:
+            step_novelty = 0 if step_novelty is None else step_novelty
             for f, (w, q_now, q_before) in enumerate(
                 zip(novelty_weights_B, states, previous, strict=True)
             ):
-                w_u = w[:, policies[:, tau, f]]  # (N or 1, P, S_next, S_prev)
-                novelty = novelty - torch.einsum("Ypi,Ypij,Ypj->Yp", q_now, w_u, q_before)
-        previous = states
+                w_u = w[:, level.actions[:, f]]  # (N or 1, U, S_next, S_prev)
+                step_novelty = step_novelty - torch.einsum("Yui,Yuij,Yuj->Yu", q_now, w_u, q_before)
+        ambiguity = ambiguity + _spread(step_ambiguity, level)
+        outcome_entropy = outcome_entropy + _spread(step_entropy, level)
+        pragmatic = pragmatic + _spread(step_pragmatic, level)
+        if step_novelty is not None:
+            novelty = novelty + _spread(step_novelty, level)
+        current = states
     epistemic = outcome_entropy - ambiguity
     risk = -outcome_entropy - pragmatic
     return EFETerms(

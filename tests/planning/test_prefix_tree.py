@@ -1,0 +1,44 @@
+"""Policies that share a start share its predicted states: the prefix tree, and the expected
+free energy computed on it equal to that of every policy on its own."""
+
+from __future__ import annotations
+
+import torch
+
+import pp_aif
+from pp_aif.ops.efe import expected_free_energy_terms, policy_prefix_tree
+from pp_aif.planning.efe import log_preferences
+from tests.common import assert_close
+
+
+def test_the_tmazes_policies_share_their_four_first_moves():
+    policies = pp_aif.load_task("tmaze").model.policies  # (16, 2, 2)
+    first, second = policy_prefix_tree(policies)
+    assert first.actions.shape == (4, 2) and first.inverse.shape == (16,)
+    assert second.inverse is None  # the distinct policies themselves, in order
+    assert torch.equal(second.actions, policies[:, 1])
+    # each policy's first move is its prefix's, and its parent is that prefix
+    assert torch.equal(first.actions[first.inverse], policies[:, 0])
+    assert torch.equal(second.parent, first.inverse)
+    # another set of the same shape is not served from the cache
+    swapped = policies.flip(0)
+    assert torch.equal(policy_prefix_tree(swapped)[1].actions, swapped[:, 1])
+
+
+def test_shared_prefixes_give_each_policy_its_own_terms():
+    """Every policy alone (a batch of one policy each) against all at once, with a duplicate."""
+    task = pp_aif.load_task("tmaze")
+    model = task.model
+    policies = torch.cat([model.policies, model.policies[3:5]])  # two policies twice
+    beliefs = [torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 1.0]]), torch.tensor([[0.3, 0.7]] * 2)]
+    beliefs = [b.to(model.dtype) for b in beliefs]
+    preferences = log_preferences(model, 0, 2)  # (H, O_m) per modality, from t = 0
+    together = expected_free_energy_terms(
+        beliefs, model.A, model.transition_by_action, preferences, policies
+    )
+    for p in range(policies.shape[0]):
+        alone = expected_free_energy_terms(
+            beliefs, model.A, model.transition_by_action, preferences, policies[p : p + 1]
+        )
+        for name in ("G", "risk", "ambiguity", "epistemic", "pragmatic"):
+            assert_close(getattr(together, name)[:, p], getattr(alone, name)[:, 0])
