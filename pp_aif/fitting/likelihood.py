@@ -447,8 +447,9 @@ class BehaviourLikelihood:
     ``parameter_defaults(settings)``. present : bool (N, K), optional, the trials that exist.
 
     What does not depend on the fitted parameters is computed here, once: the policy values
-    when no learning parameter is fitted, else the per-trial evidence lambda_k for the pD
-    recursion. ``likelihood(theta)`` with theta {name: tensor (*b, N)} returns (*b, N, K, T-1).
+    when neither a learning parameter nor zeta is fitted, else the per-trial evidence lambda_k
+    for the pD recursion (recomputed at every call when zeta is fitted, since A^zeta changes
+    it). ``likelihood(theta)`` with theta {name: tensor (*b, N)} returns (*b, N, K, T-1).
     """
 
     def __init__(
