@@ -157,6 +157,38 @@ def policy_prefix_tree(policies: Tensor) -> list[_Level]:
     return levels
 
 
+_LIKELIHOODS: list[tuple[tuple[Tensor, ...], tuple[int, ...], Tensor, Tensor]] = []
+
+
+def _likelihood_quantities(A: Sequence[Tensor], num_factors: int) -> tuple[Tensor, Tensor]:
+    """What depends on A only: the joint likelihood p(o_1..o_M | s) as a matrix (N or 1,
+    prod O, prod S) and the entropy H[p(o | s)] (N or 1, prod S).
+
+    Computed once per likelihood, not per step: the last few shared A's (O_m, S..) are
+    remembered by identity and version (an in-place change of A is a new version). One A per
+    belief (each agent's learned A, or a fitted likelihood precision's) changes from call to
+    call and is computed afresh, as is any A that requires a gradient (no graph is reused).
+    """
+    A = list(A)
+    cacheable = all(a.dim() == num_factors + 1 and not a.requires_grad for a in A)
+    versions = tuple(a._version for a in A)
+    if cacheable:
+        for known, known_versions, joint, entropy_ in _LIKELIHOODS:
+            if (
+                len(known) == len(A)
+                and all(k is a for k, a in zip(known, A, strict=True))
+                and known_versions == versions
+            ):
+                return joint, entropy_
+    batched = batch_likelihoods(A, num_factors)
+    joint = _joint_likelihood(batched, num_factors)
+    entropy_ = sum(-xlogy(a, a).sum(1) for a in batched).flatten(1)  # (N or 1, prod S)
+    if cacheable:
+        _LIKELIHOODS.append((tuple(A), versions, joint, entropy_))
+        del _LIKELIHOODS[:-8]  # a few models
+    return joint, entropy_
+
+
 def _spread(per_prefix: Tensor, level: _Level) -> Tensor:
     """A step's term per distinct prefix (N, U) as one per policy (N, P)."""
     return per_prefix if level.inverse is None else per_prefix[:, level.inverse]
@@ -231,6 +263,7 @@ def expected_free_energy_terms(
     EFETerms, each (N, P)
     """
     F = len(beliefs)
+    joint_likelihood, entropy_given_state = _likelihood_quantities(A, F)
     A = batch_likelihoods(A, F)
     pA = None if pA is None else batch_likelihoods(pA, F)
     N = beliefs[0].shape[0]
@@ -238,11 +271,7 @@ def expected_free_energy_terms(
     dtype = beliefs[0].dtype
     zero = torch.zeros(N, P, dtype=dtype, device=beliefs[0].device)
     num_outcomes = [a.shape[1] for a in A]
-    # model-only quantities, once per call: the joint likelihood p(o_1..o_M | s) as a matrix
-    # (batch, prod O, prod S), the entropy H[p(o | s)] (batch, prod S), and for each step the
-    # joint log preference sum_m ln p~_m(o_m) (prod O,)
-    joint_likelihood = _joint_likelihood(A, F)
-    entropy_given_state = sum(-xlogy(a, a).sum(1) for a in A).flatten(1)  # (N or 1, prod S)
+    # for each step the joint log preference sum_m ln p~_m(o_m) (prod O,)
     joint_preferences = [
         sum(
             log_preferences[m][tau].reshape(*[1] * m, num_outcomes[m], *[1] * (len(A) - m - 1))

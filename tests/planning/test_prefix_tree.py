@@ -42,3 +42,29 @@ def test_shared_prefixes_give_each_policy_its_own_terms():
         )
         for name in ("G", "risk", "ambiguity", "epistemic", "pragmatic"):
             assert_close(getattr(together, name)[:, p], getattr(alone, name)[:, 0])
+
+
+def test_what_depends_on_A_alone_is_remembered_but_never_stale():
+    """The joint likelihood and H[p(o | s)] are kept per A: an in-place change of A is seen,
+    and an A that requires a gradient gets a fresh graph at every call."""
+    model = pp_aif.load_task("tmaze").model
+    beliefs = [d[None].to(model.dtype) for d in model.D]
+    preferences = log_preferences(model, 0, 2)
+
+    def G(A):
+        return expected_free_energy_terms(
+            beliefs, A, model.transition_by_action, preferences, model.policies
+        ).G
+
+    A = [a.clone() for a in model.A]
+    before = G(A)
+    assert_close(G(A), before)  # remembered: the same answer
+    other = [a.clone() for a in model.A]
+    other[1] = 0.5 * other[1] + 0.5 / other[1].shape[0]  # a blurred likelihood, same shape
+    A[1].copy_(other[1])  # changed in place
+    assert_close(G(A), G(other))
+    assert not torch.allclose(G(other), before)
+    sharp = [a.clone().requires_grad_(True) for a in model.A]
+    for _ in range(2):  # each call builds its own graph
+        (gradient,) = torch.autograd.grad(G(sharp).sum(), [sharp[1]])
+        assert torch.isfinite(gradient).all()
