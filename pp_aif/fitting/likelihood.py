@@ -34,6 +34,11 @@ Three facts make the likelihood cheap, and each is exact:
    over trials on (*b, N, S) tensors, and then the beliefs and policy values of all trials are
    computed at once, batched over trials (``BehaviourLikelihood``).
 
+Cost per call, for B parameter draws, N subjects, K trials and the EFE kernel's cost per
+belief E (``pp_aif.ops.efe``): O(B N K T E) for the policy values (all trials at once; once
+per data set when neither learning nor zeta is fitted), plus the pD recursion: K sequential
+steps of O(B N prod S_learnable) each.
+
 Everything equals ``pp_aif.agent.step`` replaying the person's actions, with
 ``learn_between_trials`` between trials (tested to 1e-10), and gradients reach every parameter
 (``torch.autograd.gradcheck``). Agents that learn A or B, infer gamma, or plan with another

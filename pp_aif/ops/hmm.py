@@ -171,6 +171,10 @@ def forward_filter(
     likelihood is that much below the best state's), or the sequence is impossible, that
     sequence is recomputed by the log-space recursion, which shifts by the maximum of the
     log joint itself and so loses nothing.
+
+    Cost: O(N T prod_f S_f sum_f S_f) arithmetic (one matrix product per factor per step, on
+    the joint state), and T sequential steps of O(F) tensor operations each; memory
+    O(N T prod_f S_f). ``docs/benchmarks.md`` ("Cost as the state space grows") measures it.
     """
     N = log_likelihood.shape[0]
     prior = outer(*[q.expand(N, -1) for q in initial], batch_dims=1)
@@ -196,7 +200,9 @@ def forward_filter(
 
 
 def smooth(filtered: Tensor, predicted: Tensor, transitions: Sequence[Tensor]) -> Tensor:
-    """The alpha-gamma smoother: q(s_t | o_1:T) for every t, (N, T, S_1..S_F)."""
+    """The alpha-gamma smoother: q(s_t | o_1:T) for every t, (N, T, S_1..S_F).
+
+    Cost: as ``forward_filter``, O(N T prod_f S_f sum_f S_f), in T sequential steps."""
     N, T = filtered.shape[:2]
     safe_predicted = torch.where(predicted > 0, predicted, torch.ones_like(predicted))
     ones = [1] * (filtered.dim() - 2)
