@@ -185,7 +185,13 @@ def _summarise(dataset, labels) -> None:
 
 
 def simulate_command(
-    task_name: str, agents: int, trials: int, seed: int, out: Path, inference: str = "exact"
+    task_name: str,
+    agents: int,
+    trials: int,
+    seed: int,
+    out: Path,
+    inference: str = "exact",
+    device: str | None = None,
 ) -> int:
     from tqdm import tqdm
 
@@ -206,7 +212,9 @@ def simulate_command(
     with tqdm(
         total=trials, desc="trials", disable=trials * agents < 20_000 or None, leave=False
     ) as bar:
-        dataset = simulate(task, agents, trials, seed, settings=settings, progress=bar.update)
+        dataset = simulate(
+            task, agents, trials, seed, settings=settings, progress=bar.update, device=device
+        )
     seconds = time.perf_counter() - start
     if agents == 1:
         _narrate(dataset, task.labels)
@@ -237,6 +245,7 @@ def fit_command(
     hierarchical: bool,
     anonymise: bool,
     salt: str | None,
+    device: str | None = None,
 ) -> int:
     """Fit, print the ArviZ summary and the warnings in words, write the InferenceData
     atomically: to a temporary file beside ``out``, renamed only once it is whole."""
@@ -286,6 +295,7 @@ def fit_command(
             steps=steps,
             seed=seed,
             progress=progress,
+            device=device,
         )
     for bar in bars.values():
         bar.close()
@@ -421,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("out"),
         help="folder for the record and figure (default: ./out)",
     )
+    simulate_parser.add_argument(
+        "--device", default=None, help="where the agents compute, e.g. cuda (default: cpu)"
+    )
     demo_parser = commands.add_parser("demo", help="exact state inference on a two-factor model")
     demo_parser.add_argument("--task", default="two_factor", help="task name or task file")
     demo_parser.add_argument(
@@ -452,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     fit_parser.add_argument("--salt", default=None, help="the salt of --anonymise")
     fit_parser.add_argument(
+        "--device", default=None, help="where the likelihood computes, e.g. cuda (default: cpu)"
+    )
+    fit_parser.add_argument(
         "--out",
         type=Path,
         default=Path("out/fit.nc"),
@@ -480,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.seed,
                 arguments.out,
                 arguments.inference,
+                arguments.device,
             )
         if arguments.command == "compare":
             return compare_command(
@@ -500,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 hierarchical=arguments.hierarchical,
                 anonymise=arguments.anonymise,
                 salt=arguments.salt,
+                device=arguments.device,
             )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)

@@ -12,11 +12,12 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from pp_aif.spec import GenerativeModel
 
-__all__ = ["Labels", "Task", "load_task"]
+__all__ = ["Labels", "Task", "load_task", "checked_device"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class Task:
         return self.num_steps or int(self.observations.shape[0])
 
     def to(self, device=None, dtype=None) -> Task:
-        """A copy with the model, the world and the example on ``device`` (and in ``dtype``)."""
+        """A copy with the model, the world and the example on ``device`` (and in ``dtype``).
+        A device torch does not know, or one this machine lacks, is a ValueError."""
+        device = None if device is None else checked_device(device)
         return dataclasses.replace(
             self,
             model=self.model.to(dtype=dtype, device=device),
@@ -83,6 +86,30 @@ class Task:
             observations=self.observations.to(device),
             actions=self.actions.to(device),
         )
+
+
+def checked_device(device) -> torch.device:
+    """``torch.device(device)``, or a ValueError that names the problem: a device type torch
+    does not know, or an accelerator this machine does not have."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device: {device!r} is not a device torch knows (e.g. 'cpu', 'cuda')"
+        ) from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": torch.cuda.is_available,
+        "mps": lambda: torch.backends.mps.is_available(),
+    }.get(resolved.type, lambda: True)
+    if not available():
+        raise ValueError(f"device: {resolved.type} is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is not None:
+        if resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device: {resolved} does not exist ({torch.cuda.device_count()} GPU(s) here)"
+            )
+    return resolved
 
 
 def load_task(name_or_path: str | Path) -> Task:

@@ -69,3 +69,18 @@ def test_model_environment_settings_tuple():
     assert "factor0" in a["factor"].values
     with pytest.raises(TypeError, match=r"task\[1\]: expected a GenerativeModel or an Environment"):
         simulate((task.model, "world", AgentSettings()))
+
+
+def test_devices_are_checked_before_anything_runs():
+    import torch
+
+    task = pp_aif.load_task("tmaze")
+    with pytest.raises(ValueError, match=r"device: 'nonsense' is not a device torch knows"):
+        pp_aif.simulate(task, 1, 1, device="nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device: cuda is not available on this machine"):
+            pp_aif.simulate(task, 1, 1, device="cuda")
+    # the CPU named explicitly gives the same record as the default
+    named = pp_aif.simulate(task, 3, 2, seed=4, device="cpu")
+    default = pp_aif.simulate(task, 3, 2, seed=4)
+    assert (named["action"].values == default["action"].values).all()
