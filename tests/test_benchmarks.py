@@ -78,3 +78,13 @@ def test_device_benchmark_smoke(tmp_path):
     assert [row["draws"] for row in results["likelihood"]] == [1, 3]
     assert results["agents"][0]["agent_steps_per_second"] > 0
     assert (tmp_path / "bench_device_cpu.json").is_file()
+
+
+def test_scaling_benchmark_smoke(tmp_path):
+    from benchmarks.bench_scaling import Config as ScalingConfig
+    from benchmarks.bench_scaling import run as run_scaling
+
+    results = run_scaling(ScalingConfig(states=(3, 4), horizons=(1, 2), repeats=1, out=tmp_path))
+    assert [row["policies"] for row in results["rows"]] == [5, 25, 5, 25]
+    assert all(row["seconds"] > 0 for row in results["rows"])
+    assert (tmp_path / "bench_scaling.json").is_file()

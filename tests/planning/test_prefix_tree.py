@@ -68,3 +68,29 @@ def test_what_depends_on_A_alone_is_remembered_but_never_stale():
     for _ in range(2):  # each call builds its own graph
         (gradient,) = torch.autograd.grad(G(sharp).sum(), [sharp[1]])
         assert torch.isfinite(gradient).all()
+
+
+def test_large_transitions_are_applied_per_control_not_gathered(monkeypatch, rng):
+    """Above the gather limit each control's B is applied to the prefixes that use it: the
+    same terms (and gradients), per-agent B included, without a (U, S, S) copy."""
+    import numpy as np
+
+    import pp_aif.ops.efe as efe
+
+    S, U, N = 6, 3, 2
+    A = [torch.as_tensor(rng.dirichlet(np.ones(S), size=S).T)]
+    B = torch.as_tensor(np.stack([rng.dirichlet(np.ones(S), size=S).T for _ in range(U)], -1))
+    per_agent = B.permute(2, 0, 1)[None].expand(N, -1, -1, -1) ** 1.5  # (N, U, S', S)
+    per_agent = per_agent / per_agent.sum(-2, keepdim=True)
+    policies = pp_aif.construct_policies([U], 3)
+    preferences = [torch.log_softmax(torch.as_tensor(rng.normal(size=(3, S))), -1)]
+    beliefs = torch.as_tensor(rng.dirichlet(np.ones(S), size=N)).requires_grad_(True)
+
+    def terms():
+        out = expected_free_energy_terms([beliefs], A, [per_agent], preferences, policies)
+        (gradient,) = torch.autograd.grad(out.G.sum(), [beliefs])
+        return [out.G, out.epistemic, out.pragmatic, gradient]
+
+    gathered = terms()
+    monkeypatch.setattr(efe, "_GATHER_LIMIT", 0)
+    assert_close(terms(), gathered)
