@@ -12,6 +12,13 @@ is the number of distinct policy prefixes of length tau + 1: here sum_tau U_tau 
 fixed P, once the arithmetic outweighs the fixed cost of a step. The JSON holds each
 measurement and the fitted slopes of log time on log P and log S over the largest sizes.
 
+Side by side, in the same run (``pymdp=True``): pymdp 1.0's agent on the same arrays
+(``Agent(A, B, C=log_softmax(C), D, policies, gamma=1, inference_algo="fpi")``), one jitted
+call of ``infer_states`` then ``infer_policies``: the first call (tracing and compilation
+included) and the best of ``repeats`` after it, JAX on the CPU in float64 with one thread
+(``benchmarks.bench_pymdp``'s set-up). Both solve the same problem: the largest differences of
+G (pymdp's negative EFE) and of q(pi) are recorded for every size.
+
 Run: ``python -m benchmarks.bench_scaling --out benchmarks/results`` (see docs/benchmarks.md).
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +46,7 @@ class Config:
     horizons: tuple[int, ...] = (1, 2, 3, 4, 5)
     agents: int = 1
     repeats: int = 3
+    pymdp: bool = True  # pymdp 1.0 on the same models, in the same run
     seed: int = 0
     out: Path = field(default_factory=lambda: Path("benchmarks/results"))
 
@@ -50,6 +59,46 @@ def random_model(S: int, horizon: int, rng: np.random.Generator) -> pp_aif.Gener
     return pp_aif.GenerativeModel([A], [B], C=[C], policies=policies)
 
 
+def _pymdp_step(model, horizon: int, result, repeats: int) -> dict:
+    """pymdp's belief update and policy evaluation on the same model, against pp_aif's
+    ``result`` (its StepResult)."""
+    import jax
+    import jax.numpy as jnp
+    from pymdp.agent import Agent
+
+    start = time.perf_counter()
+    agent = Agent(
+        [jnp.asarray(a.numpy()) for a in model.A],
+        [jnp.asarray(b.numpy()) for b in model.B],
+        C=[jax.nn.log_softmax(jnp.asarray(c.numpy())) for c in model.C],
+        D=[jnp.asarray(d.numpy()) for d in model.D],
+        policies=jnp.asarray(model.policies.numpy()),
+        policy_len=horizon,
+        gamma=1.0,
+        inference_algo="fpi",
+        batch_size=1,
+    )
+
+    def update_and_plan(agent, observation):
+        beliefs = agent.infer_states([observation], agent.D)
+        return agent.infer_policies(beliefs)
+
+    program = jax.jit(update_and_plan)
+    observation = jnp.zeros((1, 1), dtype=jnp.int64)
+    q_pi, neg_efe = jax.block_until_ready(program(agent, observation))
+    first = time.perf_counter() - start
+    seconds, _ = best_time(lambda: jax.block_until_ready(program(agent, observation)), repeats)
+    G = result.scores.G.numpy()[0]
+    return {
+        "pymdp_seconds": seconds,
+        "pymdp_first_seconds": first,
+        "max_abs_G_difference": float(np.abs(np.asarray(neg_efe)[0] + G).max()),
+        "max_abs_q_pi_difference": float(
+            np.abs(np.asarray(q_pi)[0] - result.policy_posterior.numpy()[0]).max()
+        ),
+    }
+
+
 def _slope(x, y) -> float:
     """Least-squares slope of log y on log x."""
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
@@ -60,6 +109,10 @@ def run(config: Config) -> dict:
     torch.set_num_threads(1)
     rng = np.random.default_rng(config.seed)
     rows = []
+    if config.pymdp:
+        from benchmarks.bench_pymdp import _start_jax
+
+        jax, _ = _start_jax()
     try:
         for S in config.states:
             for H in config.horizons:
@@ -72,10 +125,22 @@ def run(config: Config) -> dict:
                     return step(model, settings, state, observation, num_steps=H + 1)
 
                 one_step()  # warm-up (and the policy tree, cached per policy set)
-                seconds, _ = best_time(one_step, config.repeats)
+                seconds, (_, result) = best_time(one_step, config.repeats)
                 P = model.policies.shape[0]
-                rows.append({"states": S, "horizon": H, "policies": P, "seconds": seconds})
-                print(f"S = {S:>5}, H = {H}, P = {P:>5}: {1e3 * seconds:9.2f} ms")
+                row = {"states": S, "horizon": H, "policies": P, "seconds": seconds}
+                if config.pymdp:
+                    row.update(_pymdp_step(model, H, result, config.repeats))
+                rows.append(row)
+                print(
+                    f"S = {S:>5}, H = {H}, P = {P:>5}: {1e3 * seconds:9.2f} ms"
+                    + (
+                        f"   pymdp {1e3 * row['pymdp_seconds']:9.2f} ms "
+                        f"(first call {row['pymdp_first_seconds']:.2f} s), "
+                        f"|dG| {row['max_abs_G_difference']:.1e}"
+                        if config.pymdp
+                        else ""
+                    )
+                )
     finally:
         torch.set_num_threads(threads)
     largest_S = max(config.states)
@@ -94,9 +159,14 @@ def run(config: Config) -> dict:
             else math.nan
         ),
     }
+    extra = {}
+    if config.pymdp:
+        from importlib.metadata import version
+
+        extra = {"jax": jax.__version__, "pymdp": version("inferactively-pymdp")}
     results = {
         "config": {**asdict(config), "out": str(config.out)},
-        "machine": {**machine(), "torch_threads": 1},
+        "machine": {**machine(), "torch_threads": 1, **extra},
         "rows": rows,
         "slopes": slopes,
     }

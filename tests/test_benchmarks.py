@@ -86,5 +86,8 @@ def test_scaling_benchmark_smoke(tmp_path):
 
     results = run_scaling(ScalingConfig(states=(3, 4), horizons=(1, 2), repeats=1, out=tmp_path))
     assert [row["policies"] for row in results["rows"]] == [5, 25, 5, 25]
-    assert all(row["seconds"] > 0 for row in results["rows"])
+    assert all(row["seconds"] > 0 and row["pymdp_seconds"] > 0 for row in results["rows"])
+    # pymdp 1.0 computes the same G and q(pi) on these random models (depth-2 policies too)
+    assert max(row["max_abs_G_difference"] for row in results["rows"]) < 1e-10
+    assert max(row["max_abs_q_pi_difference"] for row in results["rows"]) < 1e-10
     assert (tmp_path / "bench_scaling.json").is_file()
