@@ -87,6 +87,10 @@ def test_scaling_benchmark_smoke(tmp_path):
     results = run_scaling(ScalingConfig(states=(3, 4), horizons=(1, 2), repeats=1, out=tmp_path))
     assert [row["policies"] for row in results["rows"]] == [5, 25, 5, 25]
     assert all(row["seconds"] > 0 and row["pymdp_seconds"] > 0 for row in results["rows"])
+    skipped = run_scaling(
+        ScalingConfig(states=(3,), horizons=(1,), repeats=1, pymdp_max_entries=10, out=tmp_path)
+    )
+    assert "pymdp_skipped" in skipped["rows"][0] and "pymdp_seconds" not in skipped["rows"][0]
     # pymdp 1.0 computes the same G and q(pi) on these random models (depth-2 policies too)
     assert max(row["max_abs_G_difference"] for row in results["rows"]) < 1e-10
     assert max(row["max_abs_q_pi_difference"] for row in results["rows"]) < 1e-10
