@@ -41,14 +41,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import arviz as az  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pp_aif.tasks.tmaze import with_context_bias, without_learning  # noqa: E402
 
 import pp_aif  # noqa: E402
-from pp_aif.comparison import bms, compare, log_evidence  # noqa: E402
+from pp_aif.comparison import bms, compare, log_evidence, subject_elpd  # noqa: E402
 from pp_aif.data import BehaviourData, long_format  # noqa: E402
 from pp_aif.errors import ConvergenceWarning, DiagnosticWarning  # noqa: E402
 from pp_aif.fitting import fit, prior_draws  # noqa: E402
@@ -122,10 +121,7 @@ def run(config: Config) -> dict:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DiagnosticWarning)
             table = compare(fits)
-            warnings.simplefilter("ignore", UserWarning)
-            elpd = np.stack(
-                [az.loo(fits[k], pointwise=True).loo_i.values.sum(-1) for k in KINDS], -1
-            )  # (N, K): each subject's summed elpd
+            elpd = np.stack([subject_elpd(fits[k]) for k in KINDS], -1)  # (N, K)
         evidence = torch.stack([laplace[k] for k in KINDS], -1).numpy()  # (N, K)
         pairs = [("loo", elpd, by_loo), ("laplace", evidence, by_laplace)]
         if exact:

@@ -349,7 +349,7 @@ def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: P
     import arviz as az
     import numpy as np
 
-    from pp_aif.comparison import bms, compare, pointwise_fit
+    from pp_aif.comparison import bms, compare, subject_elpd
     from pp_aif.errors import DiagnosticWarning
     from pp_aif.plots import plot_model_selection
 
@@ -372,20 +372,8 @@ def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: P
     _report(caught, DiagnosticWarning)
     if not use_bms:
         return 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Pareto k: reported above
-        subjects = fits[names[0]].log_likelihood.coords["subject"].values
-        per_subject = np.stack(  # each subject's present trials' elpd, summed: (N, models)
-            [
-                az.loo(pointwise_fit(fits[name]), pointwise=True)
-                .loo_i.groupby("subject")
-                .sum()
-                .reindex(subject=subjects)
-                .values
-                for name in names
-            ],
-            -1,
-        )
+    # each subject's elpd over its own trials: (N, models); Pareto k was reported above
+    per_subject = np.stack([subject_elpd(fits[name]) for name in names], -1)
     result = bms(per_subject)
     rows = [["model", "frequency", "exceedance", "protected"]]
     for k, name in enumerate(names):

@@ -113,7 +113,12 @@ def simulate(
         raise ValueError(
             f"num_agents and num_trials must be at least 1, got {num_agents}, {num_trials}"
         )
-    if device is not None and isinstance(task, Task):
+    if device is not None:
+        if not isinstance(task, Task):
+            raise ValueError(
+                "device: give a Task (pp_aif.load_task), or move the model and environment of "
+                "the (model, environment, settings) tuple yourself"
+            )
         task = task.to(device)
     task, env = _as_task(task, num_steps)
     settings = settings or task.settings or AgentSettings()

@@ -77,6 +77,8 @@ def test_devices_are_checked_before_anything_runs():
     task = pp_aif.load_task("tmaze")
     with pytest.raises(ValueError, match=r"device: 'nonsense' is not a device torch knows"):
         pp_aif.simulate(task, 1, 1, device="nonsense")
+    with pytest.raises(ValueError, match=r"device: give a Task"):
+        pp_aif.simulate((task.model, task.model, task.settings), 1, 1, device="cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device: cuda is not available on this machine"):
             pp_aif.simulate(task, 1, 1, device="cuda")

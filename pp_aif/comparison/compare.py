@@ -23,7 +23,7 @@ import pandas as pd
 
 from pp_aif.errors import DiagnosticWarning
 
-__all__ = ["compare", "pointwise_fit", "PARETO_K_THRESHOLD", "UNITS", "CRITERIA"]
+__all__ = ["compare", "pointwise_fit", "subject_elpd", "PARETO_K_THRESHOLD", "UNITS", "CRITERIA"]
 
 PARETO_K_THRESHOLD = 0.7
 UNITS = ("trial", "subject")
@@ -54,6 +54,17 @@ def pointwise_fit(inference: az.InferenceData, unit: str = "trial") -> az.Infere
     return az.InferenceData(
         posterior=inference.posterior, log_likelihood=pointwise.to_dataset(name="actions")
     )
+
+
+def subject_elpd(inference: az.InferenceData) -> np.ndarray:
+    """Each subject's PSIS-LOO elpd, summed over the trials it has: (N,), in the order of the
+    fit's subjects (the per-subject numbers for ``bms``). Pareto-k warnings are ``compare``'s
+    to report; ArviZ's own are silenced here."""
+    subjects = inference.log_likelihood.coords["subject"].values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loo = az.loo(pointwise_fit(inference), pointwise=True)
+    return loo.loo_i.groupby("subject").sum().reindex(subject=subjects).values
 
 
 def compare(

@@ -272,7 +272,7 @@ def _run_nuts(program, chains, draws, warmup, seed, progress, dense):
     C, D, d = result.samples.shape
     with torch.no_grad():
         flat = potential.constrained(result.samples.reshape(C * D, d))  # on the CPU
-    sites = {name: value.reshape(C, D, *value.shape[1:]).cpu() for name, value in flat.items()}
+    sites = {name: value.reshape(C, D, *value.shape[1:]) for name, value in flat.items()}
     stats = {
         "diverging": result.diverging.numpy(),
         "tree_depth": result.tree_depth.numpy(),

@@ -195,20 +195,22 @@ def _trial_arrays(model: GenerativeModel, observations: Tensor, actions: Tensor,
         log_likelihood = observation_log_likelihood(model.log_A, observations.reshape(N * K, T, -1))
         return log_likelihood, transitions, actions
     batch = log_A[0].shape[: -model.num_factors - 2]
-    flat = math.prod(batch) * N * K
-    per_trial = [  # (b*N*K, O, S..), each trial with its subject's A
-        a[..., None, :, *[slice(None)] * model.num_factors]
-        .expand(*batch, N, K, *a.shape[-model.num_factors - 1 :])
-        .reshape(flat, *a.shape[-model.num_factors - 1 :])
-        for a in log_A
-    ]
     flat_observations = observations.reshape(N * K, T, -1).expand(*batch, N * K, T, -1)
     log_likelihood = observation_log_likelihood(
-        per_trial,
-        flat_observations.reshape(flat, T, -1),
+        [_per_trial(a, batch, K, model.num_factors) for a in log_A],
+        flat_observations.reshape(-1, T, flat_observations.shape[-1]),
         per_sequence=True,
     )
     return log_likelihood.reshape(*batch, N * K, *log_likelihood.shape[1:]), transitions, actions
+
+
+def _per_trial(array: Tensor, batch, K: int, num_factors: int) -> Tensor:
+    """A subject's array (*b, N, X, S_1..S_F) repeated for each of its K trials, flattened to
+    (b*N*K, X, S_1..S_F) (the layout of the trial arrays)."""
+    event = array.shape[-num_factors - 1 :]
+    N = array.shape[-num_factors - 2]
+    per_subject = array.reshape(*array.shape[: -num_factors - 1], 1, *event)
+    return per_subject.expand(*batch, N, K, *event).reshape(-1, *event)
 
 
 def _policy_values(model, settings, arrays, initial, A=None) -> PolicyValues:
@@ -230,14 +232,8 @@ def _policy_values(model, settings, arrays, initial, A=None) -> PolicyValues:
         initial = [d.expand(size, -1) for d in model.D]
     else:
         initial = [d.expand(*batch, N, K, -1).reshape(size, d.shape[-1]) for d in initial]
-    likelihood = model.A
-    if A is not None:  # each trial's agent's own A: (b*N*K, O_m, S..)
-        likelihood = [
-            a.reshape(*a.shape[: -F - 1], 1, *a.shape[-F - 1 :])
-            .expand(*batch, N, K, *a.shape[-F - 1 :])
-            .reshape(size, *a.shape[-F - 1 :])
-            for a in A
-        ]
+    # each trial's agent's own A: (b*N*K, O_m, S..)
+    likelihood = model.A if A is None else [_per_trial(a, batch, K, F) for a in A]
     filtered = forward_filter(log_likelihood, transitions, initial).filtered
     marginals = factor_marginals(filtered, 2)  # F tensors (b*N*K, T, S_f)
     without_pragmatic = replace(settings.lesions, pragmatic=False)
@@ -270,13 +266,12 @@ def initial_state_evidence(
     A trial whose observations are impossible from every initial state the model allows raises
     ``DataError`` naming the subject and trial.
     """
-    N, K, T, _ = observations.shape
-    log_likelihood, transitions, _ = _trial_arrays(model, observations, actions)
-    evidence = _evidence(log_likelihood, transitions).reshape(N, K, *model.num_states)
-    if present is not None:
-        evidence = torch.where(
-            present.reshape(N, K, *[1] * model.num_factors), evidence, torch.ones_like(evidence)
-        )
+    return _checked_evidence(model, _trial_arrays(model, observations, actions), present)
+
+
+def _checked_evidence(model: GenerativeModel, arrays, present: Tensor | None) -> Tensor:
+    """``initial_state_evidence`` from the data's _trial_arrays."""
+    evidence = _trial_evidence(model, arrays, present)
     support = outer(*[d > 0 for d in (model.pD or model.D)], batch_dims=0)
     possible = (evidence * support).flatten(2).sum(-1) > 0  # (N, K)
     possible = possible & torch.isfinite(evidence.flatten(2)).all(-1)
@@ -287,6 +282,22 @@ def initial_state_evidence(
             "initial state it allows (p(o | s_0) = 0 wherever D > 0)"
         )
     return evidence
+
+
+def _trial_evidence(model: GenerativeModel, arrays, present: Tensor | None) -> Tensor:
+    """lambda_k(s_0) of every trial from _trial_arrays (their ln p(o | s) with or without
+    parameter axes *b): (*b, N, K, S_1..S_F), absent trials all 1."""
+    log_likelihood, transitions, actions = arrays
+    N, K, T = actions.shape[0], actions.shape[1], actions.shape[2] + 1
+    batch = log_likelihood.shape[: -model.num_factors - 2]
+    flat = log_likelihood.reshape(-1, T, *model.num_states)
+    copies = flat.shape[0] // (N * K)
+    transitions = [b.expand(copies, *b.shape).reshape(-1, *b.shape[1:]) for b in transitions]
+    evidence = _evidence(flat, transitions).reshape(*batch, N, K, *model.num_states)
+    if present is None:
+        return evidence
+    keep = present.reshape(N, K, *[1] * model.num_factors)
+    return torch.where(keep, evidence, torch.ones_like(evidence))
 
 
 def _evidence(log_likelihood: Tensor, transitions: list[Tensor]) -> Tensor:
@@ -482,11 +493,7 @@ class BehaviourLikelihood:
         self.defaults = parameter_defaults(settings)
         self.arrays = _trial_arrays(model, observations, actions)
         # the data's own checks (impossible trials) at zeta = 1: A_zeta has A's zeros
-        self.evidence = (
-            None
-            if model.pD is None
-            else initial_state_evidence(model, observations, actions, present)
-        )
+        self.evidence = None if model.pD is None else _checked_evidence(model, self.arrays, present)
         self.static = None
         if not learning and "likelihood_precision" not in params:
             self.static = self.values({})
@@ -500,18 +507,8 @@ class BehaviourLikelihood:
             log_A = sharpened_likelihood(self.model.A, theta["likelihood_precision"], log=True)
             A = [torch.exp(a) for a in log_A]
             arrays = _trial_arrays(self.model, self.observations, self.actions, log_A)
-            if evidence is not None:
-                log_likelihood, transitions, _ = arrays
-                size = log_likelihood.shape[: -self.model.num_factors - 2]
-                flat = log_likelihood.reshape(-1, *log_likelihood.shape[len(size) + 1 :])
-                batch = flat.shape[0] // log_likelihood.shape[len(size)]
-                transitions = [
-                    b.expand(batch, *b.shape).reshape(-1, *b.shape[1:]) for b in transitions
-                ]
-                evidence = _evidence(flat, transitions).reshape(*size, *self.evidence.shape)
-                if self.present is not None:  # absent trials: all 1, as initial_state_evidence
-                    keep = self.present.reshape(*self.present.shape, *[1] * self.model.num_factors)
-                    evidence = torch.where(keep, evidence, 1.0)
+            if evidence is not None:  # lambda_k follows A^zeta
+                evidence = _trial_evidence(self.model, arrays, self.present)
         initial = None
         if evidence is not None:
             rate, forget, scale = (

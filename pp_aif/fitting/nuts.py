@@ -259,12 +259,12 @@ class _Chain:
             step_size *= 2.0**direction
         return step_size
 
-    def run(self, initial: np.ndarray, draws: int, warmup: int, report) -> _Evaluation:
-        """The whole chain: warm-up, then ``draws`` transitions; returns its record."""
-        d = initial.shape[0]
+    def run(self, start: _Point, draws: int, warmup: int, report) -> _Evaluation:
+        """The whole chain from ``start`` (its potential and gradient known): warm-up, then
+        ``draws`` transitions; returns its record."""
+        d = start.z.shape[0]
         self.metric = _Metric(np.eye(d) if self.dense else np.ones(d))
-        U, g = yield initial
-        current = _Point(initial, np.zeros(d), g, U)
+        current = start
         step_size = yield from self.initial_step_size(current, 1.0)
         averaging = _DualAveraging(step_size, self.target)
         windows = adaptation_windows(warmup)
@@ -320,7 +320,8 @@ def nuts(
     if initial.dim() != 2:
         raise ValueError(f"initial: (chains, dimensions) expected, got {tuple(initial.shape)}")
     C, d = initial.shape
-    U, _ = _evaluate(potential, initial.detach().cpu().numpy().astype(np.float64), initial)
+    z = initial.detach().cpu().numpy().astype(np.float64)
+    U, g = _evaluate(potential, z, initial)
     if not np.isfinite(U).all():
         bad = np.flatnonzero(~np.isfinite(U)).tolist()
         raise ValueError(f"initial: the potential is not finite for chain(s) {bad}")
@@ -349,7 +350,7 @@ def nuts(
         for c in range(C)
     ]
     runs = {
-        c: chain.run(initial[c].detach().cpu().numpy().astype(np.float64), draws, warmup, report(c))
+        c: chain.run(_Point(z[c], np.zeros(d), g[c], float(U[c])), draws, warmup, report(c))
         for c, chain in enumerate(chains)
     }
     asked = {c: next(run) for c, run in runs.items()}

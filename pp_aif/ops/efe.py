@@ -44,7 +44,6 @@ from pp_aif.ops.numerics import entropy, xlogy
 __all__ = [
     "EFETerms",
     "wnorm",
-    "predict_states",
     "expected_free_energy_terms",
     "sampled_expected_free_energy_terms",
     "batch_likelihoods",
@@ -72,27 +71,6 @@ def wnorm(concentrations: Tensor) -> Tensor:
     """SPM's ``spm_wnorm``: ``1 / sum_o (a + e^-16) - 1 / (a + e^-16)`` over axis 0."""
     a = concentrations + WNORM_FLOOR
     return 1.0 / a.sum(0, keepdim=True) - 1.0 / a
-
-
-def predict_states(
-    beliefs: Sequence[Tensor], transition_by_action: Sequence[Tensor], policies: Tensor
-) -> list[list[Tensor]]:
-    """q(s_f,tau | pi) for tau = 1..H: a list over tau of F tensors (N, P, S_f).
-
-    beliefs : F tensors (N, S_f); transition_by_action : F tensors (U_f, S_next, S_prev), or
-    (N, U_f, S_next, S_prev) for one transition per belief; policies : int (P, H, F).
-    """
-    P, H, _ = policies.shape
-    transition_by_action = batch_transitions(transition_by_action)
-    current = [q[:, None, :].expand(-1, P, -1) for q in beliefs]
-    steps = []
-    for tau in range(H):
-        current = [
-            torch.einsum("Ypij,Ypj->Ypi", b[:, policies[:, tau, f]], q)
-            for f, (b, q) in enumerate(zip(transition_by_action, current, strict=True))
-        ]
-        steps.append(current)
-    return steps
 
 
 def batch_transitions(transition_by_action: Sequence[Tensor]) -> list[Tensor]:
@@ -125,11 +103,10 @@ def policy_prefix_tree(policies: Tensor) -> list[_Level]:
     for known, levels in _TREES.get(key, []):
         if torch.equal(known, policies):
             return levels
-    P, H, _ = policies.shape
+    P, H, F = policies.shape
     rows = policies.reshape(P, -1).tolist()
-    F = policies.shape[2]
-    levels, previous = [], [()] * P  # each policy's prefix id at the previous level
-    parents_of: dict = {}
+    device = policies.device
+    levels, parent_of = [], [0] * P  # each policy's prefix at the previous level (the root)
     for tau in range(H):
         index: dict = {}
         inverse, actions, parent = [], [], []
@@ -138,17 +115,16 @@ def policy_prefix_tree(policies: Tensor) -> list[_Level]:
             if prefix not in index:
                 index[prefix] = len(index)
                 actions.append(rows[p][tau * F : (tau + 1) * F])
-                parent.append(parents_of.get(previous[p], 0))
+                parent.append(parent_of[p])
             inverse.append(index[prefix])
-        parents_of = {prefix: i for prefix, i in index.items()}
-        previous = [tuple(rows[p][: (tau + 1) * F]) for p in range(P)]
-        identity = inverse == list(range(P))
-        device = policies.device
+        parent_of = inverse
         levels.append(
             _Level(
                 torch.tensor(actions, dtype=torch.int64, device=device).reshape(-1, F),
                 torch.tensor(parent, dtype=torch.int64, device=device),
-                None if identity else torch.tensor(inverse, dtype=torch.int64, device=device),
+                None
+                if inverse == list(range(P))
+                else torch.tensor(inverse, dtype=torch.int64, device=device),
             )
         )
     cached = _TREES.setdefault(key, [])

@@ -9,7 +9,7 @@ import arviz as az
 import numpy as np
 import pytest
 
-from pp_aif.comparison import compare, pointwise_fit
+from pp_aif.comparison import compare, pointwise_fit, subject_elpd
 from pp_aif.errors import DiagnosticWarning
 from tests.common import assert_close
 
@@ -47,28 +47,26 @@ def elpd_loo_by_hand(log_likelihood: np.ndarray) -> float:
     return float(np.sum(loo))
 
 
+def assert_elpd_close(actual, log_likelihood: np.ndarray) -> None:
+    """PSIS-LOO's elpd against ``elpd_loo_by_hand`` of the same pointwise log-likelihood."""
+    assert_close(
+        actual,
+        elpd_loo_by_hand(log_likelihood),
+        rtol=1e-3,
+        atol=0,
+        reason="PSIS smooths the largest importance ratios",
+    )
+
+
 def test_compare_ranks_by_elpd_per_trial_and_per_subject(rng):
     good = synthetic_fit(rng, -0.5, 0.05)
     bad = synthetic_fit(rng, -0.9, 0.05)
     table = compare({"bad": bad, "good": good})
     assert list(table.index) == ["good", "bad"]
-    expected = elpd_loo_by_hand(good.log_likelihood["actions"].values)
-    assert_close(
-        table.loc["good", "elpd_loo"],
-        expected,
-        rtol=1e-3,
-        atol=0,
-        reason="PSIS smooths the largest importance ratios",
-    )
+    assert_elpd_close(table.loc["good", "elpd_loo"], good.log_likelihood["actions"].values)
     per_subject = compare({"bad": bad, "good": good}, unit="subject")
     summed = good.log_likelihood["actions"].values.sum(-1)
-    assert_close(
-        per_subject.loc["good", "elpd_loo"],
-        elpd_loo_by_hand(summed),
-        rtol=1e-3,
-        atol=0,
-        reason="PSIS smooths the largest importance ratios",
-    )
+    assert_elpd_close(per_subject.loc["good", "elpd_loo"], summed)
     assert pointwise_fit(good, "subject").log_likelihood["actions"].dims == (
         "chain",
         "draw",
@@ -131,12 +129,13 @@ def test_absent_trials_are_no_observations(rng):
         table = compare(fits)
     assert not [w for w in caught if w.category is DiagnosticWarning]
     kept = fits["good"].log_likelihood["actions"].values[:, :, present]  # (C, D, 22)
-    assert_close(
-        table.loc["good", "elpd_loo"],
-        elpd_loo_by_hand(kept),
-        rtol=1e-3,
-        atol=0,
-        reason="PSIS smooths the largest importance ratios",
-    )
+    assert_elpd_close(table.loc["good", "elpd_loo"], kept)
+    # each subject's elpd over its own trials, for BMS, in the fit's order of subjects (here
+    # not sorted, as ids of any kind may be)
+    shuffled = fits["good"].assign_coords(subject=["s3", "s0", "s2", "s1"])
+    values = shuffled.log_likelihood["actions"].values
+    per_subject = subject_elpd(shuffled)
+    for n in range(values.shape[2]):
+        assert_elpd_close(per_subject[n], values[:, :, n, present[n]])
     loo = az.loo(pointwise_fit(fits["good"]), pointwise=True)
     assert loo.n_data_points == int(present.sum()) == 22
