@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from pp_aif.agent import INFERENCE_SCHEMES, AgentSettings
+from pp_aif.jobs import JobsFailed
 
 __all__ = ["main"]
 
@@ -246,9 +247,17 @@ def fit_command(
     anonymise: bool,
     salt: str | None,
     device: str | None = None,
+    subjects_per_job: int = 10,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> int:
     """Fit, print the ArviZ summary and the warnings in words, write the InferenceData
-    atomically: to a temporary file beside ``out``, renamed only once it is whole."""
+    atomically: to a temporary file beside ``out``, renamed only once it is whole.
+
+    Without a population model, more subjects than ``subjects_per_job`` are fitted in groups,
+    each a Dask job (``pp_aif.fitting.fanout``): on a local cluster of ``workers`` processes, or
+    on the cluster at ``scheduler`` ("inline": one after another here). The groups' results go
+    to ``<out>.jobs/`` as they finish, and a rerun fits only the groups not there."""
     import os
     import warnings
 
@@ -280,23 +289,47 @@ def fit_command(
         bar = bars[stage]
         bar.update(done - bar.n)
 
+    if subjects_per_job < 1:
+        raise ValueError(f"--subjects-per-job: {subjects_per_job}; need at least 1")
+    arguments = dict(
+        method=method, chains=chains, draws=draws, warmup=warmup, steps=steps, device=device
+    )
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        inference = fit(
-            task,
-            data,
-            names,
-            method=method,
-            hierarchical=hierarchical,
-            chains=chains,
-            draws=draws,
-            warmup=warmup,
-            steps=steps,
-            seed=seed,
-            progress=progress,
-            device=device,
-        )
+        if hierarchical or N <= subjects_per_job:
+            inference = fit(
+                task,
+                data,
+                names,
+                hierarchical=hierarchical,
+                seed=seed,
+                progress=progress,
+                **arguments,
+            )
+        else:
+            from pp_aif.fitting.fanout import fit_subjects
+
+            store = out.with_name(f"{out.stem}.jobs")
+            where = scheduler or f"a local cluster of {workers or 'one per core'} worker(s)"
+            print(f"{-(-N // subjects_per_job)} jobs of {subjects_per_job} subjects on {where}")
+            print(f"each job's result: {store}/ (a rerun fits only the jobs not there)")
+
+            def job_progress(name: str, done: int, total: int) -> None:
+                progress("jobs", done, total)
+
+            inference = fit_subjects(
+                task,
+                data,
+                names,
+                store=store,
+                subjects_per_job=subjects_per_job,
+                scheduler=scheduler,
+                workers=workers,
+                seed=seed,
+                progress=job_progress,
+                **arguments,
+            )
     for bar in bars.values():
         bar.close()
     seconds = time.perf_counter() - start
@@ -456,6 +489,22 @@ def main(argv: list[str] | None = None) -> int:
         "--device", default=None, help="where the likelihood computes, e.g. cuda (default: cpu)"
     )
     fit_parser.add_argument(
+        "--subjects-per-job",
+        type=int,
+        default=10,
+        help="without --hierarchical, more subjects are fitted in groups of this many, each a "
+        "Dask job (default 10)",
+    )
+    fit_parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="the jobs' Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local "
+        "cluster; 'inline': one after another in this process)",
+    )
+    fit_parser.add_argument(
+        "--workers", type=int, default=None, help="local cluster's processes (default: cores)"
+    )
+    fit_parser.add_argument(
         "--out",
         type=Path,
         default=Path("out/fit.nc"),
@@ -506,10 +555,16 @@ def main(argv: list[str] | None = None) -> int:
                 anonymise=arguments.anonymise,
                 salt=arguments.salt,
                 device=arguments.device,
+                subjects_per_job=arguments.subjects_per_job,
+                scheduler=arguments.scheduler,
+                workers=arguments.workers,
             )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)
         return 2
+    except JobsFailed as error:
+        print(f"pp-aif: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("pp-aif: interrupted; nothing was written", file=sys.stderr)
         return 130

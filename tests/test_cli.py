@@ -187,3 +187,70 @@ def test_compare_ranks_fit_files_and_runs_bms(tmp_path, capsys, choices_csv):
     assert "at least two fit files" in capsys.readouterr().err
     assert main(["compare", files[0], str(tmp_path / "missing.nc")]) == 2
     assert "fit file not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def five_subjects_csv(tmp_path_factory):
+    import pp_aif
+    from pp_aif.data import long_format
+
+    task = pp_aif.load_task("tmaze")
+    path = tmp_path_factory.mktemp("data") / "five.csv"
+    long_format(pp_aif.simulate(task, 5, 4, seed=5), task).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_fit_of_many_subjects_fans_out_and_resumes(tmp_path, capsys, five_subjects_csv):
+    """Groups of 2 subjects as jobs: on a local Dask cluster (the default) and inline, the same
+    draws, each group equal to its own fit; a rerun fits nothing; one group lost, only it."""
+    import arviz as az
+    import numpy as np
+
+    import pp_aif
+    from pp_aif.data import BehaviourData
+    from pp_aif.fitting import fit
+    from pp_aif.fitting.fanout import subset
+
+    base = ["fit", "tmaze", str(five_subjects_csv), "--params", "alpha", "--method", "grid"]
+    base += ["--draws", "40", "--subjects-per-job", "2", "--seed", "7"]
+    cluster, inline = tmp_path / "cluster.nc", tmp_path / "inline.nc"
+    assert main([*base, "--workers", "2", "--out", str(cluster)]) == 0
+    output = capsys.readouterr().out
+    assert "3 jobs of 2 subjects on a local cluster of 2 worker(s)" in output
+    jobs = sorted((tmp_path / "cluster.jobs").iterdir())
+    assert [p.name[:15] for p in jobs] == ["fit-00000-00001", "fit-00002-00003", "fit-00004-00004"]
+    assert main([*base, "--scheduler", "inline", "--out", str(inline)]) == 0
+    capsys.readouterr()
+    a, b = az.from_netcdf(cluster), az.from_netcdf(inline)
+    assert a.posterior["alpha"].shape == (1, 40, 5)
+    assert a.sample_stats["diverging"].dims == ("chain", "draw", "subject")
+    np.testing.assert_array_equal(a.posterior["alpha"].values, b.posterior["alpha"].values)
+    task = pp_aif.load_task("tmaze")
+    data = BehaviourData.read(five_subjects_csv, task)
+    for j, start in enumerate(range(0, 5, 2)):
+        alone = fit(
+            task, subset(data, start, start + 2), ("alpha",), method="grid", draws=40, seed=7 + j
+        )
+        np.testing.assert_array_equal(
+            a.posterior["alpha"].values[..., start : start + 2], alone.posterior["alpha"].values
+        )
+        np.testing.assert_array_equal(
+            a.log_likelihood["actions"].values[:, :, start : start + 2],
+            alone.log_likelihood["actions"].values,
+        )
+    np.testing.assert_allclose(
+        a.attrs["log_evidence"],
+        fit(task, data, ("alpha",), method="grid", draws=40).attrs["log_evidence"],
+        rtol=1e-12,
+    )
+    # a rerun finds every group; with one removed, fits it alone (inline: one job)
+    jobs[1].unlink()
+    assert main([*base, "--out", str(cluster)]) == 0
+    assert sorted((tmp_path / "cluster.jobs").iterdir()) == jobs
+    np.testing.assert_array_equal(
+        az.from_netcdf(cluster).posterior["alpha"].values, b.posterior["alpha"].values
+    )
+    assert main([*base, "--subjects-per-job", "0", "--out", str(cluster)]) == 2
+    assert "--subjects-per-job: 0; need at least 1" in capsys.readouterr().err

@@ -1,0 +1,197 @@
+"""Jobs on Dask: atomic, exactly-once results under deterministic names; reruns resume; a real
+scheduler and two workers on 127.0.0.1, one of them killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pytest
+
+from pp_aif.jobs import Job, JobsFailed, JobStore, fan_out, job_name, spec_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def slow_square(x: int, seconds: float = 0.0) -> dict:
+    """A job: x squared, and which worker computed it."""
+    time.sleep(seconds)
+    try:
+        from distributed import get_worker
+
+        worker = str(get_worker().name)
+    except (ImportError, ValueError):
+        worker = "inline"
+    return {"x": x, "square": x * x, "worker": worker}
+
+
+def failing_job(x: int) -> dict:
+    if x == 2:
+        raise ArithmeticError("job 2 always fails")
+    return {"x": x}
+
+
+def test_names_are_deterministic_and_follow_the_spec():
+    spec = {"subjects": (0, 10), "seed": 3, "method": "grid"}
+    assert job_name("fit", spec) == job_name(
+        "fit", {"seed": 3, "method": "grid", "subjects": [0, 10]}
+    )
+    assert job_name("fit", spec) != job_name("fit", {**spec, "seed": 4})
+    assert len(spec_digest(spec)) == 12
+    with pytest.raises(TypeError, match="ndarray is not a plain value"):
+        spec_digest({"data": np.zeros(3)})
+    with pytest.raises(ValueError, match="not a safe file name"):
+        job_name("../escape", spec)
+    with pytest.raises(ValueError, match="not a safe file name"):
+        Job("a/b", slow_square)
+
+
+def test_store_writes_once_and_atomically(tmp_path):
+    store = JobStore(tmp_path)
+    assert store.write("a", {"value": 1})
+    assert not store.write("a", {"value": 2})  # the first result stands
+    assert store.read("a") == {"value": 1}
+
+    class Unserialisable:
+        pass
+
+    with pytest.raises(TypeError, match="job b: its result is neither"):
+        store.write("b", {"value": Unserialisable()})
+    assert not store.done("b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # no partial left
+    inference = az.from_dict(posterior={"theta": np.arange(6.0).reshape(1, 6)})
+    assert store.write("c", inference)
+    np.testing.assert_array_equal(
+        store.read("c").posterior["theta"].values, inference.posterior["theta"].values
+    )
+    with pytest.raises(FileNotFoundError, match="no result for job d"):
+        store.read("d")
+
+
+def test_inline_runs_resume_and_report_failures(tmp_path):
+    jobs = [Job(f"j{x}", failing_job, {"x": x}) for x in range(4)]
+    with pytest.raises(JobsFailed, match=r"1 job\(s\) failed \(j2\).*ArithmeticError.*3 finished"):
+        fan_out(jobs, tmp_path, scheduler="inline")
+    assert JobStore(tmp_path).names() == ["j0", "j1", "j3"]
+    calls = []
+    jobs = [Job(f"j{x}", slow_square, {"x": x}) for x in range(4)]
+    results = fan_out(jobs, tmp_path, scheduler="inline", progress=lambda *a: calls.append(a))
+    assert calls == [("", 3, 4), ("j2", 4, 4)]  # only the failed job was run again
+    assert results["j2"]["square"] == 4 and results["j0"] == {"x": 0}  # j0 kept from the first run
+    with pytest.raises(ValueError, match="two jobs are named j0"):
+        fan_out([jobs[0], jobs[0]], tmp_path, scheduler="inline")
+    with pytest.raises(ValueError, match="not an address"):
+        fan_out(
+            [Job("new", slow_square, {"x": 1}), Job("new2", slow_square, {"x": 2})],
+            tmp_path,
+            scheduler="nowhere",
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(arguments: list[str]) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", *arguments],
+        env=environment,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _wait_for_workers(address: str, n: int, timeout: float = 60.0) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(n, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_killed_worker_loses_nothing_and_reruns_resume(tmp_path):
+    pytest.importorskip("distributed")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = _start(
+        [
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            ":0",
+            "--no-show",
+        ]
+    )
+    workers = {
+        name: _start(
+            [
+                "distributed.cli.dask_worker",
+                address,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--name",
+                name,
+                "--no-dashboard",
+            ]
+        )
+        for name in ("first", "second")
+    }
+    try:
+        _wait_for_workers(address, 2)
+        jobs = [
+            Job(job_name("square", {"x": x}), slow_square, {"x": x, "seconds": 0.4})
+            for x in range(16)
+        ]
+        killed_after = []
+
+        def progress(name, done, total):
+            if done == 3 and not killed_after:
+                workers["first"].send_signal(signal.SIGKILL)
+                workers["first"].wait(10)
+                killed_after.append(done)
+
+        results = fan_out(jobs, tmp_path, scheduler=address, progress=progress)
+        assert killed_after == [3]
+        files = sorted(p.name for p in tmp_path.iterdir())
+        assert files == sorted(f"{job.name}.json" for job in jobs)  # each once, no partials
+        for x, job in enumerate(jobs):
+            on_disk = json.loads((tmp_path / f"{job.name}.json").read_text())
+            assert on_disk["square"] == x * x and results[job.name] == on_disk
+        ran_on = [results[job.name]["worker"] for job in jobs]
+        # the first worker's results gathered before it was killed, and the rest (its lost job
+        # among them) from the second
+        assert 1 <= ran_on.count("first") <= 3
+        assert ran_on.count("second") == 16 - ran_on.count("first")
+
+        # a rerun computes nothing; with one result removed, only that job
+        calls = []
+        fan_out(jobs, tmp_path, scheduler=address, progress=lambda *a: calls.append(a))
+        assert calls == [("", 16, 16)]
+        (tmp_path / f"{jobs[5].name}.json").unlink()
+        calls.clear()
+        again = fan_out(jobs, tmp_path, scheduler=address, progress=lambda *a: calls.append(a))
+        assert calls == [("", 15, 16), (jobs[5].name, 16, 16)]
+        assert again[jobs[5].name]["square"] == 25
+    finally:
+        for process in (*workers.values(), scheduler):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
