@@ -25,6 +25,11 @@ Reported: the confusion matrices (rows: the kind that generated the data; column
 chosen; entries: the share of subjects), the BMS expected frequencies and protected exceedance
 probabilities, and the elpd table of ``pp_aif.compare`` per data set.
 
+The nine fits (every kind to every data set) run as Dask jobs (``pp_aif.jobs.fan_out``: a local
+cluster by default, an existing one with ``--scheduler ADDRESS``), each kept under
+``<out>/model_recovery.jobs/`` as it finishes, so a rerun fits only those not there. Several
+worlds, ``--context-bias 0.65,0.7,0.8``, make a sweep whose fits are all one fan-out.
+
 Run: ``python experiments/model_recovery.py --out experiments/results`` (JSON + figure).
 """
 
@@ -33,11 +38,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cloudpickle
 import matplotlib
 
 matplotlib.use("Agg")
@@ -51,8 +58,13 @@ from pp_aif.comparison import bms, compare, log_evidence, subject_elpd  # noqa: 
 from pp_aif.data import BehaviourData, long_format  # noqa: E402
 from pp_aif.errors import ConvergenceWarning, DiagnosticWarning  # noqa: E402
 from pp_aif.fitting import fit, prior_draws  # noqa: E402
+from pp_aif.fitting.fanout import content_digest  # noqa: E402
 from pp_aif.fitting.predictive import simulate_subjects  # noqa: E402
+from pp_aif.jobs import Job, JobStore, fan_out, job_name  # noqa: E402
 from pp_aif.planning import Lesions  # noqa: E402
+
+if __name__ != "__main__":  # the job function travels to remote workers by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 KINDS = ("learner", "fixed prior", "no epistemic")
 PARAMS = {
@@ -73,6 +85,8 @@ class Config:
     draws: int = 1000
     seed: int = 0
     threads: int = 1
+    scheduler: str | None = None  # None: a local Dask cluster; an address; "inline": no Dask
+    workers: int | None = None  # the local cluster's processes (default: one per core)
     out: Path = field(default_factory=lambda: Path("experiments/results"))
 
 
@@ -87,45 +101,112 @@ def tasks(bias: float) -> dict:
     return {"learner": learner, "fixed prior": fixed, "no epistemic": blind}
 
 
-def run(config: Config) -> dict:
-    torch.set_num_threads(config.threads)
-    kinds = tasks(config.context_bias)
+def _fit_kind(task, data, params, method, steps, draws, seed, grid_points, threads):
+    """One job: a kind fitted to a data set, with the Laplace log evidence per subject in the
+    InferenceData's attrs (``laplace_log_evidence``)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        inference = fit(
+            task,
+            data,
+            params,
+            method=method,
+            steps=steps,
+            draws=draws,
+            seed=seed,
+            grid_points=grid_points,
+        )
+        laplace = log_evidence(task, data, params).log_evidence
+    inference.attrs["laplace_log_evidence"] = laplace.tolist()
+    return inference
+
+
+def _data_sets(config: Config, bias: float) -> dict:
+    """Each kind's simulated subjects on the world of ``bias``: {kind: BehaviourData}."""
+    kinds = tasks(bias)
     generator = torch.Generator().manual_seed(config.seed)
+    data_sets = {}
+    for g, generating in enumerate(KINDS):
+        truth = prior_draws(PARAMS[generating], config.num_subjects, generator)
+        record = simulate_subjects(kinds[generating], truth, config.num_trials, config.seed + g)
+        data_sets[generating] = BehaviourData.read(
+            long_format(record, kinds[generating]), kinds[generating]
+        )
+    return data_sets
+
+
+def _jobs(config: Config, bias: float, data_sets: dict) -> dict:
+    """{(generating, fitted): Job}: every kind fitted to every data set."""
+    kinds = tasks(bias)
+    threads = None if config.scheduler == "inline" else 1
+    settings = {
+        k: getattr(config, k)
+        for k in ("num_subjects", "num_trials", "method", "steps", "draws", "seed", "grid_points")
+    }
+    jobs = {}
+    for generating, data in data_sets.items():
+        digest = content_digest(data.observations, data.actions, data.present)
+        for kind in KINDS:
+            spec = {"bias": bias, "generating": generating, "kind": kind, "data": digest}
+            prefix = f"bias{bias:g}-{generating}-{kind}".replace(" ", "_")
+            jobs[generating, kind] = Job(
+                job_name(prefix, {**spec, **settings}),
+                _fit_kind,
+                {
+                    "task": kinds[kind],
+                    "data": data,
+                    "params": PARAMS[kind],
+                    "method": config.method,
+                    "steps": config.steps,
+                    "draws": config.draws,
+                    "seed": config.seed,
+                    "grid_points": config.grid_points,
+                    "threads": threads,
+                },
+            )
+    return jobs
+
+
+def _fit_all(config: Config, biases) -> dict:
+    """{bias: (data sets, {(generating, fitted): InferenceData})}, every fit of every world as
+    one fan-out of jobs, kept under ``<out>/model_recovery.jobs/`` (reruns resume)."""
+    planned = {}
+    for bias in biases:
+        data_sets = _data_sets(config, bias)
+        planned[bias] = (data_sets, _jobs(config, bias, data_sets))
+    every = [job for _, jobs in planned.values() for job in jobs.values()]
+    results = fan_out(
+        every,
+        JobStore(config.out / "model_recovery.jobs"),
+        scheduler=config.scheduler,
+        workers=config.workers,
+    )
+    return {
+        bias: (data_sets, {key: results[job.name] for key, job in jobs.items()})
+        for bias, (data_sets, jobs) in planned.items()
+    }
+
+
+def _summarise(config: Config, bias: float, fitted: dict, seconds: float) -> dict:
+    """The confusion matrices, BMS and elpd tables of one world's fits."""
     K = len(KINDS)
     by_loo = np.zeros((K, K))
     by_laplace = np.zeros((K, K))
     by_exact = np.zeros((K, K))
     data_sets = {}
-    start = time.perf_counter()
     for g, generating in enumerate(KINDS):
-        truth = prior_draws(PARAMS[generating], config.num_subjects, generator)
-        record = simulate_subjects(kinds[generating], truth, config.num_trials, config.seed + g)
-        data = BehaviourData.read(long_format(record, kinds[generating]), kinds[generating])
-        fits, laplace, exact = {}, {}, {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            for kind in KINDS:
-                fits[kind] = fit(
-                    kinds[kind],
-                    data,
-                    PARAMS[kind],
-                    method=config.method,
-                    steps=config.steps,
-                    draws=config.draws,
-                    seed=config.seed,
-                    grid_points=config.grid_points,
-                )
-                laplace[kind] = log_evidence(kinds[kind], data, PARAMS[kind]).log_evidence
-                if config.method == "grid":  # the exact evidence, from the same grid
-                    exact[kind] = torch.as_tensor(fits[kind].attrs["log_evidence"])
+        fits = {kind: fitted[generating, kind] for kind in KINDS}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DiagnosticWarning)
             table = compare(fits)
             elpd = np.stack([subject_elpd(fits[k]) for k in KINDS], -1)  # (N, K)
-        evidence = torch.stack([laplace[k] for k in KINDS], -1).numpy()  # (N, K)
-        pairs = [("loo", elpd, by_loo), ("laplace", evidence, by_laplace)]
-        if exact:
-            pairs.append(("exact", torch.stack([exact[k] for k in KINDS], -1).numpy(), by_exact))
+        laplace = np.stack([fits[k].attrs["laplace_log_evidence"] for k in KINDS], -1)
+        pairs = [("loo", elpd, by_loo), ("laplace", laplace, by_laplace)]
+        if config.method == "grid":  # the exact evidence, from the same grid
+            exact = np.stack([fits[k].attrs["log_evidence"] for k in KINDS], -1)
+            pairs.append(("exact", exact, by_exact))
         for _, values, matrix in pairs:
             chosen = values.argmax(-1)
             matrix[g] = np.bincount(chosen, minlength=K) / config.num_subjects
@@ -144,8 +225,9 @@ def run(config: Config) -> dict:
                 for name, r in selection.items()
             },
         }
-    results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+    config_record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    return {
+        "config": {**config_record, "context_bias": bias},
         "kinds": list(KINDS),
         "confusion_loo": by_loo.tolist(),
         "confusion_laplace": by_laplace.tolist(),
@@ -157,16 +239,75 @@ def run(config: Config) -> dict:
             else {}
         ),
         "data_sets": data_sets,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
+
+
+def run(config: Config) -> dict:
+    torch.set_num_threads(config.threads)
+    start = time.perf_counter()
+    bias = config.context_bias
+    _, fitted = _fit_all(config, (bias,))[bias]
+    results = _summarise(config, bias, fitted, time.perf_counter() - start)
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "model_recovery.json").write_text(json.dumps(results, indent=2))
-    panels = [(by_loo, "per subject: PSIS-LOO elpd")]
-    if config.method == "grid":
-        panels.append((by_exact, "per subject: exact log evidence"))
-    panels.append((by_laplace, "per subject: Laplace log evidence"))
-    _plot(panels, config.out / "model_recovery.png")
+    _plot(_panels(config, results), config.out / "model_recovery.png")
     return results
+
+
+def run_sweep(config: Config, biases) -> dict:
+    """Model recovery in each world of ``biases``, all fits as one fan-out of jobs: the
+    diagonals per world, in ``model_recovery_sweep.json`` and ``model_recovery_sweep.png``."""
+    biases = tuple(float(b) for b in biases)
+    if len(set(biases)) != len(biases) or not all(0 < b < 1 for b in biases):
+        raise ValueError(f"context_bias: {biases}; need distinct values in (0, 1)")
+    torch.set_num_threads(config.threads)
+    start = time.perf_counter()
+    fitted = _fit_all(config, biases)
+    seconds = time.perf_counter() - start
+    worlds = {f"{bias:g}": _summarise(config, bias, fitted[bias][1], seconds) for bias in biases}
+    criteria = ("loo", "laplace") + (("exact",) if config.method == "grid" else ())
+    results = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "kinds": list(KINDS),
+        "context_bias": list(biases),
+        "diagonals": {
+            name: {b: w[f"diagonal_{name}"] for b, w in worlds.items()} for name in criteria
+        },
+        "worlds": worlds,
+        "seconds": seconds,
+    }
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "model_recovery_sweep.json").write_text(json.dumps(results, indent=2))
+    _plot_sweep(results, config.out / "model_recovery_sweep.png")
+    return results
+
+
+def _panels(config: Config, results: dict) -> list:
+    panels = [(np.array(results["confusion_loo"]), "per subject: PSIS-LOO elpd")]
+    if config.method == "grid":
+        panels.append((np.array(results["confusion_exact"]), "per subject: exact log evidence"))
+    panels.append((np.array(results["confusion_laplace"]), "per subject: Laplace log evidence"))
+    return panels
+
+
+def _plot_sweep(results: dict, path: Path) -> None:
+    """The share of each kind's subjects recovered, against the world, one line per criterion."""
+    biases = results["context_bias"]
+    fig, axes = plt.subplots(
+        1, len(KINDS), figsize=(4.2 * len(KINDS), 3.6), constrained_layout=True, sharey=True
+    )
+    for k, (ax, kind) in enumerate(zip(axes, KINDS, strict=True)):
+        for name, diagonals in results["diagonals"].items():
+            ax.plot(biases, [diagonals[f"{b:g}"][k] for b in biases], "o-", label=name)
+        ax.axhline(0.8, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"generated by: {kind}")
+        ax.set_xlabel("share of trials with the reward on the left")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("share of subjects recovered")
+    axes[0].legend(title="criterion", loc="lower left")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot(panels, path: Path) -> None:
@@ -196,10 +337,35 @@ def main(argv=None) -> None:
     for name in ("num_subjects", "num_trials", "steps", "draws", "grid_points", "seed", "threads"):
         flag = f"--{name.replace('_', '-')}"
         parser.add_argument(flag, type=int, default=getattr(defaults, name))
-    parser.add_argument("--context-bias", type=float, default=defaults.context_bias)
+    parser.add_argument(
+        "--context-bias",
+        default=str(defaults.context_bias),
+        help="the world's share of trials with the reward on the left; several, comma-separated "
+        "(e.g. 0.65,0.7,0.8), make a sweep with all fits as one fan-out",
+    )
     parser.add_argument("--method", choices=("grid", "svi"), default=defaults.method)
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="Dask scheduler address for the fits (default: a local cluster; 'inline': none)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="local cluster's processes")
     parser.add_argument("--out", type=Path, default=defaults.out)
-    config = Config(**vars(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    try:
+        biases = [float(b) for b in args.context_bias.split(",") if b.strip()]
+    except ValueError:
+        parser.error(f"--context-bias: {args.context_bias!r} is not a comma-separated list")
+    if len(biases) > 1:
+        config = Config(**{**vars(args), "context_bias": biases[0]})
+        sweep = run_sweep(config, biases)
+        for name, diagonals in sweep["diagonals"].items():
+            print(f"diagonal ({name}; {', '.join(KINDS)}) per world:")
+            for bias, row in diagonals.items():
+                print(f"  {bias:>5}: " + "  ".join(f"{x:.2f}" for x in row))
+        print(f"{sweep['seconds']:.0f} s; wrote {config.out / 'model_recovery_sweep.json'}")
+        return
+    config = Config(**{**vars(args), "context_bias": biases[0]})
     results = run(config)
     for name in ("loo", "laplace") + (("exact",) if config.method == "grid" else ()):
         print(f"confusion ({name}; rows generated, columns chosen: {', '.join(KINDS)}):")

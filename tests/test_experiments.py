@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -57,9 +58,12 @@ def test_parameter_recovery_smoke(tmp_path):
         draws=10,
         blocks=2,
         predictive_draws=3,
+        subjects_per_job=2,
+        scheduler="inline",
         out=tmp_path,
     )
     results = run_recovery(config)
+    assert len(list((tmp_path / "parameter_recovery.jobs").iterdir())) == 2  # groups of 2 and 1
     written = json.loads((tmp_path / "parameter_recovery.json").read_text())
     assert set(written["recovery"]) == {"alpha", "learning_rate"}
     for row in written["recovery"].values():
@@ -74,13 +78,15 @@ def test_parameter_recovery_smoke(tmp_path):
 
 @pytest.mark.integration
 def test_model_recovery_smoke(tmp_path):
-    from experiments.model_recovery import KINDS
+    from experiments.model_recovery import KINDS, run_sweep
     from experiments.model_recovery import Config as ModelConfig
     from experiments.model_recovery import run as run_models
 
-    results = run_models(
-        ModelConfig(num_subjects=3, num_trials=4, draws=100, grid_points=9, out=tmp_path)
-    )
+    config = ModelConfig(num_subjects=3, num_trials=4, draws=100, grid_points=9, out=tmp_path)
+    results = run_models(config)  # on a local Dask cluster
+    jobs = sorted((tmp_path / "model_recovery.jobs").iterdir())
+    assert len(jobs) == len(KINDS) ** 2  # every kind fitted to every data set
+    assert jobs[0].name.startswith("bias0.7-fixed_prior-fixed_prior-")
     written = json.loads((tmp_path / "model_recovery.json").read_text())
     for name in ("confusion_loo", "confusion_laplace", "confusion_exact"):
         matrix = written[name]
@@ -91,7 +97,23 @@ def test_model_recovery_smoke(tmp_path):
     bms = written["data_sets"]["learner"]["bms"]["loo"]
     assert abs(sum(bms["expected_frequencies"]) - 1) < 1e-12
     assert (tmp_path / "model_recovery.png").stat().st_size > 10_000
+    # a sweep over two worlds finds the default world's fits and runs only the other's
+    sweep = run_sweep(dataclasses.replace(config, scheduler="inline"), (0.7, 0.8))
+    assert len(list((tmp_path / "model_recovery.jobs").iterdir())) == 2 * len(KINDS) ** 2
+    assert sweep["worlds"]["0.7"]["confusion_exact"] == results["confusion_exact"]
+    assert set(sweep["diagonals"]["exact"]) == {"0.7", "0.8"}
+    assert (tmp_path / "model_recovery_sweep.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="need distinct values in"):
+        run_sweep(config, (0.7, 0.7))
     svi = run_models(
-        ModelConfig(num_subjects=2, num_trials=3, method="svi", steps=20, draws=100, out=tmp_path)
+        ModelConfig(
+            num_subjects=2,
+            num_trials=3,
+            method="svi",
+            steps=20,
+            draws=100,
+            out=tmp_path,
+            scheduler="inline",
+        )
     )
     assert "confusion_exact" not in svi
