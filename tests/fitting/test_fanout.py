@@ -1,0 +1,123 @@
+"""Fits of many subjects in groups: the groups joined equal the fits of the groups; digests
+follow what a fit depends on; bad arguments are refused before any job runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import pp_aif
+from pp_aif.data import BehaviourData, long_format
+from pp_aif.errors import ConvergenceWarning
+from pp_aif.fitting import default_priors, fit, prior_draws
+from pp_aif.fitting.fanout import concat_subjects, content_digest, fit_subjects, subset
+from pp_aif.fitting.predictive import simulate_subjects
+
+
+@pytest.fixture(scope="module")
+def task():
+    return pp_aif.load_task("tmaze")
+
+
+@pytest.fixture(scope="module")
+def data(task):
+    truth = prior_draws(("alpha",), 5, torch.Generator().manual_seed(1))
+    return BehaviourData.read(long_format(simulate_subjects(task, truth, 6, 2), task), task)
+
+
+def test_groups_joined_equal_each_groups_fit(tmp_path, task, data):
+    joined = fit_subjects(
+        task, data, ("alpha",), method="grid", grid_points=21, draws=20, store=tmp_path,
+        subjects_per_job=2, scheduler="inline", seed=4,
+    )  # fmt: skip
+    parts = [
+        fit(
+            task,
+            subset(data, a, a + 2),
+            ("alpha",),
+            method="grid",
+            grid_points=21,
+            draws=20,
+            seed=4 + j,
+        )  # fmt: skip
+        for j, a in enumerate(range(0, 5, 2))
+    ]
+    assert joined.posterior.coords["subject"].values.tolist() == list(data.subjects)
+    for name in ("posterior", "log_likelihood", "observed_data", "constant_data"):
+        for variable, value in joined[name].data_vars.items():
+            expected = np.concatenate(
+                [p[name][variable].values for p in parts],
+                axis=value.dims.index("subject"),
+            )
+            np.testing.assert_array_equal(value.values, expected, err_msg=f"{name}.{variable}")
+    evidence = [e for p in parts for e in p.attrs["log_evidence"]]
+    np.testing.assert_array_equal(joined.attrs["log_evidence"], evidence)
+    assert joined.attrs["params"] == ["alpha"] and joined.attrs["jobs"] == 3
+    assert joined.sample_stats["diverging"].dims == ("chain", "draw", "subject")
+
+
+def test_group_warnings_reach_the_caller_with_their_subjects(tmp_path, task, data):
+    with pytest.warns(ConvergenceWarning, match=r"subjects agent-0\.\.agent-2: fit: the loss"):
+        fit_subjects(
+            task, data, ("alpha",), method="svi", steps=20, draws=5, store=tmp_path,
+            subjects_per_job=3, scheduler="inline", learning_rate=0.001,
+        )  # fmt: skip
+
+
+def test_digests_follow_the_task_data_priors_and_settings(task, data):
+    base = content_digest(task.model, task.settings, None, data.observations)
+    assert base == content_digest(task.model, task.settings, None, data.observations.clone())
+    C = [c.clone() for c in task.model.C]
+    C[1][1] += 1.0
+    model = task.model
+    other = pp_aif.GenerativeModel(
+        model.A, model.B, C, model.D, pD=model.pD, policies=model.policies
+    )
+    assert content_digest(other, task.settings, None, data.observations) != base
+    same = pp_aif.GenerativeModel(
+        model.A, model.B, model.C, model.D, pD=model.pD, policies=model.policies
+    )
+    assert content_digest(same, task.settings, None, data.observations) == base
+    wider = {"alpha": default_priors()["alpha"]}
+    assert content_digest(model, wider) == content_digest(
+        model, {"alpha": default_priors()["alpha"]}
+    )
+    narrower = {"alpha": torch.distributions.LogNormal(0.0, 0.5)}
+    assert content_digest(model, narrower) != content_digest(model, wider)
+    settings = dataclasses.replace(task.settings, policy_precision=2.0)
+    assert content_digest(model, settings) != content_digest(model, task.settings)
+    with pytest.raises(TypeError, match="cannot digest a builtin_function_or_method"):
+        content_digest(len)
+
+
+def test_bad_arguments_are_refused_before_any_job(tmp_path, task, data):
+    arguments = dict(store=tmp_path, scheduler="inline")
+    with pytest.raises(ValueError, match="hierarchical=True fits a population"):
+        fit_subjects(task, data, ("alpha",), hierarchical=True, **arguments)
+    with pytest.raises(ValueError, match="subjects_per_job: 0"):
+        fit_subjects(task, data, ("alpha",), subjects_per_job=0, **arguments)
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['chain'\]"):
+        fit_subjects(task, data, ("alpha",), chain=2, **arguments)
+    with pytest.raises(ValueError, match="params"):
+        fit_subjects(task, data, ("beta",), **arguments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_concat_refuses_fits_that_do_not_join(task, data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = fit(task, subset(data, 0, 2), ("alpha",), method="svi", steps=5, draws=10)
+        b = fit(task, subset(data, 2, 4), ("alpha",), method="svi", steps=5, draws=11)
+        c = fit(task, subset(data, 0, 2), ("gamma",), method="svi", steps=5, draws=10)
+    with pytest.raises(ValueError, match="fit 1 has 11 draws, fit 0 has 10"):
+        concat_subjects([a, b])
+    with pytest.raises(ValueError, match="fit 1 has params"):
+        concat_subjects([a, c])
+    with pytest.raises(ValueError, match="a subject appears in more than one fit"):
+        concat_subjects([a, a])
+    with pytest.raises(ValueError, match="no fits"):
+        concat_subjects([])
