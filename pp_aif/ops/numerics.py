@@ -29,14 +29,12 @@ class _Entropy(torch.autograd.Function):
     where autograd through ``xlogy`` needs nine: the outcome entropy of every policy is the
     largest tensor of a fit's likelihood."""
 
+    # forward takes ctx (no separate setup_context): torch then skips binding the arguments
+    # by ``inspect.signature`` at every call, which cost more than the entropy itself
     @staticmethod
-    def forward(q: Tensor) -> Tensor:
-        return torch.special.entr(q).sum(-1)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        (q,) = inputs
+    def forward(ctx, q: Tensor) -> Tensor:
         ctx.save_for_backward(q)
+        return torch.special.entr(q).sum(-1)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -50,4 +48,6 @@ class _Entropy(torch.autograd.Function):
 
 def entropy(q: Tensor) -> Tensor:
     """-sum q ln q over the last axis (0 ln 0 = 0; a zero gradient at q = 0, as ``xlogy``)."""
-    return _Entropy.apply(q)
+    if torch.is_grad_enabled() and q.requires_grad:
+        return _Entropy.apply(q)
+    return torch.special.entr(q).sum(-1)
