@@ -101,6 +101,39 @@ def _prepare_beliefs(model: GenerativeModel, beliefs) -> tuple[list[Tensor], tup
     return tensors, batch_shape
 
 
+def _distinct_beliefs(
+    states: list[Tensor], weights: Tensor | None = None
+) -> tuple[list[Tensor], Tensor] | None:
+    """The distinct beliefs of a batch and each belief's index among them, or None where there
+    is nothing to share (every belief distinct, a batch of one, or a gradient to keep).
+
+    Many agents often hold the same beliefs (in the T-maze, a few per step), and a policy's
+    expected free energy depends on the agent only through them (when A, B and their counts
+    are shared): each distinct belief is scored once. Rows are grouped by a key, O(N log N):
+    a weighted sum of their entries' bits in integer arithmetic (exact, so equal rows get equal
+    keys whatever the order of summation); the grouping is then checked entry by entry, so only
+    equal beliefs share a score (keys that collide fall back to scoring every belief).
+    """
+    N = states[0].shape[0]
+    if N < 2 or any(q.requires_grad for q in states):
+        return None
+    rows = torch.cat(states, -1)  # (N, sum S_f)
+    if weights is None:  # odd multipliers, wrapping around in int64
+        weights = torch.arange(rows.shape[-1], device=rows.device) * 0x9E3779B97F4A7C + 0x3C6EF373
+        weights = weights * 2 + 1
+    if rows.element_size() not in (4, 8) or not rows.is_floating_point():
+        return None
+    bits = rows.contiguous().view(torch.int64 if rows.element_size() == 8 else torch.int32)
+    keys, inverse = torch.unique((bits * weights).sum(-1), return_inverse=True)
+    if keys.shape[0] == N:
+        return None
+    first = torch.empty(keys.shape[0], dtype=torch.int64, device=rows.device)
+    first.scatter_(0, inverse, torch.arange(N, device=rows.device))  # a member of each group
+    if not torch.equal(rows[first][inverse], rows):
+        return None
+    return [q[first] for q in states], inverse
+
+
 def _per_belief(arrays, shared, shapes, name: str, unit: str, batch_shape) -> list[Tensor] | None:
     """``arrays`` (one per belief, shaped (*batch, *shapes[i].shape)) flattened to (N, ...),
     or the model's ``shared`` arrays when none are given."""
@@ -205,7 +238,14 @@ def expected_free_energy(
     arrays = (likelihood, transitions, preferences, policies)
     dirichlet = {"pA": counts, "pB": transition_counts}
     if method == "exact":
-        terms = expected_free_energy_terms(states, *arrays, **dirichlet)
+        shared = A is None and pA is None and B is None and pB is None
+        distinct = _distinct_beliefs(states) if shared else None
+        if distinct is None:
+            terms = expected_free_energy_terms(states, *arrays, **dirichlet)
+        else:  # each distinct belief once, then handed to the beliefs equal to it
+            representatives, inverse = distinct
+            terms = expected_free_energy_terms(representatives, *arrays, **dirichlet)
+            terms = EFETerms(*(value[inverse] for value in terms))
     else:
         if num_samples < 2:
             raise ValueError(

@@ -140,6 +140,36 @@ def test_batched_beliefs_equal_single_calls(rng, batch_shape):
         assert_close(scores.risk.reshape(n, 16)[i], single.risk)
 
 
+def test_equal_beliefs_share_one_score_and_only_equal_ones(rng, monkeypatch):
+    """A batch with repeated beliefs (as many agents hold in the T-maze) equals the same batch
+    scored belief by belief; beliefs that merely share a projection are not merged."""
+    from pp_aif.planning import efe as planning
+
+    arrays = random_arrays(rng, (2, 3), (3, 2), (2, 2))
+    pA = [a * rng.uniform(1, 5, size=a.shape) for a in arrays.A]
+    model = pp_aif.GenerativeModel(
+        arrays.A, arrays.B, D=arrays.D, pA=pA, policies=pp_aif.construct_policies((2, 2), 2)
+    )
+    distinct = [random_columns(rng, (s, 4)).T for s in (2, 3)]  # 4 beliefs
+    pick = torch.tensor([0, 2, 2, 1, 0, 3, 2, 2, 1])
+    beliefs = [torch.as_tensor(q)[pick] for q in distinct]
+    grouped = planning._distinct_beliefs([q.clone() for q in beliefs])
+    assert grouped is not None and grouped[0][0].shape == (4, 2)
+    scores = pp_aif.expected_free_energy(model, beliefs)
+    for i in range(len(pick)):
+        single = pp_aif.expected_free_energy(model, [q[i] for q in beliefs])
+        for name in ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty"):
+            assert torch.equal(getattr(scores, name)[i], getattr(single, name)), name
+    # weights of 0 make every key collide: the entry-by-entry check refuses to merge them
+    zeros = torch.zeros(5, dtype=torch.int64)
+    assert planning._distinct_beliefs(beliefs, zeros) is None
+    same = [q[[0, 0, 0]] for q in beliefs]
+    merged = planning._distinct_beliefs(same, zeros)
+    assert merged is not None and merged[1].tolist() == [0, 0, 0]
+    # nothing shared where a gradient must reach every belief
+    assert planning._distinct_beliefs([q.requires_grad_() for q in same]) is None
+
+
 def test_time_varying_preferences_use_absolute_time(rng):
     arrays = random_arrays(rng, (3,), (3,), (2,))
     C = rng.normal(size=(3, 6))
