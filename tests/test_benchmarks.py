@@ -95,3 +95,42 @@ def test_scaling_benchmark_smoke(tmp_path):
     assert max(row["max_abs_G_difference"] for row in results["rows"]) < 1e-10
     assert max(row["max_abs_q_pi_difference"] for row in results["rows"]) < 1e-10
     assert (tmp_path / "bench_scaling.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_one_command_runs_the_side_by_side_benchmarks_and_checks_the_goals(tmp_path, capsys):
+    from benchmarks.__main__ import main
+
+    main(["--quick", "--out", str(tmp_path)])
+    for name in ("bench_pymdp", "bench_scaling", "bench_fit", "benchmarks"):
+        assert (tmp_path / f"{name}.json").is_file(), name
+    summary = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert summary["quick"] and set(summary["seconds"]) == {"pymdp", "scaling", "fit"}
+    goals = [row["goal"] for row in summary["goals"]]
+    assert goals[0] == "T-maze, 1 agent(s): first result >= 10x faster than pymdp"
+    assert "NUTS, learning pD: ESS/s at least Pyro's NUTS's" in goals
+    assert all(row["met"] == (row["measured"] >= row["target"]) for row in summary["goals"])
+    assert "measured  met" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--only", "nothing", "--out", str(tmp_path)])
+
+
+def test_goals_compare_each_ratio_with_its_target():
+    from benchmarks.__main__ import goals
+
+    pymdp = {
+        "ratios": [
+            {"agents": 100, "first_result_pymdp_over_pp_aif": 50.0,
+             "steady_throughput_pp_aif_over_pymdp": 0.5},
+            {"agents": 1000, "first_result_pymdp_over_pp_aif": 9.0,
+             "steady_throughput_pp_aif_over_pymdp": 3.0},
+        ]
+    }  # fmt: skip
+    rows = goals({"pymdp": pymdp})
+    assert [(row["target"], row["met"]) for row in rows] == [
+        (10.0, True),
+        (1.0, False),
+        (10.0, False),
+        (3.0, True),
+    ]
