@@ -18,6 +18,12 @@ again elsewhere. A job that raises does not stop the others; ``fan_out`` raises 
 naming the failures once the rest are written, so a rerun computes only those.
 
 Results are ``arviz.InferenceData`` (netCDF, ``.nc``) or JSON-serialisable values (``.json``).
+
+A local cluster's workers are new processes (spawned): a script that calls ``fan_out`` (or
+``fit_subjects``, or ``pp-aif fit`` from Python) must do so under
+``if __name__ == "__main__":``, and a job's function must be importable by the workers (a
+module's top-level function; a remote cluster needs the module installed there too, or
+registered with ``cloudpickle.register_pickle_by_value``).
 """
 
 from __future__ import annotations

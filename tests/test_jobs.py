@@ -115,10 +115,15 @@ def _start(arguments: list[str]) -> subprocess.Popen:
 
 
 def _wait_for_workers(address: str, n: int, timeout: float = 60.0) -> None:
+    """Until ``n`` workers are up, each with this module imported (so that neither pays for
+    the import in its first job, and both start working at once)."""
+    import importlib
+
     from distributed import Client
 
     with Client(address, timeout="30s") as client:
         client.wait_for_workers(n, timeout=timeout)
+        client.run(importlib.import_module, __name__)
 
 
 @pytest.mark.slow
