@@ -61,9 +61,9 @@ from pp_aif.planning import (
     PolicyScores,
     action_marginals,
     action_probabilities,
-    expected_free_energy,
     infer_precision,
     policy_posterior,
+    policy_scores,
     select_actions,
 )
 from pp_aif.spec import GenerativeModel, construct_policies
@@ -273,7 +273,7 @@ def step(
         )
 
     policies, log_prior = policies_at(model, settings, state.time, num_steps)
-    scores = expected_free_energy(
+    scores = policy_scores(  # beliefs, policies and arrays made here: nothing to check
         model,
         beliefs,
         policies,
@@ -324,9 +324,13 @@ def policies_at(model: GenerativeModel, settings: AgentSettings, time: int, num_
     depth = min(depth, num_steps - 1 - time)
     if depth == model.policies.shape[1]:
         return model.policies, torch.log(model.E)
-    policies = construct_policies(model.num_controls, depth).to(model.device)
-    P = policies.shape[0]
-    return policies, torch.full((P,), -math.log(P), dtype=model.dtype, device=model.device)
+    cache = model.__dict__.setdefault("_policies_of_depth", {})
+    if depth not in cache:  # every policy of that depth, under a flat prior: once per model
+        policies = construct_policies(model.num_controls, depth).to(model.device)
+        P = policies.shape[0]
+        flat = torch.full((P,), -math.log(P), dtype=model.dtype, device=model.device)
+        cache[depth] = (policies, flat)
+    return cache[depth]
 
 
 def _scheme_beliefs(model, settings, state, A, B, log_likelihood, observations, N):

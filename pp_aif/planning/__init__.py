@@ -1,6 +1,6 @@
 """Planning: policies, their expected free energy, the policy posterior and action selection."""
 
-from pp_aif.planning.efe import PolicyScores, expected_free_energy
+from pp_aif.planning.efe import PolicyScores, expected_free_energy, policy_scores
 from pp_aif.planning.policies import (
     DEFAULT_ACTION_PRECISION,
     DEFAULT_POLICY_PRECISION,
@@ -16,6 +16,7 @@ from pp_aif.planning.policies import (
 __all__ = [
     "PolicyScores",
     "expected_free_energy",
+    "policy_scores",
     "Lesions",
     "policy_score",
     "policy_posterior",

@@ -7,7 +7,7 @@ The definitions of every term are in :mod:`pp_aif.ops.efe`; ``G`` is minimised.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -21,7 +21,7 @@ from pp_aif.ops.efe import EFETerms, expected_free_energy_terms, sampled_expecte
 from pp_aif.programs import policy_rollout, state_site
 from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel, _check_policies
 
-__all__ = ["PolicyScores", "expected_free_energy", "METHODS"]
+__all__ = ["PolicyScores", "expected_free_energy", "policy_scores", "METHODS"]
 
 METHODS = ("exact", "sampled")
 #: Rollouts per policy of the sampled method, by default.
@@ -155,7 +155,27 @@ def _per_belief(arrays, shared, shapes, name: str, unit: str, batch_shape) -> li
 
 
 def log_preferences(model: GenerativeModel, time: int, horizon: int) -> list[Tensor]:
-    """ln p~_m = log_softmax(C_m) at the absolute times time+1..time+H: M tensors (H, O_m)."""
+    """ln p~_m = log_softmax(C_m) at the absolute times time+1..time+H: M tensors (H, O_m).
+
+    Remembered on the model per (time, horizon) (per horizon alone when C does not vary in
+    time), and recomputed after an in-place change of C."""
+    C = tuple(model.C)
+    key = (time if any(c.dim() > 1 for c in C) else 0, horizon)
+    versions = tuple(c._version for c in C)
+    cache = model.__dict__.setdefault("_log_preferences", {})
+    known = cache.get(key)
+    if (
+        known is None
+        or known[1] != versions
+        or any(a is not b for a, b in zip(known[0], C, strict=True))
+    ):
+        if len(cache) > 64:
+            cache.clear()
+        known = cache[key] = (C, versions, _log_preferences(model, time, horizon))
+    return known[2]
+
+
+def _log_preferences(model: GenerativeModel, time: int, horizon: int) -> list[Tensor]:
     result = []
     for m, c in enumerate(model.C):
         if c.dim() == 1:
@@ -225,14 +245,48 @@ def expected_free_energy(
         if policies is None
         else _check_policies(policies, model.num_controls).to(model.device)
     )
-    P, H, _ = policies.shape
-    likelihood = _per_belief(A, model.A, model.A, "A", "modalities", batch_shape)
-    counts = _per_belief(pA, model.pA, model.A, "pA", "modalities", batch_shape)
-    transitions = _per_belief(B, model.B, model.B, "B", "factors", batch_shape)
-    transitions = (
-        model.transition_by_action if B is None else [b.permute(0, 3, 1, 2) for b in transitions]
+    A = None if A is None else _per_belief(A, model.A, model.A, "A", "modalities", batch_shape)
+    pA = None if pA is None else _per_belief(pA, model.pA, model.A, "pA", "modalities", batch_shape)
+    B = None if B is None else _per_belief(B, model.B, model.B, "B", "factors", batch_shape)
+    pB = None if pB is None else _per_belief(pB, model.pB, model.B, "pB", "factors", batch_shape)
+    scores = policy_scores(
+        model, states, policies, time=time, method=method, num_samples=num_samples, seed=seed,
+        A=A, pA=pA, B=B, pB=pB,
+    )  # fmt: skip
+    if batch_shape == (states[0].shape[0],):
+        return scores
+    return replace(
+        scores,
+        **{name: getattr(scores, name).reshape(*batch_shape, -1) for name in EFETerms._fields},
+        stderr=None
+        if scores.stderr is None
+        else EFETerms(*(value.reshape(*batch_shape, -1) for value in scores.stderr)),
     )
-    transition_counts = _per_belief(pB, model.pB, model.B, "pB", "factors", batch_shape)
+
+
+def policy_scores(
+    model: GenerativeModel,
+    states: list[Tensor],
+    policies: Tensor,
+    *,
+    time: int = 0,
+    method: str = "exact",
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seed: int | None = None,
+    A: list[Tensor] | None = None,
+    pA: list[Tensor] | None = None,
+    B: list[Tensor] | None = None,
+    pB: list[Tensor] | None = None,
+) -> PolicyScores:
+    """``expected_free_energy`` without checking its inputs, for callers that made them (the
+    agent, at every step): beliefs F x (N, S_f) that are distributions, valid policies (P, H,
+    F) on the model's device, and A, pA (N, O_m, S..), B, pB (N, S_f, S_f, U_f) per belief or
+    None for the model's own. Returns PolicyScores of (N, P)."""
+    P, H, _ = policies.shape
+    likelihood = list(model.A) if A is None else A
+    counts = None if pA is None and model.pA is None else list(pA or model.pA)
+    transitions = model.transition_by_action if B is None else [b.permute(0, 3, 1, 2) for b in B]
+    transition_counts = None if pB is None and model.pB is None else list(pB or model.pB)
     preferences = log_preferences(model, time, H)
     stderr = None
     arrays = (likelihood, transitions, preferences, policies)
@@ -264,10 +318,5 @@ def expected_free_energy(
             [draws[state_site(f, tau)] for f in range(model.num_factors)] for tau in range(H + 1)
         ]
         terms, errors = sampled_expected_free_energy_terms(samples, *arrays, **dirichlet)
-        stderr = EFETerms(*(value.reshape(*batch_shape, P) for value in errors))
-    return PolicyScores(
-        **{name: value.reshape(*batch_shape, P) for name, value in terms._asdict().items()},
-        policies=policies,
-        method=method,
-        stderr=stderr,
-    )
+        stderr = errors
+    return PolicyScores(**terms._asdict(), policies=policies, method=method, stderr=stderr)

@@ -269,3 +269,35 @@ def test_arrays_per_belief_equal_separate_models(rng, method):
         pp_aif.expected_free_energy(model, beliefs, A=[a[0] for a in A])
     with pytest.raises(pp_aif.DataError, match="pB: 1 arrays for 2 factors"):
         pp_aif.expected_free_energy(model, beliefs, pB=pB[:1])
+
+
+def test_remembered_preferences_follow_an_in_place_change_of_C(rng):
+    arrays = random_arrays(rng, (2, 3), (3, 2), (2, 2))
+    C = [torch.as_tensor(rng.normal(size=o)) for o in (3, 2)]
+    model = pp_aif.GenerativeModel(arrays.A, arrays.B, C=C, D=arrays.D)
+    beliefs = [torch.as_tensor(d) for d in arrays.D]
+    before = pp_aif.expected_free_energy(model, beliefs).G
+    assert torch.equal(pp_aif.expected_free_energy(model, beliefs).G, before)  # remembered
+    model.C[1][0] += 1.5  # in place
+    after = pp_aif.expected_free_energy(model, beliefs).G
+    fresh = pp_aif.GenerativeModel(arrays.A, arrays.B, C=[c.clone() for c in model.C], D=arrays.D)
+    assert not torch.allclose(after, before)
+    assert_close(after, pp_aif.expected_free_energy(fresh, beliefs).G)
+
+
+def test_unchecked_scores_equal_the_checked_ones(rng):
+    """``policy_scores`` (the agent's path) is ``expected_free_energy`` without the checks."""
+    from pp_aif.planning import policy_scores
+
+    arrays = random_arrays(rng, (2, 3), (3, 2), (2, 2))
+    pB = [b * rng.uniform(1, 5, size=b.shape) for b in arrays.B]
+    model = pp_aif.GenerativeModel(
+        arrays.A, arrays.B, D=arrays.D, pB=pB, policies=pp_aif.construct_policies((2, 2), 2)
+    )
+    beliefs = [torch.as_tensor(random_columns(rng, (s, 6)).T) for s in (2, 3)]
+    A = [torch.as_tensor(a).expand(6, *a.shape).clone() for a in arrays.A]
+    for per_agent in ({}, {"A": A}):
+        checked = pp_aif.expected_free_energy(model, beliefs, model.policies, time=1, **per_agent)
+        unchecked = policy_scores(model, beliefs, model.policies, time=1, **per_agent)
+        for name in ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty"):
+            assert torch.equal(getattr(checked, name), getattr(unchecked, name)), name
