@@ -118,10 +118,10 @@ def run(out: Path, only=BENCHMARKS, quick: bool = False) -> dict:
         "seconds": seconds,
         "goals": goals(results),
     }
-    print("\ngoal" + " " * 70 + "measured  met")
+    print("\ngoal" + " " * 80 + "measured  met")
     for row in summary["goals"]:
         mark = "yes" if row["met"] else "NO"
-        print(f"{row['goal']:<74}{row['measured']:>8.2f}x  {mark}")
+        print(f"{row['goal']:<84}{row['measured']:>8.2f}x  {mark}")
     write_results(summary, out, "benchmarks.json")
     return summary
 
