@@ -89,16 +89,21 @@ def test_simulate_with_another_inference_scheme(tmp_path, capsys):
         main(["simulate", "tmaze", "--inference", "bp"])
 
 
-@pytest.fixture(scope="module")
-def choices_csv(tmp_path_factory):
-    """Two simulated T-maze subjects' choices as a long-format CSV."""
+def _simulated_choices(folder, name: str, agents: int, trials: int, seed: int):
+    """Simulated T-maze subjects' choices as a long-format CSV."""
     import pp_aif
     from pp_aif.data import long_format
 
     task = pp_aif.load_task("tmaze")
-    path = tmp_path_factory.mktemp("data") / "choices.csv"
-    long_format(pp_aif.simulate(task, 2, 6, seed=3), task).to_csv(path, index=False)
+    path = folder / name
+    long_format(pp_aif.simulate(task, agents, trials, seed=seed), task).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def choices_csv(tmp_path_factory):
+    """Two subjects, 6 trials each."""
+    return _simulated_choices(tmp_path_factory.mktemp("data"), "choices.csv", 2, 6, 3)
 
 
 @pytest.mark.integration
@@ -191,13 +196,7 @@ def test_compare_ranks_fit_files_and_runs_bms(tmp_path, capsys, choices_csv):
 
 @pytest.fixture(scope="module")
 def five_subjects_csv(tmp_path_factory):
-    import pp_aif
-    from pp_aif.data import long_format
-
-    task = pp_aif.load_task("tmaze")
-    path = tmp_path_factory.mktemp("data") / "five.csv"
-    long_format(pp_aif.simulate(task, 5, 4, seed=5), task).to_csv(path, index=False)
-    return path
+    return _simulated_choices(tmp_path_factory.mktemp("data"), "five.csv", 5, 4, 5)
 
 
 @pytest.mark.slow
