@@ -318,18 +318,25 @@ def fit_command(
             def job_progress(name: str, done: int, total: int) -> None:
                 progress("jobs", done, total)
 
-            inference = fit_subjects(
-                task,
-                data,
-                names,
-                store=store,
-                subjects_per_job=subjects_per_job,
-                scheduler=scheduler,
-                workers=workers,
-                seed=seed,
-                progress=job_progress,
-                **arguments,
-            )
+            try:
+                inference = fit_subjects(
+                    task,
+                    data,
+                    names,
+                    store=store,
+                    subjects_per_job=subjects_per_job,
+                    scheduler=scheduler,
+                    workers=workers,
+                    seed=seed,
+                    progress=job_progress,
+                    **arguments,
+                )
+            except (KeyboardInterrupt, JobsFailed):
+                print(
+                    f"pp-aif: the finished jobs are kept in {store}/; the same command resumes",
+                    file=sys.stderr,
+                )
+                raise
     for bar in bars.values():
         bar.close()
     seconds = time.perf_counter() - start

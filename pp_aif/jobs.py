@@ -284,13 +284,20 @@ def _run_on_dask(pending, scheduler, workers, record, failures) -> None:
     cluster = None
     if scheduler is None:
         n = min(workers or os.cpu_count() or 1, len(pending))
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            host="127.0.0.1",
-        )
+        try:
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                host="127.0.0.1",
+            )
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"fan_out: the local cluster's {n} worker process(es) did not start ({error}). "
+                "Workers are spawned: a script must call fan_out under "
+                "`if __name__ == \"__main__\":`; or pass scheduler='inline' to run the jobs here"
+            ) from error
         client = Client(cluster)
     else:
         if not isinstance(scheduler, str) or "://" not in scheduler and ":" not in scheduler:

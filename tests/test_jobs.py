@@ -200,3 +200,22 @@ def test_a_killed_worker_loses_nothing_and_reruns_resume(tmp_path):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
+
+
+@pytest.mark.integration
+def test_a_local_cluster_that_cannot_start_says_why(tmp_path):
+    """A script piped to Python has no file for spawned workers to import: the error says what
+    to do instead of Dask's "Nanny failed to start"."""
+    script = (
+        "from pp_aif.jobs import Job, fan_out\n"
+        f"fan_out([Job('a', print, {{}}), Job('b', print, {{}})], {str(tmp_path)!r})\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, cwd=tmp_path,
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: fan_out: the local cluster's 2 worker process(es)")
+    assert 'if __name__ == "__main__":' in last and "scheduler='inline'" in last
+    assert list(tmp_path.iterdir()) == []
