@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from pp_aif.ops.numerics import categorical
 from pp_aif.spec import GenerativeModel
 
 __all__ = ["Environment", "GenerativeProcess"]
@@ -31,7 +32,7 @@ class Environment(Protocol):
 
 def _draw(probabilities: Tensor, generator: torch.Generator | None) -> Tensor:
     """One categorical draw per row of (N, K) probabilities: int64 (N,)."""
-    return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
+    return categorical(probabilities, generator)
 
 
 class GenerativeProcess:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["xlogy", "entropy"]
+__all__ = ["xlogy", "entropy", "categorical"]
 
 
 def xlogy(x: Tensor, y: Tensor) -> Tensor:
@@ -51,3 +51,15 @@ def entropy(q: Tensor) -> Tensor:
     if torch.is_grad_enabled() and q.requires_grad:
         return _Entropy.apply(q)
     return torch.special.entr(q).sum(-1)
+
+
+def categorical(probabilities: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One draw from each row of (N, K) probabilities (unnormalised is fine): int64 (N,).
+
+    argmax_k p_k / q_k with q_k ~ Exp(1), the Gumbel-max trick in exponential form: the method
+    ``torch.multinomial(p, 1)`` uses, and the same numbers from the same generator, without its
+    checks of p (a max, a min, sums and two synchronising ``.item()`` calls per draw). For
+    probabilities made valid by construction (softmax outputs, validated model arrays): the
+    agents' actions and the world's outcomes and states, drawn several times per step."""
+    q = torch.empty_like(probabilities).exponential_(1.0, generator=generator)
+    return (probabilities / q).argmax(-1)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pp_aif.ops.numerics import categorical
 from pp_aif.planning.efe import PolicyScores
 
 __all__ = [
@@ -112,7 +113,7 @@ def select_actions(
     for p in probabilities:
         if sample:
             flat = p.reshape(-1, p.shape[-1])
-            draw = torch.multinomial(flat, 1, generator=generator).reshape(p.shape[:-1])
+            draw = categorical(flat, generator).reshape(p.shape[:-1])
         else:
             draw = p.argmax(-1)
         chosen.append(draw)

@@ -45,3 +45,19 @@ def test_weighted_log_with_minus_infinity_keeps_gradients_finite():
     (grad,) = torch.autograd.grad(value.sum(), q)
     assert torch.isfinite(grad).all()
     assert_close(grad, torch.tensor([[0.0, -1.0, 0.0]], dtype=torch.float64))
+
+
+def test_categorical_draws_as_torch_multinomial_does():
+    """The same numbers as ``torch.multinomial(p, 1)`` from the same generator, and frequencies
+    within 4 standard errors of p; a category of probability 0 is never drawn."""
+    from pp_aif.ops.numerics import categorical
+
+    p = torch.tensor([[0.2, 0.0, 0.5, 0.3], [0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    p = p.repeat(5000, 1)
+    ours = categorical(p, torch.Generator().manual_seed(3))
+    theirs = torch.multinomial(p, 1, generator=torch.Generator().manual_seed(3))[:, 0]
+    assert torch.equal(ours, theirs)
+    first = torch.bincount(ours[0::2], minlength=4).double() / 5000
+    se = (p[0] * (1 - p[0]) / 5000).sqrt()
+    assert ((first - p[0]).abs() <= 4 * se + 1e-12).all()
+    assert first[1] == 0 and (ours[1::2] == 2).all()
