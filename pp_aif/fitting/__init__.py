@@ -1,6 +1,8 @@
 """Fitting agents to people's behaviour: the action likelihood, ``fit`` (NUTS, SVI, MAP;
-single subjects or hierarchical), posterior predictive checks."""
+single subjects or hierarchical), ``fit_subjects`` (many subjects in groups, as Dask jobs),
+posterior predictive checks."""
 
+from pp_aif.fitting.fanout import concat_subjects, fit_subjects
 from pp_aif.fitting.fit import LINKS, METHODS, default_priors, fit, parameter_draws, prior_draws
 from pp_aif.fitting.likelihood import (
     LEARNING_PARAMETERS,
@@ -32,6 +34,8 @@ __all__ = [
     "sharpened_likelihood",
     "parameter_draws",
     "fit",
+    "fit_subjects",
+    "concat_subjects",
     "default_priors",
     "prior_draws",
 ]
