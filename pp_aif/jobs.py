@@ -242,6 +242,13 @@ def fan_out(
         seen.add(job.name)
     if workers is not None and workers < 1:
         raise ValueError(f"fan_out: workers = {workers}; need at least 1")
+    if scheduler not in (None, "inline") and (
+        not isinstance(scheduler, str) or ("://" not in scheduler and ":" not in scheduler)
+    ):
+        raise ValueError(
+            f"fan_out: scheduler {scheduler!r} is not an address such as "
+            "tcp://127.0.0.1:8786 (or None for a local cluster, 'inline' for none)"
+        )
     store.remove_partials()
     pending = [job for job in jobs if not store.done(job.name)]
     total = len(jobs)
@@ -253,7 +260,11 @@ def fan_out(
 
     def record(name: str, result: Any) -> None:
         nonlocal done
-        store.write(name, result)
+        try:
+            store.write(name, result)
+        except TypeError as error:  # a result that cannot be stored fails its job only
+            failures[name] = error
+            return
         done += 1
         if progress is not None:
             progress(name, done, total)
@@ -300,11 +311,6 @@ def _run_on_dask(pending, scheduler, workers, record, failures) -> None:
             ) from error
         client = Client(cluster)
     else:
-        if not isinstance(scheduler, str) or "://" not in scheduler and ":" not in scheduler:
-            raise ValueError(
-                f"fan_out: scheduler {scheduler!r} is not an address such as "
-                "tcp://127.0.0.1:8786 (or None for a local cluster, 'inline' for none)"
-            )
         client = Client(scheduler, timeout="30s")
     try:
         futures = {
@@ -317,6 +323,8 @@ def _run_on_dask(pending, scheduler, workers, record, failures) -> None:
             name = futures[future]
             if future.status == "error":
                 failures[name] = future.exception()
+            elif future.status != "finished":  # e.g. cancelled when the scheduler went away
+                failures[name] = RuntimeError(f"the job's future ended {future.status}")
             else:
                 record(name, future.result())
             future.release()

@@ -88,6 +88,12 @@ def test_inline_runs_resume_and_report_failures(tmp_path):
     assert results["j2"]["square"] == 4 and results["j0"] == {"x": 0}  # j0 kept from the first run
     with pytest.raises(ValueError, match="two jobs are named j0"):
         fan_out([jobs[0], jobs[0]], tmp_path, scheduler="inline")
+    unstorable = [Job("bad", set, {}), Job("good", slow_square, {"x": 3})]  # a set: not JSON
+    with pytest.raises(JobsFailed, match=r"\(bad\).*TypeError: job bad: its result is neither"):
+        fan_out(unstorable, tmp_path, scheduler="inline")
+    assert JobStore(tmp_path).done("good") and not JobStore(tmp_path).done("bad")
+    with pytest.raises(ValueError, match="not an address"):
+        fan_out([Job("new", slow_square, {"x": 1})], tmp_path, scheduler="nowhere")
     with pytest.raises(ValueError, match="not an address"):
         fan_out(
             [Job("new", slow_square, {"x": 1}), Job("new2", slow_square, {"x": 2})],
