@@ -62,6 +62,32 @@ def test_agent_scores_equal_expected_free_energy(rng):
     assert results[2].action is None
 
 
+@pytest.mark.parametrize("infer_precision", [False, True])
+def test_agents_with_equal_beliefs_plan_once_and_alike(infer_precision):
+    """In the T-maze many agents share a history, and with it their beliefs: the batch scores
+    each distinct belief once (in ``policy_scores``). Each agent's scores, q(pi) and action
+    probabilities equal its own step taken alone (replaying its actions), bit for bit."""
+    task = load_task("tmaze")
+    model, settings, N = task.model, AgentSettings(infer_precision=infer_precision), 8
+    observations, actions, results = run(model, settings, GenerativeProcess(model), N, 3, seed=2)
+    assert len(set(map(tuple, observations[:, 1].tolist()))) < N  # some histories coincide
+    for i in range(N):
+        state = initial_state(model, 1)
+        for t in range(3):
+            action = actions[i : i + 1, t] if t < 2 else None
+            state, alone = step(
+                model, settings, state, observations[i : i + 1, t], num_steps=3, action=action
+            )
+            if t == 2:
+                break
+            shared = results[t]
+            assert torch.equal(shared.policy_posterior[i], alone.policy_posterior[0])
+            for name in ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty"):
+                assert torch.equal(getattr(shared.scores, name)[i], getattr(alone.scores, name)[0])
+            for p, q in zip(shared.action_probabilities, alone.action_probabilities, strict=True):
+                assert torch.equal(p[i], q[0])
+
+
 def test_process_samples_from_its_arrays(rng):
     arrays = random_arrays(rng, (3,), (4,), (1,))
     process = GenerativeProcess(pp_aif.GenerativeModel(arrays.A, arrays.B, D=arrays.D))
