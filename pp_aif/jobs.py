@@ -28,6 +28,7 @@ registered with ``cloudpickle.register_pickle_by_value``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -321,12 +322,13 @@ def _run_on_dask(pending, scheduler, workers, record, failures) -> None:
         }
         for future in as_completed(futures):
             name = futures[future]
-            if future.status == "error":
-                failures[name] = future.exception()
-            elif future.status != "finished":  # e.g. cancelled when the scheduler went away
-                failures[name] = RuntimeError(f"the job's future ended {future.status}")
+            try:
+                # a result held by a worker that died since is computed again, and waited for
+                result = future.result()
+            except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001
+                failures[name] = error  # the job raised, was cancelled, or killed its workers
             else:
-                record(name, future.result())
+                record(name, result)
             future.release()
     finally:
         client.close()
