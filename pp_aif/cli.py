@@ -311,11 +311,19 @@ def fit_command(
             from pp_aif.fitting.fanout import fit_subjects
 
             store = out.with_name(f"{out.stem}.jobs")
-            where = scheduler or f"a local cluster of {workers or 'one per core'} worker(s)"
-            print(f"{-(-N // subjects_per_job)} jobs of {subjects_per_job} subjects on {where}")
+            where = scheduler or (
+                f"a local cluster of {workers} worker(s)"
+                if workers
+                else "a local cluster (a worker per core, at most one per job)"
+            )
+            print(
+                f"{-(-N // subjects_per_job)} jobs of up to {subjects_per_job} subjects on {where}"
+            )
             print(f"each job's result: {store}/ (a rerun fits only the jobs not there)")
 
             def job_progress(name: str, done: int, total: int) -> None:
+                if not name and done:
+                    print(f"resuming: {done} of {total} jobs already in {store}/")
                 progress("jobs", done, total)
 
             try:

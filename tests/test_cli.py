@@ -217,7 +217,7 @@ def test_fit_of_many_subjects_fans_out_and_resumes(tmp_path, capsys, five_subjec
     cluster, inline = tmp_path / "cluster.nc", tmp_path / "inline.nc"
     assert main([*base, "--workers", "2", "--out", str(cluster)]) == 0
     output = capsys.readouterr().out
-    assert "3 jobs of 2 subjects on a local cluster of 2 worker(s)" in output
+    assert "3 jobs of up to 2 subjects on a local cluster of 2 worker(s)" in output
     jobs = sorted((tmp_path / "cluster.jobs").iterdir())
     assert [p.name[:15] for p in jobs] == ["fit-00000-00001", "fit-00002-00003", "fit-00004-00004"]
     assert main([*base, "--scheduler", "inline", "--out", str(inline)]) == 0
@@ -247,6 +247,9 @@ def test_fit_of_many_subjects_fans_out_and_resumes(tmp_path, capsys, five_subjec
     # a rerun finds every group; with one removed, fits it alone (inline: one job)
     jobs[1].unlink()
     assert main([*base, "--out", str(cluster)]) == 0
+    assert f"resuming: 2 of 3 jobs already in {tmp_path / 'cluster.jobs'}/" in (
+        capsys.readouterr().out
+    )
     assert sorted((tmp_path / "cluster.jobs").iterdir()) == jobs
     np.testing.assert_array_equal(
         az.from_netcdf(cluster).posterior["alpha"].values, b.posterior["alpha"].values
