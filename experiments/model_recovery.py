@@ -123,9 +123,8 @@ def _fit_kind(task, data, params, method, steps, draws, seed, grid_points, threa
     return inference
 
 
-def _data_sets(config: Config, bias: float) -> dict:
-    """Each kind's simulated subjects on the world of ``bias``: {kind: BehaviourData}."""
-    kinds = tasks(bias)
+def _data_sets(config: Config, kinds: dict) -> dict:
+    """Each kind's simulated subjects: {kind: BehaviourData}."""
     generator = torch.Generator().manual_seed(config.seed)
     data_sets = {}
     for g, generating in enumerate(KINDS):
@@ -137,46 +136,32 @@ def _data_sets(config: Config, bias: float) -> dict:
     return data_sets
 
 
-def _jobs(config: Config, bias: float, data_sets: dict) -> dict:
-    """{(generating, fitted): Job}: every kind fitted to every data set."""
+def _jobs(config: Config, bias: float) -> dict:
+    """{(generating, fitted): Job}: every kind fitted to every data set of the world ``bias``."""
     kinds = tasks(bias)
+    fitting = {k: getattr(config, k) for k in ("method", "steps", "draws", "seed", "grid_points")}
+    sizes = {"num_subjects": config.num_subjects, "num_trials": config.num_trials}
     threads = None if config.scheduler == "inline" else 1
-    settings = {
-        k: getattr(config, k)
-        for k in ("num_subjects", "num_trials", "method", "steps", "draws", "seed", "grid_points")
-    }
     jobs = {}
-    for generating, data in data_sets.items():
+    for generating, data in _data_sets(config, kinds).items():
         digest = content_digest(data.observations, data.actions, data.present)
         for kind in KINDS:
             spec = {"bias": bias, "generating": generating, "kind": kind, "data": digest}
             prefix = f"bias{bias:g}-{generating}-{kind}".replace(" ", "_")
             jobs[generating, kind] = Job(
-                job_name(prefix, {**spec, **settings}),
+                job_name(prefix, {**spec, **sizes, **fitting}),
                 _fit_kind,
-                {
-                    "task": kinds[kind],
-                    "data": data,
-                    "params": PARAMS[kind],
-                    "method": config.method,
-                    "steps": config.steps,
-                    "draws": config.draws,
-                    "seed": config.seed,
-                    "grid_points": config.grid_points,
-                    "threads": threads,
-                },
-            )
+                {"task": kinds[kind], "data": data, "params": PARAMS[kind], **fitting,
+                 "threads": threads},
+            )  # fmt: skip
     return jobs
 
 
 def _fit_all(config: Config, biases) -> dict:
-    """{bias: (data sets, {(generating, fitted): InferenceData})}, every fit of every world as
-    one fan-out of jobs, kept under ``<out>/model_recovery.jobs/`` (reruns resume)."""
-    planned = {}
-    for bias in biases:
-        data_sets = _data_sets(config, bias)
-        planned[bias] = (data_sets, _jobs(config, bias, data_sets))
-    every = [job for _, jobs in planned.values() for job in jobs.values()]
+    """{bias: {(generating, fitted): InferenceData}}, every fit of every world as one fan-out
+    of jobs, kept under ``<out>/model_recovery.jobs/`` (reruns resume)."""
+    planned = {bias: _jobs(config, bias) for bias in biases}
+    every = [job for jobs in planned.values() for job in jobs.values()]
     results = fan_out(
         every,
         JobStore(config.out / "model_recovery.jobs"),
@@ -184,8 +169,8 @@ def _fit_all(config: Config, biases) -> dict:
         workers=config.workers,
     )
     return {
-        bias: (data_sets, {key: results[job.name] for key, job in jobs.items()})
-        for bias, (data_sets, jobs) in planned.items()
+        bias: {key: results[job.name] for key, job in jobs.items()}
+        for bias, jobs in planned.items()
     }
 
 
@@ -247,7 +232,7 @@ def run(config: Config) -> dict:
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
     bias = config.context_bias
-    _, fitted = _fit_all(config, (bias,))[bias]
+    fitted = _fit_all(config, (bias,))[bias]
     results = _summarise(config, bias, fitted, time.perf_counter() - start)
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "model_recovery.json").write_text(json.dumps(results, indent=2))
@@ -265,7 +250,7 @@ def run_sweep(config: Config, biases) -> dict:
     start = time.perf_counter()
     fitted = _fit_all(config, biases)
     seconds = time.perf_counter() - start
-    worlds = {f"{bias:g}": _summarise(config, bias, fitted[bias][1], seconds) for bias in biases}
+    worlds = {f"{bias:g}": _summarise(config, bias, fitted[bias], seconds) for bias in biases}
     criteria = ("loo", "laplace") + (("exact",) if config.method == "grid" else ())
     results = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},

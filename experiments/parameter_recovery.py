@@ -33,7 +33,6 @@ Run: ``python experiments/parameter_recovery.py --out experiments/results`` (JSO
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 import warnings
@@ -144,14 +143,7 @@ def identifiability(config: Config, task, data: BehaviourData, num_subjects: int
     learning rate fixed at the agent's own) to the first few subjects; the median over subjects
     of the posterior correlation of their logs, and of their sds."""
     n = min(num_subjects, data.num_subjects)
-    few = dataclasses.replace(
-        data,
-        observations=data.observations[:n],
-        actions=data.actions[:n],
-        present=data.present[:n],
-        subjects=data.subjects[:n],
-        covariates=None if data.covariates is None else data.covariates.iloc[:n],
-    )
+    few = data.subjects_slice(0, n)
     result = {"subjects": n}
     for pair in (("gamma", "alpha"), ("alpha", "preference")):
         with warnings.catch_warnings():

@@ -77,6 +77,17 @@ class BehaviourData:
             present=self.present.to(device),
         )
 
+    def subjects_slice(self, start: int, stop: int) -> BehaviourData:
+        """Subjects ``start:stop`` (their trials, padding and covariates)."""
+        return dataclasses.replace(
+            self,
+            observations=self.observations[start:stop],
+            actions=self.actions[start:stop],
+            present=self.present[start:stop],
+            subjects=self.subjects[start:stop],
+            covariates=None if self.covariates is None else self.covariates.iloc[start:stop],
+        )
+
     @classmethod
     def read(cls, source, task, *, anonymise: bool = False, salt: str | None = None):
         """Read and validate long-format data for ``task``.

@@ -210,7 +210,6 @@ def test_fit_of_many_subjects_fans_out_and_resumes(tmp_path, capsys, five_subjec
     import pp_aif
     from pp_aif.data import BehaviourData
     from pp_aif.fitting import fit
-    from pp_aif.fitting.fanout import subset
 
     base = ["fit", "tmaze", str(five_subjects_csv), "--params", "alpha", "--method", "grid"]
     base += ["--draws", "40", "--subjects-per-job", "2", "--seed", "7"]
@@ -229,9 +228,8 @@ def test_fit_of_many_subjects_fans_out_and_resumes(tmp_path, capsys, five_subjec
     task = pp_aif.load_task("tmaze")
     data = BehaviourData.read(five_subjects_csv, task)
     for j, start in enumerate(range(0, 5, 2)):
-        alone = fit(
-            task, subset(data, start, start + 2), ("alpha",), method="grid", draws=40, seed=7 + j
-        )
+        group = data.subjects_slice(start, start + 2)
+        alone = fit(task, group, ("alpha",), method="grid", draws=40, seed=7 + j)
         np.testing.assert_array_equal(
             a.posterior["alpha"].values[..., start : start + 2], alone.posterior["alpha"].values
         )

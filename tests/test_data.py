@@ -37,6 +37,16 @@ def test_csv_round_trip_equals_the_simulation(record, tmaze, table, tmp_path):
     assert data.covariates["age"].tolist() == [20, 30, 40]
 
 
+def test_a_slice_of_subjects_equals_reading_their_rows_alone(tmaze, table):
+    with_age = table.assign(age=np.repeat([20, 30, 40], len(table) // 3))
+    sliced = BehaviourData.read(with_age, tmaze).subjects_slice(1, 3)
+    alone = BehaviourData.read(with_age[with_age["subject"] != "agent-0"], tmaze)
+    for name in ("observations", "actions", "present"):
+        assert torch.equal(getattr(sliced, name), getattr(alone, name)), name
+    assert sliced.subjects == alone.subjects == ("agent-1", "agent-2")
+    pd.testing.assert_frame_equal(sliced.covariates, alone.covariates)
+
+
 def test_rows_in_any_order_and_missing_trials(record, tmaze, table):
     shuffled = table.sample(frac=1.0, random_state=0)
     dropped = shuffled[~((shuffled["subject"] == "agent-1") & (shuffled["trial"] == 1))]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,25 +29,13 @@ import xarray as xr
 
 from pp_aif.data import BehaviourData
 from pp_aif.errors import ConvergenceWarning
+from pp_aif.fitting.fit import _check_arguments, fit
 from pp_aif.jobs import Job, JobStore, fan_out, job_name
 
-__all__ = ["fit_subjects", "concat_subjects", "subset", "content_digest"]
+__all__ = ["fit_subjects", "concat_subjects", "content_digest"]
 
 _ADDITIVE = ("seconds", "gradients", "elbo", "log_density")  # over independent groups
 _PER_SUBJECT = ("log_evidence",)
-
-
-def subset(data: BehaviourData, start: int, stop: int) -> BehaviourData:
-    """Subjects ``start:stop`` of ``data`` (their trials, padding and covariates)."""
-    covariates = None if data.covariates is None else data.covariates.iloc[start:stop]
-    return dataclasses.replace(
-        data,
-        observations=data.observations[start:stop],
-        actions=data.actions[start:stop],
-        present=data.present[start:stop],
-        subjects=data.subjects[start:stop],
-        covariates=covariates,
-    )
 
 
 def content_digest(*values) -> str:
@@ -89,7 +78,9 @@ def content_digest(*values) -> str:
                 feed(v)
         elif value is None or isinstance(value, bool | int | float | str | Path):
             digest.update(repr(value).encode())
-        elif hasattr(value, "__dict__") or hasattr(value, "__slots__"):
+        elif (hasattr(value, "__dict__") or hasattr(value, "__slots__")) and (
+            " at 0x" not in repr(value)  # a repr with an address differs from run to run
+        ):
             digest.update(repr(value).encode())
         else:
             raise TypeError(f"content_digest: cannot digest a {type(value).__name__}")
@@ -102,8 +93,6 @@ def content_digest(*values) -> str:
 def _fit_group(task, data, params, priors, fit_kwargs, threads):
     """One job: ``fit`` of a group of subjects; its warnings go into the InferenceData's attrs
     (a worker's warnings would not reach the caller)."""
-    from pp_aif.fitting.fit import fit
-
     if threads is not None:
         torch.set_num_threads(threads)
     with warnings.catch_warnings(record=True) as caught:
@@ -137,8 +126,6 @@ def fit_subjects(
     settings, device, ...), not ``hierarchical``: a population model fits its subjects together.
     Each group's ConvergenceWarnings are warned again here, with the group's subjects named.
     """
-    from pp_aif.fitting.fit import _check_arguments
-
     if fit_kwargs.get("hierarchical"):
         raise ValueError(
             "fit_subjects: hierarchical=True fits a population, whose subjects depend on each "
@@ -149,29 +136,19 @@ def fit_subjects(
         raise TypeError(f"fit_subjects: unexpected argument(s) {unknown} (not fit's)")
     if not isinstance(subjects_per_job, int) or subjects_per_job < 1:
         raise ValueError(f"subjects_per_job: {subjects_per_job!r}; need an integer >= 1")
-    if fit_kwargs.get("progress") is not None:
-        raise ValueError("fit_subjects: progress is per job here (callable(name, done, total))")
     params = tuple(params)
+    options = {**_FIT_DEFAULTS, **fit_kwargs}
     _check_arguments(
-        task,
-        data,
-        params,
-        fit_kwargs.get("method", "nuts"),
-        False,
-        fit_kwargs.get("chains", 4),
-        fit_kwargs.get("draws", 500),
-        fit_kwargs.get("warmup", 500),
-        fit_kwargs.get("steps", 2000),
-    )
+        task, data, params, *(options[k] for k in ("method", "hierarchical", "chains")),
+        *(options[k] for k in ("draws", "warmup", "steps")),
+    )  # fmt: skip
     N = data.num_subjects
-    settings_digest = content_digest(
-        task.model, task.settings, priors, {k: v for k, v in sorted(fit_kwargs.items())}
-    )
+    settings_digest = content_digest(task.model, task.settings, priors, fit_kwargs)
     threads = None if scheduler == "inline" else 1
     jobs = []
     for j, start in enumerate(range(0, N, subjects_per_job)):
         stop = min(start + subjects_per_job, N)
-        group = subset(data, start, stop)
+        group = data.subjects_slice(start, stop)
         spec = {
             "task": task.name,
             "settings": settings_digest,
@@ -200,19 +177,14 @@ def fit_subjects(
     return concat_subjects(parts)
 
 
-_FIT_KEYWORDS = {
-    "method",
-    "hierarchical",
-    "chains",
-    "draws",
-    "warmup",
-    "settings",
-    "steps",
-    "learning_rate",
-    "grid_points",
-    "width",
-    "device",
+#: ``fit``'s keyword arguments that a group's fit takes (the rest are fit_subjects' own), with
+#: their defaults
+_FIT_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(fit).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("seed", "progress")
 }
+_FIT_KEYWORDS = set(_FIT_DEFAULTS)
 
 
 def concat_subjects(parts: list[az.InferenceData]) -> az.InferenceData:

@@ -134,11 +134,11 @@ def _distinct_beliefs(
     return [q[first] for q in states], inverse
 
 
-def _per_belief(arrays, shared, shapes, name: str, unit: str, batch_shape) -> list[Tensor] | None:
-    """``arrays`` (one per belief, shaped (*batch, *shapes[i].shape)) flattened to (N, ...),
-    or the model's ``shared`` arrays when none are given."""
+def _per_belief(arrays, shapes, name: str, unit: str, batch_shape) -> list[Tensor] | None:
+    """``arrays`` (one per belief, shaped (*batch, *shapes[i].shape)) flattened to (N, ...);
+    None stays None (the model's own arrays)."""
     if arrays is None:
-        return None if shared is None else list(shared)
+        return None
     if len(arrays) != len(shapes):
         raise DataError(f"{name}: {len(arrays)} arrays for {len(shapes)} {unit}")
     N = int(np.prod(batch_shape, dtype=np.int64))
@@ -155,27 +155,7 @@ def _per_belief(arrays, shared, shapes, name: str, unit: str, batch_shape) -> li
 
 
 def log_preferences(model: GenerativeModel, time: int, horizon: int) -> list[Tensor]:
-    """ln p~_m = log_softmax(C_m) at the absolute times time+1..time+H: M tensors (H, O_m).
-
-    Remembered on the model per (time, horizon) (per horizon alone when C does not vary in
-    time), and recomputed after an in-place change of C."""
-    C = tuple(model.C)
-    key = (time if any(c.dim() > 1 for c in C) else 0, horizon)
-    versions = tuple(c._version for c in C)
-    cache = model.__dict__.setdefault("_log_preferences", {})
-    known = cache.get(key)
-    if (
-        known is None
-        or known[1] != versions
-        or any(a is not b for a, b in zip(known[0], C, strict=True))
-    ):
-        if len(cache) > 64:
-            cache.clear()
-        known = cache[key] = (C, versions, _log_preferences(model, time, horizon))
-    return known[2]
-
-
-def _log_preferences(model: GenerativeModel, time: int, horizon: int) -> list[Tensor]:
+    """ln p~_m = log_softmax(C_m) at the absolute times time+1..time+H: M tensors (H, O_m)."""
     result = []
     for m, c in enumerate(model.C):
         if c.dim() == 1:
@@ -245,10 +225,10 @@ def expected_free_energy(
         if policies is None
         else _check_policies(policies, model.num_controls).to(model.device)
     )
-    A = None if A is None else _per_belief(A, model.A, model.A, "A", "modalities", batch_shape)
-    pA = None if pA is None else _per_belief(pA, model.pA, model.A, "pA", "modalities", batch_shape)
-    B = None if B is None else _per_belief(B, model.B, model.B, "B", "factors", batch_shape)
-    pB = None if pB is None else _per_belief(pB, model.pB, model.B, "pB", "factors", batch_shape)
+    A = _per_belief(A, model.A, "A", "modalities", batch_shape)
+    pA = _per_belief(pA, model.A, "pA", "modalities", batch_shape)
+    B = _per_belief(B, model.B, "B", "factors", batch_shape)
+    pB = _per_belief(pB, model.B, "pB", "factors", batch_shape)
     scores = policy_scores(
         model, states, policies, time=time, method=method, num_samples=num_samples, seed=seed,
         A=A, pA=pA, B=B, pB=pB,

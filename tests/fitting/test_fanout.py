@@ -14,7 +14,7 @@ import pp_aif
 from pp_aif.data import BehaviourData, long_format
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting import default_priors, fit, prior_draws
-from pp_aif.fitting.fanout import concat_subjects, content_digest, fit_subjects, subset
+from pp_aif.fitting.fanout import concat_subjects, content_digest, fit_subjects
 from pp_aif.fitting.predictive import simulate_subjects
 
 
@@ -37,7 +37,7 @@ def test_groups_joined_equal_each_groups_fit(tmp_path, task, data):
     parts = [
         fit(
             task,
-            subset(data, a, a + 2),
+            data.subjects_slice(a, a + 2),
             ("alpha",),
             method="grid",
             grid_points=21,
@@ -92,6 +92,8 @@ def test_digests_follow_the_task_data_priors_and_settings(task, data):
     assert content_digest(model, settings) != content_digest(model, task.settings)
     with pytest.raises(TypeError, match="cannot digest a builtin_function_or_method"):
         content_digest(len)
+    with pytest.raises(TypeError, match="cannot digest a Opaque"):  # its repr has an address
+        content_digest(type("Opaque", (), {})())
 
 
 def test_bad_arguments_are_refused_before_any_job(tmp_path, task, data):
@@ -110,9 +112,9 @@ def test_bad_arguments_are_refused_before_any_job(tmp_path, task, data):
 def test_concat_refuses_fits_that_do_not_join(task, data):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        a = fit(task, subset(data, 0, 2), ("alpha",), method="svi", steps=5, draws=10)
-        b = fit(task, subset(data, 2, 4), ("alpha",), method="svi", steps=5, draws=11)
-        c = fit(task, subset(data, 0, 2), ("gamma",), method="svi", steps=5, draws=10)
+        a = fit(task, data.subjects_slice(0, 2), ("alpha",), method="svi", steps=5, draws=10)
+        b = fit(task, data.subjects_slice(2, 4), ("alpha",), method="svi", steps=5, draws=11)
+        c = fit(task, data.subjects_slice(0, 2), ("gamma",), method="svi", steps=5, draws=10)
     with pytest.raises(ValueError, match="fit 1 has 11 draws, fit 0 has 10"):
         concat_subjects([a, b])
     with pytest.raises(ValueError, match="fit 1 has params"):

@@ -271,13 +271,13 @@ def test_arrays_per_belief_equal_separate_models(rng, method):
         pp_aif.expected_free_energy(model, beliefs, pB=pB[:1])
 
 
-def test_remembered_preferences_follow_an_in_place_change_of_C(rng):
+def test_preferences_follow_an_in_place_change_of_C(rng):
     arrays = random_arrays(rng, (2, 3), (3, 2), (2, 2))
     C = [torch.as_tensor(rng.normal(size=o)) for o in (3, 2)]
     model = pp_aif.GenerativeModel(arrays.A, arrays.B, C=C, D=arrays.D)
     beliefs = [torch.as_tensor(d) for d in arrays.D]
     before = pp_aif.expected_free_energy(model, beliefs).G
-    assert torch.equal(pp_aif.expected_free_energy(model, beliefs).G, before)  # remembered
+    assert torch.equal(pp_aif.expected_free_energy(model, beliefs).G, before)  # repeatable
     model.C[1][0] += 1.5  # in place
     after = pp_aif.expected_free_energy(model, beliefs).G
     fresh = pp_aif.GenerativeModel(arrays.A, arrays.B, C=[c.clone() for c in model.C], D=arrays.D)
