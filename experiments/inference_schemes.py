@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -39,7 +38,8 @@ import torch  # noqa: E402
 import pp_aif  # noqa: E402
 from experiments.tmaze_epistemic import behaviour  # noqa: E402
 from pp_aif.agent import AgentSettings  # noqa: E402
-from pp_aif.errors import ConvergenceWarning  # noqa: E402
+from pp_aif.atomic import save_figure, write_json  # noqa: E402
+from pp_aif.errors import ConvergenceWarning, DiagnosticWarning  # noqa: E402
 from pp_aif.programs import sample_sequences  # noqa: E402
 from pp_aif.simulation import simulate  # noqa: E402
 
@@ -123,13 +123,18 @@ def evaluate(model, observations, actions, iterations: int, svi: bool) -> dict:
             if scheme in ("fpi", "vmp", "mmp")
             else None
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # recorded below instead
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # convergence and the floor: recorded below instead
             start = time.perf_counter()
             beliefs = pp_aif.infer_states(
                 model, observations, actions, method=scheme, mode=mode, settings=settings
             )
             seconds = time.perf_counter() - start
+        unexpected = [
+            w for w in caught if not issubclass(w.category, ConvergenceWarning | DiagnosticWarning)
+        ]
+        for w in unexpected:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         reference = filtering if scheme == "fpi" else smoothing
         gap = beliefs.free_energy - minus_log_evidence
         results[scheme] = {
@@ -139,6 +144,12 @@ def evaluate(model, observations, actions, iterations: int, svi: bool) -> dict:
             "seconds_per_sequence": seconds / N,
             "converged": float(beliefs.optimisation.converged),
             "iterations": beliefs.optimisation.iterations,
+            # the scheme's floor put probability > 1e-4 on states the observations rule out
+            "floor_changed_answer": any(issubclass(w.category, DiagnosticWarning) for w in caught),
+            # share of sequences whose marginals have finite F under exact logarithms
+            "exact_log_finite": float(
+                torch.isfinite(beliefs.exact_log_free_energy).double().mean()
+            ),
         }
     return results
 
@@ -214,8 +225,7 @@ def _run(config: Config) -> dict:
         "cases": cases,
         "tmaze_closed_loop": closed_loop(config),
     }
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "inference_schemes.json").write_text(json.dumps(results, indent=2))
+    write_json(config.out / "inference_schemes.json", results)
     figure(results, config.out / "inference_schemes.png")
     return results
 
@@ -260,7 +270,7 @@ def figure(results: dict, path: Path) -> None:
     axes[3].set_title("T-maze agents on each scheme (first trial)", fontsize=10)
     axes[3].legend(fontsize=8, loc="lower right")
     fig.suptitle("State-inference schemes against exact inference (empty bar: zero or not run)")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

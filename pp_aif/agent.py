@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from pp_aif.errors import DataError
+from pp_aif.inference.exact import run_forward_filter
 from pp_aif.inference.inputs import Sequences
-from pp_aif.inference.states import run_forward_filter
 from pp_aif.inference.variational import GUIDES, SVISettings, fit_guide
 from pp_aif.ops.contractions import outer
 from pp_aif.ops.dirichlet import (
@@ -67,6 +67,7 @@ from pp_aif.planning import (
     select_actions,
 )
 from pp_aif.spec import GenerativeModel, construct_policies
+from pp_aif.validation import check_choice, check_flag, check_integer, check_number
 
 __all__ = [
     "AgentSettings",
@@ -127,18 +128,41 @@ class AgentSettings:
     preference_scale: float = 1.0
 
     def __post_init__(self):
-        if self.inference not in INFERENCE_SCHEMES:
-            raise ValueError(f"inference: {self.inference!r} is not one of {INFERENCE_SCHEMES}")
-        if int(self.inference_iterations) < 1:
-            raise ValueError(f"inference_iterations: must be >= 1, got {self.inference_iterations}")
-        if self.inference_tau is not None and not self.inference_tau > 0:
-            raise ValueError(f"inference_tau: must be > 0, got {self.inference_tau}")
-        scale = torch.as_tensor(self.preference_scale)
-        if not (torch.isfinite(scale).all() and (scale > 0).all()):
-            raise ValueError(
-                f"preference_scale: must be finite and > 0 (c scales ln p~ = log_softmax(c C)), "
-                f"got {self.preference_scale}"
+        """Every setting checked once, here, with a ValueError naming it."""
+        check_number("policy_precision", self.policy_precision, minimum=0, meaning="gamma of q(pi)")
+        check_number("action_precision", self.action_precision, minimum=0, meaning="alpha of p(u)")
+        check_flag("sample_actions", self.sample_actions)
+        if self.horizon is not None:
+            check_integer(
+                "horizon", self.horizon, minimum=1, meaning="policy depth; None: the model's"
             )
+        if not isinstance(self.lesions, Lesions):
+            raise ValueError(f"lesions: expected a Lesions, got {type(self.lesions).__name__}")
+        check_choice("efe_method", self.efe_method, ("exact", "sampled"))
+        check_integer("num_samples", self.num_samples, minimum=1)
+        check_number(
+            "learning_rate", self.learning_rate, minimum=0, meaning="counts added per observation"
+        )
+        check_number(
+            "forgetting",
+            self.forgetting,
+            minimum=0,
+            maximum=1,
+            exclusive_maximum=True,
+            meaning="the share of the counts forgotten between trials",
+        )
+        check_flag("infer_precision", self.infer_precision)
+        check_choice("inference", self.inference, INFERENCE_SCHEMES)
+        check_integer("inference_iterations", self.inference_iterations, minimum=1)
+        if self.inference_tau is not None:
+            check_number("inference_tau", self.inference_tau, minimum=0, exclusive_minimum=True)
+        check_number(
+            "preference_scale",
+            self.preference_scale,
+            minimum=0,
+            exclusive_minimum=True,
+            meaning="c scales ln p~ = log_softmax(c C)",
+        )
 
 
 @dataclass(frozen=True)
@@ -294,6 +318,8 @@ def step(
         q_pi = policy_posterior(
             planned, log_prior, precision=settings.policy_precision, lesions=settings.lesions
         )
+    if not torch.isfinite(q_pi).all():
+        _raise_not_finite(q_pi, scores, state.time)
     probabilities = action_probabilities(
         action_marginals(q_pi, policies, model.num_controls), settings.action_precision
     )
@@ -306,6 +332,20 @@ def step(
     return (
         AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD, observations, actions),
         result,
+    )
+
+
+def _raise_not_finite(q_pi: Tensor, scores: PolicyScores, time: int) -> None:
+    """q(pi) is NaN: name the agents, the step and the cause instead of acting on it."""
+    bad = (~torch.isfinite(q_pi)).any(-1)
+    agent = int(bad.nonzero()[0])
+    G = scores.G[agent]
+    raise ValueError(
+        f"q(pi) is not finite at time step {time} for {int(bad.sum())} agent(s) (first: agent "
+        f"{agent}), whose policies' G range over [{float(G.min()):.4g}, {float(G.max()):.4g}]: "
+        "preferences C so extreme that G overflows (|ln p~| near 1e308) leave no policy to "
+        "prefer. Give C moderate finite values (SPM's tasks use up to about 8 nats); an outcome "
+        "that must never happen is better made impossible in the world than given C = -inf"
     )
 
 
@@ -401,12 +441,18 @@ def learn_between_trials(
         return None, None, None
     N = observations.shape[0]
     transitions = _select_transitions(model, state.transitions(), actions)
-    result = forward_filter(
-        _log_likelihood(model, state.likelihood(), observations),
+    log_likelihood = _log_likelihood(model, state.likelihood(), observations)
+    initial = _initial_beliefs(model, state.pD, N)
+    result = forward_filter(log_likelihood, transitions, initial)
+    smoothed = smooth(
+        result.filtered,
+        result.predicted,
         transitions,
-        _initial_beliefs(model, state.pD, N),
+        log_space=result.log_space,
+        log_likelihood=log_likelihood,
+        initial=initial,
     )
-    marginals = factor_marginals(smooth(result.filtered, result.predicted, transitions), 2)
+    marginals = factor_marginals(smoothed, 2)
 
     def update(concentrations, counts):
         return [

@@ -117,6 +117,24 @@ def brute_force(arrays: Arrays, observations, actions):
 
     Returns (log_evidence, smoothing marginals: F arrays (T, S_f)). Plain numpy, no recursion.
     """
+    states, log_p = path_log_probabilities(arrays, observations, actions)
+    T = len(np.asarray(observations))
+    top = log_p.max()
+    weights = np.exp(log_p - top)
+    log_evidence = top + np.log(weights.sum())
+    posterior = weights / weights.sum()
+    marginals = []
+    for f, s in enumerate(arrays.num_states):
+        q = np.zeros((T, s))
+        for t in range(T):
+            np.add.at(q[t], states[:, t, f], posterior)
+        marginals.append(q)
+    return log_evidence, marginals
+
+
+def path_log_probabilities(arrays: Arrays, observations, actions):
+    """Every joint state path and its ln p(o_1:T, s_1:T | u): (states (K, T, F), log_p (K,)),
+    -inf for the impossible ones. Plain numpy, no recursion."""
     observations = np.asarray(observations)
     actions = np.asarray(actions).reshape(len(observations) - 1, len(arrays.B))
     T = len(observations)
@@ -133,17 +151,7 @@ def brute_force(arrays: Arrays, observations, actions):
                     log_p += np.log(b[states[:, t, f], states[:, t - 1, f], actions[t - 1, f]])
             for m, a in enumerate(arrays.A):
                 log_p += np.log(a[(observations[t, m], *states[:, t].T)])
-    top = log_p.max()
-    weights = np.exp(log_p - top)
-    log_evidence = top + np.log(weights.sum())
-    posterior = weights / weights.sum()
-    marginals = []
-    for f, s in enumerate(arrays.num_states):
-        q = np.zeros((T, s))
-        for t in range(T):
-            np.add.at(q[t], states[:, t, f], posterior)
-        marginals.append(q)
-    return log_evidence, marginals
+    return states, log_p
 
 
 def brute_force_filtering(arrays: Arrays, observations, actions):

@@ -53,7 +53,7 @@ def test_same_seed_same_record():
 
 
 def test_bad_sizes():
-    with pytest.raises(ValueError, match="num_agents and num_trials must be at least 1"):
+    with pytest.raises(ValueError, match=r"num_agents: must be an integer >= 1, got 0"):
         simulate(load_task("tmaze"), 0, 1)
 
 

@@ -23,7 +23,8 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from torch import Tensor
 
-from pp_aif.inference.inputs import Sequences
+from pp_aif.inference.exact import run_forward_filter
+from pp_aif.inference.inputs import Sequences, format_sequence
 from pp_aif.programs import empty_guide, pomdp, state_site
 from pp_aif.spec import GenerativeModel
 
@@ -77,21 +78,41 @@ def enumerated_marginals(
 
 def enumerate_states(model: GenerativeModel, sequences: Sequences, mode: str):
     """(marginals: F tensors (N, T, S_f), log_evidence: (N,)) from the Pyro program."""
-    from pp_aif.inference.states import run_forward_filter
-
     observations, actions = sequences.observations, sequences.actions
     log_evidence = enumerated_log_evidence(model, observations, actions)
     if not torch.isfinite(log_evidence).all():
-        run_forward_filter(model, sequences)  # raises DataError naming the impossible step
+        result, _ = run_forward_filter(model, sequences)  # DataError if truly impossible
+        _raise_underflow(sequences, log_evidence, result.log_normalisers.sum(-1))
     T = observations.shape[1]
-    if mode == "smoothing":
-        per_time = enumerated_marginals(model, observations, actions, range(T))
-    else:
-        per_time = [
-            enumerated_marginals(model, observations[:, : t + 1], actions[:, :t], [t])[0]
-            for t in range(T)
-        ]
+    try:
+        if mode == "smoothing":
+            per_time = enumerated_marginals(model, observations, actions, range(T))
+        else:
+            per_time = [
+                enumerated_marginals(model, observations[:, : t + 1], actions[:, :t], [t])[0]
+                for t in range(T)
+            ]
+    except ValueError as error:  # a distribution of NaN logits: Pyro's contraction underflowed
+        if "invalid values" not in str(error):
+            raise
+        result, _ = run_forward_filter(model, sequences)
+        _raise_underflow(sequences, log_evidence, result.log_normalisers.sum(-1))
+        raise
     per_factor = [
         torch.stack([per_time[t][f] for t in range(T)], 1) for f in range(model.num_factors)
     ]
     return per_factor, log_evidence
+
+
+def _raise_underflow(sequences: Sequences, enumerated: Tensor, exact: Tensor) -> None:
+    """The enumeration failed on sequences the exact route finds possible: say so, by name."""
+    failed = (~torch.isfinite(enumerated)).nonzero()[:, 0].tolist() or list(range(len(exact)))
+    n = failed[0]
+    raise FloatingPointError(
+        f"method='enumerate': {format_sequence(sequences.batch_shape, n)}Pyro's enumeration "
+        "underflowed: its log-space contraction (pyro.ops.einsum.torch_log) shifts each factor "
+        "by its own maximum, so paths far below the most probable one are lost, and here they "
+        f"are the only possible ones. ln p(o) = {float(exact[n]):.6g} by method='exact', which "
+        "works in log space where this happens; use it"
+        + (f" ({len(failed) - 1} other sequences too)" if len(failed) > 1 else "")
+    )

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from pp_aif.errors import DataError
+from pp_aif.inference.exact import log_space_arguments, run_forward_filter
 from pp_aif.inference.inputs import prepare_sequences
-from pp_aif.inference.states import Beliefs, run_forward_filter
+from pp_aif.inference.states import Beliefs
 from pp_aif.ops.free_energy import (
     chain_free_energy,
     chain_joint_marginals,
@@ -134,7 +135,12 @@ def posterior_chain(model: GenerativeModel, observations, actions=None) -> Chain
     """The exact posterior p(s_1:T | o_1:T, u) as a Markov chain over the joint state."""
     sequences = prepare_sequences(model, observations, actions)
     result, transitions = run_forward_filter(model, sequences)
-    _, initial, conditionals = posterior_as_chain(result.filtered, result.predicted, transitions)
+    _, initial, conditionals = posterior_as_chain(
+        result.filtered,
+        result.predicted,
+        transitions,
+        **log_space_arguments(model, sequences, result),
+    )
     T, K = result.filtered.shape[1], math.prod(model.num_states)
     batch = sequences.batch_shape
     return ChainBeliefs(

@@ -25,21 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import torch
 from torch import Tensor
 
-from pp_aif.errors import DataError
-from pp_aif.inference.inputs import Sequences, format_sequence, prepare_sequences
+from pp_aif.inference.exact import log_space_arguments, run_forward_filter
+from pp_aif.inference.inputs import Sequences, prepare_sequences
 from pp_aif.inference.message_passing import SCHEMES, MessagePassingSettings, run_scheme
 from pp_aif.inference.variational import GUIDES, Optimisation, SVISettings, fit_guide
-from pp_aif.ops.hmm import (
-    FilterResult,
-    factor_marginals,
-    forward_filter,
-    observation_log_likelihood,
-    select_transitions,
-    smooth,
-)
+from pp_aif.ops.hmm import factor_marginals, smooth
 from pp_aif.spec import GenerativeModel
 
 __all__ = ["Beliefs", "infer_states", "METHODS", "MODES"]
@@ -70,6 +62,12 @@ class Beliefs:
         methods q is the posterior and F = -log_evidence; otherwise F >= -ln p(o | u).
     optimisation : Optimisation or None
         For the iterative methods: iterations, final F, converged, and the loss trace.
+    exact_log_free_energy : Tensor (*batch)
+        F of the same beliefs under the model's exact logarithms (ln 0 = -inf). It equals
+        ``free_energy`` except for the message-passing schemes, whose ``free_energy`` floors
+        ln p at their epsilon (as they compute it); for them this is the F of their marginals
+        with the mass at or below the floor removed, +inf where they give real mass to what
+        the model rules out. Compare schemes on this one.
     """
 
     marginals: list[Tensor]
@@ -78,12 +76,15 @@ class Beliefs:
     mode: str
     free_energy: Tensor | None = None
     optimisation: Optimisation | None = None
+    exact_log_free_energy: Tensor | None = None
 
     def __post_init__(self):
         if self.free_energy is None:
             if self.log_evidence is None:
                 raise ValueError("Beliefs: give log_evidence or free_energy")
             object.__setattr__(self, "free_energy", -self.log_evidence)
+        if self.exact_log_free_energy is None:
+            object.__setattr__(self, "exact_log_free_energy", self.free_energy)
 
 
 def infer_states(
@@ -145,7 +146,7 @@ def infer_states(
     sequences = prepare_sequences(model, observations, actions)
     batch = sequences.batch_shape
     T = sequences.observations.shape[1]
-    free_energy, record = None, None
+    free_energy, record, exact_logs = None, None, None
     if method == "exact":
         marginals, log_evidence = _exact(model, sequences, mode)
     elif method == "enumerate":
@@ -153,11 +154,12 @@ def infer_states(
 
         marginals, log_evidence = enumerate_states(model, sequences, mode)
     elif method in SCHEMES:
-        marginals, free_energy, record = run_scheme(
+        marginals, free_energy, exact_logs, record = run_scheme(
             model, sequences, method, mode, _settings(MessagePassingSettings, settings)
         )
         log_evidence = None
         free_energy = free_energy.reshape(batch)
+        exact_logs = exact_logs.reshape(batch)
         record = replace(record, final=record.final.reshape(batch))
     else:
         if mode != "smoothing":
@@ -178,6 +180,7 @@ def infer_states(
         mode=mode,
         free_energy=free_energy,
         optimisation=record,
+        exact_log_free_energy=exact_logs,
     )
 
 
@@ -197,57 +200,16 @@ def _settings(kind, settings):
     raise TypeError(f"settings: expected {kind.__name__} or dict, got {type(settings).__name__}")
 
 
-def run_forward_filter(model: GenerativeModel, sequences: Sequences):
-    """The forward pass on validated sequences; raises DataError if any sequence is impossible.
-
-    Returns (FilterResult, transitions), with transitions F tensors (N, T-1, S_f, S_f).
-    """
-    log_likelihood = observation_log_likelihood(model.log_A, sequences.observations)
-    transitions = select_transitions(model.transition_by_action, sequences.actions)
-    result = forward_filter(log_likelihood, transitions, model.D)
-    raise_if_impossible(model, sequences, result)
-    return result, transitions
-
-
 def _exact(model: GenerativeModel, sequences: Sequences, mode: str):
     result, transitions = run_forward_filter(model, sequences)
     joint = (
         result.filtered
         if mode == "filtering"
-        else smooth(result.filtered, result.predicted, transitions)
+        else smooth(
+            result.filtered,
+            result.predicted,
+            transitions,
+            **log_space_arguments(model, sequences, result),
+        )
     )
     return factor_marginals(joint, 2), result.log_normalisers.sum(-1)
-
-
-def raise_if_impossible(model: GenerativeModel, sequences: Sequences, result: FilterResult) -> None:
-    """Name the first sequence, step and modality whose outcome has probability zero."""
-    impossible = ~(result.log_normalisers > -torch.inf)
-    if not impossible.any():
-        return
-    n, t = (int(i) for i in impossible.nonzero()[0])
-    count = int(impossible.any(-1).sum())
-    prior = result.predicted[n, t]
-    outcomes = sequences.observations[n, t]
-    mass = prior
-    for modality in range(model.num_modalities):
-        mass = mass * model.A[modality][outcomes[modality]]
-        if not mass.sum() > 0:
-            break
-    else:
-        raise RuntimeError(
-            "forward filter: non-finite log normaliser at "
-            f"{format_sequence(sequences.batch_shape, n)}"
-            f"time step {t} although the observations are possible; please report this"
-        )
-    together = (
-        f" together with the outcomes of modalities 0..{modality - 1} at that step"
-        if modality > 0
-        else ""
-    )
-    others = f" ({count - 1} other sequences are impossible too)" if count > 1 else ""
-    raise DataError(
-        f"observations: {format_sequence(sequences.batch_shape, n)}time step {t}, modality "
-        f"{modality}: outcome {int(outcomes[modality])} has probability 0 under the model"
-        f"{together}, "
-        f"given the earlier observations and actions{others}"
-    )

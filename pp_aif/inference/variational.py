@@ -23,9 +23,12 @@ Support. Where the model has structural zeros, any q that puts mass on an imposs
 F = +inf and no gradient. Both guides are therefore restricted to the support of the exact
 posterior (states, and for the chain, transitions with posterior mass; computed by the exact
 forward-backward pass): masked logits are ``LOG_ZERO``, whose probability is exactly 0 in float64
-and float32. The mean-field family may still have F = +inf: when consecutive steps of a factor
-are coupled by a structural zero, no product of marginals over the posterior's support avoids the
-impossible pairs; that raises a ``DataError`` naming the factor and step.
+and float32. A product of marginals over the whole posterior support may still have F = +inf:
+when a structural zero couples consecutive steps of a factor (or factors within a step), it puts
+mass on the impossible pairs. Mean field is zero-forcing, so its optimum has finite F for every
+possible sequence: there the guide's support is that of a mean-field optimum found by coordinate
+ascent with exact logarithms from the most probable path (``_mean_field_start``), and L-BFGS
+refines it from there. Its F lies between -ln p(o) and the most probable path's -ln p(o, s).
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
-from pp_aif.errors import ConvergenceWarning, DataError
-from pp_aif.inference.inputs import Sequences, format_sequence
+from pp_aif.errors import ConvergenceWarning
+from pp_aif.inference.exact import log_space_arguments
+from pp_aif.inference.inputs import Sequences
+from pp_aif.ops.contractions import outer
 from pp_aif.ops.free_energy import (
     chain_free_energy,
     chain_joint_marginals,
@@ -53,9 +58,11 @@ from pp_aif.ops.free_energy import (
     mean_field_free_energy,
     posterior_as_chain,
 )
-from pp_aif.ops.hmm import factor_marginals, observation_log_likelihood
+from pp_aif.ops.hmm import factor_marginals, most_probable_path, observation_log_likelihood
+from pp_aif.ops.message_passing import mean_field_coordinate_ascent
 from pp_aif.programs import pomdp, state_site
 from pp_aif.spec import GenerativeModel
+from pp_aif.validation import check_integer, check_number
 
 __all__ = ["GUIDES", "Optimisation", "SVISettings", "fit_guide", "LOG_ZERO"]
 
@@ -100,12 +107,10 @@ class SVISettings:
                 f"optimiser: {self.optimiser!r} is not one of ('auto', 'lbfgs', 'adam')"
             )
         for name in ("num_steps", "patience", "num_particles", "max_enumerated_states"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate: must be > 0, got {self.learning_rate}")
-        if not self.tolerance >= 0:
-            raise ValueError(f"tolerance: must be >= 0, got {self.tolerance}")
+            check_integer(name, getattr(self, name), minimum=1)
+        check_number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
+        check_number("tolerance", self.tolerance, minimum=0)
+        check_integer("seed", self.seed, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,12 @@ class Optimisation:
 
 def _support(model: GenerativeModel, sequences: Sequences, result, transitions):
     """Posterior support: joint states (N, T, K) and transitions (N, T-1, K, K) with mass."""
-    smoothed, _, conditionals = posterior_as_chain(result.filtered, result.predicted, transitions)
+    smoothed, _, conditionals = posterior_as_chain(
+        result.filtered,
+        result.predicted,
+        transitions,
+        **log_space_arguments(model, sequences, result),
+    )
     N, T = smoothed.shape[:2]
     K = math.prod(model.num_states)
     states = smoothed.reshape(N, T, K) > 0
@@ -134,34 +144,58 @@ def _support(model: GenerativeModel, sequences: Sequences, result, transitions):
     return smoothed, states, pairs
 
 
-def _check_mean_field_support(model, sequences, marginals_support, transitions) -> None:
-    """Raise if every product of marginals over the support puts mass on an impossible pair."""
-    for f, (support, b) in enumerate(zip(marginals_support, transitions, strict=True)):
-        if support.shape[1] < 2:
-            continue
-        both = support[:, 1:, :, None] & support[:, :-1, None, :]  # (N, T-1, S_next, S_prev)
-        impossible = both & ~(b > 0)
-        if impossible.any():
-            n, t, j, i = (int(x) for x in impossible.nonzero()[0])
-            raise DataError(
-                f"mean_field: {format_sequence(sequences.batch_shape, n)}factor {f}: the posterior "
-                f"gives states {i} at step {t} and {j} at step {t + 1} positive probability, but "
-                f"the transition {i} -> {j} is impossible; a product of marginals cannot avoid "
-                "that pair, so its free energy is infinite. Use method='structured' (or 'exact')"
-            )
+def _product_is_finite(masks, log_likelihood, transitions) -> Tensor:
+    """(N,) bool: whether every product of marginals on ``masks`` F x (N, T, S_f) has finite F,
+    i.e. no joint state of a step has ln p(o_t | s_t) = -inf and no pair of consecutive states
+    of a factor has p(s_t+1 | s_t) = 0 (D is positive on the posterior's support)."""
+    impossible = (~torch.isfinite(log_likelihood)).to(log_likelihood.dtype)  # (N, T, S_1..S_F)
+    joint = outer(*[m.to(log_likelihood.dtype) for m in masks], batch_dims=2)
+    finite = ~((joint * impossible).flatten(2).sum(-1) > 0).any(-1)
+    for mask, b in zip(masks, transitions, strict=True):
+        if mask.shape[1] > 1:
+            both = mask[:, 1:, :, None] & mask[:, :-1, None, :]  # (N, T-1, S_next, S_prev)
+            finite = finite & ~(both & ~(b > 0)).flatten(1).any(-1)
+    return finite
 
 
-def _mean_field_guide(masks: list[Tensor], batched: bool):
-    """q(s) = prod_t prod_f q(s_f,t), logits (N, T, S_f) with masked entries at LOG_ZERO."""
+def _mean_field_start(model, masks, log_likelihood, transitions):
+    """The guide's support and starting logits, F x (N, T, S_f) each.
+
+    Where a product of the posterior's marginal supports has finite F, that support, from
+    uniform logits. Elsewhere structural zeros couple the factors or the steps, and the product
+    would put mass on an impossible joint state or pair: the support is then that of a
+    mean-field optimum found by coordinate ascent with exact logs from the most probable path
+    (``mean_field_coordinate_ascent``), and the guide starts there. Mean field is zero-forcing:
+    its optimum has finite F for every possible sequence, at most the most probable path's.
+    """
+    starts = [torch.zeros_like(m, dtype=model.dtype) for m in masks]
+    coupled = ~_product_is_finite(masks, log_likelihood, transitions)
+    if not coupled.any():
+        return masks, starts
+    index = coupled.nonzero()[:, 0]
+    chosen = [b[index] for b in transitions]
+    path = most_probable_path(log_likelihood[index], chosen, model.D)  # (n, T, F)
+    start = [
+        torch.nn.functional.one_hot(path[..., f], S).to(model.dtype)
+        for f, S in enumerate(model.num_states)
+    ]
+    optimum, _, _ = mean_field_coordinate_ascent(log_likelihood[index], chosen, model.D, start)
+    masks = [m.index_put((index,), q > 0) for m, q in zip(masks, optimum, strict=True)]
+    starts = [
+        s.index_put((index,), torch.log(q).clamp_min(LOG_ZERO))
+        for s, q in zip(starts, optimum, strict=True)
+    ]
+    return masks, starts
+
+
+def _mean_field_guide(masks: list[Tensor], batched: bool, starts: list[Tensor]):
+    """q(s) = prod_t prod_f q(s_f,t), logits (N, T, S_f) from ``starts``, with masked entries
+    at LOG_ZERO."""
 
     def guide(model, observations, actions, **_):
         logits = [
-            torch.where(
-                mask,
-                pyro.param(f"q_logits_{f}", torch.zeros_like(mask, dtype=model.dtype)),
-                LOG_ZERO,
-            )
-            for f, mask in enumerate(masks)
+            torch.where(mask, pyro.param(f"q_logits_{f}", start), LOG_ZERO)
+            for f, (mask, start) in enumerate(zip(masks, starts, strict=True))
         ]
         T = masks[0].shape[1]
         plate = pyro.plate("sequences", masks[0].shape[0], dim=-1) if batched else nullcontext()
@@ -272,13 +306,17 @@ def fit_guide(
     observations, actions = sequences.observations, sequences.actions
     N, T = observations.shape[:2]
     K = math.prod(model.num_states)
+    if all(S == 1 for S in model.num_states):  # nothing to infer: q is the one path
+        return _certain(model, N, T, result)
     smoothed, state_support, pair_support = _support(model, sequences, result, transitions)
     marginal_support = [q > 0 for q in factor_marginals(smoothed, 2)]
-    if method == "mean_field":
-        _check_mean_field_support(model, sequences, marginal_support, transitions)
     batched = N > 1
     if method == "mean_field":
-        guide = _mean_field_guide(marginal_support, batched)
+        log_likelihood = observation_log_likelihood(model.log_A, observations)
+        marginal_support, starts = _mean_field_start(
+            model, marginal_support, log_likelihood, transitions
+        )
+        guide = _mean_field_guide(marginal_support, batched, starts)
     else:
         guide = _structured_guide(
             state_support[:, 0], pair_support, batched, _prior_chain(model, transitions, N)
@@ -335,6 +373,19 @@ def fit_guide(
             stacklevel=3,
         )
     return marginals, free_energy, record
+
+
+def _certain(model: GenerativeModel, N: int, T: int, result):
+    """A model whose every factor has one state: q is that path, exact; F = -ln p(o)."""
+    ones = torch.ones(N, T, 1, dtype=model.dtype, device=model.device)
+    free_energy = -result.log_normalisers.sum(-1)
+    record = Optimisation(
+        iterations=0,
+        final=free_energy,
+        converged=True,
+        trace=torch.zeros(0, dtype=model.dtype, device=model.device),
+    )
+    return [ones] * model.num_factors, free_energy, record
 
 
 def _finite(loss: float, method: str) -> float:

@@ -218,9 +218,13 @@ def _joint_likelihood(A: Sequence[Tensor], num_factors: int) -> Tensor:
 
 def xlogy_weighted(probabilities: Tensor, log_values: Tensor) -> Tensor:
     """sum_o q(o) ln v(o) over the last axis, with 0 ln 0 = 0: (N, P) from q (N, P, O), (O,)."""
-    # the -inf is replaced before the product, so no 0 * -inf reaches the gradient either
-    safe = torch.where(probabilities > 0, log_values, torch.zeros_like(probabilities))
-    return (probabilities * safe).sum(-1)
+    # -inf is replaced before the product, and a row that gives it positive weight is -inf by
+    # a constant: no 0 * -inf reaches the value or the gradient (an infinite score has none)
+    finite = torch.isfinite(log_values).expand_as(probabilities)
+    safe = torch.where(finite, log_values, torch.zeros_like(probabilities))
+    total = (probabilities * safe).sum(-1)
+    ruled_out = ((probabilities > 0) & ~finite).any(-1)
+    return torch.where(ruled_out, -torch.inf, total)
 
 
 def _expect_over_states(array: Tensor, joint_states: Tensor) -> Tensor:

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from pp_aif.ops.contractions import outer
-from pp_aif.ops.hmm import smooth
-from pp_aif.ops.numerics import xlogy
+from pp_aif.ops.hmm import smooth, smoothed_log_space
+from pp_aif.ops.numerics import logsumexp, xlogy
 
 __all__ = [
     "expected_log",
@@ -124,20 +124,56 @@ def exact_chain(filtered: Tensor, predicted: Tensor, smoothed: Tensor, log_trans
     return smoothed[:, 0], conditionals
 
 
-def posterior_as_chain(filtered: Tensor, predicted: Tensor, transitions: Sequence[Tensor]):
+def posterior_as_chain(
+    filtered: Tensor,
+    predicted: Tensor,
+    transitions: Sequence[Tensor],
+    *,
+    log_space: Tensor | None = None,
+    log_likelihood: Tensor | None = None,
+    initial: Sequence[Tensor] | None = None,
+):
     """The smoothed joint (N, T, S_1..S_F) and the posterior as a chain over the flattened joint
     state, (initial (N, K), conditionals (N, T-1, K, K)), from a forward pass
-    (``pp_aif.ops.hmm.forward_filter``) and its transitions F x (N, T-1, S_next, S_prev)."""
+    (``pp_aif.ops.hmm.forward_filter``) and its transitions F x (N, T-1, S_next, S_prev).
+
+    The sequences marked in ``log_space`` (``FilterResult.log_space``; they need
+    ``log_likelihood`` (N, T, S_1..S_F) and ``initial``) get their chain in log space:
+    q(s_t+1 = j | s_t = i) ∝ p(j | i) p(o_t+1 | j) beta_t+1(j), normalised over j."""
     smoothed = smooth(filtered, predicted, transitions)
     N, T = smoothed.shape[:2]
     K = smoothed[0, 0].numel()
-    initial, conditionals = exact_chain(
+    log_transitions = joint_log_transitions(transitions)
+    first, conditionals = exact_chain(
         filtered.reshape(N, T, K),
         predicted.reshape(N, T, K),
         smoothed.reshape(N, T, K),
-        joint_log_transitions(transitions),
+        log_transitions,
     )
-    return smoothed, initial, conditionals
+    if log_space is None or not log_space.any():
+        return smoothed, first, conditionals
+    if log_likelihood is None or initial is None:
+        raise ValueError("posterior_as_chain: sequences in log space need log_likelihood, initial")
+    index = log_space.nonzero()[:, 0]
+    exact, log_backward, _ = smoothed_log_space(
+        log_likelihood[index],
+        [b[index] for b in transitions],
+        [q if q.dim() == 1 else q[index] for q in initial],
+    )
+    n = len(index)
+    ahead = (log_likelihood[index] + log_backward).reshape(n, T, K)[:, 1:, None, :]
+    log_pairs = log_transitions[index] + ahead  # (n, T-1, K, K) [i, j]
+    log_rows = logsumexp(log_pairs, -1)[..., None]
+    finite = torch.isfinite(log_rows)
+    chain = torch.where(
+        finite,
+        torch.exp(log_pairs - torch.where(finite, log_rows, 0.0)),
+        torch.exp(log_transitions[index]),
+    )
+    smoothed = smoothed.index_put((index,), exact)
+    first = first.index_put((index,), exact.reshape(n, T, K)[:, 0])
+    conditionals = conditionals.index_put((index,), chain)
+    return smoothed, first, conditionals
 
 
 def chain_joint_marginals(initial_belief: Tensor, conditionals: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "mean_field_coordinate_ascent",
     "SPM_EPSILON",
     "clipped_log",
     "spm_log",
@@ -274,3 +275,70 @@ def marginal_message_passing(
                     trace.posteriors[f][iteration, :, j] = sx
                     trace.errors[f][iteration, :, j] = v
     return x, spm_free_energy, trace
+
+
+def _split_log(log_values: Tensor) -> tuple[Tensor, Tensor]:
+    """(ln X with -inf set to 0, 1 where ln X = -inf): contracted against weights they give
+    E_q[ln X] with 0 ln 0 = 0, and whether any positive weight meets ln 0 (then -inf)."""
+    finite = torch.isfinite(log_values)
+    return torch.where(finite, log_values, 0.0), (~finite).to(log_values.dtype)
+
+
+def mean_field_coordinate_ascent(
+    log_likelihood: Tensor,
+    transitions: Sequence[Tensor],
+    initial: Sequence[Tensor],
+    marginals: Sequence[Tensor],
+    *,
+    max_sweeps: int = 1000,
+    tolerance: float = 1e-12,
+) -> tuple[list[Tensor], int, bool]:
+    """Coordinate ascent (CAVI) on the mean-field free energy, with exact logarithms.
+
+    q(s_f,t) ∝ exp(E_q[ln p(o_t | s_t)] + E_q[ln p(s_f,t | s_f,t-1)] + E_q[ln p(s_f,t+1 | s_f,t)])
+    (ln D_f at t = 0), over the factors and steps in turn (Gauss-Seidel; Bishop 2006, eq. 10.9).
+    A state whose expectation meets ln 0 with positive weight gets q = 0 exactly. Each update
+    is the exact minimum of F over one marginal, so F never rises: started from marginals of
+    finite F (e.g. the most probable path, ``pp_aif.ops.hmm.most_probable_path``), every
+    iterate has finite F, and the fixed point is a mean-field optimum no worse than the start.
+    This is how a product of marginals avoids the impossible pairs that structural zeros make:
+    zero-forcing, where a floor on ln p would have spread mass over them.
+
+    log_likelihood (N, T, S_1..S_F) exact ln p(o_t | s_t); transitions F x (N, T-1, S', S);
+    initial F x (S_f,) or (N, S_f); marginals F x (N, T, S_f) to start from (finite F).
+    Returns (marginals, sweeps, converged: max change < tolerance in the last sweep).
+    """
+    q = [m.clone() for m in marginals]
+    F = len(q)
+    N, T = log_likelihood.shape[:2]
+    likelihood = _split_log(log_likelihood)
+    starts = [_split_log(torch.log(d).expand(N, -1)) for d in initial]
+    steps = [_split_log(torch.log(b)) for b in transitions]  # (N, T-1, S', S) each
+    converged, sweeps = False, 0
+    for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
+        change = torch.zeros((), dtype=log_likelihood.dtype, device=log_likelihood.device)
+        for t in range(T):
+            for f in range(F):
+                present = [q[g][:, t] for g in range(F)]
+                value, ruled_out = (expected_except(x[:, t], present, f) for x in likelihood)
+                parts = []
+                if t == 0:
+                    parts.append(starts[f])
+                else:  # E over s_t-1 of ln p(s_t = i | s_t-1 = j)
+                    parts.append(
+                        [torch.einsum("nij,nj->ni", x[:, t - 1], q[f][:, t - 1]) for x in steps[f]]
+                    )
+                if t < T - 1:  # E over s_t+1 of ln p(s_t+1 = j | s_t = i)
+                    parts.append(
+                        [torch.einsum("nji,nj->ni", x[:, t], q[f][:, t + 1]) for x in steps[f]]
+                    )
+                for finite_part, ruled_out_part in parts:
+                    value = value + finite_part
+                    ruled_out = ruled_out + ruled_out_part
+                updated = torch.softmax(torch.where(ruled_out > 0, -torch.inf, value), -1)
+                change = torch.maximum(change, (updated - q[f][:, t]).abs().max())
+                q[f] = torch.cat([q[f][:, :t], updated[:, None], q[f][:, t + 1 :]], 1)
+        if change < tolerance:
+            converged = True
+            break
+    return q, sweeps, converged

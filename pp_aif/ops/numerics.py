@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["xlogy", "entropy", "categorical"]
+__all__ = ["xlogy", "entropy", "categorical", "logsumexp"]
 
 
 def xlogy(x: Tensor, y: Tensor) -> Tensor:
@@ -21,6 +21,24 @@ def xlogy(x: Tensor, y: Tensor) -> Tensor:
     """
     # where x = 0 the logarithm is taken of 1: the product is 0 and so are both gradients
     return x * torch.log(torch.where(x == 0, torch.ones_like(y), y))
+
+
+def logsumexp(x: Tensor, dim: int) -> Tensor:
+    """ln sum exp(x) over ``dim``, exact where every term is -inf (the result is -inf) and with a
+    zero gradient there (``torch.logsumexp`` gives NaN gradients for a slice of -infs: an
+    unreachable state, or a structural zero met by another).
+
+    The shift is the slice's own maximum over the terms being summed, so no term that matters
+    underflows: shifting the operands of a product separately (``pyro.ops.einsum.torch_log``)
+    loses the terms that a zero in the other operand would have left standing.
+    """
+    shift = x.detach().amax(dim, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    total = torch.exp(x - shift).sum(dim, keepdim=True)
+    positive = total > 0
+    value = torch.log(torch.where(positive, total, torch.ones_like(total))) + shift
+    value = torch.where(positive, value, torch.full_like(value, -torch.inf))
+    return value.squeeze(dim)
 
 
 class _Entropy(torch.autograd.Function):

@@ -20,6 +20,7 @@ from pp_aif.errors import DataError
 from pp_aif.ops.efe import EFETerms, expected_free_energy_terms, sampled_expected_free_energy_terms
 from pp_aif.programs import policy_rollout, state_site
 from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel, _check_policies
+from pp_aif.validation import check_integer
 
 __all__ = ["PolicyScores", "expected_free_energy", "policy_scores", "METHODS"]
 
@@ -219,6 +220,8 @@ def expected_free_energy(
     """
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {METHODS}")
+    time = check_integer("time", time, minimum=0, meaning="the present step")
+    num_samples = check_integer("num_samples", num_samples, minimum=1)
     states, batch_shape = _prepare_beliefs(model, beliefs)
     policies = (
         model.policies

@@ -227,7 +227,7 @@ def test_an_impossible_trial_is_named():
 
 def test_a_negative_preference_scale_is_refused():
     for bad in (-1.0, 0.0):  # c = 0 would make 0 * (-inf) preferences NaN
-        with pytest.raises(ValueError, match=r"preference_scale: must be finite and > 0"):
+        with pytest.raises(ValueError, match=r"preference_scale: must be a finite number > 0, got"):
             AgentSettings(preference_scale=bad)
 
 

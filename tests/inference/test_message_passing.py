@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pp_aif
-from pp_aif.errors import ConvergenceWarning
+from pp_aif.errors import ConvergenceWarning, DiagnosticWarning
 from tests.common import assert_close, brute_force
 from tests.inference.cases import random_case
 
@@ -190,11 +190,87 @@ def test_modes_and_settings_are_checked(rng):
         pp_aif.infer_states(model, observations, actions, method="fpi")
     with pytest.raises(ValueError, match=r"mode: method 'mmp' infers smoothing posteriors only"):
         pp_aif.infer_states(model, observations, actions, method="mmp", mode="filtering")
-    with pytest.raises(ValueError, match=r"num_iterations: must be >= 1"):
+    with pytest.raises(ValueError, match=r"num_iterations: must be an integer >= 1"):
         pp_aif.infer_states(
             model, observations, actions, method="vmp", settings={"num_iterations": 0}
         )
-    with pytest.raises(ValueError, match=r"tau: must be > 0"):
+    with pytest.raises(ValueError, match=r"tau: must be a finite number > 0, got -1"):
         pp_aif.infer_states(model, observations, actions, method="vmp", settings={"tau": -1.0})
     with pytest.raises(ValueError, match=r"method: 'bp' is not one of"):
         pp_aif.infer_states(model, observations, actions, method="bp")
+
+
+@pytest.mark.parametrize(
+    "method, mode",
+    METHODS_AND_MODES := [
+        ("fpi", "filtering"),
+        ("vmp", "smoothing"),
+        ("mmp", "smoothing"),
+        ("exact", "smoothing"),
+        ("mean_field", "smoothing"),
+        ("structured", "smoothing"),
+        ("enumerate", "smoothing"),
+    ],
+)
+def test_every_method_refuses_an_impossible_sequence(method, mode):
+    # identity A and B: observing 0 then 1 is impossible (the state cannot change)
+    model = pp_aif.GenerativeModel(A=[np.eye(2)], B=[np.eye(2)[:, :, None]])
+    with pytest.raises(pp_aif.DataError, match=r"time step 1, modality 0: outcome 1 has prob"):
+        pp_aif.infer_states(model, [[0], [1], [1]], method=method, mode=mode)
+    batch = [[[0], [0], [0]], [[1], [1], [0]]]  # the second sequence fails at step 2
+    with pytest.raises(pp_aif.DataError, match=r"sequence 1, time step 2, modality 0"):
+        pp_aif.infer_states(model, batch, method=method, mode=mode)
+
+
+@pytest.mark.parametrize("method, mode", METHODS_AND_MODES[:3])
+def test_a_floor_that_changes_the_answer_is_named(method, mode):
+    """A = [[1, 1e-300], [0, 1]], identity B, o = 0, 0, 1: only state 1 is possible throughout,
+    ln p(o) = 2 ln 1e-300 + ln 1/2 = -1382.244. The schemes floor ln p at ~ln 1e-16, so they
+    settle on state 0; that is named, and their F with exact logs is +inf."""
+    model = pp_aif.GenerativeModel(
+        A=[np.array([[1.0, 1e-300], [0.0, 1.0]])], B=[np.eye(2)[:, :, None]]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(DiagnosticWarning, match=r"floor changed its answer.*rule out") as caught:
+            beliefs = pp_aif.infer_states(model, [[0], [0], [1]], method=method, mode=mode)
+    message = str(caught[0].message)
+    assert "-ln p(o) = 1382.24" in message
+    assert float(beliefs.free_energy) < 1382.0  # the floored F: no bound here, as warned
+    assert float(beliefs.exact_log_free_energy) == np.inf
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exact_log_free_energy_matches_the_floored_one_without_zeros(rng, shape):
+    arrays, model, observations, actions = make(rng, shape)
+    for method, mode in METHODS_AND_MODES[:3]:
+        beliefs = pp_aif.infer_states(
+            model, observations, actions, method=method, mode=mode, settings={"warn": False}
+        )
+        # entries below sqrt(eps) are dropped before scoring: F moves by ~1e-8 nats at most
+        assert_close(
+            beliefs.exact_log_free_energy,
+            beliefs.free_energy,
+            atol=1e-6,
+            reason="mass below sqrt(eps) is not scored",
+        )
+
+
+def test_exact_log_free_energy_does_not_depend_on_the_floor():
+    """Filtering marginals scored as one q over the whole sequence: with a deterministic swap
+    and an unknown start, fpi's marginals (exactly the filtering posterior) give the impossible
+    'stay' pairs mass. The floored F then depends on the dtype's floor; with exact logs it is
+    +inf in both dtypes, and no warning is given: the marginals are right."""
+    values = {}
+    for dtype in ("float64", "float32"):
+        model = pp_aif.GenerativeModel(
+            A=[np.full((1, 2), 1.0, dtype=dtype)],
+            B=[np.array([[0.0, 1.0], [1.0, 0.0]], dtype=dtype)[:, :, None]],
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            beliefs = pp_aif.infer_states(model, np.zeros((4, 1)), method="fpi", mode="filtering")
+        assert_close(beliefs.marginals, [np.full((4, 2), 0.5)], atol=1e-7, reason="float32")
+        values[dtype] = (float(beliefs.free_energy), float(beliefs.exact_log_free_energy))
+    assert values["float64"][0] > 1.5 * values["float32"][0]  # ln eps: -36 against -16
+    assert values["float64"][1] == values["float32"][1] == np.inf

@@ -218,3 +218,78 @@ def test_likelihoods_far_below_the_best_state_stay_exact(tiny, method):
     assert_close(beliefs.marginals, expected_marginals)
     filtering = pp_aif.infer_states(model, observations, method=method, mode="filtering")
     assert_close(filtering.marginals, brute_force_filtering(arrays, observations, no_actions))
+
+
+def _underflow_case():
+    """A = [[1, 1e-300], [0, 1]], identity B, o = 0, 0, 1: the only possible path stays in
+    state 1, whose probability after two steps (1e-600 relative) underflows in probability
+    space; ln p(o) = 2 ln 1e-300 + ln 1/2 = -1382.244."""
+    from tests.common import Arrays
+
+    A, B, D = np.array([[1.0, 1e-300], [0.0, 1.0]]), np.eye(2)[:, :, None], np.full(2, 0.5)
+    return Arrays([A], [B], [D]), pp_aif.GenerativeModel(A, B, D=D), np.array([[0], [0], [1]])
+
+
+@pytest.mark.parametrize("method", ["exact", "mean_field", "structured"])
+def test_underflow_is_not_taken_for_impossibility(method):
+    arrays, model, observations = _underflow_case()
+    no_actions = np.zeros((2, 1), dtype=int)
+    log_evidence, marginals = brute_force(arrays, observations, no_actions)
+    assert_close(log_evidence, 2 * np.log(1e-300) + np.log(0.5))
+    beliefs = pp_aif.infer_states(model, observations, method=method)
+    assert_close(beliefs.marginals, marginals)
+    assert_close(beliefs.free_energy, -log_evidence)
+    if method == "exact":
+        assert_close(beliefs.log_evidence, log_evidence)
+        filtering = pp_aif.infer_states(model, observations, mode="filtering")
+        assert_close(filtering.marginals, brute_force_filtering(arrays, observations, no_actions))
+        chain = pp_aif.posterior_chain(model, observations)
+        assert_close(pp_aif.free_energy(model, observations, beliefs=chain), -log_evidence)
+
+
+def test_enumeration_that_underflows_says_so():
+    _, model, observations = _underflow_case()
+    with pytest.raises(FloatingPointError, match=r"enumeration underflowed.*-1382.24.*'exact'"):
+        pp_aif.infer_states(model, observations, method="enumerate")
+
+
+@pytest.mark.parametrize("shape", [((3,), (3,), (2,)), ((2, 2), (3, 2), (2, 1))])
+def test_log_space_recursion_equals_brute_force_on_extreme_likelihoods(rng, shape):
+    """Likelihoods of 1e-300 beside 1 and structural zeros, and observations drawn uniformly
+    among those a random possible path allows (so the path taken is often 1e-600 below the best
+    one, and then the only one left): smoothing, filtering and ln p(o) must equal brute force
+    over every path."""
+    from tests.common import Arrays, random_arrays
+
+    for _ in range(30):
+        arrays = random_arrays(rng, *shape, zero_fraction=0.5)
+        extreme = []
+        for a in arrays.A:
+            scaled = a * np.where(rng.random(a.shape) < 0.7, 1e-300, 1.0)
+            extreme.append(scaled / scaled.sum(0, keepdims=True))
+        # the first factor persists (as a context does), so a state that falls 1e-600 behind
+        # cannot be refilled from the others before the observations rule them out
+        persistent = np.repeat(np.eye(arrays.num_states[0])[:, :, None], arrays.num_controls[0], 2)
+        arrays = Arrays(extreme, [persistent, *arrays.B[1:]], arrays.D)
+        model = pp_aif.GenerativeModel(arrays.A, arrays.B, D=arrays.D)
+        T, F = 5, len(arrays.B)
+        actions = np.stack([rng.integers(0, U, size=T - 1) for U in arrays.num_controls], -1)
+        state = [rng.choice(np.flatnonzero(d)) for d in arrays.D]
+        observations = []
+        for t in range(T):
+            if t > 0:
+                state = [
+                    rng.choice(np.flatnonzero(b[:, state[f], actions[t - 1, f]]))
+                    for f, b in enumerate(arrays.B)
+                ]
+            observations.append(
+                [rng.choice(np.flatnonzero(a[(slice(None), *state)])) for a in arrays.A]
+            )
+        observations = np.array(observations)
+        assert F == len(state)
+        log_evidence, marginals = brute_force(arrays, observations, actions)
+        beliefs = pp_aif.infer_states(model, observations, actions)
+        assert_close(beliefs.log_evidence, log_evidence)
+        assert_close(beliefs.marginals, marginals)
+        filtering = pp_aif.infer_states(model, observations, actions, mode="filtering")
+        assert_close(filtering.marginals, brute_force_filtering(arrays, observations, actions))

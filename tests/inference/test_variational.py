@@ -12,7 +12,13 @@ import torch
 import pp_aif
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.inference.variational import SVISettings
-from tests.common import assert_close, brute_force, random_arrays, sample_sequence
+from tests.common import (
+    assert_close,
+    brute_force,
+    path_log_probabilities,
+    random_arrays,
+    sample_sequence,
+)
 from tests.inference.cases import random_case
 
 SHAPES = [
@@ -108,15 +114,59 @@ def test_sampled_elbo_with_adam_approaches_the_evidence(rng):
     assert len(record.trace) == record.iterations <= 300
 
 
-def test_structural_zeros_that_defeat_mean_field_are_named():
+def test_mean_field_under_coupling_zeros_is_finite_and_zero_forcing():
     # a deterministic swap with an unknown start: the posterior keeps both states at every step,
-    # and every product of marginals puts mass on an impossible "stay"
+    # and the product of its marginals puts mass on an impossible "stay". Mean field is
+    # zero-forcing: its optimum is one of the two paths, F = ln 2 (each has p(o, s) = 1/2)
     B = np.array([[0.0, 1.0], [1.0, 0.0]])[:, :, None]
     model = pp_aif.GenerativeModel(A=[np.full((1, 2), 1.0)], B=[B])
-    with pytest.raises(pp_aif.DataError, match=r"factor 0: .* step 0 .* step 1 .*impossible"):
-        pp_aif.infer_states(model, np.zeros((2, 1)), method="mean_field")
+    beliefs = pp_aif.infer_states(model, np.zeros((3, 1)), method="mean_field")
+    assert beliefs.optimisation.converged
+    assert_close(beliefs.free_energy, np.log(2.0), **SVI_TOLERANCE)
+    for q in beliefs.marginals:  # one path: every marginal certain
+        assert_close(q.max(-1).values, np.ones(3), **SVI_TOLERANCE)
+    assert_close(
+        beliefs.free_energy,
+        pp_aif.free_energy(model, np.zeros((3, 1)), beliefs=beliefs.marginals),
+    )
     beliefs = pp_aif.infer_states(model, np.zeros((2, 1)), method="structured")
     assert_close(beliefs.free_energy, 0.0, **SVI_TOLERANCE)  # p(o) = 1
+
+
+@pytest.mark.parametrize("shape", [((3,), (2,), (2,)), ((2, 2), (3,), (2, 1))])
+def test_mean_field_is_finite_between_the_evidence_and_the_best_path(rng, shape):
+    """Random models with many structural zeros in A, B and D (which couple steps and factors):
+    for every possible sequence, the mean-field F is finite, at least -ln p(o), and no
+    single-path q (F = -ln p(o, s)) does better; brute force over every path is the oracle."""
+    coupled = 0
+    for _ in range(12):
+        arrays, model, observations, actions = make(rng, shape, 0.6, T=4)
+        states, log_p = path_log_probabilities(arrays, observations, actions)
+        log_evidence, _ = brute_force(arrays, observations, actions)
+        masks = [q > 0 for q in brute_force(arrays, observations, actions)[1]]
+        product = np.ones(len(log_p), dtype=bool)  # paths inside the product of the supports
+        for f, mask in enumerate(masks):
+            product &= mask[np.arange(4), states[:, :, f]].all(-1)
+        coupled += bool(np.isneginf(log_p[product]).any())
+        beliefs = pp_aif.infer_states(model, observations, actions, method="mean_field")
+        value = float(beliefs.free_energy)
+        assert np.isfinite(value)
+        assert value >= -log_evidence - 1e-9
+        assert value <= -log_p.max() + SVI_TOLERANCE["atol"]
+        assert_close(
+            beliefs.free_energy,
+            pp_aif.free_energy(model, observations, actions, beliefs=beliefs.marginals),
+        )
+    assert coupled > 0  # the cases include products of supports that meet an impossible path
+
+
+@pytest.mark.parametrize("method", ["mean_field", "structured"])
+def test_a_model_of_single_states_needs_no_fitting(method):
+    model = pp_aif.GenerativeModel(A=[np.ones((1, 1))], B=[np.ones((1, 1, 1))])
+    beliefs = pp_aif.infer_states(model, np.zeros((3, 1), dtype=int), method=method)
+    assert_close(beliefs.free_energy, 0.0)  # p(o) = 1 and q is the only path
+    assert_close(beliefs.marginals, [np.ones((3, 1))])
+    assert beliefs.optimisation.converged and beliefs.optimisation.iterations == 0
 
 
 def test_non_convergence_is_a_warning():
@@ -136,7 +186,7 @@ def test_settings_errors_are_named():
         pp_aif.infer_states(model, [[0]], method="structured", settings={"steps": 3})
     with pytest.raises(ValueError, match=r"elbo: 'magic'"):
         SVISettings(elbo="magic")
-    with pytest.raises(ValueError, match=r"num_steps: must be a positive integer"):
+    with pytest.raises(ValueError, match=r"num_steps: must be an integer >= 1"):
         SVISettings(num_steps=0)
     with pytest.raises(ValueError, match=r"optimiser: 'lbfgs' needs the exact ELBO"):
         pp_aif.infer_states(
