@@ -64,6 +64,7 @@ from pp_aif.ops.hmm import (
     propagate,
     select_transitions,
 )
+from pp_aif.ops.numerics import logsumexp
 from pp_aif.planning.efe import log_preferences
 from pp_aif.planning.policies import policy_score
 from pp_aif.spec import GenerativeModel
@@ -414,16 +415,28 @@ def action_log_probabilities(
     for base, pragmatic, log_prior, first in zip(
         values.base, values.pragmatic, values.log_prior, values.first_actions, strict=True
     ):
-        log_q = torch.log_softmax(log_prior - gamma * (base + preference * pragmatic), -1)
+        # a policy with an infinite score (it reaches an outcome of preference -inf) gets
+        # ln q = -inf; gamma and c multiply only the finite scores, so that their gradients
+        # never meet 0 * inf
+        finite = torch.isfinite(base) & torch.isfinite(pragmatic)
+        score = torch.where(finite, base, 0.0) + preference * torch.where(finite, pragmatic, 0.0)
+        logits = torch.where(finite, log_prior - gamma * score, -torch.inf)
+        log_q = torch.log_softmax(logits, -1)
         for f, U in enumerate(values.num_controls):
             if U == 1:
                 continue
             mask = first[:, f, None] == torch.arange(U, device=first.device)  # (P, U)
             log_mask = torch.where(mask, 0.0, -torch.inf).to(log_q.dtype)
-            log_marginal = torch.logsumexp(log_q[..., :, None] + log_mask, -2)  # (..., N, K, U)
+            # (..., N, K, U); the safe log-sum-exp: no NaN gradient for an action that every
+            # policy with probability > 0 avoids
+            log_marginal = logsumexp(log_q[..., :, None] + log_mask, -2)
+            # alpha times the finite values only: alpha * -inf in the branch not taken would
+            # still send 0 * -inf = NaN into alpha's gradient (an action no policy with
+            # probability > 0 takes, e.g. under a preference of -inf)
+            finite = torch.isfinite(log_marginal)
             scaled = torch.where(
-                torch.isfinite(log_marginal),
-                alpha * log_marginal,
+                finite,
+                alpha * torch.where(finite, log_marginal, 0.0),
                 torch.full_like(log_marginal, -torch.inf),
             )
             per_factor[f].append(torch.log_softmax(scaled, -1))

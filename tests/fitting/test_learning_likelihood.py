@@ -257,3 +257,57 @@ def test_simulated_subjects_share_one_likelihood_precision():
     assert record.sizes["agent"] == 2
     with pytest.raises(ValueError, match=r"'likelihood_precision' must be the same for every"):
         simulate_subjects(task, {"likelihood_precision": torch.tensor([1.0, 2.0])}, 1)
+
+
+def test_a_forbidden_outcome_is_fitted_as_the_agent_replays_it():
+    """C = -inf on the T-maze's 'no reward': policies that risk it get q(pi) = 0 exactly, in the
+    agent and in the likelihood alike, and no gradient meets 0 * inf (it did: the fit stopped
+    on NaN logits)."""
+    import dataclasses
+
+    from pp_aif.data import long_format
+
+    task = pp_aif.load_task("tmaze")
+    C = [c.clone() for c in task.model.C]
+    C[1][2] = -torch.inf
+    m = task.model
+    model = pp_aif.GenerativeModel(m.A, m.B, C=C, D=m.D, E=m.E, policies=m.policies, pD=m.pD)
+    forbidding = dataclasses.replace(task, model=model)
+    people = dataclasses.replace(task.settings, action_precision=4.0)
+    record = pp_aif.simulate(forbidding, 2, 3, seed=1, settings=people)
+    data = pp_aif.BehaviourData.read(long_format(record, forbidding), forbidding)
+    names = ("gamma", "alpha", "learning_rate")
+    likelihood = BehaviourLikelihood(
+        model, task.settings, data.observations, data.actions, names, data.present
+    )
+    theta = {"gamma": [2.0, 8.0], "alpha": [4.0, 1.5], "learning_rate": [0.5, 2.0]}
+    inputs = tuple(torch.tensor(theta[n], dtype=torch.float64, requires_grad=True) for n in names)
+    fast = likelihood(dict(zip(names, inputs, strict=True)))
+    grads = torch.autograd.grad(fast.sum(), inputs)
+    assert all(torch.isfinite(g).all() for g in grads)
+    steps = data.observations.shape[2]
+    for n in range(2):
+        settings = dataclasses.replace(
+            task.settings,
+            policy_precision=theta["gamma"][n],
+            action_precision=theta["alpha"][n],
+            learning_rate=theta["learning_rate"][n],
+        )
+        counts = None
+        for k in range(3):
+            state = initial_state(model, 1, pD=counts)
+            observations, actions = data.observations[n, k], data.actions[n, k]
+            for t in range(steps):
+                action = actions[None, t] if t < steps - 1 else None
+                state, result = step(
+                    model, settings, state, observations[None, t], num_steps=steps, action=action
+                )
+                if action is not None:
+                    expected = sum(
+                        torch.log(p[0, action[0, f]])
+                        for f, p in enumerate(result.action_probabilities)
+                    )
+                    assert_close(fast[n, k, t], expected)
+            _, counts, _ = learn_between_trials(
+                model, settings, state, observations[None], actions[None]
+            )
