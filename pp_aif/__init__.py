@@ -5,6 +5,7 @@ The curated public API. Layout conventions (SPM/pymdp): ``A[m]`` (O_m, S_1..S_F)
 ``D[f]`` (S_f,), ``E`` (P,).
 """
 
+from pp_aif.comparison import bms, compare, log_evidence
 from pp_aif.data import BehaviourData
 from pp_aif.errors import DataError, ModelError
 from pp_aif.fitting import fit
@@ -36,4 +37,7 @@ __all__ = [
     "simulate",
     "BehaviourData",
     "fit",
+    "compare",
+    "bms",
+    "log_evidence",
 ]

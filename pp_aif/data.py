@@ -10,14 +10,31 @@ columns hold outcome indices (0-based); action columns hold the control chosen a
 
 Every problem raises ``pp_aif.DataError`` listing the offending rows (0-based positions in the
 table, header not counted: file line = row + 2) and what is wrong; nothing is read half-way.
+Observation, action, trial and time columns hold integers: booleans, fractions, non-finite or
+out-of-range numbers and text are refused with their rows and values. A CSV file is checked
+line by line first: a record that runs over several lines (a quote left open), a line whose
+number of fields differs from the header's, a blank line between records or a column named
+twice is a ``DataError`` naming the line, so a malformed file is never read as other data.
+
+Subject identifiers: the text of the field in a CSV file (``"01"`` and ``"1"`` are two
+subjects; only an empty field is missing); in a DataFrame or Parquet file, strings as they are
+and numbers by value (``1`` and ``1.0`` are subject ``"1"``). A column that mixes strings with
+numbers (or booleans) is refused, since ``1`` and ``"1"`` would otherwise be merged or split
+by accident. Spaces around a string identifier are stripped, with a ``DataWarning`` naming
+the rows.
 
 Dimension symbols: N subjects, K trials (per subject, in order), T steps, M modalities, F factors.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import numbers
+import os
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +43,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from pp_aif.errors import DataError
+from pp_aif.errors import DataError, DataWarning
 
 __all__ = ["BehaviourData", "KEYS", "long_format"]
 
@@ -34,11 +51,17 @@ KEYS = ("subject", "trial", "time")
 _MAX_LISTED = 10
 
 
-def _rows(positions) -> str:
+def _rows(positions, verb: str = "") -> str:
+    """The rows as words, "row 4" or "rows 0, 1, ... and 3 more", then ``verb`` agreeing with
+    them ("holds" / "hold", "is" / "are", "has" / "have", "belongs" / "belong")."""
     positions = [int(p) for p in positions]
     shown = ", ".join(str(p) for p in positions[:_MAX_LISTED])
     more = f" and {len(positions) - _MAX_LISTED} more" if len(positions) > _MAX_LISTED else ""
-    return f"row{'s' if len(positions) > 1 else ''} {shown}{more}"
+    many = len(positions) > 1
+    if verb:
+        plural = {"holds": "hold", "is": "are", "has": "have", "belongs": "belong"}
+        verb = " " + (plural.get(verb, verb) if many else verb)
+    return f"row{'s' if many else ''} {shown}{more}{verb}"
 
 
 def _hash(subject: str, salt: str) -> str:
@@ -92,10 +115,36 @@ class BehaviourData:
     def read(cls, source, task, *, anonymise: bool = False, salt: str | None = None):
         """Read and validate long-format data for ``task``.
 
-        source : path to a ``.csv`` or ``.parquet`` file, or a pandas DataFrame.
-        anonymise : replace subject identifiers with salted SHA-256 hashes in everything this
-            returns (and so in every output made from it); ``salt`` is required then, and kept
-            by the caller (the same salt maps the same person to the same hash).
+        Parameters
+        ----------
+        source : str, os.PathLike or pandas.DataFrame
+            A path to a ``.csv`` or ``.parquet`` (``.pq``) file (Parquet through pyarrow), or a
+            DataFrame; subject, trial or time kept in the index (after ``set_index``) are read
+            as columns. Anything else (a Series, an array, a dict) is refused with a
+            ``DataError``.
+        task : Task
+            The task whose modalities and factors name the columns.
+        anonymise : bool
+            Replace subject identifiers with salted SHA-256 hashes in everything this returns
+            (and so in every output made from it); ``salt`` is required then, and kept by the
+            caller (the same salt maps the same person to the same hash).
+        salt : str, optional
+            The secret of the hashes.
+
+        Returns
+        -------
+        BehaviourData
+
+        Raises
+        ------
+        DataError
+            The table or file is malformed, with the rows (or file lines) and what is wrong;
+            identifiers that mix strings and numbers (see the module docstring).
+
+        Warns
+        -----
+        DataWarning
+            Spaces around subject identifiers were stripped (the rows are named).
         """
         if anonymise and not salt:
             raise ValueError("salt: anonymise=True needs a salt (a secret string you keep)")
@@ -105,48 +154,227 @@ class BehaviourData:
 
 def _load(source) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
-        return source.reset_index(drop=True)
+        return _frame(source, "columns")
+    if isinstance(source, pd.Series):
+        raise DataError(
+            "source: is a pandas Series (one column); give a DataFrame with the columns "
+            f"{list(KEYS)}, one per modality and one per factor (or a path to a .csv or "
+            ".parquet file)"
+        )
+    if not isinstance(source, str | os.PathLike):
+        raise DataError(
+            f"source: is of type {type(source).__name__}; give a path to a .csv or .parquet file, "
+            "or a pandas DataFrame"
+        )
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"behavioural data: no file {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
+        header = _check_csv(path)
         try:
-            return pd.read_csv(path, dtype={"subject": str})
+            table = pd.read_csv(path, dtype={"subject": str})
+            if "subject" in header:  # only an empty field is a missing identifier ("NA" is one)
+                table["subject"] = pd.read_csv(
+                    path, usecols=["subject"], dtype=str, keep_default_na=False, na_values=[""]
+                )["subject"]
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise DataError(f"{path}: cannot be read as CSV ({error})") from None
+        return table
     if suffix in (".parquet", ".pq"):
         try:
-            return pd.read_parquet(path)
+            table = pd.read_parquet(path)
         except ImportError as error:
             raise ImportError(
                 f"{path}: reading Parquet needs pyarrow (pip install pyarrow): {error}"
             ) from None
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: cannot be read as Parquet ({error})") from None
+        return _frame(table, f"{path}: columns")
     raise DataError(f"{path}: unknown format {suffix!r}; give a .csv or .parquet file")
+
+
+def _frame(table: pd.DataFrame, where: str) -> pd.DataFrame:
+    """The table with its rows numbered 0..len-1 and any key kept in its index (e.g. after
+    ``set_index(["subject", "trial"])``) made a column again; a DataError for a column name
+    used twice."""
+    _check_column_names(list(table.columns), where)
+    in_index = [n for n in table.index.names if n in KEYS and n not in table.columns]
+    if in_index:
+        table = table.reset_index(level=in_index)
+    return table.reset_index(drop=True)
+
+
+def _check_column_names(names: list, where: str) -> None:
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:
+        raise DataError(f"{where}: {repeated} named more than once; every column needs one name")
+
+
+def _check_csv(path: Path) -> list[str]:
+    """The header of a well-formed CSV file; a DataError naming the line of anything that would
+    make pandas read other data than the file holds: a record over several lines (an open
+    quote), a line with more or fewer fields than the header, a blank line between records."""
+
+    def malformed(line: int, what: str) -> DataError:
+        return DataError(f"{path}: the CSV is malformed: line {line} {what}")
+
+    line = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file, strict=True)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: is empty (no header line)")
+            if len(header) == 1 and any(sep in header[0] for sep in ";\t"):
+                raise malformed(
+                    1,
+                    f"(the header) is one field {header[0]!r}: fields must be separated by commas",
+                )
+            _check_column_names(header, f"{path}: line 1 (the header)")
+            line, blank = reader.line_num, None
+            for record in reader:
+                start, line = line + 1, reader.line_num
+                if line > start:
+                    raise malformed(
+                        start,
+                        f"starts a record that runs to line {line} (a quote that is not closed?)",
+                    )
+                if not record:
+                    blank = blank or start
+                    continue
+                if blank is not None:
+                    raise malformed(blank, "is blank, between records")
+                if len(record) != len(header):
+                    raise malformed(
+                        start, f"has {len(record)} fields; the header has {len(header)}"
+                    )
+    except csv.Error as error:
+        raise malformed(
+            line + 1,
+            f"starts a record that ends at line {reader.line_num} with {error!s:.60} "
+            "(a quote that is not closed?)",
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: cannot be read as CSV (not UTF-8 text: {error})") from None
+    return header
+
+
+def _is_boolean(value) -> bool:
+    return isinstance(value, bool | np.bool_)
 
 
 def _integers(
     table: pd.DataFrame, column: str, limit: int | None, what: str, rows=None
 ) -> np.ndarray:
-    """The column as int64; DataError naming rows that are missing, not integers, or out of
-    0..limit-1. ``rows``: the table's rows in the caller's numbering (default 0..len-1)."""
+    """The column as int64; a DataError naming the rows that are missing, boolean, not numbers,
+    not finite, not integers, negative, or not below ``limit`` (default: int64's range).
+    ``rows``: the table's rows in the caller's numbering (default 0..len-1)."""
     rows = np.arange(len(table)) if rows is None else np.asarray(rows)
-    values = pd.to_numeric(table[column], errors="coerce")
-    bad_type = values.isna() | (values != values.round())
-    if bad_type.any():
-        raise DataError(
-            f"column {column!r}: {_rows(rows[np.flatnonzero(bad_type)])} hold "
-            f"{table[column][bad_type].head(3).tolist()}..., not integer {what}"
+    raw = table[column]
+    span = f"values 0..{limit - 1}" if limit is not None else "integer values 0..2**63-1"
+
+    def refuse(bad, problem: str, values: bool = True) -> DataError:
+        shown = f" {raw[bad].head(3).tolist()}" if values else ""
+        more = "..." if values and int(np.sum(bad)) > 3 else ""
+        verb = "holds" if values else "is"
+        return DataError(
+            f"column {column!r}: {_rows(rows[np.flatnonzero(bad)], verb)}{shown}{more}{problem}; "
+            f"{what} take {span}"
         )
-    values = values.to_numpy().astype(np.int64)
-    if limit is not None:
-        bad = (values < 0) | (values >= limit)
+
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        raise DataError(
+            f"column {column!r}: is boolean (dtype {raw.dtype}), True/False, not integers; "
+            f"{what} take {span}"
+        )
+    if raw.dtype == object:
+        boolean = raw.map(_is_boolean).to_numpy(dtype=bool)
+        if boolean.any():
+            raise refuse(boolean, ", booleans, not integers")
+    missing = raw.isna().to_numpy()
+    if missing.any():
+        raise refuse(missing, " empty", values=False)
+    numeric = pd.to_numeric(raw, errors="coerce")
+    values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+    for bad, problem in (
+        (np.isnan(values), ", not numbers"),
+        (~np.isfinite(values), ", not finite"),
+        (values != np.round(values), ", not integers"),
+        (values < 0, ", negative"),
+        (values >= (limit if limit is not None else 2.0**63), ", out of range"),
+    ):
         if bad.any():
-            raise DataError(
-                f"column {column!r}: {_rows(rows[np.flatnonzero(bad)])} hold "
-                f"{values[bad][:3].tolist()}; {what} take values 0..{limit - 1}"
-            )
-    return values
+            raise refuse(bad, problem)
+    if pd.api.types.is_integer_dtype(numeric.dtype):
+        return numeric.to_numpy(dtype=np.int64)
+    return values.astype(np.int64)
+
+
+def _subject_ids(column: pd.Series) -> np.ndarray:
+    """The identifiers as strings (see the module docstring); a DataError for empty ones and for
+    a column that mixes strings with other types; a DataWarning for stripped spaces."""
+    missing = column.isna().to_numpy()
+    if missing.any():
+        raise DataError(f"column 'subject': {_rows(np.flatnonzero(missing), 'is')} empty")
+    dtype = column.dtype
+    values = column.to_numpy(dtype=object)
+    if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
+        is_string = np.ones(len(values), dtype=bool)
+    else:
+        is_string = np.fromiter((isinstance(v, str) for v in values), bool, len(values))
+    if is_string.all():
+        return _stripped(values.astype(str))
+    if is_string.any():
+        strings, other = np.flatnonzero(is_string), np.flatnonzero(~is_string)
+        raise DataError(
+            f"column 'subject': mixes strings ({_rows(strings[:3])}: {values[strings[0]]!r}) "
+            f"with {type(values[other[0]]).__name__} values ({_rows(other[:3])}: "
+            f"{values[other[0]]!r}), so 1 and '1' could be one subject or two; give every "
+            "identifier as a string, or every one as a number"
+        )
+    is_number = np.fromiter(
+        (isinstance(v, numbers.Real) and not _is_boolean(v) for v in values), bool, len(values)
+    )
+    if not is_number.any():  # booleans or other objects alone: their text
+        return values.astype(str)
+    if not is_number.all():
+        other = np.flatnonzero(~is_number)
+        raise DataError(
+            f"column 'subject': mixes numbers with {type(values[other[0]]).__name__} values "
+            f"({_rows(other[:3])}: {values[other[0]]!r}); give every identifier as a string, "
+            "or every one as a number"
+        )
+    numeric = values.astype(np.float64)
+    bad = ~np.isfinite(numeric)
+    if bad.any():
+        raise DataError(
+            f"column 'subject': {_rows(np.flatnonzero(bad), 'holds')} "
+            f"{values[bad][:3].tolist()}, not finite identifiers"
+        )
+    # by value: 1, 1.0 and np.int64(1) are subject "1"
+    return np.array([str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values])
+
+
+def _stripped(ids: np.ndarray) -> np.ndarray:
+    """String identifiers without surrounding spaces; a DataWarning naming the rows changed."""
+    stripped = np.char.strip(ids)
+    empty = stripped == ""
+    if empty.any():
+        raise DataError(
+            f"column 'subject': {_rows(np.flatnonzero(empty), 'is')} empty (or only spaces)"
+        )
+    changed = np.flatnonzero(stripped != ids)
+    if len(changed):
+        examples = list(dict.fromkeys(ids[changed].tolist()))[:3]
+        warnings.warn(
+            f"column 'subject': {_rows(changed, 'has')} spaces around the identifier "
+            f"({', '.join(repr(e) for e in examples)}); stripped, so they are read as "
+            f"{', '.join(repr(e.strip()) for e in examples)}",
+            DataWarning,
+            stacklevel=5,
+        )
+    return stripped
 
 
 def _build(table: pd.DataFrame, task, salt: str | None) -> BehaviourData:
@@ -154,22 +382,17 @@ def _build(table: pd.DataFrame, task, salt: str | None) -> BehaviourData:
     modalities, factors = tuple(labels.modalities), tuple(labels.factors)
     missing = [c for c in (*KEYS, *modalities, *factors) if c not in table.columns]
     if missing:
+        spaced = [c for c in table.columns if isinstance(c, str) and c.strip() in missing]
+        hint = f" (the table has {spaced}: strip the spaces from the names)" if spaced else ""
         raise DataError(
             f"columns: missing {missing}; task {task.name!r} needs {list(KEYS)}, one column "
-            f"per modality {list(modalities)} and one per factor {list(factors)}"
+            f"per modality {list(modalities)} and one per factor {list(factors)}{hint}"
         )
     if len(table) == 0:
         raise DataError("behavioural data: the table has no rows")
-    if table["subject"].isna().any():
-        raise DataError(
-            f"column 'subject': {_rows(np.flatnonzero(table['subject'].isna()))} are empty"
-        )
-    subject_ids = table["subject"].astype(str).to_numpy()
+    subject_ids = np.array(_subject_ids(table["subject"]).tolist(), dtype=object)
     trial = _integers(table, "trial", None, "trial numbers")
     time = _integers(table, "time", None, "time steps")
-    for column, values in (("trial", trial), ("time", time)):
-        if (values < 0).any():
-            raise DataError(f"column {column!r}: {_rows(np.flatnonzero(values < 0))} are negative")
     keys = pd.DataFrame({"subject": subject_ids, "trial": trial, "time": time})
     duplicated = keys.duplicated(keep=False).to_numpy()
     if duplicated.any():
@@ -180,14 +403,14 @@ def _build(table: pd.DataFrame, task, salt: str | None) -> BehaviourData:
     too_late = time >= T
     if too_late.any():
         raise DataError(
-            f"column 'time': {_rows(np.flatnonzero(too_late))} have time >= {T}; task "
+            f"column 'time': {_rows(np.flatnonzero(too_late), 'has')} time >= {T}; task "
             f"{task.name!r} has trials of {T} steps (time 0..{T - 1})"
         )
     counts = keys.groupby(["subject", "trial"])["time"].transform("size").to_numpy()
     short = counts != T
     if short.any():
         raise DataError(
-            f"column 'time': {_rows(np.flatnonzero(short))} belong to trials with "
+            f"column 'time': {_rows(np.flatnonzero(short), 'belongs')} to trials with "
             f"{sorted(set(counts[short].tolist()))} steps instead of {T} (gaps in time, or "
             "missing steps)"
         )

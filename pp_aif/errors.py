@@ -1,7 +1,7 @@
 """The exceptions and warnings of pp_aif. The errors are ``ValueError`` and name the array, index
 and problem."""
 
-__all__ = ["ModelError", "DataError", "ConvergenceWarning", "DiagnosticWarning"]
+__all__ = ["ModelError", "DataError", "ConvergenceWarning", "DiagnosticWarning", "DataWarning"]
 
 
 class ModelError(ValueError):
@@ -18,3 +18,8 @@ class ConvergenceWarning(UserWarning):
 
 class DiagnosticWarning(UserWarning):
     """A diagnostic says an estimate is unreliable (e.g. PSIS-LOO's Pareto k above 0.7)."""
+
+
+class DataWarning(UserWarning):
+    """Data were read with a change the reader made and names (e.g. spaces stripped from subject
+    identifiers)."""

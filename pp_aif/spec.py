@@ -30,7 +30,9 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from functools import cached_property
 
 import numpy as np
@@ -49,8 +51,53 @@ NORMALISATION_TOLERANCE = 1e-6
 # conversion of one array
 
 
+#: What each argument holds, for the messages.
+_EXPECTED = {
+    "A": "an array (O_m, S_1, ..., S_F) per modality",
+    "B": "an array (S_f, S_f, U_f) per factor",
+    "C": "an array (O_m,) or (O_m, T) per modality",
+    "D": "an array (S_f,) per factor",
+    "E": "an array (P,)",
+    "pA": "an array shaped like A[m] per modality",
+    "pB": "an array shaped like B[f] per factor",
+    "pD": "an array shaped like D[f] per factor",
+    "policies": "an integer array (P, H, F)",
+}
+
+
+def _is_scalar(value) -> bool:
+    if isinstance(value, np.ndarray | Tensor):
+        return value.ndim == 0
+    return isinstance(value, numbers.Number | np.generic)
+
+
+def _screen(value, label: str, name: str) -> None:
+    """A ModelError for what cannot be an array: None, a string, a mapping, a set, a scalar, or
+    an object that is neither a sequence nor array-like."""
+    expected = _EXPECTED[name]
+    if value is None:
+        raise ModelError(f"{label}: is None; expected {expected}")
+    if isinstance(value, str | bytes):
+        raise ModelError(f"{label}: is a string ({value!r:.40}), not numbers; expected {expected}")
+    if isinstance(value, Mapping | AbstractSet):
+        raise ModelError(
+            f"{label}: is a {type(value).__name__}; expected {expected} (a list, tuple, numpy "
+            "array or torch tensor)"
+        )
+    if _is_scalar(value):
+        shown = value.item() if isinstance(value, np.ndarray | Tensor | np.generic) else value
+        raise ModelError(f"{label}: is a scalar ({shown!r}), not an array; expected {expected}")
+    array_like = hasattr(value, "__array__") or hasattr(value, "__array_interface__")
+    if not (isinstance(value, list | tuple | np.ndarray | Tensor) or array_like):
+        raise ModelError(
+            f"{label}: is a {type(value).__name__}; expected {expected} (a list, tuple, numpy "
+            "array or torch tensor)"
+        )
+
+
 def _as_list(value, name: str) -> list:
     """A list of arrays from a list, tuple, numpy object array, or a single array."""
+    _screen(value, name, name)
     if isinstance(value, np.ndarray) and value.dtype == object:
         items = list(value.ravel())
     elif isinstance(value, list | tuple):
@@ -59,6 +106,19 @@ def _as_list(value, name: str) -> list:
         items = [value]
     if len(items) == 0:
         raise ModelError(f"{name}: empty list; give one array per {_unit(name)}")
+    if isinstance(value, list | tuple) and all(_is_scalar(item) for item in items):
+        raise ModelError(
+            f"{name}: is a list of numbers; a list is read as one array per {_unit(name)} - "
+            f"give {_EXPECTED[name]} (for a single {_unit(name)}, np.asarray(...) of it)"
+        )
+    if isinstance(value, np.ndarray) and any(_is_scalar(item) for item in items):
+        raise ModelError(
+            f"{name}: is a numpy object array {value.shape} holding numbers; an object array is "
+            f"read as one array per {_unit(name)} (pymdp's layout) - give {_EXPECTED[name]}, "
+            "or a numeric array"
+        )
+    for i, item in enumerate(items):
+        _screen(item, f"{name}[{i}]", name)
     return items
 
 
@@ -79,9 +139,23 @@ def _to_tensor(value, label: str) -> Tensor:
             raise ModelError(
                 f"{label}: is not numeric (dtype {array.dtype}); give an array of real numbers"
             )
+        if array.dtype.kind == "b":
+            raise ModelError(
+                f"{label}: is boolean (dtype {array.dtype}); give an array of real numbers "
+                "(e.g. x.astype(float))"
+            )
+        if array.ndim == 0:
+            raise ModelError(f"{label}: is a scalar ({array.item()!r}), not an array")
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     if tensor.is_complex():
         raise ModelError(f"{label}: is complex; give an array of real numbers")
+    if tensor.dtype == torch.bool:
+        raise ModelError(
+            f"{label}: is boolean (dtype {tensor.dtype}); give an array of real numbers (e.g. "
+            "x.double())"
+        )
+    if tensor.dim() == 0:
+        raise ModelError(f"{label}: is a scalar ({tensor.item()!r}), not an array")
     if not tensor.is_floating_point():
         tensor = tensor.to(torch.get_default_dtype())
     return tensor
@@ -130,11 +204,12 @@ def _check_vector_sums_to_one(tensor: Tensor, label: str) -> None:
         )
 
 
-def _read(value, name: str) -> list[Tensor] | None:
-    """None, or the list of tensors of ``value`` labelled ``name[i]``."""
-    if value is None:
+def _read(value, name: str, required: bool = False) -> list[Tensor] | None:
+    """None (when not ``required``), or the list of tensors of ``value`` labelled ``name[i]``."""
+    if value is None and not required:
         return None
     if name == "E":
+        _screen(value, "E", "E")
         return [_to_tensor(value, "E")]
     return [_to_tensor(item, f"{name}[{i}]") for i, item in enumerate(_as_list(value, name))]
 
@@ -251,10 +326,14 @@ def _check_dirichlet(name: str, concentrations, like: Sequence[Tensor]) -> None:
 
 def _check_policies(policies, num_controls) -> Tensor:
     """Integer policies (P, H, F) with every control in range, as int64."""
+    _screen(policies, "policies", "policies")
     if isinstance(policies, Tensor):
         tensor = policies
     else:
-        array = np.asarray(policies)
+        try:
+            array = np.asarray(policies)
+        except (ValueError, TypeError) as error:  # ragged nested lists
+            raise ModelError(f"policies: cannot be read as an integer array ({error})") from None
         if array.dtype.kind not in "iu":
             raise ModelError(f"policies: must be integers, got dtype {array.dtype}")
         tensor = torch.from_numpy(array)
@@ -334,7 +413,10 @@ class GenerativeModel:
 
     Numpy arrays and torch tensors are accepted; integer arrays become the default float dtype,
     and all arrays are promoted to the widest floating dtype among them (float64 stays float64).
-    Every malformed input raises :class:`ModelError` naming the array, its index and the problem.
+    Every malformed input raises :class:`ModelError` naming the array, its index and the problem:
+    A or B missing (None), a scalar, string, dict, set or other non-array where an array belongs,
+    a list of numbers where a list of arrays belongs, ragged nested lists, boolean, complex or
+    object (non-numeric) dtypes, non-finite or negative entries, wrong shapes and sums.
     Columns of A and B, and D and E, must sum to 1 within ``NORMALISATION_TOLERANCE`` (1e-6).
     Structural zeros in A, B and D are legal.
     """
@@ -352,7 +434,7 @@ class GenerativeModel:
         pD=None,
         policies=None,
     ):
-        A_list, B_list = _read(A, "A"), _read(B, "B")
+        A_list, B_list = _read(A, "A", required=True), _read(B, "B", required=True)
         C_list, D_list, pA_list, pB_list, pD_list = (
             _read(value, name)
             for value, name in ((C, "C"), (D, "D"), (pA, "pA"), (pB, "pB"), (pD, "pD"))

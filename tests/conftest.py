@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +38,11 @@ def rng():
 
 @pytest.fixture(scope="session")
 def spm_reference() -> Path:
-    """``../shared/reference/spm`` beside the repository (or $PP_AIF_SPM_REFERENCE).
+    """``tests/data/spm``: SPM's reference outputs, kept in the repository (see its README.md).
 
-    Missing on CI is a failure, not a skip: these files are an oracle.
+    A missing folder or file is a failure, never a skip: these files are an oracle.
     """
-    path = Path(os.environ.get("PP_AIF_SPM_REFERENCE", REPOSITORY.parent / "shared/reference/spm"))
-    if not path.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"SPM reference outputs not found at {path}")
-        pytest.skip(f"SPM reference outputs not found at {path}")
+    path = REPOSITORY / "tests" / "data" / "spm"
+    if not (path / "README.md").is_file():
+        pytest.fail(f"SPM reference outputs not found at {path}: they belong to the repository")
     return path

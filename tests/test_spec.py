@@ -257,3 +257,95 @@ def test_dirichlet_not_positive(arrays, name, like):
 def test_dirichlet_count_disagrees(arrays):
     with raises("pA: has 1 arrays; A has 2"):
         build(arrays, pA=[np.ones_like(arrays.A[0])])
+
+
+# ---- arguments that are not arrays of real numbers (issue #15, item 8)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("A", None, "A: is None; expected an array (O_m, S_1, ..., S_F) per modality"),
+        ("B", None, "B: is None; expected an array (S_f, S_f, U_f) per factor"),
+        ("A", 1.0, "A: is a scalar (1.0), not an array"),
+        ("B", np.float64(1.0), "B: is a scalar (1.0), not an array"),
+        ("D", torch.tensor(0.5), "D: is a scalar (0.5), not an array"),
+        ("E", 1.0, "E: is a scalar (1.0), not an array; expected an array (P,)"),
+        ("policies", 0, "policies: is a scalar (0), not an array"),
+        ("A", "A.npy", "A: is a string ('A.npy'), not numbers"),
+        ("C", "flat", "C: is a string ('flat'), not numbers"),
+        ("policies", "all", "policies: is a string ('all'), not numbers"),
+        ("A", {"colour": np.eye(2)}, "A: is a dict; expected an array (O_m, S_1, ..., S_F)"),
+        ("E", {}, "E: is a dict; expected an array (P,)"),
+        ("policies", {}, "policies: is a dict; expected an integer array (P, H, F)"),
+        ("B", {1, 2}, "B: is a set; expected an array (S_f, S_f, U_f) per factor"),
+        ("D", (d for d in range(2)), "D: is a generator; expected an array (S_f,)"),
+    ],
+)
+def test_arguments_that_are_not_arrays(arrays, name, value, message):
+    with raises(message):
+        build(arrays, **{name: value})
+
+
+def test_items_of_a_list_that_are_not_arrays(arrays):
+    with raises("A[1]: is None; expected an array (O_m, S_1, ..., S_F) per modality"):
+        build(arrays, A=[arrays.A[0], None])
+    with raises("B[0]: is a scalar (1), not an array; expected an array (S_f, S_f, U_f)"):
+        build(arrays, B=[1, arrays.B[1]])
+    with raises("pD[1]: is a dict; expected an array shaped like D[f] per factor"):
+        build(arrays, pD=[np.ones(2), {}])
+    with raises("D: is a list of numbers; a list is read as one array per factor"):
+        pp_aif.GenerativeModel(arrays.A[0][:, :, 0], arrays.B[0], D=[0.5, 0.5])
+
+
+def test_numpy_object_array_of_numbers(arrays):
+    with raises("A: is a numpy object array (2, 2) holding numbers"):
+        build(arrays, A=np.eye(2).astype(object))
+
+
+@pytest.mark.parametrize("name", ["A", "B", "D", "pA"])
+def test_boolean_arrays(arrays, name):
+    like = getattr(arrays, name.removeprefix("p"))
+    flags = [np.ones_like(x, dtype=bool) for x in like]
+    with raises(f"{name}[0]: is boolean (dtype bool); give an array of real numbers"):
+        build(arrays, **{name: flags})
+    as_tensors = [torch.as_tensor(x) for x in flags]
+    with raises(f"{name}[0]: is boolean (dtype torch.bool)"):
+        build(arrays, **{name: as_tensors})
+
+
+def test_boolean_policy_prior(arrays):
+    with raises("E: is boolean (dtype bool)"):
+        build(arrays, E=np.array([True, False]))
+
+
+def test_object_dtype_entries(arrays):
+    with raises("C[0]: is not numeric (dtype object)"):
+        build(arrays, C=[np.array([0.0, None, 1.0]), np.zeros(2)])
+
+
+def test_ragged_policies(arrays):
+    with raises("policies: cannot be read as an integer array"):
+        build(arrays, policies=[[[0, 0]], [[0, 0], [1, 0]]])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("name", ["C", "E", "pB", "D"])
+def test_non_finite_entries_everywhere(arrays, name, bad):
+    if name == "C":
+        value, label = [np.array([0.0, bad, 0.0]), np.zeros(2)], "C[0]: entry (1,) is"
+    elif name == "E":
+        value, label = np.array([bad, 0.5]), "E: entry (0,) is"
+    elif name == "pB":
+        value = [np.ones_like(b) for b in arrays.B]
+        value[1][2, 1, 0] = bad
+        label = "pB[1]: entry (2, 1, 0) is"
+    else:
+        value, label = [arrays.D[0], np.array([bad, 0.5, 0.5])], "D[1]: entry (0,) is"
+    with raises(f"{label} {bad}; every entry must be finite"):
+        build(arrays, **{name: value})
+
+
+def test_negative_policy_prior(arrays):
+    with raises("E: entry (1,) is -0.5, negative"):
+        build(arrays, E=np.array([1.5, -0.5]))

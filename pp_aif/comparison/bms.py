@@ -4,7 +4,8 @@ Dimension symbols: N subjects, K models. The input is ``log_evidence`` (N, K), t
 ln p(y_n | m = k) of each model for each subject (e.g. minus a free energy, or a LOO estimate).
 
 Generative model (Stephan et al. 2009, NeuroImage 46:1004-1017, eq. 3-5): model frequencies
-r ~ Dir(alpha0 * 1_K); each subject's model m_n ~ Cat(r); y_n ~ p(y_n | m_n). The variational
+r ~ Dir(alpha0) with alpha0 = alpha0 * 1_K for a scalar (SPM's), or one concentration per model
+(a vector of length K); each subject's model m_n ~ Cat(r); y_n ~ p(y_n | m_n). The variational
 posterior q(r) q(m) = Dir(r; alpha) prod_n Cat(m_n; g_n) is found by the fixed-point iteration of
 SPM's ``spm_BMS.m`` (Stephan et al. 2009, eq. 14):
 
@@ -28,7 +29,7 @@ against the random-effects model H1 above, under equal prior odds:
     F0  = ln p(y | H0) = sum_n ln sum_k exp(ln p(y_n | k)) - N ln K
     F1  = ELBO of H1 at the solution
         = sum_{n,k} g_nk [ln p(y_n | k) + psi(alpha_k) - psi(alpha_sum) - ln g_nk]
-          - KL[Dir(alpha) || Dir(alpha0 1_K)]
+          - KL[Dir(alpha) || Dir(alpha0)]
     KL[Dir(a) || Dir(b)] = ln Gamma(sum a) - sum_k ln Gamma(a_k) - ln Gamma(sum b)
           + sum_k ln Gamma(b_k) + sum_k (a_k - b_k) (psi(a_k) - psi(sum a))
     BOR = 1 / (1 + exp(F1 - F0))
@@ -41,6 +42,7 @@ given the converged q(r).
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -96,9 +98,22 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _as_log_evidence(log_evidence) -> np.ndarray:
+    if log_evidence is None or isinstance(log_evidence, str | bytes | dict):
+        raise DataError(
+            f"log_evidence: is a {type(log_evidence).__name__}; give an array (subjects N, "
+            "models K) of log evidence"
+        )
     if isinstance(log_evidence, torch.Tensor):
         log_evidence = log_evidence.detach().cpu().numpy()
-    lme = np.array(log_evidence, dtype=np.float64)
+    try:
+        given = np.asarray(log_evidence)
+    except (ValueError, TypeError) as error:  # ragged nested lists
+        raise DataError(f"log_evidence: cannot be read as a numeric array ({error})") from None
+    if given.dtype.kind not in "iuf":
+        raise DataError(
+            f"log_evidence: has dtype {given.dtype}; give real numbers (subjects N, models K)"
+        )
+    lme = given.astype(np.float64)
     if lme.ndim != 2:
         raise DataError(f"log_evidence must be 2-D (subjects N, models K), got shape {lme.shape}")
     num_subjects, num_models = lme.shape
@@ -214,10 +229,46 @@ def _dirichlet_kl(a: np.ndarray, b: np.ndarray) -> float:
     )
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def _as_prior(alpha0, num_models: int) -> np.ndarray:
+    """alpha0 as (K,) float64: a positive finite number for every model, or a ValueError."""
+    if isinstance(alpha0, torch.Tensor):
+        alpha0 = alpha0.detach().cpu().numpy()
+    if isinstance(alpha0, str | bytes | dict) or alpha0 is None:
+        raise ValueError(
+            f"alpha0: is a {type(alpha0).__name__}; give a positive number, or one per model "
+            f"({num_models})"
+        )
+    try:
+        given = np.asarray(alpha0)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"alpha0: cannot be read as numbers ({error})") from None
+    if given.dtype.kind not in "iuf":
+        raise ValueError(f"alpha0: has dtype {given.dtype}; give positive real numbers")
+    if given.ndim > 1 or (given.ndim == 1 and given.shape[0] != num_models):
+        raise ValueError(
+            f"alpha0: shape {given.shape}; give one number, or one per model: shape "
+            f"({num_models},) for the {num_models} columns of log_evidence"
+        )
+    prior = np.broadcast_to(given.astype(np.float64), (num_models,)).copy()
+    bad = np.flatnonzero(~(np.isfinite(prior) & (prior > 0)))
+    if len(bad):
+        where = f"alpha0[{bad[0]}] (model {bad[0]})" if given.ndim else "alpha0"
+        raise ValueError(f"{where} is {prior[bad[0]]}; concentrations must be positive and finite")
+    return prior
+
+
 def bms(
     log_evidence,
     *,
-    alpha0: float = 1.0,
+    alpha0=1.0,
     tolerance: float = 1e-10,
     max_iterations: int = 10_000,
     num_samples: int = 100_000,
@@ -229,15 +280,16 @@ def bms(
     ----------
     log_evidence : array-like or Tensor (N, K)
         ln p(y_n | m = k) for N >= 1 subjects and K >= 2 models; converted to float64 numpy.
-    alpha0 : float
-        Concentration of the symmetric Dirichlet prior over model frequencies (SPM: 1).
+    alpha0 : float or array-like (K,)
+        Concentrations of the Dirichlet prior over model frequencies: one number for the
+        symmetric prior (SPM: 1), or one per model. Positive and finite.
     tolerance : float
-        Stop when max_k |alpha_k(new) - alpha_k(old)| < tolerance.
+        Stop when max_k |alpha_k(new) - alpha_k(old)| < tolerance. Positive and finite.
     max_iterations : int
-        Limit on fixed-point iterations; reaching it warns with ``ConvergenceWarning``.
+        Limit on fixed-point iterations (>= 1); reaching it warns with ``ConvergenceWarning``.
     num_samples : int
-        Dirichlet draws for the Monte Carlo exceedance probabilities (K > 2 only).
-    seed : int or numpy seed
+        Dirichlet draws (>= 1) for the Monte Carlo exceedance probabilities (K > 2 only).
+    seed : int, None or numpy seed
         Seed of ``numpy.random.default_rng`` for those draws.
 
     Returns
@@ -249,19 +301,24 @@ def bms(
     Raises
     ------
     DataError
-        log_evidence is not 2-D, has no subject, fewer than 2 models, or a non-finite entry.
+        log_evidence is not a 2-D array of real numbers, has no subject, fewer than 2 models,
+        or a non-finite entry.
+    ValueError
+        alpha0 is not a positive finite number or a vector of K of them; tolerance,
+        max_iterations, num_samples or seed is not what is described above.
     """
     lme = _as_log_evidence(log_evidence)
-    if not (alpha0 > 0 and math.isfinite(alpha0)):
-        raise ValueError(f"alpha0 must be positive and finite, got {alpha0}")
-    if not tolerance > 0:
-        raise ValueError(f"tolerance must be positive, got {tolerance}")
-    if max_iterations < 1:
-        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     num_subjects, num_models = lme.shape
-    prior = np.full(num_models, float(alpha0))
+    prior = _as_prior(alpha0, num_models)
+    if not _is_real(tolerance) or not (math.isfinite(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance: must be a positive finite number, got {tolerance!r}")
+    for name, value in (("max_iterations", max_iterations), ("num_samples", num_samples)):
+        if not _is_integer(value) or value < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+    try:
+        np.random.default_rng(seed)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"seed: {seed!r} cannot seed numpy's default_rng ({error})") from None
 
     alpha = prior.copy()
     change = math.inf

@@ -25,6 +25,8 @@ Three estimators of it:
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyro
@@ -33,7 +35,9 @@ from torch import Tensor
 
 from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
+from pp_aif.errors import DataError
 from pp_aif.fitting.fit import behavioural_program
+from pp_aif.fitting.likelihood import PARAMETERS
 from pp_aif.fitting.quadrature import LinkScaleDensity, grid_log_mass, laplace
 
 __all__ = ["Evidence", "log_evidence", "METHODS"]
@@ -74,14 +78,48 @@ def log_evidence(
     seed: int = 0,
 ) -> Evidence:
     """ln p(y_n) of each subject's actions under the agent with ``params`` fitted (see the
-    module docstring). method : "laplace", "iwelbo" (``num_samples`` importance samples from an
-    SVI guide fitted for ``steps`` Adam steps) or "grid" (d <= 2; ``grid_points`` per axis).
+    module docstring).
+
+    Parameters
+    ----------
+    task : Task
+    data : BehaviourData
+        Read for ``task`` (``BehaviourData.read(source, task)``).
+    params : sequence of str
+        The fitted parameters, d of them, each once (``pp_aif.fitting.PARAMETERS``).
+    priors : dict, optional
+        As for ``pp_aif.fit``; default ``default_priors()``.
+    method : {"laplace", "iwelbo", "grid"}
+        "iwelbo": ``num_samples`` (>= 2) importance samples from an SVI guide fitted for
+        ``steps`` Adam steps at ``learning_rate``; "grid": d <= 2, ``grid_points`` (>= 3) per
+        axis over +-``width`` Laplace standard deviations.
+    settings : AgentSettings, optional
+    seed : int
+
+    Returns
+    -------
+    Evidence
+
+    Raises
+    ------
+    ValueError
+        A setting out of its range, unknown or repeated parameters, or data that do not fit
+        the task, each named.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: {method!r} is not one of {METHODS}")
+    _check_request(
+        task,
+        data,
+        params,
+        priors,
+        method,
+        num_samples,
+        steps,
+        learning_rate,
+        grid_points,
+        width,
+        seed,
+    )
     d = len(params)
-    if method == "grid" and d > 2:
-        raise ValueError(f"params: the grid reference is for 1 or 2 parameters, got {d}")
     settings = settings or task.settings or AgentSettings()
     likelihood, program = behavioural_program(task, data, params, priors, settings)
     objective = LinkScaleDensity(likelihood, priors)
@@ -114,6 +152,60 @@ def log_evidence(
     mean = weights.mean(0)
     stderr = weights.std(0) / (math.sqrt(num_samples) * mean)  # delta method: se of ln(mean)
     return Evidence(estimate, stderr, mode, objective.params, method)
+
+
+def _check_request(
+    task, data, params, priors, method, num_samples, steps, learning_rate, grid_points, width, seed
+) -> None:
+    """A ValueError (DataError for the data) naming the first argument that is wrong."""
+    if method not in METHODS:
+        raise ValueError(f"method: {method!r} is not one of {METHODS}")
+    if isinstance(params, str) or not isinstance(params, Sequence):
+        raise ValueError(
+            f"params: {params!r}; give a sequence of parameter names, e.g. ('alpha',), from "
+            f"{PARAMETERS}"
+        )
+    unknown = [p for p in params if p not in PARAMETERS]
+    if unknown or not params:
+        raise ValueError(f"params: {unknown or 'none'}; choose from {PARAMETERS}")
+    if len(set(params)) != len(params):
+        raise ValueError(f"params: {list(params)} names a parameter twice")
+    if method == "grid" and len(params) > 2:
+        raise ValueError(f"params: the grid reference is for 1 or 2 parameters, got {len(params)}")
+    if priors is not None and not isinstance(priors, Mapping):
+        raise ValueError(f"priors: is a {type(priors).__name__}; give a dict {{name: prior}}")
+    if not isinstance(data, BehaviourData):
+        raise DataError(
+            f"data: is a {type(data).__name__}; read it with BehaviourData.read(source, task)"
+        )
+    names = (tuple(task.labels.modalities), tuple(task.labels.factors))
+    if (data.modalities, data.factors) != names or data.observations.shape[2] != task.trial_length:
+        raise DataError(
+            f"data: modalities {list(data.modalities)}, factors {list(data.factors)} and "
+            f"{data.observations.shape[2]} steps per trial do not fit task {task.name!r} "
+            f"({list(names[0])}, {list(names[1])}, {task.trial_length} steps); read the data "
+            "with BehaviourData.read(source, task)"
+        )
+    for name, value, least in (
+        ("num_samples", num_samples, 2),
+        ("steps", steps, 1),
+        ("grid_points", grid_points, 3),
+    ):
+        if not _is_integer(value) or value < least:
+            raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
+    for name, value in (("learning_rate", learning_rate), ("width", width)):
+        if not _is_real(value) or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}: must be a positive finite number, got {value!r}")
+    if not _is_integer(seed):
+        raise ValueError(f"seed: must be an integer, got {seed!r}")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _svi_guide(program, params, steps, learning_rate, seed):

@@ -27,10 +27,18 @@ ORACLE_TOLERANCE = {
 # the oracle: spm_BMS.m's loops, written out
 
 
-def loop_bms(lme: np.ndarray, alpha0: float = 1.0):
+def prior_list(alpha0, num_models: int) -> list[float]:
+    """alpha0 (a number, or one per model) as a list of K numbers."""
+    if np.ndim(alpha0) == 0:
+        return [float(alpha0)] * num_models
+    return [float(a) for a in alpha0]
+
+
+def loop_bms(lme: np.ndarray, alpha0=1.0):
     """(alpha, responsibilities) by SPM's loops; log u centred on its mean before exp."""
     num_subjects, num_models = len(lme), len(lme[0])
-    alpha = [alpha0] * num_models
+    prior = prior_list(alpha0, num_models)
+    alpha = list(prior)
     for _ in range(100_000):
         total = digamma(sum(alpha))
         g = []
@@ -40,15 +48,16 @@ def loop_bms(lme: np.ndarray, alpha0: float = 1.0):
             u = [math.exp(v - centre) for v in log_u]
             g.append([v / sum(u) for v in u])
         previous = alpha
-        alpha = [alpha0 + sum(g[n][k] for n in range(num_subjects)) for k in range(num_models)]
+        alpha = [prior[k] + sum(g[n][k] for n in range(num_subjects)) for k in range(num_models)]
         if math.sqrt(sum((a - b) ** 2 for a, b in zip(alpha, previous, strict=True))) < 1e-12:
             break
     return alpha, g
 
 
-def loop_free_energies(lme: np.ndarray, alpha, g, alpha0: float = 1.0):
+def loop_free_energies(lme: np.ndarray, alpha, g, alpha0=1.0):
     """(F1, F0): F1 = E[ln p(y|m)] + E[ln p(m|r)] + E[ln p(r)] - E[ln q(m)] - E[ln q(r)]."""
     num_subjects, num_models = len(lme), len(lme[0])
+    prior = prior_list(alpha0, num_models)
     alpha_sum = sum(alpha)
     expected_log_r = [digamma(a) - digamma(alpha_sum) for a in alpha]
     likelihood = sum(
@@ -58,9 +67,9 @@ def loop_free_energies(lme: np.ndarray, alpha, g, alpha0: float = 1.0):
         g[n][k] * expected_log_r[k] for n in range(num_subjects) for k in range(num_models)
     )
     frequency_prior = (
-        math.lgamma(num_models * alpha0)
-        - num_models * math.lgamma(alpha0)
-        + sum((alpha0 - 1) * e for e in expected_log_r)
+        math.lgamma(sum(prior))
+        - sum(math.lgamma(a) for a in prior)
+        + sum((a - 1) * e for a, e in zip(prior, expected_log_r, strict=True))
     )
     model_entropy = -sum(
         g[n][k] * math.log(g[n][k])
@@ -303,3 +312,97 @@ def test_iteration_limit_warns():
     with pytest.warns(ConvergenceWarning, match=r"stopped after 1 iterations"):
         result = bms(random_log_evidence(1, 7, 3), max_iterations=1)
     assert result.num_iterations == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# a prior concentration per model (issue #15, item 10)
+
+
+def fixed_point_numpy(lme: np.ndarray, alpha0: np.ndarray, iterations: int = 20_000):
+    """Stephan et al. (2009) eq. 14 written out in numpy with scipy's digamma: a third oracle,
+    vectorised over subjects as the loops are not, for a prior vector alpha0 (K,)."""
+    alpha = alpha0.astype(float).copy()
+    for _ in range(iterations):
+        u = lme + digamma(alpha) - digamma(alpha.sum())
+        u -= u.max(axis=1, keepdims=True)
+        g = np.exp(u) / np.exp(u).sum(axis=1, keepdims=True)
+        previous, alpha = alpha, alpha0 + g.sum(axis=0)
+        if np.abs(alpha - previous).max() < 1e-13:
+            break
+    return alpha, g
+
+
+@pytest.mark.parametrize(
+    ("seed", "num_subjects", "alpha0"),
+    [(0, 12, [1.0, 4.0]), (1, 7, [0.5, 2.0, 1.0]), (2, 30, [3.0, 0.2, 1.0, 8.0])],
+)
+def test_vector_alpha0_matches_the_oracles(seed, num_subjects, alpha0):
+    lme = random_log_evidence(seed, num_subjects, len(alpha0))
+    result = bms(lme, alpha0=np.array(alpha0))
+    alpha, g = fixed_point_numpy(lme, np.array(alpha0))
+    assert_close(result.alpha, alpha, **ORACLE_TOLERANCE)
+    assert_close(result.responsibilities, g, **ORACLE_TOLERANCE)
+    loop_alpha, loop_g = loop_bms(lme.tolist(), alpha0=alpha0)
+    assert_close(result.alpha, np.array(loop_alpha), **ORACLE_TOLERANCE)
+    f1, f0 = loop_free_energies(lme.tolist(), loop_alpha, loop_g, alpha0=alpha0)
+    assert_close(result.free_energy, f1, **ORACLE_TOLERANCE)
+    assert_close(result.null_log_evidence, f0)
+
+
+def test_a_vector_of_equal_concentrations_is_the_scalar_prior():
+    lme = random_log_evidence(3, 9, 3)
+    scalar, vector = bms(lme, alpha0=2.0), bms(lme, alpha0=[2.0, 2.0, 2.0])
+    assert_close(vector.alpha, scalar.alpha)
+    assert_close(vector.exceedance, scalar.exceedance)
+    assert_close(vector.bor, scalar.bor)
+    as_tensor = bms(lme, alpha0=torch.tensor([2.0, 2.0, 2.0], dtype=torch.float64))
+    assert_close(as_tensor.alpha, scalar.alpha)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"alpha0": [1.0, 1.0]},
+            r"alpha0: shape \(2,\); give one number, or one per model: "
+            r"shape \(3,\)",
+        ),
+        ({"alpha0": np.ones((3, 1))}, r"alpha0: shape \(3, 1\)"),
+        ({"alpha0": [1.0, -1.0, 1.0]}, r"alpha0\[1\] \(model 1\) is -1.0; .* positive"),
+        ({"alpha0": [1.0, 1.0, np.nan]}, r"alpha0\[2\] \(model 2\) is nan"),
+        ({"alpha0": np.inf}, r"alpha0 is inf; concentrations must be positive and finite"),
+        ({"alpha0": 0.0}, r"alpha0 is 0.0"),
+        ({"alpha0": "flat"}, r"alpha0: is a str"),
+        ({"alpha0": None}, r"alpha0: is a NoneType"),
+        ({"alpha0": [1.0, "a", 1.0]}, r"alpha0: has dtype <U"),
+        ({"tolerance": 0.0}, r"tolerance: must be a positive finite number, got 0.0"),
+        ({"tolerance": np.nan}, r"tolerance: must be a positive finite number, got nan"),
+        ({"tolerance": "1e-8"}, r"tolerance: must be a positive finite number, got '1e-8'"),
+        ({"max_iterations": 0}, r"max_iterations: must be an integer >= 1, got 0"),
+        ({"max_iterations": 10.5}, r"max_iterations: must be an integer >= 1, got 10.5"),
+        ({"max_iterations": True}, r"max_iterations: must be an integer >= 1, got True"),
+        ({"num_samples": -5}, r"num_samples: must be an integer >= 1, got -5"),
+        ({"seed": "zero"}, r"seed: 'zero' cannot seed numpy's default_rng"),
+        ({"seed": -1}, r"seed: -1 cannot seed numpy's default_rng"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bms(random_log_evidence(0, 4, 3), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("log_evidence", "message"),
+    [
+        ([[1.0, 2.0], [3.0]], r"log_evidence: cannot be read as a numeric array"),
+        ([["a", "b"], ["c", "d"]], r"log_evidence: has dtype <U1; give real numbers"),
+        (np.ones((3, 2), dtype=complex), r"log_evidence: has dtype complex128"),
+        (np.ones((3, 2), dtype=bool), r"log_evidence: has dtype bool"),
+        (None, r"log_evidence: is a NoneType"),
+        ({"m1": [1.0]}, r"log_evidence: is a dict"),
+        (-3.0, r"must be 2-D \(subjects N, models K\), got shape \(\)"),
+    ],
+)
+def test_bad_log_evidence_is_named(log_evidence, message):
+    with pytest.raises(DataError, match=message):
+        bms(log_evidence)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pp_aif.comparison import compare, pointwise_fit, subject_elpd
-from pp_aif.errors import DiagnosticWarning
+from pp_aif.errors import DataError, DiagnosticWarning
 from tests.common import assert_close
 
 C, D, N, K = 2, 400, 4, 6
@@ -139,3 +139,111 @@ def test_absent_trials_are_no_observations(rng):
         assert_elpd_close(per_subject[n], values[:, :, n, present[n]])
     loo = az.loo(pointwise_fit(fits["good"]), pointwise=True)
     assert loo.n_data_points == int(present.sum()) == 22
+
+
+# ---- issue #15, item 10: the documented names, WAIC's diagnostics, bad fits
+
+
+def test_compare_bms_and_log_evidence_are_top_level_names():
+    import pp_aif
+    from pp_aif import comparison
+
+    for name in ("compare", "bms", "log_evidence"):
+        assert getattr(pp_aif, name) is getattr(comparison, name)
+        assert name in pp_aif.__all__
+
+
+def test_every_pp_aif_name_in_the_readme_and_docs_exists():
+    import importlib
+    import re
+
+    from tests.conftest import REPOSITORY
+
+    pages = [REPOSITORY / "README.md", *sorted((REPOSITORY / "docs").glob("*.md"))]
+    missing = []
+    for page in pages:
+        for dotted in set(re.findall(r"\bpp_aif(?:\.[A-Za-z_]\w*)+", page.read_text())):
+            parts = dotted.split(".")
+            target = importlib.import_module("pp_aif")
+            for i, part in enumerate(parts[1:], start=1):
+                if hasattr(target, part):
+                    target = getattr(target, part)
+                    continue
+                try:  # a submodule not imported by its package
+                    target = importlib.import_module(".".join(parts[: i + 1]))
+                except ImportError:
+                    missing.append(f"{page.name}: {dotted}")
+                    break
+    assert not missing, missing
+
+
+def wild_fit(rng, subject=2, trial=3):
+    """A fit whose log-likelihood of one trial swings over the draws (variance >> 0.4)."""
+    fit = synthetic_fit(rng, -0.5, 0.05)
+    fit.log_likelihood["actions"].values[:, :, subject, trial] = -0.5 - 3 * rng.random((C, D))
+    return fit
+
+
+def test_waic_names_the_observations_where_it_is_unreliable(rng):
+    good, wild = synthetic_fit(rng, -0.5, 0.05), wild_fit(rng)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = compare({"good": good, "wild": wild}, ic="waic")
+    assert "elpd_waic" in table.columns
+    assert [w.category for w in caught] == [DiagnosticWarning], [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert "model 'wild': WAIC is unreliable for 1 of 24 trials" in message
+    assert "posterior variance of their log predictive density exceeds 0.4" in message
+    assert "(s2, trial 3)" in message and "ic='loo'" in message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compare({"good": good, "wild": wild}, ic="waic", unit="subject")
+    assert len(caught) == 1 and "1 of 4 subjects" in str(caught[0].message)
+    assert ": s2;" in str(caught[0].message)
+
+
+def test_waic_of_tame_fits_warns_nothing(rng):
+    fits = {"a": synthetic_fit(rng, -0.5, 0.05), "b": synthetic_fit(rng, -0.6, 0.05)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare(fits, ic="waic")
+
+
+def test_bad_fits_are_named(rng):
+    a = synthetic_fit(rng, -0.5, 0.05)
+    with pytest.raises(TypeError, match=r"fits: is a list; give a dict \{name: InferenceData\}"):
+        compare([a, a])
+    with pytest.raises(DataError, match=r"fits\['b'\]: is a ndarray, not an arviz InferenceData"):
+        compare({"a": a, "b": np.zeros((C, D, N, K))})
+    with pytest.raises(ValueError, match=r"unit: 'draw' is not one of"):
+        compare({"a": a, "b": a}, ic="waic", unit="draw")
+    broken = synthetic_fit(rng, -0.5, 0.05)
+    broken.log_likelihood["actions"].values[1, 7, 3, 5] = np.nan
+    message = r"fits\['b'\]: log_likelihood\['actions'\] is nan at chain 1, draw 7, subject s3, "
+    with pytest.raises(DataError, match=message + r"trial 5 \(1 non-finite"):
+        compare({"a": a, "b": broken})
+    broken.log_likelihood["actions"].values[1, 7, 3, 5] = -np.inf
+    with pytest.raises(DataError, match=r"is -inf at chain 1, draw 7, subject s3, trial 5"):
+        compare({"a": a, "b": broken})
+    reordered = a.assign_coords(subject=["s1", "s0", "s2", "s3"])
+    with pytest.raises(DataError, match=r"fits\['b'\]: subjects \['s1', 's0'.* differ from"):
+        compare({"a": a, "b": reordered})
+    flat = az.from_dict(
+        posterior={"alpha": rng.normal(size=(C, D))},
+        log_likelihood={"actions": rng.normal(size=(C, D, N * K))},
+    )
+    with pytest.raises(DataError, match=r"fits\['b'\]: log_likelihood\['actions'\] has dims"):
+        compare({"a": a, "b": flat})
+
+
+def test_subject_elpd_and_pointwise_fit_check_the_fit(rng):
+    point = az.from_dict(
+        posterior={"alpha": np.ones((1, 1, N))},
+        log_likelihood={"actions": -np.ones((1, 1, N, K))},
+        coords={"subject": [f"s{n}" for n in range(N)], "trial": np.arange(K)},
+        dims={"alpha": ["subject"], "actions": ["subject", "trial"]},
+    )
+    with pytest.raises(DataError, match=r"fit: has 1 posterior draw\(s\); PSIS-LOO and WAIC"):
+        subject_elpd(point)
+    with pytest.raises(DataError, match=r"fit: is a dict, not an arviz InferenceData"):
+        pointwise_fit({"actions": np.zeros(3)})

@@ -80,3 +80,33 @@ def test_bad_requests_are_named(two_subjects):
         log_evidence(task, data, ("alpha",), method="bic")
     with pytest.raises(ValueError, match=r"grid reference is for 1 or 2 parameters, got 3"):
         log_evidence(task, data, ("alpha", "gamma", "learning_rate"), method="grid")
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"params": "alpha"}, ValueError, r"params: 'alpha'; give a sequence of parameter names"),
+        ({"params": ()}, ValueError, r"params: none; choose from"),
+        ({"params": ("alpha", "beta")}, ValueError, r"params: \['beta'\]; choose from"),
+        ({"params": ("alpha", "alpha")}, ValueError, r"names a parameter twice"),
+        ({"priors": ["normal"]}, ValueError, r"priors: is a list; give a dict"),
+        ({"data": "choices.csv"}, pp_aif.DataError, r"data: is a str; read it with"),
+        ({"num_samples": 1}, ValueError, r"num_samples: must be an integer >= 2, got 1"),
+        ({"steps": 0}, ValueError, r"steps: must be an integer >= 1, got 0"),
+        ({"grid_points": 2.5}, ValueError, r"grid_points: must be an integer >= 3, got 2.5"),
+        ({"width": -1.0}, ValueError, r"width: must be a positive finite number, got -1.0"),
+        ({"learning_rate": np.nan}, ValueError, r"learning_rate: .* finite number, got nan"),
+        ({"seed": None}, ValueError, r"seed: must be an integer, got None"),
+    ],
+)
+def test_bad_arguments_are_named(two_subjects, change, error, message):
+    task, data = two_subjects
+    arguments = {"task": task, "data": data, "params": ("alpha",), **change}
+    with pytest.raises(error, match=message):
+        log_evidence(**arguments)
+
+
+def test_data_of_another_task_is_refused(two_subjects):
+    task, data = two_subjects
+    with pytest.raises(pp_aif.DataError, match=r"do not fit task 'bandit'"):
+        log_evidence(pp_aif.load_task("bandit"), data, ("alpha",))

@@ -156,10 +156,24 @@ def test_equal_beliefs_share_one_score_and_only_equal_ones(rng, monkeypatch):
     grouped = planning._distinct_beliefs([q.clone() for q in beliefs])
     assert grouped is not None and grouped[0][0].shape == (4, 2)
     scores = pp_aif.expected_free_energy(model, beliefs)
+    names = ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty")
+    # Rows that hold the same belief are one score, gathered: bitwise equal by construction, on
+    # any CPU (rows scored separately may differ in their last bits with their batch position).
+    for i in range(len(pick)):
+        for j in range(i):
+            if pick[i] == pick[j]:
+                for name in names:
+                    assert torch.equal(getattr(scores, name)[i], getattr(scores, name)[j]), name
     for i in range(len(pick)):
         single = pp_aif.expected_free_energy(model, [q[i] for q in beliefs])
-        for name in ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty"):
-            assert torch.equal(getattr(scores, name)[i], getattr(single, name)), name
+        for name in names:
+            assert_close(
+                getattr(scores, name)[i],
+                getattr(single, name),
+                msg=name,
+                reason="a batch of 4 beliefs and a single one take different BLAS paths, whose "
+                "sums may differ in the last bits on another CPU (issue #15, item 12)",
+            )
     # weights of 0 make every key collide: the entry-by-entry check refuses to merge them
     zeros = torch.zeros(5, dtype=torch.int64)
     assert planning._distinct_beliefs(beliefs, zeros) is None
