@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from pp_aif.atomic import write_json
 
 __all__ = ["best_time", "machine", "write_results"]
 
@@ -34,8 +35,8 @@ def machine() -> dict:
 
 
 def write_results(results: dict, out: Path, name: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+    """``results`` as JSON in ``out/name``, atomically (a killed run keeps the earlier file)."""
     path = out / name
-    path.write_text(json.dumps(results, indent=2))
+    write_json(path, results)
     print(f"results: {path}")
     return path

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 import warnings
@@ -54,13 +53,14 @@ import torch  # noqa: E402
 from pp_aif.tasks.tmaze import with_context_bias, without_learning  # noqa: E402
 
 import pp_aif  # noqa: E402
+from pp_aif.atomic import save_figure, write_json  # noqa: E402
 from pp_aif.comparison import bms, compare, log_evidence, subject_elpd  # noqa: E402
 from pp_aif.data import BehaviourData, long_format  # noqa: E402
 from pp_aif.errors import ConvergenceWarning, DiagnosticWarning  # noqa: E402
 from pp_aif.fitting import fit, prior_draws  # noqa: E402
 from pp_aif.fitting.fanout import content_digest  # noqa: E402
 from pp_aif.fitting.predictive import simulate_subjects  # noqa: E402
-from pp_aif.jobs import Job, JobStore, fan_out, job_name  # noqa: E402
+from pp_aif.jobs import Job, JobStore, fan_out, job_name, timing_note  # noqa: E402
 from pp_aif.planning import Lesions  # noqa: E402
 
 if __name__ != "__main__":  # the job function travels to remote workers by value
@@ -157,9 +157,10 @@ def _jobs(config: Config, bias: float) -> dict:
     return jobs
 
 
-def _fit_all(config: Config, biases) -> dict:
-    """{bias: {(generating, fitted): InferenceData}}, every fit of every world as one fan-out
-    of jobs, kept under ``<out>/model_recovery.jobs/`` (reruns resume)."""
+def _fit_all(config: Config, biases) -> tuple[dict, dict]:
+    """({bias: {(generating, fitted): InferenceData}}, {"computed": n, "resumed": m}): every
+    fit of every world as one fan-out of jobs, kept under ``<out>/model_recovery.jobs/``
+    (reruns resume: the jobs found there are counted as resumed)."""
     planned = {bias: _jobs(config, bias) for bias in biases}
     every = [job for jobs in planned.values() for job in jobs.values()]
     results = fan_out(
@@ -168,13 +169,14 @@ def _fit_all(config: Config, biases) -> dict:
         scheduler=config.scheduler,
         workers=config.workers,
     )
-    return {
+    fitted = {
         bias: {key: results[job.name] for key, job in jobs.items()}
         for bias, jobs in planned.items()
     }
+    return fitted, results.summary()
 
 
-def _summarise(config: Config, bias: float, fitted: dict, seconds: float) -> dict:
+def _summarise(config: Config, bias: float, fitted: dict, seconds: float, jobs: dict) -> dict:
     """The confusion matrices, BMS and elpd tables of one world's fits."""
     K = len(KINDS)
     by_loo = np.zeros((K, K))
@@ -225,6 +227,8 @@ def _summarise(config: Config, bias: float, fitted: dict, seconds: float) -> dic
         ),
         "data_sets": data_sets,
         "seconds": seconds,
+        "jobs": jobs,  # a rerun reads finished fits from the store: its time is not a fit's
+        "seconds_measures": timing_note(jobs["computed"], jobs["resumed"]),
     }
 
 
@@ -232,10 +236,9 @@ def run(config: Config) -> dict:
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
     bias = config.context_bias
-    fitted = _fit_all(config, (bias,))[bias]
-    results = _summarise(config, bias, fitted, time.perf_counter() - start)
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "model_recovery.json").write_text(json.dumps(results, indent=2))
+    fitted, jobs = _fit_all(config, (bias,))
+    results = _summarise(config, bias, fitted[bias], time.perf_counter() - start, jobs)
+    write_json(config.out / "model_recovery.json", results)
     _plot(_panels(config, results), config.out / "model_recovery.png")
     return results
 
@@ -248,9 +251,9 @@ def run_sweep(config: Config, biases) -> dict:
         raise ValueError(f"context_bias: {biases}; need distinct values in (0, 1)")
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
-    fitted = _fit_all(config, biases)
+    fitted, jobs = _fit_all(config, biases)
     seconds = time.perf_counter() - start
-    worlds = {f"{bias:g}": _summarise(config, bias, fitted[bias], seconds) for bias in biases}
+    worlds = {f"{bias:g}": _summarise(config, bias, fitted[bias], seconds, jobs) for bias in biases}
     criteria = ("loo", "laplace") + (("exact",) if config.method == "grid" else ())
     results = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
@@ -261,9 +264,10 @@ def run_sweep(config: Config, biases) -> dict:
         },
         "worlds": worlds,
         "seconds": seconds,
+        "jobs": jobs,
+        "seconds_measures": timing_note(jobs["computed"], jobs["resumed"]),
     }
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "model_recovery_sweep.json").write_text(json.dumps(results, indent=2))
+    write_json(config.out / "model_recovery_sweep.json", results)
     _plot_sweep(results, config.out / "model_recovery_sweep.png")
     return results
 
@@ -294,7 +298,7 @@ def _plot_sweep(results: dict, path: Path) -> None:
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("share of subjects recovered")
     axes[0].legend(title="criterion (markers overlap where they agree)", loc="lower left")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -315,7 +319,7 @@ def _plot(panels, path: Path) -> None:
         ax.set_title(title)
     axes[0, 0].set_ylabel("generated the data")
     fig.colorbar(image, ax=axes[0], shrink=0.8, label="share of subjects")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -351,7 +355,10 @@ def main(argv=None) -> None:
             print(f"diagonal ({name}; {', '.join(KINDS)}) per world:")
             for bias, row in diagonals.items():
                 print(f"  {bias:>5}: " + "  ".join(f"{x:.2f}" for x in row))
-        print(f"{sweep['seconds']:.0f} s; wrote {config.out / 'model_recovery_sweep.json'}")
+        print(
+            f"{sweep['seconds']:.0f} s ({sweep['seconds_measures']}); "
+            f"wrote {config.out / 'model_recovery_sweep.json'}"
+        )
         return
     config = Config(**{**vars(args), "context_bias": biases[0]})
     results = run(config)
@@ -359,7 +366,10 @@ def main(argv=None) -> None:
         print(f"confusion ({name}; rows generated, columns chosen: {', '.join(KINDS)}):")
         for kind, row in zip(KINDS, results[f"confusion_{name}"], strict=True):
             print(f"  {kind:>12}: " + "  ".join(f"{x:.2f}" for x in row))
-    print(f"{results['seconds']:.0f} s; wrote {config.out / 'model_recovery.json'} and its figure")
+    print(
+        f"{results['seconds']:.0f} s ({results['seconds_measures']}); "
+        f"wrote {config.out / 'model_recovery.json'} and its figure"
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Run: ``python experiments/tmaze_epistemic.py --out experiments/results`` (JSON +
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pp_aif.agent import AgentSettings  # noqa: E402
+from pp_aif.atomic import save_figure, write_json  # noqa: E402
 from pp_aif.planning import Lesions  # noqa: E402
 from pp_aif.simulation import simulate  # noqa: E402
 from pp_aif.task import load_task  # noqa: E402
@@ -74,8 +74,7 @@ def run(config: Config) -> dict:
         for name, (value, stderr) in values.items():
             results[f"{name}_rate_{label}"] = value
             results[f"{name}_rate_{label}_stderr"] = stderr
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "tmaze_epistemic.json").write_text(json.dumps(results, indent=2))
+    write_json(config.out / "tmaze_epistemic.json", results)
     figure, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)
     names = ["cue_first", "stay_first", "arm_first", "correct_arm_after_cue", "reward"]
     x = np.arange(len(names))
@@ -97,7 +96,7 @@ def run(config: Config) -> dict:
     ax.set_ylabel(f"rate over {config.num_agents} agents")
     ax.set_title("T-maze, first trial: epistemic value drives cue sampling")
     ax.legend(fontsize=8)
-    figure.savefig(config.out / "tmaze_epistemic.png", dpi=120)
+    save_figure(figure, config.out / "tmaze_epistemic.png", dpi=120)
     plt.close(figure)
     return results
 

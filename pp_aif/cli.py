@@ -17,6 +17,11 @@ atomically (a failed or interrupted fit leaves no file).
 fits of the same data in ArviZ's form, names unreliable Pareto k's, and with ``--bms`` runs
 random-effects BMS over each subject's summed PSIS-LOO elpd and writes its figure.
 
+Every file is written atomically (``pp_aif.atomic``): to a temporary file beside it, flushed
+to disk, read back and checked where it is netCDF, then renamed over the target; a killed or
+interrupted command leaves the earlier file as it was. A Ctrl-C exits with status 130 and says
+what was and was not written.
+
 Bad arguments get one line on stderr and exit status 2; no traceback.
 """
 
@@ -32,9 +37,19 @@ from pathlib import Path
 import torch
 
 from pp_aif.agent import INFERENCE_SCHEMES, AgentSettings
-from pp_aif.jobs import JobsFailed
+from pp_aif.atomic import WriteInterrupted, save_figure, write_netcdf
+from pp_aif.jobs import DamagedResultWarning, JobsFailed
 
 __all__ = ["main"]
+
+
+#: the files this command has written so far (for the message of an interrupted command)
+_written: list[Path] = []
+
+
+def _wrote(path: Path) -> Path:
+    _written.append(path)
+    return path
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -123,7 +138,7 @@ def demo(task_name: str, out: Path) -> int:
     figure = plot_state_beliefs(
         filtering, smoothing, labels, observations, title=f"{task.name}: exact state inference"
     )
-    figure.savefig(path, dpi=120)
+    _wrote(save_figure(figure, path, dpi=120))
     print(f"figure: {path}")
     return 0
 
@@ -222,11 +237,10 @@ def simulate_command(
     else:
         _summarise(dataset, task.labels)
     print(f"\n{agents * trials} agent-trials in {seconds:.2f} s")
-    record = save(dataset, out / f"{task.name}_simulation.nc")
-    figure = plot_trial(dataset, task.labels)
-    path = out / f"{task.name}_trial.png"
-    figure.savefig(path, dpi=110)
+    record = _wrote(save(dataset, out / f"{task.name}_simulation.nc"))
     print(f"record: {record}")
+    figure = plot_trial(dataset, task.labels)
+    path = _wrote(save_figure(figure, out / f"{task.name}_trial.png", dpi=110))
     print(f"figure: {path} (agent 0, trial 0)")
     return 0
 
@@ -252,13 +266,13 @@ def fit_command(
     workers: int | None = None,
 ) -> int:
     """Fit, print the ArviZ summary and the warnings in words, write the InferenceData
-    atomically: to a temporary file beside ``out``, renamed only once it is whole.
+    atomically: to a temporary file beside ``out``, read back and checked, renamed only once
+    it is whole.
 
     Without a population model, more subjects than ``subjects_per_job`` are fitted in groups,
     each a Dask job (``pp_aif.fitting.fanout``): on a local cluster of ``workers`` processes, or
     on the cluster at ``scheduler`` ("inline": one after another here). The groups' results go
     to ``<out>.jobs/`` as they finish, and a rerun fits only the groups not there."""
-    import os
     import warnings
 
     import arviz as az
@@ -297,6 +311,7 @@ def fit_command(
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("always", DamagedResultWarning)
         if hierarchical or N <= subjects_per_job:
             inference = fit(
                 task,
@@ -364,20 +379,16 @@ def fit_command(
         summary = az.summary(inference, var_names=variables, kind=kind, round_to=3)
         print(summary.to_string())
     print(f"\nfitted in {seconds:.1f} s")
-    _report(caught, ConvergenceWarning)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        inference.to_netcdf(str(partial))
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
+    _report(caught, (ConvergenceWarning, DamagedResultWarning))
+    write_netcdf(inference, out)  # read back and checked before it takes the name
+    _wrote(out)
     print(f"posterior: {out}")
     return 0
 
 
 def _report(caught, category) -> None:
-    """Print the recorded warnings of ``category`` in words; pass every other one on."""
+    """Print the recorded warnings of ``category`` (a class or a tuple of them) in words; pass
+    every other one on."""
     import warnings
 
     for warning in caught:
@@ -394,7 +405,6 @@ def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: P
     summed pointwise elpd (PSIS-LOO per trial, summed over the subject's trials) and a figure."""
     import warnings
 
-    import arviz as az
     import numpy as np
 
     from pp_aif.comparison import bms, compare, subject_elpd
@@ -406,11 +416,7 @@ def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: P
     names = [path.stem for path in paths]
     if len(set(names)) != len(names):
         names = [str(path) for path in paths]
-    fits = {}
-    for name, path in zip(names, paths, strict=True):
-        if not path.is_file():
-            raise FileNotFoundError(f"fit file not found: {path}")
-        fits[name] = az.from_netcdf(path)
+    fits = {name: _read_fit(path) for name, path in zip(names, paths, strict=True)}
     print(f"pp_aif compare: {len(fits)} fits by {ic}, left-out unit: {unit}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DiagnosticWarning)
@@ -441,9 +447,39 @@ def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: P
     print(f"Bayesian omnibus risk: {result.bor:.3f}")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model_selection.png"
-    plot_model_selection(names, result).savefig(path, dpi=110)
+    _wrote(save_figure(plot_model_selection(names, result), path, dpi=110))
     print(f"figure: {path}")
     return 0
+
+
+def _read_fit(path: Path):
+    """An InferenceData file for ``compare``, refused (naming the file) if it cannot be read
+    or if a coordinate that names subjects or trials repeats a value (a damaged file, such as
+    one whose subject ids were cut short)."""
+    import arviz as az
+    import numpy as np
+
+    if not path.is_file():
+        raise FileNotFoundError(f"fit file not found: {path}")
+    try:
+        inference = az.from_netcdf(path)
+        inference.load()
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"fit file {path} cannot be read ({type(error).__name__}: {error}); is it truncated?"
+        ) from None
+    for group in inference.groups():
+        for name in ("subject", "trial"):
+            if name in inference[group].coords:
+                values = np.asarray(inference[group].coords[name].values)
+                unique, counts = np.unique(values.astype(str), return_counts=True)
+                if (counts > 1).any():
+                    raise ValueError(
+                        f"fit file {path}: {group}'s {name} coordinate repeats "
+                        f"{unique[counts > 1].tolist()[:5]}; the file is damaged (ids cut "
+                        "short?), fit again"
+                    )
+    return inference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -534,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path("out"), help="folder for the figure (default: ./out)"
     )
     arguments = parser.parse_args(argv)
+    _written.clear()
     if arguments.verbose:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     torch.set_printoptions(precision=3)
@@ -580,10 +617,21 @@ def main(argv: list[str] | None = None) -> int:
     except JobsFailed as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("pp-aif: interrupted; nothing was written", file=sys.stderr)
+    except WriteInterrupted as interrupt:
+        print(f"pp-aif: {interrupt}{_already_written()}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt as interrupt:  # not while writing (or just after a file was)
+        said = f" ({interrupt})" if str(interrupt) else ""
+        tail = _already_written() or ("" if said else "; nothing was written")
+        print(f"pp-aif: interrupted{said}{tail}", file=sys.stderr)
         return 130
     return 0
+
+
+def _already_written() -> str:
+    if not _written:
+        return ""
+    return "; written before the interrupt: " + ", ".join(str(p) for p in _written)
 
 
 if __name__ == "__main__":

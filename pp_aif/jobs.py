@@ -4,8 +4,10 @@ A ``Job`` is a name, a function and its arguments. ``fan_out`` runs the jobs tha
 yet on a Dask cluster (a ``LocalCluster`` of worker processes by default, or an existing cluster
 given its scheduler's address) and writes each result as it arrives into a ``JobStore``:
 
-- **atomically**: to a temporary file in the store's folder, flushed to disk, then linked to its
-  final name; a reader sees a whole result or none, whatever is killed when;
+- **atomically** (``pp_aif.atomic``): to a temporary file in the store's folder, flushed to
+  disk, read back and checked (netCDF), then linked to its final name; a reader sees a whole
+  result or none, whatever is killed when, and the temporary files of a killed client are
+  removed by the next run;
 - **exactly once**: the link fails if the name exists, so a job that a scheduler ran twice (a
   worker lost after it finished) keeps its first result;
 - **under a deterministic name**: ``job_name(prefix, spec)`` is the prefix and a digest of the
@@ -18,6 +20,11 @@ again elsewhere. A job that raises does not stop the others; ``fan_out`` raises 
 naming the failures once the rest are written, so a rerun computes only those.
 
 Results are ``arviz.InferenceData`` (netCDF, ``.nc``) or JSON-serialisable values (``.json``).
+A result file that cannot be read (truncated or damaged by something outside this module) is
+set aside as ``NAME.nc.damaged-TIME`` with a ``DamagedResultWarning`` naming it, and its job
+is run again. ``fan_out`` returns the results as a ``FanOutResults`` mapping that also says
+which jobs this call computed and which it found done (``computed``, ``resumed``), so that a
+timing can say what it measured.
 
 A local cluster's workers are new processes (spawned): a script that calls ``fan_out`` (or
 ``fit_subjects``, or ``pp-aif fit`` from Python) must do so under
@@ -36,17 +43,79 @@ import os
 import re
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Job", "JobStore", "JobsFailed", "fan_out", "job_name", "spec_digest"]
+from pp_aif.atomic import RoundTripError, atomic_write, is_stale, write_netcdf
+
+__all__ = [
+    "DamagedResult",
+    "DamagedResultWarning",
+    "FanOutResults",
+    "Job",
+    "JobStore",
+    "JobsFailed",
+    "fan_out",
+    "job_name",
+    "spec_digest",
+    "timing_note",
+]
 
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 _SUFFIXES = (".nc", ".json")
+
+
+class DamagedResult(OSError):
+    """A result file in a job store that cannot be read (truncated, or not what it claims to
+    be); ``path`` names it."""
+
+    def __init__(self, path: Path, error: BaseException):
+        self.path = path
+        super().__init__(
+            f"job store: the result file {path} cannot be read ({type(error).__name__}: "
+            f"{error}); it is truncated or damaged: fan_out sets such a file aside and runs "
+            "its job again"
+        )
+
+
+class DamagedResultWarning(RuntimeWarning):
+    """A damaged result file was set aside and its job will be run again."""
+
+
+class FanOutResults(dict):
+    """``{name: result}`` of every job, and which jobs this call ran (``computed``) and which
+    it found in the store (``resumed``), as lists of names in the order of the jobs."""
+
+    def __init__(self, results, computed, resumed):
+        super().__init__(results)
+        self.computed = list(computed)
+        self.resumed = list(resumed)
+
+    def summary(self) -> dict:
+        """``{"computed": n, "resumed": m}``, for a record of the run."""
+        return {"computed": len(self.computed), "resumed": len(self.resumed)}
+
+
+def timing_note(computed: int, resumed: int) -> str:
+    """What a wall-clock time around a fan-out measured, for a record of the run: whether its
+    jobs were computed in it or read from an earlier run's store."""
+    total = computed + resumed
+    if not resumed:
+        return f"computed: all {total} job(s) ran in this run"
+    if not computed:
+        return (
+            f"resumed: all {total} job(s) were read from an earlier run's store; the time is "
+            "of reading them, not of computing them"
+        )
+    return (
+        f"resumed: {resumed} of {total} job(s) were read from an earlier run's store and "
+        f"{computed} computed; the time is of those {computed} only"
+    )
 
 
 class JobsFailed(RuntimeError):
@@ -142,77 +211,93 @@ class JobStore:
 
     def write(self, name: str, result: Any) -> bool:
         """Write ``result`` under ``name`` unless a result is there: True if written, False if
-        the name had one (which is kept). Nothing appears under the name until it is whole."""
+        the name had one (which is kept). Nothing appears under the name until it is whole (an
+        InferenceData is read back and checked first: ``pp_aif.atomic.RoundTripError``)."""
         import arviz as az
 
         if not _NAME.match(name):
             raise ValueError(f"JobStore.write: {name!r} is not a safe file name")
         if self.done(name):
             return False
-        self.directory.mkdir(parents=True, exist_ok=True)
-        suffix = ".nc" if isinstance(result, az.InferenceData) else ".json"
-        final = self.directory / f"{name}{suffix}"
-        partial = self.directory / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
+        if isinstance(result, az.InferenceData):
+            return write_netcdf(result, self.directory / f"{name}.nc", exclusive=True)
         try:
-            if suffix == ".nc":
-                result.to_netcdf(str(partial))
-            else:
-                try:
-                    text = json.dumps(result, indent=1, allow_nan=True)
-                except TypeError as error:
-                    raise TypeError(
-                        f"job {name}: its result is neither an InferenceData nor "
-                        f"JSON-serialisable ({error})"
-                    ) from None
-                partial.write_text(text)
-            with open(partial, "rb+") as handle:
-                os.fsync(handle.fileno())
-            try:
-                os.link(partial, final)  # fails if the name exists: exactly once
-            except FileExistsError:
-                return False
-            _sync_directory(self.directory)
-            return True
-        finally:
-            partial.unlink(missing_ok=True)
+            text = json.dumps(result, indent=1, allow_nan=True)
+        except TypeError as error:
+            raise TypeError(
+                f"job {name}: its result is neither an InferenceData nor "
+                f"JSON-serialisable ({error})"
+            ) from None
+        return atomic_write(
+            self.directory / f"{name}.json",
+            lambda p: p.write_text(text, encoding="utf-8"),
+            exclusive=True,
+        )
 
     def read(self, name: str) -> Any:
+        """The result of job ``name``; ``DamagedResult`` (naming the file) if it cannot be
+        read, FileNotFoundError if there is none."""
         import arviz as az
 
         path = self.path(name)
         if path is None:
             raise FileNotFoundError(f"JobStore: no result for job {name} in {self.directory}")
-        if path.suffix == ".nc":
-            inference = az.from_netcdf(str(path))
-            inference.load()  # into memory, so the file is not held open
-            return inference
-        return json.loads(path.read_text())
+        try:
+            if path.suffix == ".nc":
+                inference = az.from_netcdf(str(path))
+                try:
+                    inference.load()  # into memory,
+                finally:  # and the file closed: a handle left in xarray's cache would be read
+                    for group in inference.groups():  # again, whatever the file is now
+                        inference[group].close()
+                return inference
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError) as error:  # truncated HDF5, bad JSON, ...
+            raise DamagedResult(path, error) from error
+
+    def set_aside(self, name: str) -> Path | None:
+        """Rename the result of ``name`` to ``NAME.SUFFIX.damaged-TIME`` (so that its job runs
+        again, and the file can still be looked at) with a ``DamagedResultWarning`` naming
+        both; returns the new path (None if the result was gone already)."""
+        path = self.path(name)
+        if path is None:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:  # another run set it aside first
+            return None
+        warnings.warn(
+            f"job store: {path} could not be read (truncated or damaged); set aside as "
+            f"{aside.name}, and its job will be run again",
+            DamagedResultWarning,
+            stacklevel=2,
+        )
+        return aside
 
     def remove_partials(self, older_than: float = 3600.0) -> int:
-        """Delete temporary files left by a killed client more than ``older_than`` s ago."""
+        """Delete the temporary files of killed writes: those whose process (on this host) is
+        gone, and any more than ``older_than`` s old."""
         if not self.directory.is_dir():
             return 0
         now = time.time()
         removed = 0
         for p in self.directory.glob(".*.partial"):
-            if now - p.stat().st_mtime > older_than:
+            try:
+                old = now - p.stat().st_mtime > older_than
+            except FileNotFoundError:
+                continue
+            if old or is_stale(p, now=now):
                 p.unlink(missing_ok=True)
                 removed += 1
         return removed
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make the new name durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def fan_out(
@@ -222,8 +307,11 @@ def fan_out(
     scheduler: str | None = None,
     workers: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Run the jobs without a result in ``store`` and return every job's result by name.
+) -> FanOutResults:
+    """Run the jobs without a result in ``store`` and return every job's result by name, as a
+    ``FanOutResults`` (a dict) whose ``computed`` and ``resumed`` name the jobs this call ran
+    and those it found done. A result file that cannot be read is set aside (a
+    ``DamagedResultWarning`` names it) and its job run again.
 
     scheduler : None (default) starts a ``LocalCluster`` of ``workers`` processes (default: the
         CPU count, at most the number of jobs to run), one thread each; an address such as
@@ -251,7 +339,14 @@ def fan_out(
             "tcp://127.0.0.1:8786 (or None for a local cluster, 'inline' for none)"
         )
     store.remove_partials()
-    pending = [job for job in jobs if not store.done(job.name)]
+    found: dict[str, Any] = {}
+    for job in jobs:
+        if store.done(job.name):
+            try:
+                found[job.name] = store.read(job.name)
+            except DamagedResult:
+                store.set_aside(job.name)  # warns, naming the file; the job runs again
+    pending = [job for job in jobs if job.name not in found]
     total = len(jobs)
     done = total - len(pending)
     logger.info("fan_out: %d of %d job(s) already in %s", done, total, store.directory)
@@ -263,7 +358,7 @@ def fan_out(
         nonlocal done
         try:
             store.write(name, result)
-        except TypeError as error:  # a result that cannot be stored fails its job only
+        except (TypeError, RoundTripError) as error:  # a result not stored fails its job only
             failures[name] = error
             return
         done += 1
@@ -282,7 +377,12 @@ def fan_out(
         _run_on_dask(pending, scheduler, workers, record, failures)
     if failures:
         raise JobsFailed(failures, done)
-    return {job.name: store.read(job.name) for job in jobs}
+    computed = {job.name: store.read(job.name) for job in pending}
+    return FanOutResults(
+        {job.name: found[job.name] if job.name in found else computed[job.name] for job in jobs},
+        computed=list(computed),
+        resumed=list(found),
+    )
 
 
 def _run_on_dask(pending, scheduler, workers, record, failures) -> None:

@@ -30,6 +30,7 @@ from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, ste
 from pp_aif.envs import Environment, GenerativeProcess
 from pp_aif.spec import GenerativeModel
 from pp_aif.task import Labels, Task
+from pp_aif.validation import check_integer
 
 __all__ = ["simulate", "TERMS"]
 
@@ -109,9 +110,15 @@ def simulate(
     The environment and the actions draw from a generator seeded with ``seed``; with sampled
     expected free energy, Pyro's global generator is seeded with it too.
     """
-    if num_agents < 1 or num_trials < 1:
+    num_agents = check_integer("num_agents", num_agents, minimum=1)
+    num_trials = check_integer("num_trials", num_trials, minimum=1)
+    seed = check_integer("seed", seed, minimum=0)
+    if num_steps is not None:
+        num_steps = check_integer("num_steps", num_steps, minimum=1, meaning="T of a trial")
+    if settings is not None and not isinstance(settings, AgentSettings):
         raise ValueError(
-            f"num_agents and num_trials must be at least 1, got {num_agents}, {num_trials}"
+            f"settings: expected an AgentSettings, got {type(settings).__name__}; build one "
+            "with pp_aif.AgentSettings(...) so that every setting is checked"
         )
     if device is not None:
         if not isinstance(task, Task):
@@ -215,8 +222,13 @@ def simulate(
 
 
 def save(dataset: xr.Dataset, path: str | Path) -> Path:
-    """Write the record as netCDF (HDF5, via h5netcdf); returns the path."""
+    """Write the record as netCDF (HDF5, via h5netcdf), atomically: to a temporary file beside
+    ``path``, fsynced, read back and checked, then renamed over ``path``
+    (``pp_aif.atomic.write_netcdf``): an earlier record there is replaced whole or kept whole,
+    and a Ctrl-C raises ``pp_aif.atomic.WriteInterrupted`` with the earlier record kept.
+    Returns the path."""
+    from pp_aif.atomic import write_netcdf
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dataset.to_netcdf(path, engine="h5netcdf")
+    write_netcdf(dataset, path, engine="h5netcdf")
     return path

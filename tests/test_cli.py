@@ -151,7 +151,13 @@ def test_interrupted_or_failed_fit_writes_nothing(tmp_path, capsys, choices_csv,
     monkeypatch.setattr(az.InferenceData, "to_netcdf", interrupted)
     arguments = ["fit", "tmaze", str(choices_csv), "--params", "alpha", "--method", "map"]
     assert main([*arguments, "--steps", "5", "--out", str(out)]) == 130
-    assert capsys.readouterr().err.rstrip().endswith("pp-aif: interrupted; nothing was written")
+    assert (
+        capsys.readouterr()
+        .err.rstrip()
+        .endswith(
+            f"pp-aif: interrupted while writing {out}: nothing was written (there is no fit.nc)"
+        )
+    )
     assert list(tmp_path.iterdir()) == []
     assert main([*arguments, "--params", "beta", "--out", str(out)]) == 2
     assert "params: ['beta']" in capsys.readouterr().err
@@ -254,3 +260,100 @@ def test_fit_of_many_subjects_fans_out_and_resumes(tmp_path, capsys, five_subjec
     )
     assert main([*base, "--subjects-per-job", "0", "--out", str(cluster)]) == 2
     assert "--subjects-per-job: 0; need at least 1" in capsys.readouterr().err
+
+
+def _files(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_an_interrupted_simulate_keeps_the_earlier_record(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the record is written, raised or swallowed by the writer (h5py may print
+    "Exception ignored in ..." and carry on): exit 130, the earlier files as they were, no
+    temporary file."""
+    import signal
+
+    import xarray as xr
+
+    arguments = ["simulate", "tmaze", "--out", str(tmp_path)]
+    assert main([*arguments, "--seed", "0"]) == 0
+    before = _files(tmp_path)
+    assert sorted(before) == ["tmaze_simulation.nc", "tmaze_trial.png"]
+    capsys.readouterr()
+    real = xr.Dataset.to_netcdf
+
+    def raised(self, path, *args, **kwargs):
+        real(self, path, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    def swallowed(self, path, *args, **kwargs):
+        real(self, path, *args, **kwargs)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # as a callback inside the netCDF library does
+
+    record = tmp_path / "tmaze_simulation.nc"
+    for writer in (raised, swallowed):
+        monkeypatch.setattr(xr.Dataset, "to_netcdf", writer)
+        code = main([*arguments, "--seed", "1"])
+        assert _files(tmp_path) == before, writer.__name__
+        assert code == 130, writer.__name__
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error == (
+            f"pp-aif: interrupted while writing {record}: nothing was written (the earlier "
+            "tmaze_simulation.nc is kept unchanged)"
+        )
+
+
+def test_ids_of_different_lengths_reach_the_fit_file(tmp_path, capsys):
+    """Subjects fitted as jobs, their ids of different lengths: the joined file holds them
+    whole (the first job's string width once cut 's-100' to 's-1')."""
+    import arviz as az
+    import pandas as pd
+
+    table = pd.read_csv(_simulated_choices(tmp_path, "choices.csv", 3, 2, 1))
+    table["subject"] = table["subject"].map(
+        {"agent-0": "s-1", "agent-1": "s-10", "agent-2": "s-100"}
+    )
+    data = tmp_path / "uneven.csv"
+    table.to_csv(data, index=False)
+    out = tmp_path / "fit.nc"
+    arguments = ["fit", "tmaze", str(data), "--params", "alpha", "--method", "grid"]
+    arguments += ["--draws", "100", "--subjects-per-job", "1", "--scheduler", "inline"]
+    assert main([*arguments, "--out", str(out)]) == 0
+    capsys.readouterr()
+    fitted = az.from_netcdf(out)
+    for group in ("posterior", "log_likelihood", "observed_data", "constant_data"):
+        assert fitted[group].coords["subject"].values.tolist() == ["s-1", "s-10", "s-100"]
+    other = tmp_path / "again.nc"
+    other.write_bytes(out.read_bytes())
+    assert main(["compare", str(out), str(other), "--out", str(tmp_path)]) == 0
+
+
+def test_compare_refuses_damaged_fit_files(tmp_path, capsys, choices_csv):
+    """A fit whose subject ids were cut short (two subjects both 's-1') is refused, not
+    compared; so is a truncated file."""
+    import pp_aif
+    from pp_aif.data import BehaviourData
+
+    task = pp_aif.load_task("tmaze")
+    data = BehaviourData.read(choices_csv, task)
+    fitted = pp_aif.fit(task, data, ("alpha",), method="grid", grid_points=9, draws=100)
+    for group in fitted.groups():
+        if "subject" in fitted[group].coords:
+            fitted[group] = fitted[group].assign_coords(subject=["s-1", "s-1"])
+    cut = tmp_path / "cut.nc"
+    fitted.to_netcdf(str(cut))
+    copy = tmp_path / "copy.nc"
+    copy.write_bytes(cut.read_bytes())
+    assert main(["compare", str(cut), str(copy)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"pp-aif: error: fit file {cut}: posterior's subject coordinate repeats ['s-1']; the "
+        "file is damaged (ids cut short?), fit again"
+    )
+    truncated = tmp_path / "truncated.nc"
+    truncated.write_bytes(cut.read_bytes()[:1000])
+    assert main(["compare", str(truncated), str(cut)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"pp-aif: error: fit file {truncated} cannot be read (OSError: ")
+    assert error.endswith("is it truncated?")

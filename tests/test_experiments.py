@@ -72,6 +72,8 @@ def test_parameter_recovery_smoke(tmp_path):
     first_move = written["posterior_predictive"]["cue"]
     assert len(first_move["observed"]) == 2 and len(first_move["predicted_5"]) == 2
     assert results["recovery"].keys() == written["recovery"].keys()
+    assert written["jobs"] == {"computed": 2, "resumed": 0}  # what fit_seconds measured
+    assert written["fit_seconds_measures"] == "computed: all 2 job(s) ran in this run"
     for name in ("parameter_recovery.png", "parameter_recovery_ppc.png"):
         assert (tmp_path / name).stat().st_size > 10_000
 
@@ -94,6 +96,8 @@ def test_model_recovery_smoke(tmp_path):
         for row in matrix:  # shares of subjects: each row sums to 1
             assert abs(sum(row) - 1) < 1e-12
     assert written["diagonal_loo"] == results["diagonal_loo"]
+    assert written["jobs"] == {"computed": len(KINDS) ** 2, "resumed": 0}
+    assert written["seconds_measures"].startswith("computed: all 9 job(s)")
     bms = written["data_sets"]["learner"]["bms"]["loo"]
     assert abs(sum(bms["expected_frequencies"]) - 1) < 1e-12
     assert (tmp_path / "model_recovery.png").stat().st_size > 10_000
@@ -101,6 +105,13 @@ def test_model_recovery_smoke(tmp_path):
     sweep = run_sweep(dataclasses.replace(config, scheduler="inline"), (0.7, 0.8))
     assert len(list((tmp_path / "model_recovery.jobs").iterdir())) == 2 * len(KINDS) ** 2
     assert sweep["worlds"]["0.7"]["confusion_exact"] == results["confusion_exact"]
+    # the sweep's time is of the new world's fits only, and its record says so
+    assert sweep["jobs"] == {"computed": 9, "resumed": 9}
+    swept = json.loads((tmp_path / "model_recovery_sweep.json").read_text())
+    assert swept["seconds_measures"] == (
+        "resumed: 9 of 18 job(s) were read from an earlier run's store and 9 computed; the time "
+        "is of those 9 only"
+    )
     assert set(sweep["diagonals"]["exact"]) == {"0.7", "0.8"}
     assert (tmp_path / "model_recovery_sweep.png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="need distinct values in"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -225,3 +226,83 @@ def test_a_local_cluster_that_cannot_start_says_why(tmp_path):
     assert last.startswith("RuntimeError: fan_out: the local cluster's 2 worker process(es)")
     assert 'if __name__ == "__main__":' in last and "scheduler='inline'" in last
     assert list(tmp_path.iterdir()) == []
+
+
+def _tiny_inference(x: int = 0):
+    """A job: a small InferenceData with a subject coordinate."""
+    return az.from_dict(
+        posterior={"theta": np.full((1, 3, 2), float(x))},
+        coords={"subject": [f"s-{x}", f"s-{x}0"]},
+        dims={"theta": ["subject"]},
+    )
+
+
+def test_a_damaged_result_is_named_set_aside_and_computed_again(tmp_path):
+    from pp_aif.jobs import DamagedResultWarning
+
+    store = JobStore(tmp_path)
+    jobs = [Job("j0", slow_square, {"x": 3}), Job("j1", _tiny_inference, {"x": 4})]
+    first = fan_out(jobs, store, scheduler="inline")
+    assert first.computed == ["j0", "j1"] and first.resumed == []
+    # a rerun says it computed nothing: its timing is not a computation's
+    again = fan_out(jobs, store, scheduler="inline")
+    assert again.computed == [] and again.resumed == ["j0", "j1"]
+    assert again.summary() == {"computed": 0, "resumed": 2}
+    for name in ("j0.json", "j1.nc"):
+        path = tmp_path / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut short
+    with pytest.raises(OSError, match=r"the result file .*j1\.nc cannot be read .*truncated"):
+        store.read("j1")
+    with pytest.raises(OSError, match=r"the result file .*j0\.json cannot be read"):
+        store.read("j0")
+    with pytest.warns(DamagedResultWarning) as caught:
+        results = fan_out(jobs, store, scheduler="inline")
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2
+    assert f"{tmp_path / 'j0.json'} could not be read" in messages[0]
+    assert f"{tmp_path / 'j1.nc'} could not be read" in messages[1]
+    assert results.computed == ["j0", "j1"]  # both computed again
+    assert results["j0"]["square"] == 9
+    assert results["j1"].posterior["theta"].values.tolist() == [[[4.0, 4.0]] * 3]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[:2] == ["j0.json", "j0.json.damaged-" + names[1].split("damaged-")[1]]
+    assert names[2] == "j1.nc" and names[3].startswith("j1.nc.damaged-") and len(names) == 4
+    assert store.names() == ["j0", "j1"]  # the set-aside files are not results
+
+
+def test_partials_of_dead_processes_are_removed(tmp_path):
+    """The temporary files of killed writes (this module's names, and the older ones) go; a
+    live process's stay."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = os.getppid()
+    left = [
+        f".a.json.{dead.pid}@elsewhere.0123abcd.partial",  # another host's: kept
+        f".a.nc.{dead.pid}.0123abcd.partial",  # the store's older name
+        f".fit.nc.{dead.pid}.partial",  # pp-aif fit's older name
+        f".a.json.{live}.0123abcd.partial",
+    ]
+    for name in left:
+        (tmp_path / name).write_text("half")
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])  # this host's
+    (tmp_path / f".a.json.{dead.pid}@{host}.0123abcd.partial").write_text("half")
+    assert JobStore(tmp_path).remove_partials() == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([left[0], left[3]])
+    # this process's own, from before the current write of the same target: gone with it
+    own = tmp_path / f".b.json.{os.getpid()}@{host}.0123abcd.partial"
+    own.write_text("half")
+    os.utime(own, (time.time() - 10, time.time() - 10))
+    assert JobStore(tmp_path).write("b", {"value": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([left[0], left[3], "b.json"])
+
+
+def test_a_result_that_does_not_read_back_fails_its_job(tmp_path):
+    """A result whose netCDF encoding would cut its subject ids short is not stored."""
+    stale = _tiny_inference(10)
+    stale.posterior["subject"].encoding["dtype"] = np.dtype("<U4")  # as read from 's-10'
+    jobs = [Job("stale", lambda: stale), Job("fine", _tiny_inference, {"x": 1})]
+    with pytest.raises(JobsFailed, match=r"\(stale\).*RoundTripError: .*stale\.nc: "
+                       r"posterior/subject\[\(1,\)\] was written as 's-100' and reads back as "
+                       r"'s-10'"):  # fmt: skip
+        fan_out(jobs, tmp_path, scheduler="inline")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fine.nc"]

@@ -10,7 +10,9 @@ settings finds the finished groups in the store and fits only the others.
 The result is the fit of the subjects one group at a time: each group has its own seed
 (``seed`` + its index), and with NUTS its own step size and metric, so the draws differ from one
 ``fit`` of all subjects at once (each subject's posterior is the same). ``sample_stats`` gain a
-``subject`` axis: each subject's entries are the stats of its group's sampler.
+``subject`` axis: each subject's entries are the stats of its group's sampler. The attrs
+``jobs_computed`` and ``jobs_resumed`` say how many groups this call fitted and how many it
+found done in the store.
 """
 
 from __future__ import annotations
@@ -174,7 +176,10 @@ def fit_subjects(
         first, last = job.kwargs["data"].subjects[0], job.kwargs["data"].subjects[-1]
         for message in filter(None, str(part.attrs.get("warnings", "")).split("\n")):
             warnings.warn(f"subjects {first}..{last}: {message}", ConvergenceWarning, stacklevel=2)
-    return concat_subjects(parts)
+    joined = concat_subjects(parts)
+    joined.attrs["jobs_computed"] = len(results.computed)
+    joined.attrs["jobs_resumed"] = len(results.resumed)
+    return joined
 
 
 #: ``fit``'s keyword arguments that a group's fit takes (the rest are fit_subjects' own), with
@@ -191,7 +196,9 @@ def concat_subjects(parts: list[az.InferenceData]) -> az.InferenceData:
     """One InferenceData from fits of disjoint groups of subjects (same parameters, method,
     chains and draws): every group's variables joined along ``subject``; the sample stats given
     a ``subject`` axis (each subject's: its group's sampler's); per-subject attrs joined,
-    additive ones (seconds, gradients, ELBO) summed, the others required equal."""
+    additive ones (seconds, gradients, ELBO) summed, the others required equal. The parts'
+    netCDF encodings are dropped (they describe the parts' files: a string width kept from the
+    first part would cut longer ids short when the join is written)."""
     if not parts:
         raise ValueError("concat_subjects: no fits")
     first = parts[0]
@@ -221,7 +228,13 @@ def concat_subjects(parts: list[az.InferenceData]) -> az.InferenceData:
             datasets.append(dataset)
         joined = xr.concat(datasets, dim="subject", combine_attrs="drop")
         leading = [d for d in ("chain", "draw") if d in joined.dims]
-        groups[group] = joined.transpose(*leading, ...)
+        joined = joined.transpose(*leading, ...)
+        # the parts' encodings (read from their files) describe those files, not this join: the
+        # first part's string width (<U7 for 'agent-9') would cut 'agent-10' to 'agent-1'
+        joined.encoding = {}
+        for variable in joined.variables.values():
+            variable.encoding = {}
+        groups[group] = joined
     attrs = {}
     for key, value in first.attrs.items():
         if key in _ADDITIVE:

@@ -123,3 +123,42 @@ def test_concat_refuses_fits_that_do_not_join(task, data):
         concat_subjects([a, a])
     with pytest.raises(ValueError, match="no fits"):
         concat_subjects([])
+
+
+@pytest.fixture(scope="module")
+def uneven_ids(task):
+    """Four subjects whose ids differ in length, the shortest first: a join that kept the first
+    group's string width would cut the others short."""
+    truth = prior_draws(("alpha",), 4, torch.Generator().manual_seed(2))
+    table = long_format(simulate_subjects(task, truth, 2, 3), task)
+    names = {"agent-0": "s-9", "agent-1": "s-10", "agent-2": "s-100", "agent-3": "s-1000"}
+    table["subject"] = table["subject"].map(names)
+    return BehaviourData.read(table, task)
+
+
+def test_ids_of_different_lengths_survive_the_join_and_its_file(tmp_path, task, uneven_ids):
+    import arviz as az
+
+    arguments = dict(method="grid", grid_points=9, draws=10, subjects_per_job=1)
+    joined = fit_subjects(
+        task, uneven_ids, ("alpha",), store=tmp_path / "jobs", scheduler="inline", **arguments
+    )
+    joined.to_netcdf(str(tmp_path / "fit.nc"))
+    back = az.from_netcdf(str(tmp_path / "fit.nc"))
+    assert back.posterior.coords["subject"].values.tolist() == list(uneven_ids.subjects)
+    for group in joined.groups():  # no encoding of a part's file is left
+        for name, variable in joined[group].variables.items():
+            assert variable.encoding == {}, f"{group}/{name}"
+    assert joined.attrs["jobs_computed"] == 4 and joined.attrs["jobs_resumed"] == 0
+    for group in joined.groups():  # every variable and coordinate reads back equal
+        for name, variable in joined[group].variables.items():
+            read = back[group][name].values
+            if variable.dtype.kind in "USO":
+                assert read.astype(str).tolist() == variable.values.astype(str).tolist(), name
+            else:
+                np.testing.assert_array_equal(read, variable.values, err_msg=f"{group}/{name}")
+    resumed = fit_subjects(
+        task, uneven_ids, ("alpha",), store=tmp_path / "jobs", scheduler="inline", **arguments
+    )
+    assert resumed.attrs["jobs_computed"] == 0 and resumed.attrs["jobs_resumed"] == 4
+    assert resumed.posterior.coords["subject"].values.tolist() == list(uneven_ids.subjects)
