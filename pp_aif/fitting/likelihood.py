@@ -543,4 +543,25 @@ class BehaviourLikelihood:
         gamma, alpha, preference = (
             theta.get(name, self.defaults[name]) for name in ("gamma", "alpha", "preference")
         )
-        return action_log_likelihood(self.values(theta), gamma, alpha, preference)
+        value = action_log_likelihood(self.values(theta), gamma, alpha, preference)
+        undetermined = torch.isnan(value.detach())
+        if undetermined.any():
+            self._raise_undetermined(undetermined)
+        return value
+
+    def _raise_undetermined(self, undetermined: Tensor) -> None:
+        """ln p(u) is NaN where every policy's score is infinite (C of -inf, or so extreme that
+        G overflows, on an outcome every policy risks): the agent refuses that step too."""
+        present = self.present
+        if present is not None:
+            undetermined = undetermined & present[..., :, None].to(undetermined.device)
+        if not undetermined.any():
+            return
+        index = tuple(int(i) for i in undetermined.nonzero()[0])
+        subject, trial, step = index[-3:]
+        raise ValueError(
+            f"the likelihood is undetermined at subject {subject}, trial {trial}, time step "
+            f"{step} ({int(undetermined.sum())} choice(s) in all): every policy there reaches an "
+            "outcome whose preference is -inf (or so extreme that G overflows), so no policy is "
+            "preferred to another. Give C finite values there; the agent refuses that step too"
+        )

@@ -311,3 +311,18 @@ def test_a_forbidden_outcome_is_fitted_as_the_agent_replays_it():
             _, counts, _ = learn_between_trials(
                 model, settings, state, observations[None], actions[None]
             )
+
+
+def test_a_choice_no_policy_can_score_is_named():
+    """Every policy reaches the outcome of preference -inf: the agent refuses the step, and so
+    does the likelihood (it was NaN, and the fit stopped on Pyro's 'invalid values')."""
+    A = [np.array([[1.0, 1.0], [0.0, 0.0]])]
+    B = [np.stack([np.eye(2), np.eye(2)[::-1]], -1)]
+    model = pp_aif.GenerativeModel(A, B, C=[np.array([-np.inf, 0.0])])
+    observations = torch.zeros(1, 1, 2, 1, dtype=torch.int64)
+    actions = torch.zeros(1, 1, 1, 1, dtype=torch.int64)
+    likelihood = BehaviourLikelihood(model, AgentSettings(), observations, actions, ("alpha",))
+    with pytest.raises(ValueError, match=r"undetermined at subject 0, trial 0, time step 0"):
+        likelihood({"alpha": torch.tensor([2.0], dtype=torch.float64)})
+    with pytest.raises(ValueError, match=r"q\(pi\) is not finite at time step 0"):
+        step(model, AgentSettings(), initial_state(model, 1), observations[0, 0, :1], num_steps=2)
