@@ -1,4 +1,4 @@
-"""contract_factors and outer against SPM's spm_dot and spm_cross (../shared/reference/spm)."""
+"""contract_factors and outer against SPM's spm_dot and spm_cross (tests/data/spm)."""
 
 from __future__ import annotations
 

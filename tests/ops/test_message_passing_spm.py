@@ -1,4 +1,4 @@
-"""Marginal message passing against SPM's own outputs (``../shared/reference/spm``).
+"""Marginal message passing against SPM's own outputs (``tests/data/spm``, copied from SPM).
 
 The harness below restates how pymdp's MATLAB scripts called the MMP loop (which time steps are in
 the window, which actions drive which transition); the loop itself is
