@@ -54,6 +54,7 @@ from pp_aif.ops.message_passing import (
     marginal_message_passing,
     variational_message_passing,
 )
+from pp_aif.ops.numerics import safe_log
 from pp_aif.planning import (
     DEFAULT_ACTION_PRECISION,
     DEFAULT_POLICY_PRECISION,
@@ -61,7 +62,6 @@ from pp_aif.planning import (
     PolicyScores,
     action_marginals,
     action_probabilities,
-    infer_precision,
     policy_posterior,
     policy_scores,
     select_actions,
@@ -95,8 +95,21 @@ class AgentSettings:
     lesions : terms of G left out of the policy score.
     efe_method : "exact" or "sampled"; num_samples : rollouts for "sampled".
     learning_rate, forgetting : for pA, pB and pD between trials (when the model has them).
-    infer_precision : infer gamma each step (SPM's beta update, prior rate 1 / policy_precision)
-        instead of holding it at policy_precision.
+    infer_precision : refused (ValueError): this agent cannot infer gamma, it holds it at
+        policy_precision. SPM (``spm_MDP_VB_X``) updates the rate b = 1 / gamma by
+        b <- b - (b - beta + (q(pi) - p(pi)) . Q) / 2, with q(pi) = softmax(ln E + gamma Q -
+        F(pi)), p(pi) = softmax(ln E + gamma Q) and Q = -(G - novelty)
+        (:func:`pp_aif.planning.infer_precision`): gamma moves only where the free energy F(pi)
+        of the outcomes so far differs between policies. SPM's policies span the whole trial,
+        so one whose past actions differ from those taken explains the outcomes worse. This
+        agent plans at step t over policies that start at t: every policy shares the past
+        actions u_<t, so F(pi) = -ln p(o_<=t | u_<t) (exact inference; any scheme here infers
+        the states without the policy) is the same for all, q(pi) = p(pi), and b stays at beta:
+        gamma would never move. Even SPM's whole-trial policies would not move it in the T-maze
+        under exact inference: the location outcome rules out every policy whose past differs
+        (F = inf), and those left share their past (tested); SPM's gamma moves there only by
+        its departures from exact inference: the floored log ln(x + e^-16), which leaves the
+        ruled-out policies a finite F, and the marginal free energy of future states.
     inference : how q(s_t) is inferred each step (see the module docstring): "exact" (joint
         filtering), "fpi" (pymdp's fixed-point iteration on the factorised prior), "vmp" or
         "mmp" (message passing over the trial so far, from D; the present marginal is used),
@@ -151,7 +164,15 @@ class AgentSettings:
             exclusive_maximum=True,
             meaning="the share of the counts forgotten between trials",
         )
-        check_flag("infer_precision", self.infer_precision)
+        if check_flag("infer_precision", self.infer_precision):
+            raise ValueError(
+                "infer_precision: this agent cannot infer gamma, so it keeps a fixed policy "
+                "precision (policy_precision). SPM's update of gamma moves it only where the "
+                "free energy F(pi) of the outcomes so far differs between policies; here every "
+                "policy starts at the present step and shares the trial's past actions, so F(pi) "
+                "is the same for all of them, q(pi) equals its prior and gamma would stay at "
+                "policy_precision at every step (see AgentSettings and docs/architecture.md)"
+            )
         check_choice("inference", self.inference, INFERENCE_SCHEMES)
         check_integer("inference_iterations", self.inference_iterations, minimum=1)
         if self.inference_tau is not None:
@@ -245,7 +266,7 @@ def _log_likelihood(model: GenerativeModel, A: list[Tensor] | None, observations
     """ln p(o_t | s) for observations int (N, T, M): (N, T, S_1..S_F), per agent if A is."""
     if A is None:
         return observation_log_likelihood(model.log_A, observations)
-    return observation_log_likelihood([torch.log(a) for a in A], observations, per_sequence=True)
+    return observation_log_likelihood([safe_log(a) for a in A], observations, per_sequence=True)
 
 
 def step(
@@ -266,7 +287,7 @@ def step(
     """
     A, B = state.likelihood(), state.transitions()
     log_likelihood = _log_likelihood(model, A, observation[:, None, :])[:, 0]
-    log_joint = (torch.log(state.prior) + log_likelihood).flatten(1)
+    log_joint = (safe_log(state.prior) + log_likelihood).flatten(1)
     shift = log_joint.amax(-1, keepdim=True)
     if not torch.isfinite(shift).all():
         agent = int((~torch.isfinite(shift[:, 0])).nonzero()[0])
@@ -310,14 +331,9 @@ def step(
         pB=state.pB,
     )
     planned = replace(scores, pragmatic=settings.preference_scale * scores.pragmatic)
-    if settings.infer_precision:
-        q_pi, _ = infer_precision(
-            planned, log_prior, beta=1.0 / settings.policy_precision, lesions=settings.lesions
-        )
-    else:
-        q_pi = policy_posterior(
-            planned, log_prior, precision=settings.policy_precision, lesions=settings.lesions
-        )
+    q_pi = policy_posterior(  # gamma fixed: AgentSettings refuses infer_precision=True
+        planned, log_prior, precision=settings.policy_precision, lesions=settings.lesions
+    )
     if not torch.isfinite(q_pi).all():
         _raise_not_finite(q_pi, scores, state.time)
     probabilities = action_probabilities(
@@ -359,9 +375,18 @@ def policies_at(model: GenerativeModel, settings: AgentSettings, time: int, num_
 
     Depth min(H, T-1-time), so that no policy looks past the trial; below the model's depth,
     every policy of that depth under a flat prior. Returns (policies (P, H', F), log prior (P,)).
+    A task's own set for the step (``model.step_policies``: one (policies, E) or None per step,
+    from ``pp_aif.Task.step_policies``) comes first: always without ``settings.horizon``, and
+    where its depth is min(H, T-1-time) with it.
     """
     depth = settings.horizon or model.policies.shape[1]
     depth = min(depth, num_steps - 1 - time)
+    given = getattr(model, "step_policies", None)
+    if given is not None and time < len(given) and given[time] is not None:
+        policies, E = given[time]
+        own = policies.shape[1]
+        if own == depth or (settings.horizon is None and own <= num_steps - 1 - time):
+            return policies, torch.log(E)
     if depth == model.policies.shape[1]:
         return model.policies, torch.log(model.E)
     cache = model.__dict__.setdefault("_policies_of_depth", {})
@@ -454,10 +479,18 @@ def learn_between_trials(
     )
     marginals = factor_marginals(smoothed, 2)
 
+    def per_agent(value, like):  # a (N, 1) setting against counts (N, ...): (N, 1, ..., 1)
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return value.reshape(-1, *[1] * (like.dim() - 1))
+        return value
+
     def update(concentrations, counts):
         return [
             update_concentrations(
-                p, d, learning_rate=settings.learning_rate, forgetting=settings.forgetting
+                p,
+                d,
+                learning_rate=per_agent(settings.learning_rate, p),
+                forgetting=per_agent(settings.forgetting, p),
             )
             for p, d in zip(concentrations, counts, strict=True)
         ]

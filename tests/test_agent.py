@@ -12,7 +12,13 @@ from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, ste
 from pp_aif.envs import GenerativeProcess
 from pp_aif.planning import Lesions
 from pp_aif.task import load_task
-from tests.common import assert_close, random_arrays
+from tests.common import (
+    Arrays,
+    assert_close,
+    brute_force,
+    path_log_probabilities,
+    random_arrays,
+)
 
 
 def run(model, settings, env, N, T, seed):
@@ -66,15 +72,14 @@ SCORES = ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty")
 ACROSS = "a batch of 8 agents and a batch of 1 may sum in different orders (BLAS, CPU)"
 
 
-@pytest.mark.parametrize("infer_precision", [False, True])
-def test_agents_with_equal_beliefs_plan_once_and_alike(infer_precision):
+def test_agents_with_equal_beliefs_plan_once_and_alike():
     """In the T-maze many agents share a history, and with it their beliefs: the batch scores
     each distinct belief once (in ``policy_scores``), so agents whose beliefs are bitwise equal
     get bitwise equal scores. Each agent's scores, q(pi) and action probabilities equal its own
     step taken alone (replaying its actions), to float64 round-off: a batch of 8 and a batch of
     1 may sum in different orders on another CPU (issue #15, item 12)."""
     task = load_task("tmaze")
-    model, settings, N = task.model, AgentSettings(infer_precision=infer_precision), 8
+    model, settings, N = task.model, AgentSettings(), 8
     observations, actions, results = run(model, settings, GenerativeProcess(model), N, 3, seed=2)
     assert len(set(map(tuple, observations[:, 1].tolist()))) < N  # some histories coincide
     for i in range(N):
@@ -200,11 +205,82 @@ def test_bandit_agents_learn_the_best_arm():
     assert reward_late >= 0.7  # the best achievable is 0.8
 
 
-def test_tmaze_with_inferred_precision_still_samples_the_cue():
+def test_inferred_precision_is_refused_with_its_reason():
+    """infer_precision=True used to run inert: q(pi) equalled its prior, so gamma never moved
+    (issue #16, item 3). It cannot move in this agent (the two tests below), so it is refused."""
+    with pytest.raises(ValueError, match=r"infer_precision: .*F\(pi\) is the same for all"):
+        AgentSettings(infer_precision=True)
+    assert AgentSettings(infer_precision=False).infer_precision is False
+
+
+def tmaze_arrays(model):
+    return Arrays(
+        [a.numpy() for a in model.A], [b.numpy() for b in model.B], [d.numpy() for d in model.D]
+    )
+
+
+@pytest.mark.parametrize("gamma", [1.0, 4.0])
+def test_spm_precision_update_is_inert_for_this_agents_policies(gamma):
+    """SPM's update of gamma, restated in numpy, fed this agent's scores at every step and
+    F(pi) = -ln p(o_<=t | pi) by brute force: each policy of step t starts at t, so F(pi) uses
+    the actions taken and is one number for all, and gamma stays at policy_precision, q(pi) at
+    the agent's own (fixed-gamma) posterior."""
     task = load_task("tmaze")
-    settings = AgentSettings(infer_precision=True)
-    _, actions, _ = run(task.model, settings, GenerativeProcess(task.model), 200, 3, seed=3)
-    assert (actions[:, 0, 0] == 3).float().mean().item() >= 0.9
+    model, arrays = task.model, tmaze_arrays(task.model)
+    settings = AgentSettings(policy_precision=gamma)
+    observations, actions, results = run(model, settings, GenerativeProcess(model), 6, 3, seed=3)
+    observations, actions = observations.numpy(), actions.numpy()
+
+    def softmax(x):
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    for n in range(6):
+        qb = beta = 1 / gamma  # SPM: qb{m} = beta at the trial's start, carried over its steps
+        for t, result in enumerate(results[:-1]):
+            scores = result.scores
+            # SPM's Q, the negative policy score -(G - novelty)
+            Q = (scores.epistemic[n] + scores.pragmatic[n] + scores.novelty[n]).numpy()
+            log_E = np.full(len(Q), -np.log(len(Q)))  # the T-maze's E, and later ones, are flat
+            # every policy of step t starts at t: its past is the actions taken, its F is this
+            F = -brute_force(arrays, observations[n, : t + 1], actions[n, :t])[0]
+            for _ in range(16):  # spm_MDP_VB_X: qu, pu, eg, dFdg, qb, w (Ni = 16)
+                w = 1 / qb
+                qu = softmax(log_E + w * Q - F)
+                pu = softmax(log_E + w * Q)
+                qb = qb - (qb - beta + (qu - pu) @ Q) / 2
+            assert_close(1 / qb, gamma)
+            assert_close(qu, result.policy_posterior[n])
+
+
+def free_energy_by_brute_force(arrays, observations, actions):
+    """-ln p(o | u) over every state path: inf where no path explains the outcomes."""
+    log_p = path_log_probabilities(arrays, observations, actions)[1]
+    if np.isneginf(log_p).all():
+        return np.inf
+    top = log_p.max()
+    return -(top + np.log(np.exp(log_p - top).sum()))
+
+
+def test_tmaze_outcomes_leave_even_whole_trial_policies_one_free_energy():
+    """Why SPM's whole-trial policies would not help in the T-maze under exact inference: along
+    the agent's trials, every policy whose past differs from the actions taken is ruled out by
+    the location outcome (F(pi) = inf), and the policies left share F(pi) (brute force)."""
+    task = load_task("tmaze")
+    model, arrays = task.model, tmaze_arrays(task.model)
+    observations, actions, _ = run(model, AgentSettings(), GenerativeProcess(model), 12, 3, seed=5)
+    policies = model.policies.numpy()  # (16, 2, 2): the whole trial
+    for n in range(12):
+        for t in range(3):
+            F = np.array(
+                [
+                    free_energy_by_brute_force(arrays, observations[n, : t + 1].numpy(), pi[:t])
+                    for pi in policies
+                ]
+            )
+            same_past = (policies[:, :t] == actions[n, :t].numpy()).all((1, 2))
+            assert np.isinf(F[~same_past]).all() and np.isfinite(F[same_past]).all()
+            assert_close(F[same_past], np.full(same_past.sum(), F[same_past][0]))
 
 
 def test_fpi_agent_is_exact_with_one_factor(rng):

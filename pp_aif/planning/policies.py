@@ -9,6 +9,11 @@ Dimension symbols: *batch agents or belief batch, P policies, H horizon, F facto
 Lesion switches drop a term from the score: without the epistemic term the policy score is
 -(pragmatic + novelty), and so on. Defaults are SPM's (``spm_MDP_VB_X``): gamma = 1 (beta = 1)
 and alpha = 512; pymdp's legacy agent uses gamma = alpha = 16.
+
+:func:`infer_precision` is SPM's update of gamma from the gap between q(pi) and its prior
+softmax(ln E - gamma * score): it moves gamma only where F(pi) differs between policies. The
+agent's policies all share the trial's past, so their F(pi) is one number and the agent refuses
+to infer gamma (:class:`pp_aif.agent.AgentSettings`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import Tensor
 
 from pp_aif.ops.numerics import categorical
 from pp_aif.planning.efe import PolicyScores
+from pp_aif.validation import check_integer, check_number
 
 __all__ = [
     "DEFAULT_POLICY_PRECISION",
@@ -124,32 +130,68 @@ def infer_precision(
     scores: PolicyScores,
     log_prior: Tensor,
     *,
-    beta: float = 1.0,
+    beta: float | Tensor = 1.0,
+    rate: float | Tensor | None = None,
     iterations: int = 16,
     free_energy: Tensor | None = None,
     lesions: Lesions = Lesions(),
 ) -> tuple[Tensor, Tensor]:
-    """Policy posterior with the policy precision gamma inferred (SPM's ``spm_MDP_VB_X``).
+    r"""The policy posterior with the policy precision gamma inferred: SPM's update.
 
-    gamma = 1 / b has a Gamma prior with rate ``beta``; each iteration moves b down the
-    free-energy gradient dF/db = b - beta + (q(pi) - p(pi)) . Q, with Q = -score the negative
-    policy score, q(pi) = softmax(ln E + gamma Q - F) and p(pi) = softmax(ln E + gamma Q):
-    b <- b - dF/db / 2 (Friston et al. 2017, Neural Comput. 29(1), eqs. (B.1)-(B.3)).
+    gamma has the prior Gamma(1, beta) (shape 1, rate ``beta``) and the posterior
+    Gamma(1, b), so gamma = E[gamma] = 1 / b. With Q = -score the negative policy score (SPM's
+    ``Q``), each of ``iterations`` updates computes
+
+    .. math::
+
+        q(\pi) = \sigma(\ln E + \gamma Q - F), \qquad p(\pi) = \sigma(\ln E + \gamma Q),
+
+        \frac{\partial F}{\partial b} = b - \beta + (q(\pi) - p(\pi)) \cdot Q, \qquad
+        b \leftarrow b - \frac{1}{2} \frac{\partial F}{\partial b}, \qquad \gamma = 1 / b,
+
+    line by line as ``spm_MDP_VB_X.m`` does ("variational updates - policies and precision":
+    ``qu``, ``pu``, ``eg``, ``dFdg``, ``qb``, ``w``; Friston et al. 2017, Neural Comput. 29(1),
+    1-49). As there, the posterior returned is the last iteration's q(pi), computed with the
+    gamma before that iteration's update, and gamma is the value after it. SPM starts b at beta
+    once per trial and carries it over the trial's steps: pass the previous step's 1 / gamma as
+    ``rate``. Policies SPM no longer counts as plausible (its Occam window) are given
+    ln E = -inf: they leave both q(pi) and p(pi), as in SPM's sums over ``p{m}``.
+
+    gamma moves only through q(pi) - p(pi), that is, only where F(pi) differs between
+    policies: with F(pi) the same for every policy, q(pi) = p(pi), dF/db = b - beta, and b only
+    relaxes towards beta (from b = beta it stays there). That is why the agent refuses
+    ``AgentSettings(infer_precision=True)``: its policies share the trial's past, so its F(pi)
+    is the same for all of them (see :class:`pp_aif.agent.AgentSettings`).
+
+    Parameters
+    ----------
+    scores : PolicyScores (*batch, P)
+    log_prior : (P,) or (*batch, P), ln E; -inf for a policy left out.
+    beta : the prior rate of gamma (SPM's ``MDP.beta``, default 1), a float or (*batch,).
+    rate : b at the start (default: ``beta``, a trial's first step), a float or (*batch,).
+    iterations : the number of updates (SPM's ``Ni``, default 16), at least 1.
+    free_energy : (*batch, P), optional
+        F(pi), the free energy of the outcomes so far under each policy (SPM's ``-F``); omitted,
+        it is the same for every policy.
+    lesions : Lesions
 
     Returns
     -------
-    (q(pi) (*batch, P), gamma (*batch,)) after ``iterations`` updates, starting from b = beta.
+    (q(pi) (*batch, P), gamma (*batch,))
     """
-    if beta <= 0:
-        raise ValueError(f"beta: must be positive, got {beta}")
+    check_number("beta", beta, minimum=0, exclusive_minimum=True, meaning="the prior rate of gamma")
+    if rate is not None:
+        check_number("rate", rate, minimum=0, exclusive_minimum=True, meaning="b = 1 / gamma")
+    check_integer("iterations", iterations, minimum=1)
     Q = -policy_score(scores, lesions)
     F = torch.zeros_like(Q) if free_energy is None else free_energy
-    b = torch.full(Q.shape[:-1], float(beta), dtype=Q.dtype, device=Q.device)
+    batch = Q.shape[:-1]
+    beta = torch.broadcast_to(torch.as_tensor(beta, dtype=Q.dtype, device=Q.device), batch)
+    start = beta if rate is None else torch.as_tensor(rate, dtype=Q.dtype, device=Q.device)
+    b = torch.broadcast_to(start, batch)
     for _ in range(iterations):
         gamma = 1.0 / b
         posterior = torch.softmax(log_prior + gamma[..., None] * Q - F, -1)
         prior = torch.softmax(log_prior + gamma[..., None] * Q, -1)
-        gradient = b - beta + ((posterior - prior) * Q).sum(-1)
-        b = b - gradient / 2
-    gamma = 1.0 / b
-    return torch.softmax(log_prior + gamma[..., None] * Q - F, -1), gamma
+        b = b - (b - beta + ((posterior - prior) * Q).sum(-1)) / 2
+    return posterior, 1.0 / b

@@ -133,39 +133,129 @@ def test_zero_marginal_is_never_chosen():
     assert (chosen != 0).all()
 
 
-def spm_precision_loop(Q, log_E, F, beta, iterations):
-    """SPM's spm_MDP_VB_X precision update, restated in numpy (its Q is the negative EFE)."""
+def spm_precision_update(Q, log_E, F, *, beta, qb, plausible, iterations):
+    """One step of SPM's policy-and-precision loop (``spm_MDP_VB_X.m``, "variational updates -
+    policies and precision"), restated line by line in numpy for one agent.
+
+    Q: SPM's Q, the negative expected free energy; F: SPM's F, the negative free energy of each
+    policy; qb: the rate carried in from the step before (beta at a trial's first step);
+    plausible: SPM's p{m}, the policies still counted. Returns (u(:, t), w(t), qb).
+    """
 
     def softmax(x):
         e = np.exp(x - x.max())
         return e / e.sum()
 
-    qb = beta
+    p = np.flatnonzero(plausible)
+    u = np.zeros(len(Q))
+    w = 1 / qb  # w{m}(t) = w{m}(t - 1)
     for _ in range(iterations):
-        w = 1 / qb
-        qu = softmax(log_E + w * Q + F)
-        pu = softmax(log_E + w * Q)
-        eg = (qu - pu) @ Q
+        qu = softmax(log_E[p] + w * Q[p] + F[p])
+        pu = softmax(log_E[p] + w * Q[p])
+        eg = (qu - pu) @ Q[p]
         dFdg = qb - beta + eg
         qb = qb - dFdg / 2
-    w = 1 / qb
-    return softmax(log_E + w * Q + F), w
+        w = 1 / qb
+        u[p] = qu
+    return u, w, qb
+
+
+@pytest.fixture
+def batched_scores(rng, problem):
+    """Scores of the 16 policies for three agents with different beliefs: (3, 16)."""
+    *_, model, _ = problem
+    beliefs = [
+        torch.as_tensor(np.stack([random_columns(rng, (s,)) for _ in range(3)])) for s in (2, 3)
+    ]
+    return model, pp_aif.expected_free_energy(model, beliefs)
 
 
 @pytest.mark.parametrize("iterations", [1, 4, 16])
-def test_precision_inference_equals_spm_loop(problem, iterations):
+def test_precision_inference_equals_spm_update_over_a_trial(rng, batched_scores, iterations):
+    """F(pi) differs between policies, so gamma moves; three steps, the rate b = 1 / gamma
+    carried from step to step as SPM carries ``qb``, each agent with its own beta."""
+    model, scores = batched_scores
+    Q = (scores.epistemic + scores.pragmatic + scores.novelty).numpy()
+    log_E = np.log(model.E.numpy())
+    beta = np.array([1.0, 0.5, 2.0])
+    qb = beta.copy()
+    rate = None
+    for _ in range(3):
+        F = rng.uniform(0, 4, size=(3, 16))
+        q, gamma = pp_aif.planning.infer_precision(
+            scores,
+            torch.log(model.E),
+            beta=torch.as_tensor(beta),
+            rate=rate,
+            iterations=iterations,
+            free_energy=torch.as_tensor(F),
+        )
+        for n in range(3):
+            u, w, qb[n] = spm_precision_update(
+                Q[n],
+                log_E,
+                -F[n],
+                beta=beta[n],
+                qb=qb[n],
+                plausible=np.ones(16, bool),
+                iterations=iterations,
+            )
+            assert_close(q[n], u)
+            assert_close(gamma[n], w)
+        assert np.all(np.abs(gamma.numpy() * beta - 1) > 1e-3)  # gamma has left 1 / beta
+        rate = 1 / gamma
+
+
+def test_precision_inference_counts_only_spm_plausible_policies(rng, problem):
+    """Policies outside SPM's plausible set p{m} (ln E = -inf) leave q(pi) and its prior."""
     *_, model, beliefs = problem
     scores = pp_aif.expected_free_energy(model, beliefs)
-    F = torch.linspace(0, 1, 16, dtype=torch.float64)
+    plausible = np.zeros(16, bool)
+    plausible[[0, 3, 4, 9, 10, 15]] = True
+    log_E = np.log(model.E.numpy())
+    F = rng.uniform(0, 4, size=16)
     q, gamma = pp_aif.planning.infer_precision(
-        scores, torch.log(model.E), beta=1.0, iterations=iterations, free_energy=F
+        scores,
+        torch.as_tensor(np.where(plausible, log_E, -np.inf)),
+        beta=1.0,
+        rate=0.7,
+        free_energy=torch.as_tensor(F),
     )
     Q = (scores.epistemic + scores.pragmatic + scores.novelty).numpy()
-    expected_q, expected_gamma = spm_precision_loop(
-        Q, np.log(model.E.numpy()), -F.numpy(), 1.0, iterations
+    u, w, _ = spm_precision_update(
+        Q, log_E, -F, beta=1.0, qb=0.7, plausible=plausible, iterations=16
     )
-    assert_close(q, expected_q)
-    assert_close(gamma, expected_gamma)
+    assert_close(q, u)
+    assert_close(gamma, w)
+    assert (q[~torch.as_tensor(plausible)] == 0).all()
+
+
+@pytest.mark.parametrize("shared", [0.0, 3.7])
+def test_precision_stays_put_when_every_policy_has_the_same_free_energy(problem, shared):
+    """The reason the agent refuses to infer gamma: with one F(pi) for all, q(pi) equals its
+    prior, dF/db = b - beta, and gamma stays at 1 / beta, its posterior at the fixed one."""
+    *_, model, beliefs = problem
+    scores = pp_aif.expected_free_energy(model, beliefs)
+    q, gamma = pp_aif.planning.infer_precision(
+        scores, torch.log(model.E), beta=0.5, free_energy=torch.full((16,), shared)
+    )
+    assert_close(gamma, 2.0)
+    assert_close(q, policy_posterior(scores, torch.log(model.E), precision=2.0))
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("beta", 0.0, r"beta: must be a finite number > 0, got 0.0"),
+        ("rate", -1.0, r"rate: must be a finite number > 0, got -1.0"),
+        ("iterations", 0, r"iterations: must be an integer >= 1, got 0"),
+    ],
+)
+def test_precision_inference_refuses_bad_settings(problem, setting, value, message):
+    *_, model, beliefs = problem
+    scores = pp_aif.expected_free_energy(model, beliefs)
+    with pytest.raises(ValueError, match=message):
+        pp_aif.planning.infer_precision(scores, torch.log(model.E), **{setting: value})
 
 
 def test_precision_falls_when_observations_contradict_the_plan(problem):
