@@ -35,8 +35,9 @@ from pyro.distributions.transforms import ExpTransform, SigmoidTransform
 from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
 from pp_aif.errors import ConvergenceWarning
-from pp_aif.fitting.likelihood import PARAMETERS, BehaviourLikelihood
+from pp_aif.fitting.likelihood import PARAMETERS
 from pp_aif.fitting.nuts import ProgramPotential, nuts
+from pp_aif.fitting.replay import likelihood_for
 from pp_aif.programs import behaviour
 
 __all__ = [
@@ -206,8 +207,10 @@ def chosen_priors(params, priors: dict | None = None, dtype=torch.float64) -> di
 
 
 def behavioural_program(task, data, params, priors, settings, hierarchical=False):
-    """(the data's ``BehaviourLikelihood``, the behavioural Pyro program without arguments)."""
-    likelihood = BehaviourLikelihood(
+    """(the data's likelihood, the behavioural Pyro program without arguments). The likelihood
+    is ``BehaviourLikelihood`` (closed form) where it applies, else the agent replaying the
+    data (``ReplayLikelihood``): the same number, see ``pp_aif.fitting.replay``."""
+    likelihood = likelihood_for(
         task.model, settings, data.observations, data.actions, params, data.present
     )
     chosen = chosen_priors(params, priors, task.model.dtype)

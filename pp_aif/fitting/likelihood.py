@@ -543,15 +543,23 @@ class BehaviourLikelihood:
         gamma, alpha, preference = (
             theta.get(name, self.defaults[name]) for name in ("gamma", "alpha", "preference")
         )
-        value = action_log_likelihood(self.values(theta), gamma, alpha, preference)
-        undetermined = torch.isnan(value.detach())
-        if undetermined.any():
-            self._raise_undetermined(undetermined)
+        values = self.values(theta)
+        value = action_log_likelihood(values, gamma, alpha, preference)
+        if torch.isnan(value.detach()).any():
+            self._raise_undetermined(values)
         return value
 
-    def _raise_undetermined(self, undetermined: Tensor) -> None:
+    def _raise_undetermined(self, values: PolicyValues) -> None:
         """ln p(u) is NaN where every policy's score is infinite (C of -inf, or so extreme that
-        G overflows, on an outcome every policy risks): the agent refuses that step too."""
+        G overflows, on an outcome every policy risks): the agent refuses that step too. (A NaN
+        from parameters at the edge of their range, e.g. gamma = inf, is left to the caller.)"""
+        undetermined = torch.stack(
+            [
+                ~(torch.isfinite(base) & torch.isfinite(pragmatic)).any(-1)
+                for base, pragmatic in zip(values.base, values.pragmatic, strict=True)
+            ],
+            -1,
+        )  # (*b, N, K, T-1)
         present = self.present
         if present is not None:
             undetermined = undetermined & present[..., :, None].to(undetermined.device)

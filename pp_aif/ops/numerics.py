@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["xlogy", "entropy", "categorical", "logsumexp"]
+__all__ = ["xlogy", "entropy", "categorical", "logsumexp", "safe_log"]
 
 
 def xlogy(x: Tensor, y: Tensor) -> Tensor:
@@ -21,6 +21,16 @@ def xlogy(x: Tensor, y: Tensor) -> Tensor:
     """
     # where x = 0 the logarithm is taken of 1: the product is 0 and so are both gradients
     return x * torch.log(torch.where(x == 0, torch.ones_like(y), y))
+
+
+def safe_log(x: Tensor) -> Tensor:
+    """ln x, -inf where x = 0, with a zero gradient there (``torch.log`` sends 1/0 = inf back,
+    and inf times the zero gradient that a structural zero receives is NaN: a count that is
+    learned next to a structural zero would get a NaN gradient)."""
+    positive = x > 0
+    return torch.where(
+        positive, torch.log(torch.where(positive, x, torch.ones_like(x))), -torch.inf
+    )
 
 
 def logsumexp(x: Tensor, dim: int) -> Tensor:

@@ -1,0 +1,297 @@
+"""The likelihood of people's actions as the agent itself replaying them.
+
+Dimension symbols: N subjects, K trials, T steps, F factors (U_f controls), M modalities, *b a
+batch of parameter draws (draws x chains, on the left), B = prod(b).
+
+One agent, not two: the likelihood of subject n's choices under parameters theta is what
+``pp_aif.agent.step`` gives when it replays that person's observations and actions, trial by
+trial, with ``pp_aif.agent.learn_between_trials`` between trials:
+
+    ln p(u_1:K | theta) = sum_k sum_t ln p(u_k,t | o_k,1:t, u_k,1:t-1, learned counts_k; theta)
+
+Every parameter draw of every subject is one agent of a batch of B * N agents, so a call runs
+K * T batched steps, whatever the agent does in them: any state-inference scheme, learning of pA,
+pB and pD, inferred precision. Gradients reach every fitted parameter through the step (the
+settings are tensors (B N, 1), one value per agent).
+
+The parameters (``REPLAY_PARAMETERS``) are the agent's settings:
+
+    gamma          policy_precision        alpha          action_precision
+    preference     preference_scale (c)    learning_rate  eta of every count learned
+    forgetting     omega of every count    concentration  kappa: initial counts kappa * pA, pB, pD
+
+``pp_aif.fitting.BehaviourLikelihood`` is the closed form of the same number for the agents it
+covers (exact inference, exact G, fixed gamma, at most pD learned): ``likelihood_for`` chooses it
+there, and the tests hold the two equal (1e-10, gradients too). Refused, with the reason: a
+sampled G (the likelihood would be random) and the likelihood precision zeta (the agent's A is
+then not its counts).
+
+Absent trials (``present`` False) are not replayed: that subject's agents neither choose nor
+learn in them, and their entries are uniform (the behavioural program masks them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
+from pp_aif.fitting.likelihood import (
+    LEARNING_PARAMETERS,
+    PARAMETERS,
+    BehaviourLikelihood,
+    parameter_defaults,
+)
+from pp_aif.spec import GenerativeModel
+
+__all__ = ["ReplayLikelihood", "REPLAY_PARAMETERS", "likelihood_for", "closed_form_applies"]
+
+REPLAY_PARAMETERS = tuple(name for name in PARAMETERS if name != "likelihood_precision")
+
+#: each fitted parameter's AgentSettings field. A draw outside the field's range (e.g. a
+#: leapfrog step that overflowed to inf) gets likelihood 0 instead of an error.
+_SETTINGS = {
+    "gamma": "policy_precision",
+    "alpha": "action_precision",
+    "preference": "preference_scale",
+    "learning_rate": "learning_rate",
+    "forgetting": "forgetting",
+}
+
+
+def closed_form_applies(model: GenerativeModel, settings: AgentSettings, params) -> bool:
+    """Whether ``BehaviourLikelihood`` (the closed form) covers this agent: exact inference and
+    G, a fixed gamma, no learning of A or B."""
+    return (
+        settings.inference == "exact"
+        and settings.efe_method == "exact"
+        and not settings.infer_precision
+        and model.pA is None
+        and model.pB is None
+        and set(params) <= set(PARAMETERS)
+    )
+
+
+def likelihood_for(model, settings, observations, actions, params, present=None):
+    """The likelihood of the data's actions: the closed form where it applies, else the replay.
+
+    Both are the same number (tested); the closed form computes what no parameter changes once.
+    """
+    if closed_form_applies(model, settings, params):
+        return BehaviourLikelihood(model, settings, observations, actions, params, present)
+    return ReplayLikelihood(model, settings, observations, actions, params, present)
+
+
+class ReplayLikelihood:
+    """theta -> ln p(u | theta, history) by ``pp_aif.agent.step`` replaying each person's trials.
+
+    Parameters
+    ----------
+    model : GenerativeModel (the agent's; its pA, pB, pD are the initial counts)
+    settings : AgentSettings (the values of the parameters not fitted, and how the agent infers
+        and plans)
+    observations : int (N, K, T, M); actions : int (N, K, T-1, F)
+    params : names among ``REPLAY_PARAMETERS``
+    present : bool (N, K), optional: which trials each subject has
+
+    Calls take theta {name: (*b, N)} and return (*b, N, K, T-1) (``__call__``) or F entries
+    (*b, N, K, T-1, U_f) of log-probabilities of every control (``log_probabilities``; None for
+    a factor with one control), as ``BehaviourLikelihood`` does.
+    """
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        settings: AgentSettings,
+        observations: Tensor,
+        actions: Tensor,
+        params=("gamma", "alpha"),
+        present: Tensor | None = None,
+    ):
+        params = tuple(params)
+        if "likelihood_precision" in params:
+            raise ValueError(
+                "params: 'likelihood_precision' (zeta) is fitted in closed form only, for agents "
+                "that infer exactly and learn at most pD; this agent's A is its counts"
+            )
+        unknown = sorted(set(params) - set(REPLAY_PARAMETERS))
+        if unknown:
+            raise ValueError(f"params: {unknown} are not among {REPLAY_PARAMETERS}")
+        if settings.efe_method != "exact":
+            raise ValueError(
+                f"settings: efe_method={settings.efe_method!r} makes every policy score a Monte "
+                "Carlo estimate, so the likelihood would be random; fit with efe_method='exact', "
+                "the quantity the samples estimate"
+            )
+        learned = [name for name in ("pA", "pB", "pD") if getattr(model, name) is not None]
+        fitted_learning = [name for name in params if name in LEARNING_PARAMETERS]
+        if fitted_learning and not learned:
+            raise ValueError(
+                f"params: {fitted_learning} shape learning, but the model has no pA, pB or pD, "
+                "so its agents do not learn"
+            )
+        if "preference" in params and not settings.lesions.pragmatic:
+            raise ValueError("params: 'preference' scales the pragmatic term, which is lesioned")
+        N, K, T = observations.shape[:3]
+        if present is None:
+            present = torch.ones(N, K, dtype=torch.bool, device=observations.device)
+        self.model, self.settings, self.params = model, settings, params
+        self.observations, self.actions, self.present = observations, actions, present
+        self.defaults = parameter_defaults(settings)
+
+    def _theta(self, theta: dict) -> tuple[tuple[int, ...], dict[str, Tensor], Tensor]:
+        """(draw shape b, {name: (B N, 1)} of every parameter, valid (B N,)): fitted values
+        where given, the defaults elsewhere; values out of range replaced by the default (and
+        marked invalid, so that their likelihood is -inf)."""
+        model, N = self.model, self.observations.shape[0]
+        given = {
+            name: torch.as_tensor(value, dtype=model.dtype, device=model.device)
+            for name, value in theta.items()
+            if name in self.params
+        }
+        shape = torch.broadcast_shapes(*(v.shape for v in given.values()), (N,))
+        batch = tuple(shape[:-1])
+        B = math.prod(batch)
+        columns, valid = {}, torch.ones(B * N, dtype=torch.bool, device=model.device)
+        for name in (*_SETTINGS, "concentration"):
+            default = torch.as_tensor(self.defaults[name], dtype=model.dtype, device=model.device)
+            if name not in given:  # a setting: one value, or one per subject (N, 1)
+                columns[name] = default.reshape(-1, 1).expand(N, 1).repeat(B, 1)
+                continue
+            value = given[name].expand(shape).reshape(B * N, 1)
+            ok = torch.isfinite(value) & (value >= 0)
+            if name == "forgetting":
+                ok = ok & (value < 1)
+            if name in ("preference", "concentration"):
+                ok = ok & (value > 0)
+            safe_default = 0.5 if name == "forgetting" else 1.0
+            columns[name] = torch.where(ok, value, torch.full_like(value, safe_default))
+            valid = valid & ok[:, 0]
+        return batch, columns, valid
+
+    def _replay(self, theta: dict) -> tuple[tuple[int, ...], list[list[Tensor | None]], Tensor]:
+        """Replay every trial: (b, per factor a list over (k, t) of (B N, U_f) log-probabilities
+        or None, valid (B N,))."""
+        model, settings = self.model, self.settings
+        N, K, T = self.observations.shape[:3]
+        batch, columns, valid = self._theta(theta)
+        B = math.prod(batch)
+        agents = B * N
+        subject = torch.arange(agents, device=model.device) % N  # agent b * N + n replays n
+        per_agent = dataclasses.replace(
+            settings,
+            **{field: columns[name] for name, field in _SETTINGS.items()},
+        )
+        kappa = columns["concentration"]
+        counts = {
+            name: None
+            if getattr(model, name) is None
+            else [kappa.reshape(-1, *[1] * p.dim()) * p for p in getattr(model, name)]
+            for name in ("pA", "pB", "pD")
+        }
+        logs: list[list[Tensor | None]] = [[] for _ in model.num_controls]
+        for k in range(K):
+            rows = self.present[subject, k].nonzero()[:, 0]  # the agents whose subject has trial k
+            steps = self._trial(per_agent, counts, rows, subject[rows], k, agents)
+            learned, results = steps
+            for f, U in enumerate(model.num_controls):
+                for t in range(T - 1):
+                    if U == 1:
+                        logs[f].append(None)
+                        continue
+                    uniform = torch.full(
+                        (agents, U), -math.log(U), dtype=model.dtype, device=model.device
+                    )
+                    logs[f].append(
+                        uniform if results is None else uniform.index_put((rows,), results[t][f])
+                    )
+            counts = learned
+        return batch, logs, valid
+
+    def _trial(self, per_agent, counts, rows, subjects, k, agents):
+        """One trial for the agents ``rows`` (whose subjects are ``subjects``): (the counts
+        after it, for every agent; the log-probabilities per step and factor, or None)."""
+        model = self.model
+        if len(rows) == 0:
+            return counts, None
+        T = self.observations.shape[2]
+
+        def take(value):
+            return value[rows] if isinstance(value, Tensor) and value.dim() > 0 else value
+
+        settings = dataclasses.replace(
+            per_agent,
+            **{
+                f.name: take(getattr(per_agent, f.name))
+                for f in dataclasses.fields(per_agent)
+                if isinstance(getattr(per_agent, f.name), Tensor)
+            },
+        )
+        mine = {
+            name: None if value is None else [p[rows] for p in value]
+            for name, value in counts.items()
+        }
+        state = initial_state(model, len(rows), pA=mine["pA"], pB=mine["pB"], pD=mine["pD"])
+        observations = self.observations[subjects, k]  # (n, T, M)
+        actions = self.actions[subjects, k]  # (n, T-1, F)
+        results = []
+        for t in range(T):
+            action = actions[:, t] if t < T - 1 else None
+            state, result = step(
+                model, settings, state, observations[:, t], num_steps=T, action=action
+            )
+            if action is not None:
+                results.append(
+                    [
+                        None if U == 1 else torch.log(p)
+                        for p, U in zip(
+                            result.action_probabilities, model.num_controls, strict=True
+                        )
+                    ]
+                )
+        pA, pD, pB = learn_between_trials(model, settings, state, observations, actions)
+        new = {"pA": pA, "pB": pB, "pD": pD}
+        learned = {
+            name: None
+            if counts[name] is None
+            else [
+                whole.index_put((rows,), part)
+                for whole, part in zip(counts[name], new[name], strict=True)
+            ]
+            for name in counts
+        }
+        return learned, results
+
+    def log_probabilities(self, theta: dict) -> list[Tensor | None]:
+        """ln p(u_f,t = u | theta, history): F entries (*b, N, K, T-1, U_f), None for a factor
+        with one control."""
+        N, K, T = self.observations.shape[:3]
+        batch, logs, valid = self._replay(theta)
+        out = []
+        for f, U in enumerate(self.model.num_controls):
+            if U == 1:
+                out.append(None)
+                continue
+            stacked = torch.stack(logs[f], 1).reshape(-1, K, T - 1, U)  # (B N, K, T-1, U)
+            stacked = torch.where(valid[:, None, None, None], stacked, -math.log(U))
+            out.append(stacked.reshape(*batch, N, K, T - 1, U))
+        self._valid = valid.reshape(*batch, N)
+        return out
+
+    def __call__(self, theta: dict) -> Tensor:
+        """ln p(u_t | theta, history) of the person's actions: (*b, N, K, T-1); -inf for a
+        draw whose parameters lie outside their range."""
+        N, K, T = self.observations.shape[:3]
+        total = 0
+        for f, log_p in enumerate(self.log_probabilities(theta)):
+            if log_p is None:
+                continue
+            chosen = self.actions[..., f].expand(*log_p.shape[:-1])
+            total = total + log_p.gather(-1, chosen[..., None])[..., 0]
+        if isinstance(total, int):  # every factor has one control: nothing is chosen
+            total = torch.zeros(N, K, T - 1, dtype=self.model.dtype, device=self.model.device)
+        valid = self._valid[..., None, None]
+        return torch.where(valid, total, -torch.inf)

@@ -1,0 +1,197 @@
+"""The replay likelihood is the agent itself replaying each person's trials: equal to the closed
+form where that applies (values and gradients, 1e-10), equal to one agent at a time replaying
+one subject (the batch over draws and subjects, absent trials, counts carried between trials),
+with gradients that pass gradcheck; and it fits agents the closed form cannot (a pA learner)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import pp_aif
+from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
+from pp_aif.data import long_format
+from pp_aif.fitting import BehaviourLikelihood
+from pp_aif.fitting.replay import REPLAY_PARAMETERS, ReplayLikelihood, likelihood_for
+from tests.common import assert_close, random_arrays, sample_sequence
+
+N, K, T = 3, 3, 3
+THETA = {
+    "gamma": [0.5, 2.0, 4.0],
+    "alpha": [1.0, 4.0, 16.0],
+    "preference": [0.3, 1.0, 2.5],
+    "learning_rate": [0.5, 1.0, 3.0],
+    "forgetting": [0.05, 0.1, 0.4],  # inside (0, 1): gradcheck steps both ways
+    "concentration": [0.5, 1.0, 4.0],
+}
+
+
+def _data(rng, arrays, count=N * K):
+    pairs = [sample_sequence(rng, arrays, T) for _ in range(count)]
+    observations = torch.as_tensor(np.stack([o for o, _ in pairs])).reshape(N, -1, T, len(arrays.A))
+    actions = torch.as_tensor(np.stack([a for _, a in pairs])).reshape(N, -1, T - 1, len(arrays.B))
+    return observations, actions
+
+
+@pytest.fixture
+def pD_case(rng):
+    """Two factors, pD learned (the closed form's case), a structural zero in D."""
+    arrays = random_arrays(rng, (3, 2), (3, 2), (3, 2), zero_fraction=0.2)
+    arrays.D[0] = np.array([0.6, 0.4, 0.0])
+    model = pp_aif.GenerativeModel(
+        arrays.A,
+        arrays.B,
+        C=[rng.normal(size=3), rng.normal(size=(2, T))],
+        D=arrays.D,
+        pD=[np.array([1.5, 1.0, 0.0]), np.array([2.0, 3.0])],
+        policies=pp_aif.construct_policies((3, 2), 2),
+    )
+    return (model, *_data(rng, arrays))
+
+
+@pytest.fixture
+def learner_case(rng):
+    """One factor whose A and B are both learned (pA, pB), which the closed form refuses."""
+    arrays = random_arrays(rng, (3,), (3, 2), (2,), zero_fraction=0.2)
+    model = pp_aif.GenerativeModel(
+        arrays.A,
+        arrays.B,
+        C=[rng.normal(size=3), rng.normal(size=2)],
+        D=arrays.D,
+        pA=[4.0 * a for a in arrays.A],
+        pB=[2.0 * b for b in arrays.B],
+        policies=pp_aif.construct_policies((2,), 2),
+    )
+    return (model, *_data(rng, arrays))
+
+
+def _theta(names, batch=()):
+    return {
+        name: torch.tensor(THETA[name], dtype=torch.float64).expand(*batch, N).clone()
+        for name in names
+    }
+
+
+def test_replay_equals_the_closed_form_with_gradients(pD_case):
+    model, observations, actions = pD_case
+    present = torch.ones(N, K, dtype=torch.bool)
+    present[1, 1] = False  # subject 1 misses a trial: no choices, nothing learned
+    names = REPLAY_PARAMETERS
+    closed = BehaviourLikelihood(model, AgentSettings(), observations, actions, names, present)
+    replay = ReplayLikelihood(model, AgentSettings(), observations, actions, names, present)
+    inputs = {name: value.requires_grad_() for name, value in _theta(names).items()}
+    fast, slow = closed(inputs), replay(inputs)
+    assert_close(slow[present], fast[present])
+    for name, a, b in zip(
+        names,
+        torch.autograd.grad(fast[present].sum(), list(inputs.values())),
+        torch.autograd.grad(slow[present].sum(), list(inputs.values())),
+        strict=True,
+    ):
+        assert_close(b, a, msg=name)
+    assert likelihood_for(model, AgentSettings(), observations, actions, names).__class__ is (
+        BehaviourLikelihood
+    )
+
+
+def _one_at_a_time(model, settings, theta, observations, actions, present):
+    """One agent replaying one subject's trials, the counts carried by hand: (N, K, T-1)."""
+    out = torch.zeros(N, K, T - 1, dtype=torch.float64)
+    for n in range(N):
+        value = {name: float(v[n]) for name, v in theta.items()}
+        mine = dataclasses.replace(
+            settings,
+            policy_precision=value.get("gamma", settings.policy_precision),
+            action_precision=value.get("alpha", settings.action_precision),
+            preference_scale=value.get("preference", settings.preference_scale),
+            learning_rate=value.get("learning_rate", settings.learning_rate),
+            forgetting=value.get("forgetting", settings.forgetting),
+        )
+        kappa = value.get("concentration", 1.0)
+        pA = None if model.pA is None else [kappa * p[None] for p in model.pA]
+        pB = None if model.pB is None else [kappa * p[None] for p in model.pB]
+        pD = None if model.pD is None else [kappa * p[None] for p in model.pD]
+        for k in range(K):
+            if not present[n, k]:
+                continue
+            state = initial_state(model, 1, pA=pA, pB=pB, pD=pD)
+            for t in range(T):
+                action = actions[n, k, t][None] if t < T - 1 else None
+                state, result = step(
+                    model, mine, state, observations[n, k, t][None], num_steps=T, action=action
+                )
+                if action is not None:
+                    for f, p in enumerate(result.action_probabilities):
+                        out[n, k, t] += torch.log(p[0, action[0, f]])
+            pA, pD, pB = learn_between_trials(
+                model, mine, state, observations[n, k][None], actions[n, k][None]
+            )
+    return out
+
+
+@pytest.mark.parametrize("inference", ["exact", "fpi", "mmp"])
+def test_replay_of_a_pA_pB_learner_is_one_agent_at_a_time(learner_case, inference):
+    model, observations, actions = learner_case
+    settings = AgentSettings(inference=inference)
+    present = torch.ones(N, K, dtype=torch.bool)
+    present[0, 0] = present[2, 2] = False
+    names = REPLAY_PARAMETERS
+    replay = likelihood_for(model, settings, observations, actions, names, present)
+    assert isinstance(replay, ReplayLikelihood)
+    theta = _theta(names, batch=(2,))  # two draws of the same values: the batch on the left
+    value = replay(theta)
+    assert value.shape == (2, N, K, T - 1)
+    expected = _one_at_a_time(model, settings, _theta(names), observations, actions, present)
+    for draw in range(2):
+        assert_close(value[draw][present], expected[present])
+
+
+def test_replay_passes_gradcheck(learner_case):
+    model, observations, actions = learner_case
+    names = REPLAY_PARAMETERS
+    replay = ReplayLikelihood(model, AgentSettings(), observations, actions, names)
+    inputs = tuple(torch.tensor(THETA[n], dtype=torch.float64, requires_grad=True) for n in names)
+
+    def total(*values):
+        return replay(dict(zip(names, values, strict=True))).sum((-1, -2))
+
+    assert torch.autograd.gradcheck(total, inputs)
+
+
+def test_what_the_replay_cannot_follow_is_refused(learner_case):
+    model, observations, actions = learner_case
+    with pytest.raises(ValueError, match=r"efe_method='sampled' makes every policy score"):
+        ReplayLikelihood(model, AgentSettings(efe_method="sampled"), observations, actions)
+    with pytest.raises(ValueError, match=r"'likelihood_precision' \(zeta\) is fitted in closed"):
+        ReplayLikelihood(
+            model, AgentSettings(), observations, actions, ("alpha", "likelihood_precision")
+        )
+    plain = pp_aif.GenerativeModel(model.A, model.B, C=model.C, D=model.D, policies=model.policies)
+    with pytest.raises(ValueError, match=r"\['learning_rate'\] shape learning, but the model"):
+        ReplayLikelihood(plain, AgentSettings(), observations, actions, ("learning_rate",))
+
+
+def test_a_draw_out_of_range_has_likelihood_zero(learner_case):
+    model, observations, actions = learner_case
+    replay = ReplayLikelihood(model, AgentSettings(), observations, actions, ("alpha",))
+    value = replay({"alpha": torch.tensor([2.0, float("inf"), -1.0], dtype=torch.float64)})
+    assert torch.isfinite(value[0]).all()
+    assert (value[1:] == -torch.inf).all()
+
+
+def test_the_bandit_pA_learner_is_fitted():
+    """The project's own bandit (pA learned) could not be fitted: now MAP finds a learning rate
+    and action precision for simulated people, through the replay."""
+    task = pp_aif.load_task("bandit")
+    people = dataclasses.replace(task.settings, action_precision=3.0, learning_rate=1.0)
+    record = pp_aif.simulate(task, 2, 8, seed=3, settings=people)
+    data = pp_aif.BehaviourData.read(long_format(record, task), task)
+    fit = pp_aif.fit(task, data, ["alpha", "learning_rate"], method="map", steps=150, seed=0)
+    for name in ("alpha", "learning_rate"):
+        values = fit.posterior[name].values
+        assert values.shape[-1] == 2 and np.isfinite(values).all()
+    pointwise = fit.log_likelihood["actions"].values  # per subject and trial, for LOO
+    assert pointwise.shape[-2:] == (2, 8) and np.isfinite(pointwise).all()
