@@ -21,8 +21,10 @@ The parameters (``REPLAY_PARAMETERS``) are the agent's settings:
     forgetting     omega of every count    concentration  kappa: initial counts kappa * pA, pB, pD
 
 ``pp_aif.fitting.BehaviourLikelihood`` is the closed form of the same number for the agents it
-covers (exact inference, exact G, fixed gamma, at most pD learned): ``likelihood_for`` chooses it
-there, and the tests hold the two equal (1e-10, gradients too). Refused, with the reason: a
+covers (exact inference, exact G, fixed gamma, at most pD learned), and
+``pp_aif.fitting.counts.CountsLikelihood`` for agents that learn pA or pB where they see their
+states: ``likelihood_for`` chooses them there, and the tests hold each equal to the replay
+(1e-10, gradients too). Refused, with the reason: a
 sampled G (the likelihood would be random) and the likelihood precision zeta (the agent's A is
 then not its counts).
 
@@ -39,6 +41,7 @@ import torch
 from torch import Tensor
 
 from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
+from pp_aif.fitting.counts import COUNTS_PARAMETERS, CountsLikelihood, observed_states
 from pp_aif.fitting.likelihood import (
     LEARNING_PARAMETERS,
     PARAMETERS,
@@ -76,12 +79,27 @@ def closed_form_applies(model: GenerativeModel, settings: AgentSettings, params)
 
 
 def likelihood_for(model, settings, observations, actions, params, present=None):
-    """The likelihood of the data's actions: the closed form where it applies, else the replay.
+    """The likelihood of the data's actions, by the fastest route that applies:
 
-    Both are the same number (tested); the closed form computes what no parameter changes once.
+    1. ``BehaviourLikelihood``: the closed form of agents that learn at most pD;
+    2. ``CountsLikelihood``: agents that learn pA or pB where the data show them their states
+       (the counts of all trials at once, e.g. bandits);
+    3. ``ReplayLikelihood``: the agent replaying the data, for everything else.
+
+    All are the same number (tested to 1e-10, gradients too).
     """
     if closed_form_applies(model, settings, params):
         return BehaviourLikelihood(model, settings, observations, actions, params, present)
+    if (
+        settings.inference == "exact"
+        and settings.efe_method == "exact"
+        and (model.pA is not None or model.pB is not None)
+        and set(params) <= set(COUNTS_PARAMETERS)
+    ):
+        N, K = observations.shape[:2]
+        mask = present if present is not None else torch.ones(N, K, dtype=torch.bool)
+        if observed_states(model, observations, actions, mask)[0]:
+            return CountsLikelihood(model, settings, observations, actions, params, present)
     return ReplayLikelihood(model, settings, observations, actions, params, present)
 
 
