@@ -482,6 +482,67 @@ def _read_fit(path: Path):
     return inference
 
 
+#: what each fittable parameter means, and its default prior (``pp_aif.fitting.likelihood``'s
+#: PARAMETERS and ``pp_aif.fitting.fit.default_priors``; the tests hold the three together)
+FIT_PARAMETERS = {
+    "gamma": ("policy precision: q(pi) = softmax(ln E - gamma G)", "LogNormal(0, 1)"),
+    "alpha": ("action precision: p(u) prop. to exp(alpha ln q(u))", "LogNormal(ln 4, 1)"),
+    "preference": ("scale c of the preferences: ln p~(o) = log_softmax(c C)", "LogNormal(0, 1)"),
+    "learning_rate": ("eta: evidence added to the learned counts per trial", "LogNormal(0, 1)"),
+    "forgetting": (
+        "omega: the share of the counts forgotten between trials",
+        "logit-Normal(-2, 1)",
+    ),
+    "concentration": ("kappa: the first trial's counts are kappa * the model's", "LogNormal(0, 1)"),
+    "likelihood_precision": (
+        "zeta: inference and planning use A^zeta, renormalised",
+        "LogNormal(0, 0.5)",
+    ),
+}
+
+
+def _fit_epilog() -> str:
+    """The fit command's help after the options: the data's columns, the columns of the tasks
+    here, and what each parameter means."""
+    from pp_aif.task import available_tasks, load_task
+
+    lines = [
+        "data: one row per subject, trial and time step, with the columns",
+        "  subject        an identifier (a CSV's text as it is: '01' and '1' differ)",
+        "  trial          an integer; a subject's trials are taken in increasing order",
+        "  time           the step within the trial, 0 .. T-1, every step present",
+        "  <modality>     one column per modality of the task, named after it: the",
+        "                 outcome observed at that step, 0-based",
+        "  <factor>       one column per factor of the task, named after it: the",
+        "                 control chosen at that step, 0-based; empty at a trial's last",
+        "                 step (no action follows it), and may be empty throughout for a",
+        "                 factor with one control",
+        "  anything else  a covariate, kept per subject and not fitted",
+        "The names come from the task's labels (a task file's are its own); a table that",
+        "does not fit the task is refused, naming its rows.",
+        "",
+        "columns of the tasks here (modalities; factors; T):",
+    ]
+    for name in available_tasks():
+        labels, T = (task := load_task(name)).labels, task.trial_length
+        lines.append(
+            f"  {name:<12} {', '.join(labels.modalities)}; {', '.join(labels.factors)}; T = {T}"
+        )
+    lines += ["", "parameters (--params), what each means, and its default prior:"]
+    width = max(map(len, FIT_PARAMETERS))
+    for name, (meaning, prior) in FIT_PARAMETERS.items():
+        lines.append(f"  {name:<{width}}  {meaning}")
+        lines.append(f"  {'':<{width}}  prior {prior}")
+    lines += [
+        "The learned counts are the model's pA, pB and pD: learning_rate, forgetting and",
+        "concentration need a model with some; likelihood_precision, agents that infer",
+        "exactly and learn at most pD. Parameters not fitted keep the task's settings",
+        "(concentration = likelihood_precision = 1). G is the policy's expected free",
+        "energy less its novelty; E, C and A are the task's.",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pp-aif", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -511,14 +572,22 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument(
         "--out", type=Path, default=Path("out"), help="folder for the figure (default: ./out)"
     )
-    fit_parser = commands.add_parser("fit", help="fit agents to people's choices")
+    fit_parser = commands.add_parser(
+        "fit",
+        help="fit agents to people's choices",
+        description="Fit the parameters of TASK's agents to people's choices in DATA, a\n"
+        "long-format CSV or Parquet table: one row per subject, trial and time step.",
+        epilog=_fit_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     fit_parser.add_argument("task", help="task name (e.g. tmaze) or task file")
-    fit_parser.add_argument("data", type=Path, help="long-format CSV or Parquet file")
+    fit_parser.add_argument(
+        "data", type=Path, help="long-format CSV or Parquet file (columns: see below)"
+    )
     fit_parser.add_argument(
         "--params",
         default="gamma,alpha",
-        help="comma-separated: gamma, alpha, preference, learning_rate, forgetting, "
-        "concentration, likelihood_precision (default gamma,alpha)",
+        help="comma-separated, from the parameters below (default gamma,alpha)",
     )
     fit_parser.add_argument(
         "--method",

@@ -468,8 +468,28 @@ def _build(table: pd.DataFrame, task, salt: str | None) -> BehaviourData:
 def long_format(dataset, task) -> pd.DataFrame:
     """A simulation record (``pp_aif.simulate``) as long-format behavioural data: one row per
     agent (subject ``"agent-<i>"``), trial and time step; actions empty at each trial's last step.
+
+    The columns are ``KEYS``, then the task's modalities and factors by name; a ValueError if two
+    of them share a name (one column would overwrite the other), or if the record's modalities
+    and factors are not the task's.
     """
     labels = task.labels
+    names = [*KEYS, *labels.modalities, *labels.factors]
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:
+        raise ValueError(
+            f"long_format: task {task.name!r} names {repeated} more than once among the key "
+            f"columns {list(KEYS)}, modalities {list(labels.modalities)} and factors "
+            f"{list(labels.factors)}; each column needs its own name"
+        )
+    for what in ("modality", "factor"):
+        given = [str(x) for x in dataset[what].values]
+        expected = list(labels.modalities if what == "modality" else labels.factors)
+        if given != expected:
+            raise ValueError(
+                f"long_format: the record's {what} names {given} are not those of task "
+                f"{task.name!r}, {expected}; give the task that was simulated"
+            )
     observations = dataset["observation"].values  # (N, K, T, M)
     actions = dataset["action"].values  # (N, K, T, F), -1 at the last step
     N, K, T, _ = observations.shape

@@ -1,6 +1,7 @@
 """Rollouts of batched agents in their task's world, recorded as an ``xarray.Dataset``.
 
-Dimensions: agent (N), trial (K), time (T), policy (P of the first step; NaN where a later step
+Dimensions: agent (N), trial (K), time (T), policy (the most policies a step considers: P of the
+first step, or more where a task's policy set for a later step is larger; NaN where a step
 considers fewer), modality (M), factor (F), and one state axis per factor ("state_<name>").
 Variables:
     observation (agent, trial, time, modality)        int
@@ -13,10 +14,15 @@ Variables:
                     (agent, trial, time, policy)      NaN at the last step
     reward (agent, trial)                             rewards collected in the trial (if defined)
 Loops run over trials and time steps only; agents are a tensor axis.
+
+The world is the task's (``Task.environment``): its model, its process, a process per block of
+trials, or any ``Environment``. Each trial starts with ``reset(N, generator, trial=k)``, so a
+world can change across trials (environments whose ``reset`` takes no ``trial`` are not told).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -26,8 +32,8 @@ import pyro
 import torch
 import xarray as xr
 
-from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
-from pp_aif.envs import Environment, GenerativeProcess
+from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, policies_at, step
+from pp_aif.envs import Environment, GenerativeProcess, accepts_trial, check_same_sizes
 from pp_aif.spec import GenerativeModel
 from pp_aif.task import Labels, Task
 from pp_aif.validation import check_integer
@@ -41,7 +47,7 @@ TERMS = ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty")
 def _as_task(task, num_steps: int | None) -> tuple[Task, Environment]:
     """A Task and its environment, from a Task or a tuple (model, environment, settings)."""
     if isinstance(task, Task):
-        return task, GenerativeProcess(task.process or task.model)
+        return task, task.environment()
     if not (isinstance(task, tuple) and len(task) == 3):
         raise TypeError(
             "task: expected a Task (pp_aif.load_task) or a tuple (model, environment, settings)"
@@ -50,11 +56,17 @@ def _as_task(task, num_steps: int | None) -> tuple[Task, Environment]:
     if not isinstance(model, GenerativeModel):
         raise TypeError(f"task[0]: expected a GenerativeModel, got {type(model).__name__}")
     if isinstance(env, GenerativeModel):
+        check_same_sizes(env, model, "task[1]")
         env = GenerativeProcess(env)
     if not isinstance(env, Environment):
         raise TypeError(
             f"task[1]: expected a GenerativeModel or an Environment (reset/step), got "
             f"{type(env).__name__}"
+        )
+    if settings is not None and not isinstance(settings, AgentSettings):
+        raise ValueError(
+            f"task[2]: expected an AgentSettings or None, got {type(settings).__name__}; build "
+            "one with pp_aif.AgentSettings(...) so that every setting is checked"
         )
     steps = num_steps or int(model.policies.shape[1]) + 1
     labels = Labels(
@@ -64,18 +76,68 @@ def _as_task(task, num_steps: int | None) -> tuple[Task, Environment]:
         modalities=[f"modality{m}" for m in range(model.num_modalities)],
         outcomes=[[str(o) for o in range(size)] for size in model.num_outcomes],
     )
-    empty = torch.zeros(steps, model.num_modalities, dtype=torch.int64)
     built = Task(
         name="custom",
         description="a model, an environment and settings",
         model=model,
         labels=labels,
-        observations=empty,
-        actions=empty[:-1, :0],
+        observations=torch.zeros(steps, model.num_modalities, dtype=torch.int64),
+        actions=torch.zeros(steps - 1, model.num_factors, dtype=torch.int64),
+        process=env,
         settings=settings,
         num_steps=steps,
     )
     return built, env
+
+
+def _checked_observation(observation, model: GenerativeModel, N: int, where: str):
+    """The environment's outcomes as int64 (N, M) on the model's device, or a ValueError naming
+    the environment's call, the trial and the step."""
+    observation = torch.as_tensor(observation).to(model.device)
+    M = model.num_modalities
+    if tuple(observation.shape) != (N, M) or observation.is_floating_point():
+        raise ValueError(
+            f"environment: {where} gave {observation.dtype} of shape {tuple(observation.shape)}; "
+            f"expected integer outcomes (N, M) = ({N}, {M})"
+        )
+    sizes = torch.tensor(model.num_outcomes, device=model.device)
+    bad = (observation < 0) | (observation >= sizes)
+    if bad.any():
+        n, m = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"environment: {where} gave agent {n} outcome {int(observation[n, m])} in modality "
+            f"{m}, which has outcomes 0..{model.num_outcomes[m] - 1}"
+        )
+    return observation.long()
+
+
+def _checked_states(states, model: GenerativeModel, N: int, where: str) -> np.ndarray:
+    """The environment's true states as int64 (N, F), within the model's states."""
+    states = torch.as_tensor(states).cpu()
+    F = model.num_factors
+    if tuple(states.shape) != (N, F) or states.is_floating_point():
+        raise ValueError(
+            f"environment: states after {where} are {states.dtype} of shape "
+            f"{tuple(states.shape)}; expected integer states (N, F) = ({N}, {F})"
+        )
+    sizes = torch.tensor(model.num_states)
+    bad = (states < 0) | (states >= sizes)
+    if bad.any():
+        n, f = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"environment: states after {where}: agent {n} is in state {int(states[n, f])} of "
+            f"factor {f}, which has states 0..{model.num_states[f] - 1} in the agent's model"
+        )
+    return states.numpy()
+
+
+def _record_width(model: GenerativeModel, settings: AgentSettings, T: int) -> int:
+    """The record's policy axis: the most policies any step considers (at least the model's
+    when the agents plan at its depth, as the record always had)."""
+    widths = [policies_at(model, settings, t, T)[0].shape[0] for t in range(T - 1)]
+    if settings.horizon in (None, model.policies.shape[1]):
+        widths.append(model.policies.shape[0])
+    return max(widths, default=0)
 
 
 def simulate(
@@ -89,14 +151,18 @@ def simulate(
     progress=None,
     pD: list | None = None,
     device=None,
+    reward: tuple[int, int] | None = None,
 ) -> xr.Dataset:
     """Run ``num_agents`` agents for ``num_trials`` trials of the task; returns the record.
 
     Parameters
     ----------
     task : Task (see ``pp_aif.load_task``), or a tuple (model, environment, settings)
-        The environment is a GenerativeModel (the world's process) or any object with the
-        ``Environment`` protocol (batched ``reset`` and ``step``, and ``states``).
+        The environment is a GenerativeModel (the world's process, with the model's sizes) or
+        any object with the ``Environment`` protocol (batched ``reset`` and ``step``, and
+        ``states``); a ``reset`` that takes ``trial=`` is told each trial (0-based). A Task's
+        world is ``task.environment()`` (its process, a process per block of trials, or its
+        environment).
     settings : AgentSettings, optional; default: the task's
     num_steps : int, optional
         T of a trial; default: the task's (for a tuple: the policies' depth + 1).
@@ -106,6 +172,9 @@ def simulate(
     device : run on this device (e.g. "cuda"; default: where the task's model is). The
         record is numpy either way; draws on a GPU come from its own generator, so a seed
         gives other trajectories there than on the CPU.
+    reward : (modality, outcome), optional
+        The outcome counted as a reward in the record's ``reward`` (default: the task's; a
+        tuple (model, environment, settings) has none unless given here).
 
     The environment and the actions draw from a generator seeded with ``seed``; with sampled
     expected free energy, Pyro's global generator is seeded with it too.
@@ -128,14 +197,22 @@ def simulate(
             )
         task = task.to(device)
     task, env = _as_task(task, num_steps)
+    if reward is not None:
+        task = dataclasses.replace(task, reward=reward)  # checked there
     settings = settings or task.settings or AgentSettings()
     model = task.model
     T, N, K = num_steps or task.trial_length, num_agents, num_trials
+    if task.step_policies is not None and T != task.trial_length:
+        raise ValueError(
+            f"num_steps: task {task.name!r} gives a policy set per step of its trials of "
+            f"{task.trial_length} steps; simulate trials of that length (leave num_steps out)"
+        )
     F, M = model.num_factors, model.num_modalities
     generator = torch.Generator(device=model.device).manual_seed(seed)
     if settings.efe_method == "sampled":  # Pyro's Predictive draws from the global generator
         pyro.set_rng_seed(seed)
-    P = model.policies.shape[0] if (settings.horizon in (None, model.policies.shape[1])) else None
+    width = _record_width(model, settings, T)
+    told = accepts_trial(env)
 
     observations = np.zeros((N, K, T, M), dtype=np.int64)
     actions = np.full((N, K, T, F), -1, dtype=np.int64)
@@ -156,10 +233,12 @@ def simulate(
             )
     for k in range(K):
         state = initial_state(model, N, pA=pA, pB=pB, pD=pD)
-        observation = env.reset(N, generator)
+        observation = env.reset(N, generator, trial=k) if told else env.reset(N, generator)
         for t in range(T):
+            where = f"trial {k}, step {t} ({'reset' if t == 0 else 'step'})"
+            observation = _checked_observation(observation, model, N, where)
             observations[:, k, t] = observation.cpu().numpy()
-            true_states[:, k, t] = env.states.cpu().numpy()
+            true_states[:, k, t] = _checked_states(env.states, model, N, where)
             state, result = step(
                 model, settings, state, observation, num_steps=T, generator=generator
             )
@@ -169,7 +248,6 @@ def simulate(
             if result.action is None:
                 continue
             actions[:, k, t] = result.action.cpu().numpy()
-            width = P or result.policy_posterior.shape[-1]
             values = {
                 "policy_posterior": result.policy_posterior,
                 **{name: getattr(result.scores, name) for name in TERMS},

@@ -25,8 +25,8 @@ def test_unknown_task_is_one_line(tmp_path, capsys):
     assert main(["demo", "--task", "nonexistent", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == (
-        "pp-aif: error: unknown task 'nonexistent'; known tasks: bandit, foraging, tmaze, "
-        "two_factor"
+        "pp-aif: error: unknown task 'nonexistent'; known tasks: bandit, foraging, reversal, "
+        "tmaze, two_factor"
     )
 
 
@@ -357,3 +357,36 @@ def test_compare_refuses_damaged_fit_files(tmp_path, capsys, choices_csv):
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"pp-aif: error: fit file {truncated} cannot be read (OSError: ")
     assert error.endswith("is it truncated?")
+
+
+def test_fit_help_gives_the_columns_and_every_parameter(capsys):
+    """The data's columns, each task's own names, and every fittable parameter with its meaning
+    and the default prior that fit.default_priors really uses."""
+    import math
+    import re
+
+    from pp_aif.cli import FIT_PARAMETERS
+    from pp_aif.fitting.fit import default_priors
+    from pp_aif.fitting.likelihood import PARAMETERS
+    from pp_aif.task import available_tasks, load_task
+
+    with pytest.raises(SystemExit) as exit_status:
+        main(["fit", "--help"])
+    assert exit_status.value.code == 0
+    text = capsys.readouterr().out
+    for column in ("subject", "trial", "time", "<modality>", "<factor>", "covariate"):
+        assert column in text
+    for name in available_tasks():
+        task = load_task(name)
+        names = f"{', '.join(task.labels.modalities)}; {', '.join(task.labels.factors)}"
+        assert f"{name:<12} {names}; T = {task.trial_length}" in text
+    assert set(FIT_PARAMETERS) == set(PARAMETERS)
+    priors = default_priors()
+    for name, (meaning, prior) in FIT_PARAMETERS.items():
+        assert re.search(rf"\n  {name} +{re.escape(meaning)}\n +prior {re.escape(prior)}\n", text)
+        kind, loc, scale = re.fullmatch(r"(LogNormal|logit-Normal)\((.+), (.+)\)", prior).groups()
+        loc = math.log(float(loc[3:])) if loc.startswith("ln ") else float(loc)
+        base = priors[name].base_dist
+        assert (float(base.loc), float(base.scale)) == (loc, float(scale)), name
+        transform = type(priors[name].transforms[0]).__name__
+        assert transform == {"LogNormal": "ExpTransform", "logit-Normal": "SigmoidTransform"}[kind]

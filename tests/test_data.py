@@ -307,3 +307,32 @@ def test_parquet_with_keys_in_its_index_and_a_damaged_parquet(tmaze, table, tmp_
     (tmp_path / "damaged.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(pp_aif.DataError, match=r"damaged.parquet: cannot be read as Parquet"):
         BehaviourData.read(tmp_path / "damaged.parquet", tmaze)
+
+
+def test_names_that_repeat_are_refused_not_overwritten(record, tmaze):
+    """A factor named like a modality (or a key) would make one column of two: long_format
+    refuses it, as the task itself does (tests/test_task.py), instead of keeping the last."""
+    import dataclasses
+    import re
+    from types import SimpleNamespace
+
+    for factors in (["where", "context"], ["location", "trial"]):
+        labels = dataclasses.replace(tmaze.labels, factors=factors)  # Labels are not re-checked
+        clash = SimpleNamespace(name="clash", model=tmaze.model, labels=labels)
+        repeated = [name for name in factors if name in ("where", "trial")]
+        with pytest.raises(
+            ValueError, match=rf"long_format: task 'clash' names {re.escape(str(repeated))}"
+        ):
+            long_format(record, clash)
+        with pytest.raises(ValueError, match=r"task 'tmaze': labels: \["):
+            dataclasses.replace(tmaze, labels=labels)
+
+
+def test_a_record_of_another_task_is_refused(record, tmaze):
+    foraging = pp_aif.load_task("foraging")
+    with pytest.raises(
+        ValueError,
+        match=r"long_format: the record's modality names \['where', 'what'\] are not those of "
+        r"task 'foraging', \['where', 'smell'\]",
+    ):
+        long_format(record, foraging)

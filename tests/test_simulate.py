@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import pp_aif
+from pp_aif.envs import GenerativeProcess, accepts_trial
 from pp_aif.simulation import save, simulate
 from pp_aif.task import load_task
 from tests.common import assert_close
@@ -86,3 +90,100 @@ def test_devices_are_checked_before_anything_runs():
     named = pp_aif.simulate(task, 3, 2, seed=4, device="cpu")
     default = pp_aif.simulate(task, 3, 2, seed=4)
     assert (named["action"].values == default["action"].values).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# any world: told the trial, rewards recorded, its outputs checked
+
+
+class _Counting(GenerativeProcess):
+    """The T-maze's world, recording the trials it is told."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.told = []
+
+    def reset(self, num_agents, generator=None, *, trial=0):
+        self.told.append(trial)
+        return super().reset(num_agents, generator)
+
+
+class _Untold:
+    """An environment written before worlds were told the trial: reset takes no ``trial``."""
+
+    def __init__(self, model):
+        self.world = GenerativeProcess(model)
+
+    @property
+    def states(self):
+        return self.world.states
+
+    def reset(self, num_agents, generator=None):
+        return self.world.reset(num_agents, generator)
+
+    def step(self, actions):
+        return self.world.step(actions)
+
+
+def test_an_environment_is_told_each_trial():
+    task = load_task("tmaze")
+    counting = _Counting(task.model)
+    simulate((task.model, counting, None), 2, 4, seed=0)
+    assert counting.told == [0, 1, 2, 3]
+    assert accepts_trial(counting) and not accepts_trial(_Untold(task.model))
+    # one whose reset takes no trial runs as before: the same draws as the task's own world
+    untold = simulate((task.model, _Untold(task.model), None), 5, 2, seed=3, num_steps=3)
+    own = simulate(task, 5, 2, seed=3)
+    assert (untold["action"].values == own["action"].values).all()
+    assert (untold["observation"].values == own["observation"].values).all()
+
+
+def test_reward_is_recorded_with_any_environment():
+    """The reward counts the trials' rewarded outcomes in the record itself."""
+    task = load_task("tmaze")
+    tuple_form = simulate((task.model, _Untold(task.model), None), 6, 3, seed=1, reward=(1, 1))
+    own = simulate(dataclasses.replace(task, process=_Counting(task.model)), 6, 3, seed=1)
+    for record in (tuple_form, own):
+        expected = (record["observation"].sel(modality=record["modality"][1]).values == 1).sum(-1)
+        assert (record["reward"].values == expected).all() and expected.any()
+    assert (tuple_form["reward"].values == own["reward"].values).all()
+    assert "reward" not in simulate((task.model, task.model, None), 2, 1).data_vars
+    other = simulate(task, 6, 3, seed=1, reward=(0, 3))  # the cue location, in place of reward
+    assert (other["reward"].values == (other["observation"].values[..., 0] == 3).sum(-1)).all()
+    with pytest.raises(ValueError, match=r"reward: modality 2 does not exist"):
+        simulate((task.model, task.model, None), 2, 1, reward=(2, 0))
+
+
+def test_the_worlds_outputs_and_the_tuples_parts_are_checked():
+    from pp_aif.agent import AgentSettings
+
+    task = load_task("tmaze")
+
+    class Wrong(_Untold):
+        def step(self, actions):
+            return super().step(actions)[:, :1]
+
+    with pytest.raises(
+        ValueError,
+        match=r"environment: trial 0, step 1 \(step\) gave torch.int64 of shape \(3, 1\); "
+        r"expected integer outcomes \(N, M\) = \(3, 2\)",
+    ):
+        simulate((task.model, Wrong(task.model), None), 3, 1)
+
+    class OutOfRange(_Untold):
+        def reset(self, num_agents, generator=None):
+            return super().reset(num_agents, generator) + torch.tensor([0, 3])
+
+    with pytest.raises(
+        ValueError,
+        match=r"environment: trial 0, step 0 \(reset\) gave agent 0 outcome 3 in modality 1, "
+        r"which has outcomes 0..2",
+    ):
+        simulate((task.model, OutOfRange(task.model), None), 3, 1)
+    with pytest.raises(ValueError, match=r"task\[2\]: expected an AgentSettings or None, got dict"):
+        simulate((task.model, task.model, {"policy_precision": 2.0}))
+    bandit = load_task("bandit").model
+    with pytest.raises(
+        ValueError, match=r"task\[1\]: num_states \(4,\) differ from the agent model's \(4, 2\)"
+    ):
+        simulate((task.model, bandit, AgentSettings()))

@@ -1,5 +1,20 @@
-"""Environments: a batched reset()/step() protocol and a generative process built from arrays."""
+"""Environments: a batched reset()/step() protocol, a generative process built from arrays, and
+a process that changes across blocks of trials."""
 
-from pp_aif.envs.process import Environment, GenerativeProcess
+from pp_aif.envs.process import (
+    BlockedProcess,
+    Environment,
+    GenerativeProcess,
+    accepts_trial,
+    check_blocks,
+    check_same_sizes,
+)
 
-__all__ = ["Environment", "GenerativeProcess"]
+__all__ = [
+    "BlockedProcess",
+    "Environment",
+    "GenerativeProcess",
+    "accepts_trial",
+    "check_blocks",
+    "check_same_sizes",
+]

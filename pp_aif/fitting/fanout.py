@@ -58,6 +58,10 @@ def content_digest(*values) -> str:
             for name in ("A", "B", "C", "D", "E", "pA", "pB", "pD", "policies"):
                 digest.update(name.encode())
                 feed(getattr(value, name))
+            steps = getattr(value, "step_policies", None)  # a task's own policy set per step
+            if steps is not None:
+                digest.update(b"step_policies")
+                feed(list(steps))
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             digest.update(type(value).__name__.encode())
             for f in dataclasses.fields(value):

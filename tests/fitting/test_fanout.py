@@ -90,6 +90,10 @@ def test_digests_follow_the_task_data_priors_and_settings(task, data):
     assert content_digest(model, narrower) != content_digest(model, wider)
     settings = dataclasses.replace(task.settings, policy_precision=2.0)
     assert content_digest(model, settings) != content_digest(model, task.settings)
+    # a task's own policy set for a step reaches the agent through its model: digested too
+    second = pp_aif.construct_policies(task.model.num_controls, 1)[:2]
+    own = dataclasses.replace(task, step_policies={1: second})
+    assert content_digest(own.model, task.settings) != content_digest(task.model, task.settings)
     with pytest.raises(TypeError, match="cannot digest a builtin_function_or_method"):
         content_digest(len)
     with pytest.raises(TypeError, match="cannot digest a Opaque"):  # its repr has an address
