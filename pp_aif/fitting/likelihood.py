@@ -553,9 +553,9 @@ class BehaviourLikelihood:
         """ln p(u) is NaN where every policy's score is infinite (C of -inf, or so extreme that
         G overflows, on an outcome every policy risks): the agent refuses that step too. (A NaN
         from parameters at the edge of their range, e.g. gamma = inf, is left to the caller.)"""
-        undetermined = torch.stack(
+        undetermined = torch.stack(  # every policy's score infinite (NaN is not: see above)
             [
-                ~(torch.isfinite(base) & torch.isfinite(pragmatic)).any(-1)
+                (torch.isinf(base) | torch.isinf(pragmatic)).all(-1)
                 for base, pragmatic in zip(values.base, values.pragmatic, strict=True)
             ],
             -1,
