@@ -128,3 +128,24 @@ def test_model_recovery_smoke(tmp_path):
         )
     )
     assert "confusion_exact" not in svi
+
+
+@pytest.mark.integration
+def test_bandit_recovery_smoke(tmp_path):
+    """The pA learner, which could not be fitted before, through the whole experiment."""
+    from experiments.bandit_recovery import Config as BanditConfig
+    from experiments.bandit_recovery import run as run_bandit
+
+    config = BanditConfig(num_subjects=3, num_trials=6, warmup=20, draws=20, out=tmp_path)
+    results = run_bandit(config)
+    written = json.loads((tmp_path / "bandit_recovery.json").read_text())
+    assert written["recovery"].keys() == {"alpha", "learning_rate", "forgetting"}
+    for name, row in written["recovery"].items():
+        assert len(row["true"]) == 3 and -1 <= row["r"] <= 1, name
+        assert row == results["recovery"][name]
+    assert set(written["posterior_correlations"]) == {
+        "alpha:learning_rate",
+        "alpha:forgetting",
+        "learning_rate:forgetting",
+    }
+    assert (tmp_path / "bandit_recovery.png").stat().st_size > 10_000

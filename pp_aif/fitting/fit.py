@@ -191,6 +191,9 @@ def fit(
             "params": list(params),
             "population": population if hierarchical else [],
             "task": task.name,
+            # the route to the agent's likelihood (all give the same number): BehaviourLikelihood
+            # (closed form), CountsLikelihood (learners that see their states), ReplayLikelihood
+            "likelihood": type(likelihood).__name__,
             **extra,
         },
     )

@@ -186,7 +186,7 @@ class _Chain:
             s = self.metric.sharp(point.p)
             return _Tree(
                 point, point, delta, point.p, point.p, s, point.p, s,
-                not diverging, diverging, min(1.0, math.exp(delta)), 1,
+                not diverging, diverging, math.exp(min(delta, 0.0)), 1,  # no overflow
             )  # fmt: skip
         a = yield from self.tree(start, eps, depth - 1, H0)
         if not a.valid:
@@ -224,7 +224,8 @@ class _Chain:
             if not new.valid:
                 break
             depth += 1
-            if self.rng.random() < math.exp(new.log_w - log_w):  # biased progressive sampling
+            # biased progressive sampling: min(1, w_new / w_old), without overflow
+            if self.rng.random() < math.exp(min(new.log_w - log_w, 0.0)):
                 sample = new.propose
             s_far, s_adjacent = self.metric.sharp(far.p), self.metric.sharp(adjacent.p)
             merged = rho + new.rho
