@@ -140,6 +140,27 @@ def _record_width(model: GenerativeModel, settings: AgentSettings, T: int) -> in
     return max(widths, default=0)
 
 
+def _initial_counts(model: GenerativeModel, name: str, given, N: int):
+    """Each agent's own counts (N, *shape of the model's), checked; None: the model's."""
+    if given is None:
+        return None
+    own = getattr(model, name)
+    if own is None:
+        raise ValueError(f"{name}: the model has no {name}, so its agents do not learn it")
+    given = [torch.as_tensor(p, dtype=model.dtype, device=model.device) for p in given]
+    shapes = [tuple(p.shape) for p in given]
+    expected = [(N, *p.shape) for p in own]
+    if shapes != expected:
+        raise ValueError(f"{name}: shapes {shapes}; expected {expected} (one array per agent)")
+    for index, p in enumerate(given):
+        if not torch.isfinite(p).all() or (p < 0).any() or not (p.sum(1) > 0).all():
+            raise ValueError(
+                f"{name}[{index}]: counts must be finite and >= 0, with a positive total in "
+                "every distribution (each agent's probabilities are the normalised counts)"
+            )
+    return given
+
+
 def simulate(
     task,
     num_agents: int = 1,
@@ -150,6 +171,8 @@ def simulate(
     num_steps: int | None = None,
     progress=None,
     pD: list | None = None,
+    pA: list | None = None,
+    pB: list | None = None,
     device=None,
     reward: tuple[int, int] | None = None,
 ) -> xr.Dataset:
@@ -169,6 +192,9 @@ def simulate(
     progress : callable(int), optional; called with 1 after each trial (e.g. a tqdm update)
     pD : F tensors (N, S_f), optional: each agent's initial-state counts before the first
         trial (default: the model's pD, when it has one)
+    pA, pB : M tensors (N, O_m, S_1..S_F) and F tensors (N, S_f, S_f, U_f), optional: each
+        agent's likelihood and transition counts before the first trial (default: the
+        model's, when it has them)
     device : run on this device (e.g. "cuda"; default: where the task's model is). The
         record is numpy either way; draws on a GPU come from its own generator, so a seed
         gives other trajectories there than on the CPU.
@@ -220,17 +246,10 @@ def simulate(
     beliefs = [np.zeros((N, K, T, S)) for S in model.num_states]
     log_evidence = np.zeros((N, K, T))
     recorded = {}
-    pA = pB = None
-    if pD is not None:
-        if model.pD is None:
-            raise ValueError("pD: the model has no pD, so its agents do not learn D")
-        pD = [torch.as_tensor(p, dtype=model.dtype, device=model.device) for p in pD]
-        shapes = [tuple(p.shape) for p in pD]
-        if shapes != [(N, S) for S in model.num_states]:
-            raise ValueError(
-                f"pD: shapes {shapes}; expected {[(N, S) for S in model.num_states]} "
-                "(one row of counts per agent)"
-            )
+    pA, pB, pD = (
+        _initial_counts(model, name, given, N)
+        for name, given in (("pA", pA), ("pB", pB), ("pD", pD))
+    )
     for k in range(K):
         state = initial_state(model, N, pA=pA, pB=pB, pD=pD)
         observation = env.reset(N, generator, trial=k) if told else env.reset(N, generator)

@@ -18,6 +18,7 @@ from tests.common import (
     brute_force,
     path_log_probabilities,
     random_arrays,
+    sample_sequence,
 )
 
 
@@ -351,3 +352,47 @@ def test_guide_agents_that_learn_are_refused():
     settings = AgentSettings(inference="mean_field")
     with pytest.raises(ValueError, match=r"agents that learn pA, pB or pD need"):
         pp_aif.simulate(task, 2, 1, 0, settings=settings)
+
+
+def test_per_agent_learning_rates_reach_pA_and_pB(rng):
+    """Settings (N, 1), one per agent, against pA (N, O, S) and pB (N, S, S, U): each agent
+    learns as it would alone (this crashed: '(40) must match the size of tensor b (4)')."""
+    arrays = random_arrays(rng, (3,), (3,), (2,))
+    model = pp_aif.GenerativeModel(
+        arrays.A, arrays.B, D=arrays.D, pA=[2.0 * a + 0.5 for a in arrays.A],
+        pB=[b + 1.0 for b in arrays.B],
+    )  # fmt: skip
+    N, T = 4, 3
+    rates = torch.tensor([[0.0], [0.5], [1.0], [3.0]], dtype=torch.float64)
+    forgetting = torch.tensor([[0.0], [0.1], [0.2], [0.5]], dtype=torch.float64)
+    pairs = [sample_sequence(rng, arrays, T) for _ in range(N)]
+    observations = torch.as_tensor(np.stack([o for o, _ in pairs]))
+    actions = torch.as_tensor(np.stack([a for _, a in pairs]))
+    state = initial_state(model, N)
+    together = learn_between_trials(
+        model, AgentSettings(learning_rate=rates, forgetting=forgetting), state,
+        observations, actions,
+    )  # fmt: skip
+    for n in range(N):
+        alone = learn_between_trials(
+            model,
+            AgentSettings(learning_rate=float(rates[n]), forgetting=float(forgetting[n])),
+            initial_state(model, 1),
+            observations[n : n + 1],
+            actions[n : n + 1],
+        )
+        for mine, theirs in zip(together, alone, strict=True):
+            if mine is not None:
+                assert_close([p[n : n + 1] for p in mine], theirs)
+
+
+def test_bandit_subjects_with_their_own_learning_rates_are_simulated():
+    from pp_aif.fitting.predictive import simulate_subjects
+
+    task = pp_aif.load_task("bandit")
+    theta = {
+        "learning_rate": torch.linspace(0.1, 3.0, 40, dtype=torch.float64),
+        "concentration": torch.linspace(0.5, 2.0, 40, dtype=torch.float64),
+    }
+    record = simulate_subjects(task, theta, 3, seed=0)
+    assert record.sizes["agent"] == 40 and record.sizes["trial"] == 3

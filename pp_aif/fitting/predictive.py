@@ -74,13 +74,20 @@ def simulate_subjects(
         )  # fmt: skip
         world = task.model if task.process is None else task.process  # keeps its own A
         task = dataclasses.replace(task, model=model, process=world)
-    pD = None
-    if model.pD is not None:
-        kappa = column("concentration")
-        pD = [kappa * p for p in model.pD]
-    elif "concentration" in theta:
-        raise ValueError("theta: 'concentration' scales pD, which the model does not have")
-    return simulate(task, N, num_trials, seed, settings=per_agent, pD=pD)
+    counts = {name: getattr(model, name) for name in ("pA", "pB", "pD")}
+    if "concentration" in theta and all(value is None for value in counts.values()):
+        raise ValueError(
+            "theta: 'concentration' scales the initial counts pA, pB and pD, which the model "
+            "does not have"
+        )
+    kappa = column("concentration")
+    scaled = {  # kappa times each learned array's initial counts, one copy per agent
+        name: None
+        if value is None
+        else [kappa.reshape(N, *[1] * p.dim()) * p.expand(N, *p.shape) for p in value]
+        for name, value in counts.items()
+    }
+    return simulate(task, N, num_trials, seed, settings=per_agent, **scaled)
 
 
 def posterior_predictive(
