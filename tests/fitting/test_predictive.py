@@ -85,7 +85,7 @@ def test_posterior_predictive_simulates_draws_by_subjects():
             task.model.A, task.model.B, task.model.C, task.model.D, policies=task.model.policies
         ),
     )
-    with pytest.raises(ValueError, match=r"'concentration' scales pD"):
+    with pytest.raises(ValueError, match=r"'concentration' scales the initial counts pA, pB"):
         simulate_subjects(no_pD, {"concentration": torch.ones(2)}, 1)
 
 
