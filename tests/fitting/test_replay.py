@@ -132,7 +132,7 @@ def _one_at_a_time(model, settings, theta, observations, actions, present):
     return out
 
 
-@pytest.mark.parametrize("inference", ["exact", "fpi", "mmp"])
+@pytest.mark.parametrize("inference", ["exact", "fpi", "vmp", "mmp"])
 def test_replay_of_a_pA_pB_learner_is_one_agent_at_a_time(learner_case, inference):
     model, observations, actions = learner_case
     settings = AgentSettings(inference=inference)
