@@ -228,7 +228,10 @@ def marginal_message_passing(
     if initial is None:
         x = [torch.full((N, S, n), 1.0 / n, dtype=dtype, device=device) for n in num_states]
     else:
-        x = [q.clone() for q in initial]
+        x = list(initial)
+    # one tensor per factor and step, replaced (never written into), so that gradients pass
+    # (the agent's transitions may depend on fitted parameters)
+    x = [list(q.unbind(1)) for q in x]
     reverse = [_reverse_transitions(b) for b in transitions]
     last_backward = t_observed - 1  # backward messages for j < t-1 (SPM: j < R = t, 1-based)
     trace = None
@@ -241,9 +244,9 @@ def marginal_message_passing(
     for iteration in range(num_iterations):
         spm_free_energy = torch.zeros(N, dtype=dtype, device=device)
         for j in range(window_start, S):
-            current = [q[:, j] for q in x]
+            current = [q[j] for q in x]
             for f in range(F):
-                sx = x[f][:, j]
+                sx = x[f][j]
                 log_sx = spm_log(sx)
                 if j < t_observed:
                     log_evidence = spm_log(expected_except(likelihood[:, j], current, f))
@@ -255,11 +258,11 @@ def marginal_message_passing(
                     forward = spm_log(window_prior[f])
                 else:
                     forward = spm_log(
-                        torch.einsum("nij,nj->ni", transitions[f][:, j - 1], x[f][:, j - 1])
+                        torch.einsum("nij,nj->ni", transitions[f][:, j - 1], x[f][j - 1])
                     )
                 v = forward + log_evidence - log_sx
                 if j < last_backward:
-                    backward = spm_log(torch.einsum("nij,nj->ni", reverse[f][:, j], x[f][:, j + 1]))
+                    backward = spm_log(torch.einsum("nij,nj->ni", reverse[f][:, j], x[f][j + 1]))
                     v = v + backward + log_evidence - log_sx
                 if j == 0 or j == S - 1:
                     spm_free_energy = spm_free_energy + (sx * 0.5 * v).sum(-1)
@@ -269,12 +272,12 @@ def marginal_message_passing(
                     ).sum(-1)
                 v = v - v.mean(-1, keepdim=True)
                 sx = torch.softmax(log_sx + tau * v, -1)
-                x[f][:, j] = sx
+                x[f][j] = sx
                 current[f] = sx
                 if record:
                     trace.posteriors[f][iteration, :, j] = sx
                     trace.errors[f][iteration, :, j] = v
-    return x, spm_free_energy, trace
+    return [torch.stack(q, 1) for q in x], spm_free_energy, trace
 
 
 def _split_log(log_values: Tensor) -> tuple[Tensor, Tensor]:

@@ -10,12 +10,15 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pp_aif
 from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
 from pp_aif.data import long_format
 from pp_aif.fitting import BehaviourLikelihood
 from pp_aif.fitting.replay import REPLAY_PARAMETERS, ReplayLikelihood, likelihood_for
+from pp_aif.planning import Lesions
 from tests.common import assert_close, random_arrays, sample_sequence
 
 N, K, T = 3, 3, 3
@@ -195,3 +198,51 @@ def test_the_bandit_pA_learner_is_fitted():
         assert values.shape[-1] == 2 and np.isfinite(values).all()
     pointwise = fit.log_likelihood["actions"].values  # per subject and trial, for LOO
     assert pointwise.shape[-2:] == (2, 8) and np.isfinite(pointwise).all()
+
+
+@settings(max_examples=12)
+@given(
+    seed=st.integers(0, 2**16),
+    states=st.sampled_from([(2,), (3,), (2, 2)]),
+    inference=st.sampled_from(["exact", "fpi", "vmp", "mmp"]),
+    learned=st.sets(st.sampled_from(["pA", "pB", "pD"]), min_size=1),
+    novelty=st.booleans(),
+)
+def test_replay_is_the_agent_on_random_models(seed, states, inference, learned, novelty):
+    """Random models, schemes and learning settings: the batched replay (two draws) equals one
+    agent at a time, and its gradient reaches every parameter (finite, and nonzero somewhere)."""
+    rng = np.random.default_rng(seed)
+    controls = (2,) + (1,) * (len(states) - 1)
+    arrays = random_arrays(rng, states, (3, 2), controls, zero_fraction=0.2)
+    counts = {
+        "pA": [2.0 * a + (a > 0) for a in arrays.A] if "pA" in learned else None,
+        "pB": [b + (b > 0) for b in arrays.B] if "pB" in learned else None,
+        "pD": [3.0 * d + (d > 0) for d in arrays.D] if "pD" in learned else None,
+    }
+    model = pp_aif.GenerativeModel(
+        arrays.A,
+        arrays.B,
+        C=[rng.normal(size=3), rng.normal(size=2)],
+        D=arrays.D,
+        policies=pp_aif.construct_policies(controls, 2),
+        **counts,
+    )
+    observations, actions = _data(rng, arrays)
+    settings = AgentSettings(inference=inference, lesions=Lesions(novelty=novelty))
+    present = torch.ones(N, K, dtype=torch.bool)
+    present[rng.integers(N), rng.integers(K)] = False
+    names = REPLAY_PARAMETERS
+    replay = ReplayLikelihood(model, settings, observations, actions, names, present)
+    theta = _theta(names, batch=(2,))
+    for value in theta.values():
+        value.requires_grad_()
+    value = replay(theta)
+    expected = _one_at_a_time(
+        model, settings, {n: v[0].detach() for n, v in theta.items()}, observations, actions,
+        present,
+    )  # fmt: skip
+    for draw in range(2):
+        assert_close(value[draw][present], expected[present])
+    grads = torch.autograd.grad(value[:, present].sum(), list(theta.values()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert any((g != 0).any() for g in grads)
