@@ -136,7 +136,15 @@ def test_bandit_recovery_smoke(tmp_path):
     from experiments.bandit_recovery import Config as BanditConfig
     from experiments.bandit_recovery import run as run_bandit
 
-    config = BanditConfig(num_subjects=3, num_trials=6, warmup=20, draws=20, out=tmp_path)
+    config = BanditConfig(
+        num_subjects=3,
+        num_trials=6,
+        warmup=20,
+        draws=20,
+        subjects_per_job=2,
+        scheduler="inline",
+        out=tmp_path,
+    )
     results = run_bandit(config)
     written = json.loads((tmp_path / "bandit_recovery.json").read_text())
     assert written["recovery"].keys() == {"alpha", "learning_rate", "forgetting"}
@@ -149,3 +157,4 @@ def test_bandit_recovery_smoke(tmp_path):
         "learning_rate:forgetting",
     }
     assert (tmp_path / "bandit_recovery.png").stat().st_size > 10_000
+    assert written["jobs"] == {"computed": 2, "resumed": 0}  # groups of 2 and 1
