@@ -81,6 +81,15 @@ def goals(results: dict) -> list[dict]:
                         "target": 1.0,
                     }
                 )
+                if row["agent"] != "no learning":  # issue 16, goal A: learners
+                    rows.append(
+                        {
+                            "goal": f"NUTS, {row['agent']}: at least 50 bulk ESS/s (smallest "
+                            "over the 3 parameters; one subject, 4 chains x (500 + 500))",
+                            "measured": row["ess_per_second"],
+                            "target": 50.0,
+                        }
+                    )
     if "scaling" in results:
         compared = [r for r in results["scaling"]["rows"] if "pymdp_seconds" in r]
         largest = max(compared, key=lambda r: (r["states"] * r["policies"], r["states"]))

@@ -10,7 +10,8 @@ One simulated subject on SPM's T-maze (the agent learns its context prior pD bet
    (alpha, preference, learning_rate: the pD recursion over trials, then beliefs and policy values
    of all trials at once). Also with ``batch`` parameter draws in one call (per draw).
 2. ``nuts``: NUTS on the behavioural program of each agent (the learner: alpha, preference and
-   learning_rate; the agent without learning: gamma, alpha and preference), ``chains`` x
+   learning_rate; the agent without learning: gamma, alpha and preference; the bandit's pA
+   learner, one subject with as many choices: alpha, learning_rate and preference), ``chains`` x
    (``warmup`` + ``draws``), by ``pp_aif.fit`` (all chains at once) and by Pyro's NUTS (chains
    in turn): wall time, the smallest bulk ESS over the parameters, and ESS per second.
 
@@ -38,6 +39,7 @@ from pp_aif.fitting.fit import behavioural_program
 
 LEARNING = ("alpha", "preference", "learning_rate")
 STATIC = ("gamma", "alpha", "preference")
+BANDIT = ("alpha", "learning_rate", "preference")
 
 
 @dataclass
@@ -64,6 +66,17 @@ def subject(config: Config):
     record = pp_aif.simulate(task, 1, config.num_trials, config.seed)
     data = BehaviourData.read(long_format(record, task), task)
     return task, without_learning(task), data
+
+
+def bandit_subject(config: Config):
+    """The bandit whose agent learns pA (fitted by the count recursion: it sees which arm it
+    pulled) and one simulated subject: 2 * num_trials trials of one choice each (the same number
+    of choices as the T-maze subject)."""
+    task = pp_aif.load_task("bandit")
+    settings = dataclasses.replace(task.settings, action_precision=3.0, learning_rate=1.0)
+    task = dataclasses.replace(task, settings=settings)
+    record = pp_aif.simulate(task, 1, 2 * config.num_trials, config.seed)
+    return task, BehaviourData.read(long_format(record, task), task)
 
 
 def _rate(function, evaluations: int) -> float:
@@ -135,7 +148,13 @@ def _pyro_nuts(task, data, params, config: Config):
 
 def nuts_rates(config: Config, task, static, data) -> list[dict]:
     rows = []
-    for label, which, params in (("learning pD", task, LEARNING), ("no learning", static, STATIC)):
+    bandit, bandit_data = bandit_subject(config)
+    cases = (
+        ("learning pD", task, LEARNING, data),
+        ("no learning", static, STATIC, data),
+        ("learning pA (bandit)", bandit, BANDIT, bandit_data),
+    )
+    for label, which, params, data in cases:
         for sampler in config.samplers:
             start = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:

@@ -63,6 +63,8 @@ def test_fit_benchmark_smoke(tmp_path):
         ("learning pD", "pyro"),
         ("no learning", "pp_aif"),
         ("no learning", "pyro"),
+        ("learning pA (bandit)", "pp_aif"),
+        ("learning pA (bandit)", "pyro"),
     ]
     assert all(row["ess_per_second"] > 0 for row in results["nuts"])
     assert (tmp_path / "bench_fit.json").is_file()
