@@ -120,7 +120,10 @@ class CountsLikelihood:
         actions: Tensor,
         params=("gamma", "alpha"),
         present: Tensor | None = None,
+        *,
+        observed: tuple[bool, list[Tensor]] | None = None,
     ):
+        """``observed``: ``observed_states`` of these data, when the caller has it already."""
         params = tuple(params)
         unknown = sorted(set(params) - set(COUNTS_PARAMETERS))
         if unknown:
@@ -132,7 +135,7 @@ class CountsLikelihood:
         N, K, T = observations.shape[:3]
         if present is None:
             present = torch.ones(N, K, dtype=torch.bool, device=observations.device)
-        certain, marginals = observed_states(model, observations, actions, present)
+        certain, marginals = observed or observed_states(model, observations, actions, present)
         if not certain:
             raise ValueError(
                 "data: the agent does not see its states in every trial (a filtering or "

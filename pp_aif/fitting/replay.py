@@ -67,11 +67,10 @@ _SETTINGS = {
 
 def closed_form_applies(model: GenerativeModel, settings: AgentSettings, params) -> bool:
     """Whether ``BehaviourLikelihood`` (the closed form) covers this agent: exact inference and
-    G, a fixed gamma, no learning of A or B."""
+    G, no learning of A or B (gamma is always fixed: AgentSettings refuses to infer it)."""
     return (
         settings.inference == "exact"
         and settings.efe_method == "exact"
-        and not settings.infer_precision
         and model.pA is None
         and model.pB is None
         and set(params) <= set(PARAMETERS)
@@ -98,8 +97,11 @@ def likelihood_for(model, settings, observations, actions, params, present=None)
     ):
         N, K = observations.shape[:2]
         mask = present if present is not None else torch.ones(N, K, dtype=torch.bool)
-        if observed_states(model, observations, actions, mask)[0]:
-            return CountsLikelihood(model, settings, observations, actions, params, present)
+        observed = observed_states(model, observations, actions, mask)  # once, for both
+        if observed[0]:
+            return CountsLikelihood(
+                model, settings, observations, actions, params, present, observed=observed
+            )
     return ReplayLikelihood(model, settings, observations, actions, params, present)
 
 
@@ -211,21 +213,22 @@ class ReplayLikelihood:
             for name in ("pA", "pB", "pD")
         }
         logs: list[list[Tensor | None]] = [[] for _ in model.num_controls]
+        uniform = [  # the entries of absent trials, made once
+            None
+            if U == 1
+            else torch.full((agents, U), -math.log(U), dtype=model.dtype, device=model.device)
+            for U in model.num_controls
+        ]
         for k in range(K):
             rows = self.present[subject, k].nonzero()[:, 0]  # the agents whose subject has trial k
             steps = self._trial(per_agent, counts, rows, subject[rows], k, agents)
             learned, results = steps
-            for f, U in enumerate(model.num_controls):
+            for f, flat in enumerate(uniform):
                 for t in range(T - 1):
-                    if U == 1:
-                        logs[f].append(None)
-                        continue
-                    uniform = torch.full(
-                        (agents, U), -math.log(U), dtype=model.dtype, device=model.device
-                    )
-                    logs[f].append(
-                        uniform if results is None else uniform.index_put((rows,), results[t][f])
-                    )
+                    if flat is None or results is None:
+                        logs[f].append(flat)
+                    else:
+                        logs[f].append(flat.index_put((rows,), results[t][f]))
             counts = learned
         return batch, logs, valid
 
