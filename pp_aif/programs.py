@@ -25,6 +25,7 @@ import torch
 from pyro.ops.indexing import Vindex
 from torch import Tensor
 
+from pp_aif.parameters import check_parameters
 from pp_aif.spec import GenerativeModel
 
 __all__ = [
@@ -226,7 +227,7 @@ def behaviour(
     """The behavioural model: agent parameters are latent, people's actions are observed.
 
     likelihood : ``pp_aif.fitting.BehaviourLikelihood`` of the data (theta -> ln p(u | theta)).
-    priors : {name: distribution}, the parameters to infer (``pp_aif.fitting.PARAMETERS``), one
+    priors : {name: distribution}, the parameters to infer (``pp_aif.parameters.PARAMETERS``), one
         per subject; the others take the likelihood's defaults. Hierarchical: each prior must be
         ``link^-1(Normal(m, s))`` and becomes the prior of the population mean.
     present : bool (N, K), optional: the trials that exist. Only the action sites are masked:
@@ -240,11 +241,7 @@ def behaviour(
     controls (N, K, T-1), observed, as ``Categorical`` over p(u_t | theta, history) inside plates
     over subjects, trials and steps.
     """
-    from pp_aif.fitting.likelihood import PARAMETERS
-
-    unknown = sorted(set(priors) - set(PARAMETERS))
-    if unknown:
-        raise ValueError(f"priors: unknown parameters {unknown}; known: {', '.join(PARAMETERS)}")
+    check_parameters("priors", priors)
     actions = likelihood.actions
     N, K, steps, _ = actions.shape
     dtype = likelihood.model.dtype

@@ -20,7 +20,6 @@ posterior of 1-2 parameters per subject by quadrature).
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -28,16 +27,14 @@ from collections.abc import Callable
 import arviz as az
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import ExpTransform, SigmoidTransform
 
 from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
 from pp_aif.errors import ConvergenceWarning
-from pp_aif.fitting.likelihood import PARAMETERS
 from pp_aif.fitting.nuts import ProgramPotential, nuts
 from pp_aif.fitting.replay import likelihood_for
+from pp_aif.parameters import LINKS, PARAMETERS, chosen_priors, default_priors
 from pp_aif.programs import behaviour
 
 __all__ = [
@@ -51,37 +48,6 @@ __all__ = [
 ]
 
 METHODS = ("nuts", "svi", "map", "grid")
-#: link^-1 of each parameter: its unconstrained scale (log for positive values, logit for omega)
-LINKS = {
-    "gamma": ExpTransform(),
-    "alpha": ExpTransform(),
-    "preference": ExpTransform(),
-    "learning_rate": ExpTransform(),
-    "forgetting": SigmoidTransform(),
-    "concentration": ExpTransform(),
-    "likelihood_precision": ExpTransform(),
-}
-#: (m, s) of each default prior link^-1(Normal(m, s))
-_PRIOR_SCALES = {
-    "gamma": (0.0, 1.0),  # median 1, SPM's default
-    "alpha": (math.log(4.0), 1.0),
-    "preference": (0.0, 1.0),  # the task's own C, within a factor of 5 (90%)
-    "learning_rate": (0.0, 1.0),
-    "forgetting": (-2.0, 1.0),  # median 0.12
-    "concentration": (0.0, 1.0),
-    "likelihood_precision": (0.0, 0.5),  # the task's own A, within a factor of 2.3 (90%)
-}
-
-
-def default_priors(dtype=torch.float64) -> dict:
-    """link^-1(Normal(m, s)) per parameter: gamma ~ LogNormal(0, 1), alpha ~ LogNormal(ln 4, 1),
-    preference ~ LogNormal(0, 1), learning_rate ~ LogNormal(0, 1), concentration ~
-    LogNormal(0, 1), forgetting ~ logit-normal(-2, 1), likelihood_precision ~ LogNormal(0, 0.5)."""
-    priors = {}
-    for name, (loc, scale) in _PRIOR_SCALES.items():
-        base = dist.Normal(torch.tensor(loc, dtype=dtype), torch.tensor(scale, dtype=dtype))
-        priors[name] = dist.TransformedDistribution(base, [LINKS[name]])
-    return priors
 
 
 def prior_draws(
@@ -201,12 +167,6 @@ def fit(
         names = list(params) + (population if hierarchical else [])
         _warn_about(inference, names, chains, draws)
     return inference
-
-
-def chosen_priors(params, priors: dict | None = None, dtype=torch.float64) -> dict:
-    """{name: prior} for the fitted parameters: the caller's, else ``default_priors()``."""
-    every = {**default_priors(dtype), **(priors or {})}
-    return {name: every[name] for name in params}
 
 
 def behavioural_program(task, data, params, priors, settings, hierarchical=False):

@@ -65,6 +65,7 @@ from pp_aif.ops.hmm import (
     select_transitions,
 )
 from pp_aif.ops.numerics import logsumexp
+from pp_aif.parameters import LEARNING_PARAMETERS, PARAMETERS
 from pp_aif.planning.efe import log_preferences
 from pp_aif.planning.policies import policy_score
 from pp_aif.spec import GenerativeModel
@@ -82,18 +83,6 @@ __all__ = [
     "parameter_defaults",
     "sharpened_likelihood",
 ]
-
-PARAMETERS = (
-    "gamma",
-    "alpha",
-    "preference",
-    "learning_rate",
-    "forgetting",
-    "concentration",
-    "likelihood_precision",
-)
-#: the parameters of learning pD between trials
-LEARNING_PARAMETERS = ("learning_rate", "forgetting", "concentration")
 
 
 def parameter_defaults(settings: AgentSettings) -> dict[str, float]:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting.likelihood import BehaviourLikelihood
+from pp_aif.parameters import LINKS, chosen_priors
 
 __all__ = ["LinkScaleDensity", "laplace", "grid", "grid_log_mass"]
 
@@ -33,8 +34,6 @@ class LinkScaleDensity:
     """l_n(u) for all subjects at once: u (*b, N, d) -> (*b, N)."""
 
     def __init__(self, likelihood: BehaviourLikelihood, priors: dict | None = None):
-        from pp_aif.fitting.fit import LINKS, chosen_priors
-
         self.likelihood, self.params = likelihood, likelihood.params
         self.present = likelihood.present
         if self.present is None:
