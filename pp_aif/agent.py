@@ -23,16 +23,14 @@ and D are the normalised counts.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
 
 from pp_aif.errors import DataError
-from pp_aif.inference.exact import run_forward_filter
-from pp_aif.inference.inputs import Sequences
-from pp_aif.inference.variational import GUIDES, SVISettings, fit_guide
+from pp_aif.inference.inputs import SchemeInputs, scheme_inputs
+from pp_aif.inference.schemes import SCHEMES, MessagePassingSettings
 from pp_aif.ops.contractions import outer
 from pp_aif.ops.dirichlet import (
     initial_counts,
@@ -40,21 +38,7 @@ from pp_aif.ops.dirichlet import (
     transition_counts,
     update_concentrations,
 )
-from pp_aif.ops.hmm import (
-    factor_marginals,
-    forward_filter,
-    observation_log_likelihood,
-    propagate,
-    select_transitions,
-    smooth,
-)
-from pp_aif.ops.message_passing import (
-    clipped_log,
-    fixed_point_iteration,
-    marginal_message_passing,
-    variational_message_passing,
-)
-from pp_aif.ops.numerics import safe_log
+from pp_aif.ops.hmm import bayes_update, propagate
 from pp_aif.planning import (
     DEFAULT_ACTION_PRECISION,
     DEFAULT_POLICY_PRECISION,
@@ -66,11 +50,14 @@ from pp_aif.planning import (
     policy_scores,
     select_actions,
 )
-from pp_aif.spec import GenerativeModel, construct_policies
+from pp_aif.spec import GenerativeModel
 from pp_aif.validation import check_choice, check_flag, check_integer, check_number
 
 __all__ = [
     "AgentSettings",
+    "PlanningSettings",
+    "LearningSettings",
+    "InferenceSettings",
     "AgentState",
     "StepResult",
     "initial_state",
@@ -79,14 +66,112 @@ __all__ = [
 ]
 
 
-INFERENCE_SCHEMES = ("exact", "fpi", "vmp", "mmp", "mean_field", "structured")
+#: the state-inference schemes an agent can use (``pp_aif.inference.schemes``)
+INFERENCE_SCHEMES = tuple(SCHEMES)
 #: the schemes that infer over the trial so far, so the state keeps its observations and actions
-HISTORY_SCHEMES = ("vmp", "mmp", "mean_field", "structured")
+HISTORY_SCHEMES = tuple(name for name, scheme in SCHEMES.items() if scheme.history)
+
+
+@dataclass(frozen=True)
+class PlanningSettings:
+    """How an agent scores policies and chooses actions: what ``step`` plans with (the fields
+    of ``AgentSettings`` of the same names; see there)."""
+
+    policy_precision: float = DEFAULT_POLICY_PRECISION
+    action_precision: float = DEFAULT_ACTION_PRECISION
+    sample_actions: bool = True
+    horizon: int | None = None
+    lesions: Lesions = field(default_factory=Lesions)
+    efe_method: str = "exact"
+    num_samples: int = 1000
+    preference_scale: float = 1.0
+    infer_precision: bool = False
+
+    def __post_init__(self):
+        check_number("policy_precision", self.policy_precision, minimum=0, meaning="gamma of q(pi)")
+        check_number("action_precision", self.action_precision, minimum=0, meaning="alpha of p(u)")
+        check_flag("sample_actions", self.sample_actions)
+        if self.horizon is not None:
+            check_integer(
+                "horizon", self.horizon, minimum=1, meaning="policy depth; None: the model's"
+            )
+        if not isinstance(self.lesions, Lesions):
+            raise ValueError(f"lesions: expected a Lesions, got {type(self.lesions).__name__}")
+        check_choice("efe_method", self.efe_method, ("exact", "sampled"))
+        check_integer("num_samples", self.num_samples, minimum=1)
+        check_number(
+            "preference_scale",
+            self.preference_scale,
+            minimum=0,
+            exclusive_minimum=True,
+            meaning="c scales ln p~ = log_softmax(c C)",
+        )
+        if check_flag("infer_precision", self.infer_precision):
+            raise ValueError(
+                "infer_precision: this agent cannot infer gamma, so it keeps a fixed policy "
+                "precision (policy_precision). SPM's update of gamma moves it only where the "
+                "free energy F(pi) of the outcomes so far differs between policies; here every "
+                "policy starts at the present step and shares the trial's past actions, so F(pi) "
+                "is the same for all of them, q(pi) equals its prior and gamma would stay at "
+                "policy_precision at every step (see AgentSettings and docs/architecture.md)"
+            )
+
+
+@dataclass(frozen=True)
+class LearningSettings:
+    """How an agent learns its counts pA, pB, pD between trials (``learn_between_trials``)."""
+
+    learning_rate: float = 1.0
+    forgetting: float = 0.0
+
+    def __post_init__(self):
+        check_number(
+            "learning_rate", self.learning_rate, minimum=0, meaning="counts added per observation"
+        )
+        check_number(
+            "forgetting",
+            self.forgetting,
+            minimum=0,
+            maximum=1,
+            exclusive_maximum=True,
+            meaning="the share of the counts forgotten between trials",
+        )
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How an agent infers its states each step: the scheme (``pp_aif.inference.schemes``) and,
+    for message passing, its iterations and step size (None: the scheme's own)."""
+
+    scheme: str = "exact"
+    iterations: int = 16
+    tau: float | None = None
+
+    def __post_init__(self):
+        check_choice("inference", self.scheme, INFERENCE_SCHEMES)
+        check_integer("inference_iterations", self.iterations, minimum=1)
+        if self.tau is not None:
+            check_number("inference_tau", self.tau, minimum=0, exclusive_minimum=True)
+
+    def scheme_settings(self):
+        """The scheme's own settings: iterations and step size for message passing (without
+        convergence warnings at every step), the defaults for an SVI guide, None for exact."""
+        kind = SCHEMES[self.scheme].settings
+        if kind is MessagePassingSettings:
+            return MessagePassingSettings(num_iterations=self.iterations, tau=self.tau, warn=False)
+        return None if kind is None else kind()
+
+
+_PLANNING = tuple(f.name for f in fields(PlanningSettings))
+_LEARNING = tuple(f.name for f in fields(LearningSettings))
 
 
 @dataclass(frozen=True)
 class AgentSettings:
-    """How an agent plans and acts (SPM's defaults).
+    """How an agent infers, plans, acts and learns (SPM's defaults): one flat set of fields for
+    the user (``dataclasses.replace(settings, action_precision=2.0)`` works), checked and split
+    by concern into ``planning`` (``PlanningSettings``), ``learning`` (``LearningSettings``) and
+    ``state_inference`` (``InferenceSettings``); each part of the agent takes its own group.
 
     policy_precision : gamma in q(pi) = softmax(ln E - gamma (G - novelty)).
     action_precision : alpha in p(u) ∝ exp(alpha ln marginal).
@@ -141,49 +226,29 @@ class AgentSettings:
     preference_scale: float = 1.0
 
     def __post_init__(self):
-        """Every setting checked once, here, with a ValueError naming it."""
-        check_number("policy_precision", self.policy_precision, minimum=0, meaning="gamma of q(pi)")
-        check_number("action_precision", self.action_precision, minimum=0, meaning="alpha of p(u)")
-        check_flag("sample_actions", self.sample_actions)
-        if self.horizon is not None:
-            check_integer(
-                "horizon", self.horizon, minimum=1, meaning="policy depth; None: the model's"
-            )
-        if not isinstance(self.lesions, Lesions):
-            raise ValueError(f"lesions: expected a Lesions, got {type(self.lesions).__name__}")
-        check_choice("efe_method", self.efe_method, ("exact", "sampled"))
-        check_integer("num_samples", self.num_samples, minimum=1)
-        check_number(
-            "learning_rate", self.learning_rate, minimum=0, meaning="counts added per observation"
+        """Every setting checked once, here, by the group it belongs to (a ValueError naming
+        it): ``planning``, ``learning`` and ``state_inference``, which the agent's parts take."""
+        planning = PlanningSettings(**{name: getattr(self, name) for name in _PLANNING})
+        learning = LearningSettings(**{name: getattr(self, name) for name in _LEARNING})
+        state_inference = InferenceSettings(
+            self.inference, self.inference_iterations, self.inference_tau
         )
-        check_number(
-            "forgetting",
-            self.forgetting,
-            minimum=0,
-            maximum=1,
-            exclusive_maximum=True,
-            meaning="the share of the counts forgotten between trials",
-        )
-        if check_flag("infer_precision", self.infer_precision):
-            raise ValueError(
-                "infer_precision: this agent cannot infer gamma, so it keeps a fixed policy "
-                "precision (policy_precision). SPM's update of gamma moves it only where the "
-                "free energy F(pi) of the outcomes so far differs between policies; here every "
-                "policy starts at the present step and shares the trial's past actions, so F(pi) "
-                "is the same for all of them, q(pi) equals its prior and gamma would stay at "
-                "policy_precision at every step (see AgentSettings and docs/architecture.md)"
-            )
-        check_choice("inference", self.inference, INFERENCE_SCHEMES)
-        check_integer("inference_iterations", self.inference_iterations, minimum=1)
-        if self.inference_tau is not None:
-            check_number("inference_tau", self.inference_tau, minimum=0, exclusive_minimum=True)
-        check_number(
-            "preference_scale",
-            self.preference_scale,
-            minimum=0,
-            exclusive_minimum=True,
-            meaning="c scales ln p~ = log_softmax(c C)",
-        )
+        object.__setattr__(self, "_groups", (planning, learning, state_inference))
+
+    @property
+    def planning(self) -> PlanningSettings:
+        """What the agent plans and acts with."""
+        return self._groups[0]
+
+    @property
+    def learning(self) -> LearningSettings:
+        """What the agent learns between trials with."""
+        return self._groups[1]
+
+    @property
+    def state_inference(self) -> InferenceSettings:
+        """How the agent infers its states."""
+        return self._groups[2]
 
 
 @dataclass(frozen=True)
@@ -254,19 +319,25 @@ def initial_state(
     return AgentState(time=0, prior=prior, pA=pA, pB=pB, pD=pD)
 
 
-def _select_transitions(model: GenerativeModel, B: list[Tensor] | None, actions: Tensor):
-    """p(s_t+1 | s_t, u_t) for actions int (N, T, F), per agent if B is: F x (N, T, S', S)."""
+def _trial_so_far(model, state, A, B, observation, observations, actions) -> SchemeInputs:
+    """The scheme's inputs: the trial so far (``observations``, int (N, t+1, M), for the
+    schemes that infer over it), else the present ``observation`` (N, M) alone; each agent's
+    own A, B and D where it has learned them."""
+    if observations is None:
+        observations, actions = observation[:, None, :], None
+    N = observations.shape[0]
+    if actions is None:
+        actions = torch.zeros(N, 0, model.num_factors, dtype=torch.int64, device=model.device)
+    D = None if state.pD is None else _initial_beliefs(model, state.pD, N)
+    return scheme_inputs(model, observations, actions, A=A, B=B, D=D)
+
+
+def _transitions_of(model: GenerativeModel, B: list[Tensor] | None, action: Tensor):
+    """B_f(u) for action int (N, F), each agent's own where it has learned B: F x (N, S', S)."""
     if B is None:
-        return select_transitions(model.transition_by_action, actions)
-    by_action = [b.permute(0, 3, 1, 2) for b in B]
-    return select_transitions(by_action, actions, per_sequence=True)
-
-
-def _log_likelihood(model: GenerativeModel, A: list[Tensor] | None, observations: Tensor):
-    """ln p(o_t | s) for observations int (N, T, M): (N, T, S_1..S_F), per agent if A is."""
-    if A is None:
-        return observation_log_likelihood(model.log_A, observations)
-    return observation_log_likelihood([safe_log(a) for a in A], observations, per_sequence=True)
+        return [b[action[:, f]] for f, b in enumerate(model.transition_by_action)]
+    rows = torch.arange(action.shape[0], device=action.device)
+    return [b[rows, :, :, action[:, f]] for f, b in enumerate(B)]
 
 
 def step(
@@ -286,28 +357,18 @@ def step(
     these actions (e.g. a person's) instead of choosing; the probabilities are still reported.
     """
     A, B = state.likelihood(), state.transitions()
-    log_likelihood = _log_likelihood(model, A, observation[:, None, :])[:, 0]
-    log_joint = (safe_log(state.prior) + log_likelihood).flatten(1)
-    shift = log_joint.amax(-1, keepdim=True)
-    if not torch.isfinite(shift).all():
-        agent = int((~torch.isfinite(shift[:, 0])).nonzero()[0])
+    inference, plan = settings.state_inference, settings.planning
+    scheme = SCHEMES[inference.scheme]
+    observations = _append(state.observations, observation) if scheme.history else None
+    inputs = _trial_so_far(model, state, A, B, observation, observations, state.actions)
+    posterior, log_evidence = bayes_update(state.prior, inputs.log_likelihood[:, -1])
+    if not torch.isfinite(log_evidence).all():
+        agent = int((~torch.isfinite(log_evidence)).nonzero()[0])
         raise DataError(
             f"observation: agent {agent}, time step {state.time}: outcomes "
             f"{observation[agent].tolist()} have probability 0 under the agent's model"
         )
-    weights = torch.exp(log_joint - shift)
-    total = weights.sum(-1, keepdim=True)
-    posterior = (weights / total).reshape(state.prior.shape)
-    log_evidence = (shift + torch.log(total))[:, 0]
-    keep = settings.inference in HISTORY_SCHEMES  # only these re-infer over the trial so far
-    observations = _append(state.observations, observation) if keep else None
-    if settings.inference == "exact":
-        beliefs = factor_marginals(posterior, 1)
-    else:
-        beliefs = _scheme_beliefs(
-            model, settings, state, A, B, log_likelihood, observations, posterior.shape[0]
-        )
-        posterior = outer(*beliefs, batch_dims=1)
+    posterior, beliefs = scheme.online(inputs, inference.scheme_settings(), state.prior, posterior)
     if state.time >= num_steps - 1:
         result = StepResult(beliefs, log_evidence, None, None, None, None)
         return (
@@ -317,34 +378,33 @@ def step(
             result,
         )
 
-    policies, log_prior = policies_at(model, settings, state.time, num_steps)
+    policies, log_prior = policies_at(model, plan, state.time, num_steps)
     scores = policy_scores(  # beliefs, policies and arrays made here: nothing to check
         model,
         beliefs,
         policies,
         time=state.time,
-        method=settings.efe_method,
-        num_samples=settings.num_samples,
+        method=plan.efe_method,
+        num_samples=plan.num_samples,
         A=A,
         pA=state.pA,
         B=B,
         pB=state.pB,
     )
-    planned = replace(scores, pragmatic=settings.preference_scale * scores.pragmatic)
+    planned = replace(scores, pragmatic=plan.preference_scale * scores.pragmatic)
     q_pi = policy_posterior(  # gamma fixed: AgentSettings refuses infer_precision=True
-        planned, log_prior, precision=settings.policy_precision, lesions=settings.lesions
+        planned, log_prior, precision=plan.policy_precision, lesions=plan.lesions
     )
     if not torch.isfinite(q_pi).all():
         _raise_not_finite(q_pi, scores, state.time)
     probabilities = action_probabilities(
-        action_marginals(q_pi, policies, model.num_controls), settings.action_precision
+        action_marginals(q_pi, policies, model.num_controls), plan.action_precision
     )
     if action is None:
-        action = select_actions(probabilities, sample=settings.sample_actions, generator=generator)
-    matrices = [b[:, 0] for b in _select_transitions(model, B, action[:, None, :])]
-    next_prior = propagate(posterior, matrices)
+        action = select_actions(probabilities, sample=plan.sample_actions, generator=generator)
+    next_prior = propagate(posterior, _transitions_of(model, B, action))
     result = StepResult(beliefs, log_evidence, scores, q_pi, probabilities, action)
-    actions = _append(state.actions, action) if keep else None
+    actions = _append(state.actions, action) if scheme.history else None
     return (
         AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD, observations, actions),
         result,
@@ -370,7 +430,9 @@ def _append(history: Tensor | None, value: Tensor) -> Tensor:
     return value[:, None] if history is None else torch.cat([history, value[:, None]], 1)
 
 
-def policies_at(model: GenerativeModel, settings: AgentSettings, time: int, num_steps: int):
+def policies_at(
+    model: GenerativeModel, settings: AgentSettings | PlanningSettings, time: int, num_steps: int
+):
     """The policies planned over at step ``time`` of a trial of ``num_steps``, and ln E.
 
     Depth min(H, T-1-time), so that no policy looks past the trial; below the model's depth,
@@ -381,7 +443,7 @@ def policies_at(model: GenerativeModel, settings: AgentSettings, time: int, num_
     """
     depth = settings.horizon or model.policies.shape[1]
     depth = min(depth, num_steps - 1 - time)
-    given = getattr(model, "step_policies", None)
+    given = model.step_policies
     if given is not None and time < len(given) and given[time] is not None:
         policies, E = given[time]
         own = policies.shape[1]
@@ -389,69 +451,12 @@ def policies_at(model: GenerativeModel, settings: AgentSettings, time: int, num_
             return policies, torch.log(E)
     if depth == model.policies.shape[1]:
         return model.policies, torch.log(model.E)
-    cache = model.__dict__.setdefault("_policies_of_depth", {})
-    if depth not in cache:  # every policy of that depth, under a flat prior: once per model
-        policies = construct_policies(model.num_controls, depth).to(model.device)
-        P = policies.shape[0]
-        flat = torch.full((P,), -math.log(P), dtype=model.dtype, device=model.device)
-        cache[depth] = (policies, flat)
-    return cache[depth]
-
-
-def _scheme_beliefs(model, settings, state, A, B, log_likelihood, observations, N):
-    """q(s_t) by an approximate scheme: F tensors (N, S_f).
-
-    fpi: pymdp's FPI with the factorised prior (the marginals of ``state.prior``, which for this
-    scheme is the product of B_f q_f of the last step). vmp / mmp: the scheme over the trial so
-    far from each agent's D, with each agent's A and B; the marginal at the present step.
-    """
-    iterations = settings.inference_iterations
-    if settings.inference == "fpi":
-        log_prior = [clipped_log(p) for p in factor_marginals(state.prior, 1)]
-        floor = math.log(torch.finfo(model.dtype).eps)
-        beliefs, _ = fixed_point_iteration(log_likelihood.clamp_min(floor), log_prior, iterations)
-        return beliefs
-    actions = state.actions
-    if actions is None:
-        actions = torch.zeros(N, 0, model.num_factors, dtype=torch.int64, device=model.device)
-    if settings.inference in GUIDES:
-        if A is not None or B is not None or state.pD is not None:
-            raise ValueError(
-                f"inference: the SVI guides ({settings.inference!r}) infer with the model's own "
-                "A, B and D; agents that learn pA, pB or pD need 'exact', 'fpi', 'vmp' or 'mmp'"
-            )
-        sequences = Sequences(observations, actions, (N,))
-        result, transitions = run_forward_filter(model, sequences)  # the posterior's support
-        marginals, _, _ = fit_guide(
-            model, sequences, settings.inference, SVISettings(), result, transitions
-        )
-        return [q[:, -1] for q in marginals]
-    history = _log_likelihood(model, A, observations)  # (N, t+1, S_1..S_F)
-    transitions = _select_transitions(model, B, actions)
-    initial = _initial_beliefs(model, state.pD, N)
-    if settings.inference == "vmp":
-        floor = math.log(torch.finfo(model.dtype).eps)
-        marginals = variational_message_passing(
-            history.clamp_min(floor),
-            [clipped_log(b) for b in transitions],
-            [clipped_log(d) for d in initial],
-            iterations,
-            1.0 if settings.inference_tau is None else settings.inference_tau,
-        )
-    else:
-        marginals, _, _ = marginal_message_passing(
-            torch.exp(history),
-            transitions,
-            initial,
-            num_iterations=iterations,
-            tau=0.25 if settings.inference_tau is None else settings.inference_tau,
-        )
-    return [q[:, -1] for q in marginals]
+    return model.policies_of_depth(depth)  # every policy of that depth, under a flat prior
 
 
 def learn_between_trials(
     model: GenerativeModel,
-    settings: AgentSettings,
+    settings: AgentSettings | LearningSettings,
     state: AgentState,
     observations: Tensor,
     actions: Tensor,
@@ -461,23 +466,17 @@ def learn_between_trials(
     pA + eta sum_t o_t (x) q(s_t | o_1:T), pB + eta sum_t q(s_t+1) (x) q(s_t) at u_t, and
     pD + eta q(s_0 | o_1:T), each after forgetting, only where the counts are positive
     (:mod:`pp_aif.ops.dirichlet`). observations int (N, T, M); actions int (N, T-1, F).
+    settings : the agent's, or its ``LearningSettings`` alone.
     """
     if state.pA is None and state.pB is None and state.pD is None:
         return None, None, None
+    learning = settings.learning if isinstance(settings, AgentSettings) else settings
     N = observations.shape[0]
-    transitions = _select_transitions(model, state.transitions(), actions)
-    log_likelihood = _log_likelihood(model, state.likelihood(), observations)
-    initial = _initial_beliefs(model, state.pD, N)
-    result = forward_filter(log_likelihood, transitions, initial)
-    smoothed = smooth(
-        result.filtered,
-        result.predicted,
-        transitions,
-        log_space=result.log_space,
-        log_likelihood=log_likelihood,
-        initial=initial,
+    D = None if state.pD is None else _initial_beliefs(model, state.pD, N)
+    inputs = scheme_inputs(
+        model, observations, actions, A=state.likelihood(), B=state.transitions(), D=D
     )
-    marginals = factor_marginals(smoothed, 2)
+    marginals = SCHEMES["exact"].sequence(inputs).marginals
 
     def per_agent(value, like):  # a (N, 1) setting against counts (N, ...): (N, 1, ..., 1)
         if isinstance(value, Tensor) and value.dim() > 0:
@@ -489,8 +488,8 @@ def learn_between_trials(
             update_concentrations(
                 p,
                 d,
-                learning_rate=per_agent(settings.learning_rate, p),
-                forgetting=per_agent(settings.forgetting, p),
+                learning_rate=per_agent(learning.learning_rate, p),
+                forgetting=per_agent(learning.forgetting, p),
             )
             for p, d in zip(concentrations, counts, strict=True)
         ]

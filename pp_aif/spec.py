@@ -27,6 +27,7 @@ on first use, by :attr:`GenerativeModel.log_likelihood_last` and
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import math
@@ -387,6 +388,38 @@ def construct_policies(num_controls: Sequence[int], horizon: int = 1) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+def _check_step_policies(value, num_controls, dtype, device):
+    """None, or a tuple of None / (policies (P, H, F) int64, E (P,)) per step, on the model's
+    device and in its dtype (E normalised within ``NORMALISATION_TOLERANCE``)."""
+    if value is None:
+        return None
+    if not isinstance(value, tuple | list):
+        raise ModelError(
+            f"step_policies: expected a tuple with one entry per step, got {type(value).__name__}"
+        )
+    checked = []
+    for t, entry in enumerate(value):
+        if entry is None:
+            checked.append(None)
+            continue
+        if not (isinstance(entry, tuple | list) and len(entry) == 2):
+            raise ModelError(f"step_policies[{t}]: expected None or (policies, E)")
+        policies = _check_policies(entry[0], num_controls).to(device)
+        E = torch.as_tensor(entry[1], dtype=dtype, device=device)
+        P = policies.shape[0]
+        if E.shape != (P,) or not torch.isfinite(E).all() or (E < 0).any():
+            raise ModelError(
+                f"step_policies[{t}]: E must be ({P},) finite and >= 0, got shape {tuple(E.shape)}"
+            )
+        if abs(float(E.sum()) - 1.0) > NORMALISATION_TOLERANCE:
+            raise ModelError(f"step_policies[{t}]: E sums to {float(E.sum())!r}, not 1")
+        same = isinstance(entry, tuple) and policies is entry[0] and E is entry[1]
+        checked.append(entry if same else (policies, E))
+    if isinstance(value, tuple) and all(a is b for a, b in zip(checked, value, strict=True)):
+        return value  # already checked: the same object, so that a model need not be copied
+    return tuple(checked)
+
+
 # the model
 
 
@@ -410,6 +443,15 @@ class GenerativeModel:
         or D) and every column must have a positive total.
     policies : int array (P, H, F), optional
         The policies the agent considers. Missing: every combination of one step.
+    step_policies : tuple with one entry per step of a trial, optional
+        A task's own policy set for each step: None (the model's policies, where their depth
+        fits) or (policies (P_t, H_t, F) int, E_t (P_t,)). ``pp_aif.Task`` checks its
+        ``step_policies`` against the trial and gives them to its model
+        (``with_step_policies``); the agent reads them at each step.
+
+    The model is immutable: setting an attribute is an AttributeError. What is derived from
+    it (``log_A``, ``transition_by_action``, the policies of each depth, ...) is computed once,
+    on first use, and kept on the model itself.
 
     Numpy arrays and torch tensors are accepted; integer arrays become the default float dtype,
     and all arrays are promoted to the widest floating dtype among them (float64 stays float64).
@@ -433,6 +475,7 @@ class GenerativeModel:
         pB=None,
         pD=None,
         policies=None,
+        step_policies=None,
     ):
         A_list, B_list = _read(A, "A", required=True), _read(B, "B", required=True)
         C_list, D_list, pA_list, pB_list, pD_list = (
@@ -495,6 +538,40 @@ class GenerativeModel:
         self.num_states = num_states
         self.num_controls = num_controls
         self.num_outcomes = num_outcomes
+        self.step_policies = _check_step_policies(step_policies, num_controls, dtype, device)
+        self._derived: dict = {}  # caches of derived values, filled on first use
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(
+                f"GenerativeModel is immutable: cannot set {name!r}; build a new model (or use "
+                "with_step_policies for a task's own policy sets)"
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        raise AttributeError(f"GenerativeModel is immutable: cannot delete {name!r}")
+
+    def with_step_policies(self, step_policies) -> GenerativeModel:
+        """The same model with a task's own policy set per step (None: none); ``self`` is not
+        changed, and its derived values are shared."""
+        checked = _check_step_policies(step_policies, self.num_controls, self.dtype, self.device)
+        model = copy.copy(self)
+        object.__setattr__(model, "step_policies", checked)
+        return model
+
+    def policies_of_depth(self, depth: int) -> tuple[Tensor, Tensor]:
+        """Every policy of ``depth`` steps (P, depth, F) and ln of a flat prior over them (P,):
+        what an agent plans over where the model's own policies are too deep for the steps
+        left. Made once per model and depth."""
+        key = ("policies_of_depth", depth)
+        if key not in self._derived:
+            policies = construct_policies(self.num_controls, depth).to(self.device)
+            P = policies.shape[0]
+            flat = torch.full((P,), -math.log(P), dtype=self.dtype, device=self.device)
+            self._derived[key] = (policies, flat)
+        return self._derived[key]
 
     # ---- sizes
     @property
@@ -559,6 +636,12 @@ class GenerativeModel:
             pB=move(self.pB),
             pD=move(self.pD),
             policies=self.policies.to(device or self.device),
+            step_policies=None
+            if self.step_policies is None
+            else tuple(
+                None if entry is None else (entry[0], move([entry[1]])[0])
+                for entry in self.step_policies
+            ),
         )
 
     def __repr__(self) -> str:

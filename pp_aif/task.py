@@ -13,7 +13,6 @@ names the task and the problem.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib
 import importlib.util
@@ -378,15 +377,9 @@ def _checked_policy_set(entry, model: GenerativeModel, t: int, T: int):
 def _carrying(model: GenerativeModel, sets) -> GenerativeModel:
     """The model carrying ``sets`` as ``model.step_policies`` (a shallow copy where it changes,
     so a model shared with other tasks is never altered)."""
-    carried = model.__dict__.get("step_policies")
-    if carried is sets:
+    if model.step_policies is sets:
         return model
-    model = copy.copy(model)
-    if sets is None:
-        del model.__dict__["step_policies"]
-    else:
-        model.step_policies = sets
-    return model
+    return model.with_step_policies(sets)
 
 
 def checked_device(device) -> torch.device:

@@ -396,3 +396,45 @@ def test_bandit_subjects_with_their_own_learning_rates_are_simulated():
     }
     record = simulate_subjects(task, theta, 3, seed=0)
     assert record.sizes["agent"] == 40 and record.sizes["trial"] == 3
+
+
+def test_settings_are_split_by_concern_and_each_part_takes_its_own(rng):
+    """AgentSettings stays one flat object for the user (dataclasses.replace by field name),
+    checked and split into planning, learning and state inference; learning and planning
+    take their own group and give the same answer as with the whole settings."""
+    import dataclasses
+
+    from pp_aif.agent import InferenceSettings, LearningSettings, PlanningSettings, policies_at
+
+    settings = AgentSettings(
+        action_precision=3.0, learning_rate=0.5, forgetting=0.25, inference="mmp", horizon=1
+    )
+    assert settings.planning == PlanningSettings(action_precision=3.0, horizon=1)
+    assert settings.learning == LearningSettings(learning_rate=0.5, forgetting=0.25)
+    assert settings.state_inference == InferenceSettings("mmp")
+    assert settings.state_inference.scheme_settings().warn is False
+    changed = dataclasses.replace(settings, action_precision=2.0)
+    assert changed.planning.action_precision == 2.0 and changed.learning == settings.learning
+    with pytest.raises(ValueError, match=r"forgetting: must be a finite number >= 0 and < 1"):
+        LearningSettings(forgetting=1.0)
+    with pytest.raises(ValueError, match=r"inference: 'bp' is not one of"):
+        InferenceSettings("bp")
+    with pytest.raises(ValueError, match=r"infer_precision: this agent cannot infer gamma"):
+        PlanningSettings(infer_precision=True)
+
+    arrays = random_arrays(rng, (2,), (3,), (2,))
+    model = pp_aif.GenerativeModel(
+        arrays.A, arrays.B, D=arrays.D, pA=[4 * arrays.A[0]], pD=[2 * arrays.D[0]]
+    )
+    observations = torch.tensor([[0, 2, 1], [1, 1, 0]])[..., None]
+    actions = torch.tensor([[0, 1], [1, 1]])[..., None]
+    state = initial_state(model, 2)
+    whole = learn_between_trials(model, settings, state, observations, actions)
+    alone = learn_between_trials(model, settings.learning, state, observations, actions)
+    for a, b in zip(whole, alone, strict=True):
+        if a is not None:
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    for t in range(2):
+        p1, e1 = policies_at(model, settings, t, 3)
+        p2, e2 = policies_at(model, settings.planning, t, 3)
+        assert torch.equal(p1, p2) and torch.equal(e1, e2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import pp_aif
-from pp_aif import ModelError
+from pp_aif import GenerativeModel, ModelError
 from tests.common import assert_close, random_arrays
 
 
@@ -349,3 +350,27 @@ def test_non_finite_entries_everywhere(arrays, name, bad):
 def test_negative_policy_prior(arrays):
     with raises("E: entry (1,) is -0.5, negative"):
         build(arrays, E=np.array([1.5, -0.5]))
+
+
+def test_the_model_is_immutable_and_keeps_what_it_derives():
+    """Setting or deleting an attribute is refused; derived values (the policies of a depth)
+    are made once and kept on the model, not in module globals; with_step_policies copies."""
+    model = GenerativeModel([np.eye(2)], [np.stack([np.eye(2), np.eye(2)[::-1]], -1)])
+    with pytest.raises(AttributeError, match="immutable: cannot set 'A'"):
+        model.A = model.A
+    with pytest.raises(AttributeError, match="immutable: cannot set 'step_policies'"):
+        model.step_policies = None
+    with pytest.raises(AttributeError, match="immutable: cannot delete 'B'"):
+        del model.B
+    policies, log_prior = model.policies_of_depth(3)
+    assert policies.shape == (8, 3, 1) and abs(float(log_prior.exp().sum()) - 1) < 1e-12
+    assert model.policies_of_depth(3)[0] is policies  # made once
+    sets = (None, (torch.tensor([[[1]]]), torch.tensor([1.0], dtype=torch.float64)))
+    carrying = model.with_step_policies(sets)
+    assert model.step_policies is None and carrying.step_policies is sets
+    assert carrying.policies_of_depth(3)[0] is policies  # derived values shared
+    with pytest.raises(ModelError, match=r"step_policies\[1\]: E sums to"):
+        model.with_step_policies((None, (torch.tensor([[[1]]]), torch.tensor([0.5]))))
+    moved = carrying.to(dtype=torch.float32)
+    assert moved.step_policies[1][1].dtype == torch.float32
+    assert torch.equal(pickle.loads(pickle.dumps(carrying)).step_policies[1][0], sets[1][0])

@@ -247,12 +247,12 @@ def test_a_later_set_larger_than_the_first_widens_the_record():
 def test_the_model_carries_the_sets_without_altering_a_shared_model():
     tmaze = load_task("tmaze")
     task = _tmaze_with({1: torch.tensor([[[1, 0]]])})
-    assert not hasattr(tmaze.model, "step_policies")
+    assert tmaze.model.step_policies is None
     assert task.model is not tmaze.model and task.model.step_policies[0] is None
     again = dataclasses.replace(task, settings=AgentSettings(policy_precision=2.0))
     assert again.model is task.model  # nothing to change: no further copy
     plain = dataclasses.replace(task, step_policies=None)
-    assert not hasattr(plain.model, "step_policies")
+    assert plain.model.step_policies is None and task.model.step_policies is not None
     moved = task.to(dtype=torch.float32)
     policies, E = moved.model.step_policies[1]
     assert E.dtype == torch.float32 and policies.dtype == torch.int64

@@ -58,7 +58,7 @@ def content_digest(*values) -> str:
             for name in ("A", "B", "C", "D", "E", "pA", "pB", "pD", "policies"):
                 digest.update(name.encode())
                 feed(getattr(value, name))
-            steps = getattr(value, "step_policies", None)  # a task's own policy set per step
+            steps = value.step_policies  # a task's own policy set per step
             if steps is not None:
                 digest.update(b"step_policies")
                 feed(list(steps))

@@ -12,39 +12,57 @@ from __future__ import annotations
 import torch
 
 from pp_aif.errors import DataError
-from pp_aif.inference.inputs import Sequences, format_sequence
-from pp_aif.ops.hmm import (
-    FilterResult,
-    forward_filter,
-    observation_log_likelihood,
-    select_transitions,
-)
+from pp_aif.inference.inputs import SchemeInputs, Sequences, format_sequence, scheme_inputs
+from pp_aif.ops.hmm import FilterResult, forward_filter, smooth
 from pp_aif.spec import GenerativeModel
 
-__all__ = ["run_forward_filter", "raise_if_impossible", "log_space_arguments"]
+__all__ = [
+    "run_forward_filter",
+    "raise_if_impossible",
+    "log_space_arguments",
+    "exact_filtering",
+    "exact_smoothing",
+]
+
+
+def exact_filtering(inputs: SchemeInputs) -> FilterResult:
+    """The exact forward pass (``ops.hmm.forward_filter``) on a scheme's inputs."""
+    return forward_filter(inputs.log_likelihood, list(inputs.transitions), list(inputs.initial))
+
+
+def exact_smoothing(inputs: SchemeInputs, result: FilterResult | None = None):
+    """The exact smoothed joint posterior (N, T, S_1..S_F), from the forward pass ``result``
+    (run here if not given)."""
+    if result is None:
+        result = exact_filtering(inputs)
+    return smooth(
+        result.filtered,
+        result.predicted,
+        list(inputs.transitions),
+        **log_space_arguments(inputs, result),
+    )
 
 
 def run_forward_filter(model: GenerativeModel, sequences: Sequences):
     """The forward pass on validated sequences; raises DataError if any sequence is impossible.
 
-    Returns (FilterResult, transitions), with transitions F tensors (N, T-1, S_f, S_f).
+    Returns (FilterResult, SchemeInputs): the inputs of every scheme, with the model's A, B, D.
     """
-    log_likelihood = observation_log_likelihood(model.log_A, sequences.observations)
-    transitions = select_transitions(model.transition_by_action, sequences.actions)
-    result = forward_filter(log_likelihood, transitions, model.D)
+    inputs = scheme_inputs(model, sequences.observations, sequences.actions)
+    result = exact_filtering(inputs)
     raise_if_impossible(model, sequences, result)
-    return result, transitions
+    return result, inputs
 
 
-def log_space_arguments(model: GenerativeModel, sequences: Sequences, result):
+def log_space_arguments(inputs: SchemeInputs, result: FilterResult) -> dict:
     """What ``smooth`` and ``posterior_as_chain`` need for the sequences that the forward pass
     computed in log space (none: nothing)."""
     if result.log_space is None:
         return {}
     return {
         "log_space": result.log_space,
-        "log_likelihood": observation_log_likelihood(model.log_A, sequences.observations),
-        "initial": list(model.D),
+        "log_likelihood": inputs.log_likelihood,
+        "initial": list(inputs.initial),
     }
 
 

@@ -134,12 +134,12 @@ def free_energy(model: GenerativeModel, observations, actions=None, *, beliefs) 
 def posterior_chain(model: GenerativeModel, observations, actions=None) -> ChainBeliefs:
     """The exact posterior p(s_1:T | o_1:T, u) as a Markov chain over the joint state."""
     sequences = prepare_sequences(model, observations, actions)
-    result, transitions = run_forward_filter(model, sequences)
+    result, inputs = run_forward_filter(model, sequences)
     _, initial, conditionals = posterior_as_chain(
         result.filtered,
         result.predicted,
-        transitions,
-        **log_space_arguments(model, sequences, result),
+        list(inputs.transitions),
+        **log_space_arguments(inputs, result),
     )
     T, K = result.filtered.shape[1], math.prod(model.num_states)
     batch = sequences.batch_shape

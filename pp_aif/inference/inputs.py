@@ -1,4 +1,6 @@
-"""Validation of observation and action sequences against a generative model.
+"""Validation of observation and action sequences against a generative model, and the one
+adapter from (model, sequences, each sequence's own A, B, D) to the arrays every state-inference
+scheme takes (``scheme_inputs`` -> ``SchemeInputs``; the schemes: ``pp_aif.inference.schemes``).
 
 Public shapes: observations int (T, M) or (*batch, T, M); actions int (T-1, F) or
 (*batch, T-1, F). Internally every sequence array is flattened to one batch axis N = prod(batch).
@@ -8,6 +10,9 @@ factor; nothing is computed from bad input.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -15,9 +20,11 @@ import torch
 from torch import Tensor
 
 from pp_aif.errors import DataError
+from pp_aif.ops.hmm import select_transitions
+from pp_aif.ops.numerics import safe_log
 from pp_aif.spec import GenerativeModel
 
-__all__ = ["Sequences", "prepare_sequences", "format_sequence"]
+__all__ = ["Sequences", "prepare_sequences", "format_sequence", "SchemeInputs", "scheme_inputs"]
 
 
 class Sequences(NamedTuple):
@@ -132,3 +139,84 @@ def prepare_sequences(model: GenerativeModel, observations, actions=None) -> Seq
         actions = actions.reshape(N, T - 1, F)
         _check_range(actions, model.num_controls, "actions", "factor", batch_shape)
     return Sequences(observations, actions, batch_shape)
+
+
+@dataclass(frozen=True)
+class SchemeInputs:
+    """The arrays every state-inference scheme takes, made by ``scheme_inputs``.
+
+    model : the generative model; observations int (N, T, M), actions int (N, T-1, F);
+    log_likelihoods : M tensors (N, T, S_1..S_F), ln p(o_m,t | s) of the observed outcomes
+        under each sequence's A, exact (ln 0 = -inf);
+    transitions : F tensors (N, T-1, S_f, S_f), p(s_f,t+1 | s_f,t, u_t) chosen by the actions;
+    initial : F tensors (N, S_f), p(s_f,0);
+    own : whether A, B or D are the sequences' own (an agent's learned counts), not the model's.
+    """
+
+    model: GenerativeModel
+    observations: Tensor
+    actions: Tensor
+    log_likelihoods: tuple[Tensor, ...]
+    transitions: tuple[Tensor, ...]
+    initial: tuple[Tensor, ...]
+    own: bool = False
+
+    @cached_property
+    def log_likelihood(self) -> Tensor:
+        """ln p(o_t | s) over every modality: (N, T, S_1..S_F), exact."""
+        total = self.log_likelihoods[0]
+        for term in self.log_likelihoods[1:]:
+            total = total + term
+        return total
+
+    @cached_property
+    def clipped_log_likelihood(self) -> Tensor:
+        """sum_m ln max(A_m[o_m], eps), eps the dtype's machine epsilon: pymdp's floor, taken
+        per modality (fpi, vmp)."""
+        floor = math.log(torch.finfo(self.log_likelihoods[0].dtype).eps)
+        total = self.log_likelihoods[0].clamp_min(floor)
+        for term in self.log_likelihoods[1:]:
+            total = total + term.clamp_min(floor)
+        return total
+
+    @property
+    def num_sequences(self) -> int:
+        return self.observations.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.observations.shape[1]
+
+
+def scheme_inputs(
+    model: GenerativeModel,
+    observations: Tensor,
+    actions: Tensor,
+    *,
+    A: list[Tensor] | None = None,
+    B: list[Tensor] | None = None,
+    D: list[Tensor] | None = None,
+) -> SchemeInputs:
+    """The one adapter from (model, data, each sequence's own A, B, D) to ``SchemeInputs``.
+
+    observations : int (N, T, M); actions : int (N, T-1, F), valid for the model (checked by
+    ``prepare_sequences``, or an agent's own). A : M tensors (N, O_m, S_1..S_F); B : F tensors
+    (N, S_f, S_f, U_f); D : F tensors (N, S_f): one per sequence (an agent's normalised
+    counts), or None for the model's.
+    """
+    N = observations.shape[0]
+    if A is None:
+        log_likelihoods = tuple(log_a[observations[..., m]] for m, log_a in enumerate(model.log_A))
+    else:
+        rows = torch.arange(N, device=observations.device)[:, None]
+        log_likelihoods = tuple(safe_log(a[rows, observations[..., m]]) for m, a in enumerate(A))
+    if B is None:
+        transitions = select_transitions(model.transition_by_action, actions)
+    else:
+        by_action = [b.permute(0, 3, 1, 2) for b in B]
+        transitions = select_transitions(by_action, actions, per_sequence=True)
+    initial = tuple(d.expand(N, -1) for d in model.D) if D is None else tuple(D)
+    own = A is not None or B is not None or D is not None
+    return SchemeInputs(
+        model, observations, actions, log_likelihoods, tuple(transitions), initial, own
+    )

@@ -21,51 +21,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from pp_aif.errors import ConvergenceWarning, DiagnosticWarning
-from pp_aif.inference.exact import log_space_arguments, run_forward_filter
+from pp_aif.inference.exact import exact_smoothing, run_forward_filter
 from pp_aif.inference.inputs import Sequences, format_sequence
+from pp_aif.inference.schemes import MESSAGE_PASSING, SCHEMES, MessagePassingSettings
 from pp_aif.inference.variational import Optimisation
 from pp_aif.ops.free_energy import mean_field_free_energy
-from pp_aif.ops.hmm import factor_marginals, smooth
-from pp_aif.ops.message_passing import (
-    SPM_EPSILON,
-    clipped_log,
-    fixed_point_iteration,
-    marginal_message_passing,
-    variational_message_passing,
-)
+from pp_aif.ops.hmm import factor_marginals
 from pp_aif.spec import GenerativeModel
-from pp_aif.validation import check_flag, check_integer, check_number
 
-__all__ = ["SCHEMES", "MessagePassingSettings", "run_scheme"]
-
-SCHEMES = ("fpi", "vmp", "mmp")
-
-
-@dataclass(frozen=True)
-class MessagePassingSettings:
-    """num_iterations : sweeps (per step for fpi). Defaults: pymdp's 16 and SPM's 16.
-    tau : gradient step of vmp (pymdp default 1) and mmp (SPM's 1/4); None for the default.
-    tolerance : converged when no marginal changed by more than this in the last sweep.
-    warn : warn (ConvergenceWarning) when not converged.
-    """
-
-    num_iterations: int = 16
-    tau: float | None = None
-    tolerance: float = 1e-6
-    warn: bool = True
-
-    def __post_init__(self):
-        check_integer("num_iterations", self.num_iterations, minimum=1)
-        if self.tau is not None:
-            check_number("tau", self.tau, minimum=0, exclusive_minimum=True)
-        check_number("tolerance", self.tolerance, minimum=0)
-        check_flag("warn", self.warn)
+__all__ = ["MESSAGE_PASSING", "MessagePassingSettings", "run_scheme", "exact_log_free_energy"]
 
 
 def _floored_free_energy(model, marginals, log_likelihood, transitions, epsilon) -> Tensor:
@@ -152,120 +121,42 @@ def _warn_if_floor_changed_the_answer(
     )
 
 
-def _clipped_log_likelihood(model: GenerativeModel, observations: Tensor) -> Tensor:
-    """sum_m ln max(A_m[o_m], eps): (N, T, S_1..S_F) (pymdp's per-modality clipping)."""
-    total = 0.0
-    for m, a in enumerate(model.A):
-        total = total + clipped_log(a[observations[..., m]])  # (N, T, S_1..S_F)
-    return total
-
-
-def _max_change(new: list[Tensor], old: list[Tensor]) -> Tensor:
-    """max |q_new - q_old| per sequence: (N,)."""
-    return torch.stack(
-        [(a - b).abs().flatten(1).amax(1) for a, b in zip(new, old, strict=True)]
-    ).amax(0)
-
-
 def run_scheme(
     model: GenerativeModel, sequences: Sequences, method: str, mode: str, settings
 ) -> tuple[list[Tensor], Tensor, Tensor, Optimisation]:
     """(marginals F x (N, T, S_f), F (N,) with the scheme's floor, F (N,) with exact logs
-    (``exact_log_free_energy``), Optimisation) of a message-passing scheme.
+    (``exact_log_free_energy``), Optimisation) of a message-passing scheme on whole sequences:
+    the scheme's own ``sequence`` (``pp_aif.inference.schemes``), checked and scored.
 
     Raises DataError for a sequence the model makes impossible; warns (DiagnosticWarning) where
     the floor changed the answer (``_warn_if_floor_changed_the_answer``)."""
-    if method not in SCHEMES:
-        raise ValueError(f"method: {method!r} is not one of {SCHEMES}")
-    if (method == "fpi") != (mode == "filtering"):
-        wanted = "filtering" if method == "fpi" else "smoothing"
-        raise ValueError(f"mode: method {method!r} infers {wanted} posteriors only")
-    observations = sequences.observations
-    N, T = observations.shape[:2]
+    if method not in MESSAGE_PASSING:
+        raise ValueError(f"method: {method!r} is not one of {MESSAGE_PASSING}")
+    scheme = SCHEMES[method]
+    if mode != scheme.mode:
+        raise ValueError(f"mode: method {method!r} infers {scheme.mode} posteriors only")
     # the exact pass first: an impossible sequence is a DataError naming its step and modality
     # (the schemes' floors would otherwise give it a finite F), and ln p(o) checks their F below
-    exact, transitions = run_forward_filter(model, sequences)  # F x (N, T-1, S, S)
-    iterations = settings.num_iterations
-    exact_log_likelihood = sum(torch.log(a[observations[..., m]]) for m, a in enumerate(model.A))
-    if method == "fpi":
-        log_likelihood = _clipped_log_likelihood(model, observations)
-        prior = [d.expand(N, d.shape[-1]) for d in model.D]
-        steps, change = [], torch.zeros(N, dtype=model.dtype, device=model.device)
-        for t in range(T):
-            if t > 0:
-                prior = [
-                    torch.einsum("nij,nj->ni", b[:, t - 1], q)
-                    for b, q in zip(transitions, steps[-1], strict=True)
-                ]
-            log_prior = [clipped_log(p) for p in prior]
-            q, last_change = fixed_point_iteration(log_likelihood[:, t], log_prior, iterations)
-            change = torch.maximum(change, last_change)
-            steps.append(q)
-        marginals = [torch.stack([s[f] for s in steps], 1) for f in range(model.num_factors)]
-        epsilon = torch.finfo(model.dtype).eps
-        free_energy = _floored_free_energy(
-            model, marginals, exact_log_likelihood, transitions, epsilon
-        )
-        trace = free_energy.sum()[None]
-    else:
-        trace_values, previous = [], None
-        if method == "vmp":
-            tau = 1.0 if settings.tau is None else settings.tau
-            log_likelihood = _clipped_log_likelihood(model, observations)
-            log_transitions = [clipped_log(b) for b in transitions]
-            log_prior = [clipped_log(d) for d in model.D]
-            epsilon = torch.finfo(model.dtype).eps
-            marginals = None
-            for _ in range(iterations):  # one sweep at a time, to record F and the change
-                previous = marginals
-                marginals = variational_message_passing(
-                    log_likelihood, log_transitions, log_prior, 1, tau, initial=marginals
-                )
-                trace_values.append(
-                    _floored_free_energy(
-                        model, marginals, exact_log_likelihood, transitions, epsilon
-                    ).sum()
-                )
-        else:
-            tau = 0.25 if settings.tau is None else settings.tau
-            likelihood = torch.exp(exact_log_likelihood)
-            epsilon = SPM_EPSILON
-            marginals = None
-            for _ in range(iterations):
-                previous = marginals
-                marginals, _, _ = marginal_message_passing(
-                    likelihood, transitions, model.D, num_iterations=1, tau=tau, initial=marginals
-                )
-                trace_values.append(
-                    _floored_free_energy(
-                        model, marginals, exact_log_likelihood, transitions, epsilon
-                    ).sum()
-                )
-        if previous is None:
-            uniform = [torch.full_like(q, 1.0 / q.shape[-1]) for q in marginals]
-            previous = uniform
-        change = _max_change(marginals, previous)
-        free_energy = _floored_free_energy(
-            model, marginals, exact_log_likelihood, transitions, epsilon
-        )
-        trace = torch.stack(trace_values)
+    exact, inputs = run_forward_filter(model, sequences)
+    transitions = list(inputs.transitions)
+    epsilon = scheme.epsilon(model.dtype)
+
+    def floored(marginals):
+        return _floored_free_energy(model, marginals, inputs.log_likelihood, transitions, epsilon)
+
+    trace = []
+    run = scheme.sequence(inputs, settings, on_sweep=lambda q: trace.append(floored(q).sum()))
+    marginals, change = run.marginals, run.change
+    free_energy = floored(marginals)
     converged = bool((change <= settings.tolerance).all())
+    iterations = settings.num_iterations
     record = Optimisation(
-        iterations=iterations, final=free_energy, converged=converged, trace=trace
+        iterations=iterations, final=free_energy, converged=converged, trace=torch.stack(trace)
     )
-    resolution = math.sqrt(epsilon)
     exact_logs = exact_log_free_energy(
-        marginals, exact_log_likelihood, transitions, model.D, resolution
+        marginals, inputs.log_likelihood, transitions, model.D, math.sqrt(epsilon)
     )
-    if method == "fpi":
-        joint = exact.filtered
-    else:
-        joint = smooth(
-            exact.filtered,
-            exact.predicted,
-            transitions,
-            **log_space_arguments(model, sequences, exact),
-        )
+    joint = exact.filtered if scheme.mode == "filtering" else exact_smoothing(inputs, exact)
     _warn_if_floor_changed_the_answer(
         method,
         sequences,

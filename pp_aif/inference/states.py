@@ -27,17 +27,18 @@ from typing import Literal
 
 from torch import Tensor
 
-from pp_aif.inference.exact import log_space_arguments, run_forward_filter
-from pp_aif.inference.inputs import Sequences, prepare_sequences
-from pp_aif.inference.message_passing import SCHEMES, MessagePassingSettings, run_scheme
-from pp_aif.inference.variational import GUIDES, Optimisation, SVISettings, fit_guide
-from pp_aif.ops.hmm import factor_marginals, smooth
+from pp_aif.inference.exact import run_forward_filter
+from pp_aif.inference.inputs import prepare_sequences
+from pp_aif.inference.message_passing import MESSAGE_PASSING, run_scheme
+from pp_aif.inference.schemes import SCHEMES
+from pp_aif.inference.variational import GUIDES, Optimisation
+from pp_aif.ops.hmm import factor_marginals
 from pp_aif.spec import GenerativeModel
 
 __all__ = ["Beliefs", "infer_states", "METHODS", "MODES"]
 
 EXACT_METHODS = ("exact", "enumerate")
-METHODS = (*EXACT_METHODS, *GUIDES, *SCHEMES)
+METHODS = (*EXACT_METHODS, *GUIDES, *MESSAGE_PASSING)
 MODES = ("smoothing", "filtering")
 
 
@@ -146,33 +147,36 @@ def infer_states(
     sequences = prepare_sequences(model, observations, actions)
     batch = sequences.batch_shape
     T = sequences.observations.shape[1]
-    free_energy, record, exact_logs = None, None, None
-    if method == "exact":
-        marginals, log_evidence = _exact(model, sequences, mode)
-    elif method == "enumerate":
+    free_energy, record, exact_logs, log_evidence = None, None, None, None
+    if method == "enumerate":  # the Pyro program itself: the oracle, not a scheme
         from pp_aif.inference.enumeration import enumerate_states
 
         marginals, log_evidence = enumerate_states(model, sequences, mode)
-    elif method in SCHEMES:
+    elif method in MESSAGE_PASSING:  # scored and checked: F per sweep, the floor's warnings
         marginals, free_energy, exact_logs, record = run_scheme(
-            model, sequences, method, mode, _settings(MessagePassingSettings, settings)
+            model, sequences, method, mode, _settings(SCHEMES[method].settings, settings)
         )
-        log_evidence = None
-        free_energy = free_energy.reshape(batch)
-        exact_logs = exact_logs.reshape(batch)
-        record = replace(record, final=record.final.reshape(batch))
     else:
-        if mode != "smoothing":
-            raise ValueError(f"mode: method {method!r} infers smoothing posteriors only")
-        result, transitions = run_forward_filter(
-            model, sequences
-        )  # support; DataError if impossible
-        marginals, free_energy, record = fit_guide(
-            model, sequences, method, _settings(SVISettings, settings), result, transitions
-        )
-        log_evidence = None
+        scheme = SCHEMES[method]
+        if method != "exact" and mode != scheme.mode:
+            raise ValueError(f"mode: method {method!r} infers {scheme.mode} posteriors only")
+        # the exact pass first: impossible sequences are a DataError; the posterior's support
+        result, inputs = run_forward_filter(model, sequences)
+        if method == "exact":
+            log_evidence = result.log_normalisers.sum(-1)
+            marginals = (
+                factor_marginals(result.filtered, 2)
+                if mode == "filtering"
+                else scheme.sequence(inputs, None, result=result).marginals
+            )
+        else:
+            run = scheme.sequence(inputs, _settings(scheme.settings, settings), result=result)
+            marginals, free_energy, record = run.marginals, run.free_energy, run.optimisation
+    if free_energy is not None:
         free_energy = free_energy.reshape(batch)
         record = replace(record, final=record.final.reshape(batch))
+    if exact_logs is not None:
+        exact_logs = exact_logs.reshape(batch)
     return Beliefs(
         marginals=[q.reshape(*batch, T, q.shape[-1]) for q in marginals],
         log_evidence=None if log_evidence is None else log_evidence.reshape(batch),
@@ -198,18 +202,3 @@ def _settings(kind, settings):
             )
         return kind(**settings)
     raise TypeError(f"settings: expected {kind.__name__} or dict, got {type(settings).__name__}")
-
-
-def _exact(model: GenerativeModel, sequences: Sequences, mode: str):
-    result, transitions = run_forward_filter(model, sequences)
-    joint = (
-        result.filtered
-        if mode == "filtering"
-        else smooth(
-            result.filtered,
-            result.predicted,
-            transitions,
-            **log_space_arguments(model, sequences, result),
-        )
-    )
-    return factor_marginals(joint, 2), result.log_normalisers.sum(-1)

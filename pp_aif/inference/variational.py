@@ -48,7 +48,7 @@ from torch import Tensor
 
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.inference.exact import log_space_arguments
-from pp_aif.inference.inputs import Sequences
+from pp_aif.inference.inputs import SchemeInputs, Sequences
 from pp_aif.ops.contractions import outer
 from pp_aif.ops.free_energy import (
     chain_free_energy,
@@ -129,13 +129,13 @@ class Optimisation:
     trace: Tensor
 
 
-def _support(model: GenerativeModel, sequences: Sequences, result, transitions):
+def _support(model: GenerativeModel, inputs: SchemeInputs, result):
     """Posterior support: joint states (N, T, K) and transitions (N, T-1, K, K) with mass."""
     smoothed, _, conditionals = posterior_as_chain(
         result.filtered,
         result.predicted,
-        transitions,
-        **log_space_arguments(model, sequences, result),
+        list(inputs.transitions),
+        **log_space_arguments(inputs, result),
     )
     N, T = smoothed.shape[:2]
     K = math.prod(model.num_states)
@@ -295,12 +295,20 @@ def fit_guide(
     method: str,
     settings: SVISettings,
     result,
-    transitions,
+    inputs: SchemeInputs,
 ):
     """Fit a guide by SVI. Returns (marginals F x (N, T, S_f), free energy (N,), Optimisation).
 
-    ``result`` and ``transitions`` are the exact forward pass (for the posterior's support).
+    ``result`` and ``inputs`` are the exact forward pass and the arrays it ran on (from
+    ``pp_aif.inference.exact.run_forward_filter``: the posterior's support). The guides fit
+    the Pyro program, whose A, B and D are the model's: ``inputs`` must hold those.
     """
+    if inputs.own:
+        raise ValueError(
+            f"inference: the SVI guides ({method!r}) infer with the model's own A, B and D; "
+            "agents that learn pA, pB or pD need 'exact', 'fpi', 'vmp' or 'mmp'"
+        )
+    transitions = list(inputs.transitions)
     if method not in GUIDES:
         raise ValueError(f"method: {method!r} is not one of {GUIDES}")
     observations, actions = sequences.observations, sequences.actions
@@ -308,11 +316,11 @@ def fit_guide(
     K = math.prod(model.num_states)
     if all(S == 1 for S in model.num_states):  # nothing to infer: q is the one path
         return _certain(model, N, T, result)
-    smoothed, state_support, pair_support = _support(model, sequences, result, transitions)
+    smoothed, state_support, pair_support = _support(model, inputs, result)
     marginal_support = [q > 0 for q in factor_marginals(smoothed, 2)]
     batched = N > 1
     if method == "mean_field":
-        log_likelihood = observation_log_likelihood(model.log_A, observations)
+        log_likelihood = inputs.log_likelihood
         marginal_support, starts = _mean_field_start(
             model, marginal_support, log_likelihood, transitions
         )

@@ -39,12 +39,13 @@ import torch
 from torch import Tensor
 
 from pp_aif.ops.contractions import outer
-from pp_aif.ops.numerics import logsumexp
+from pp_aif.ops.numerics import logsumexp, safe_log
 
 __all__ = [
     "FilterResult",
     "observation_log_likelihood",
     "select_transitions",
+    "bayes_update",
     "propagate",
     "forward_filter",
     "log_propagate",
@@ -105,6 +106,23 @@ def select_transitions(
         return [b[actions[..., f]] for f, b in enumerate(transition_by_action)]
     rows = torch.arange(actions.shape[0], device=actions.device)[:, None]
     return [b[rows, actions[..., f]] for f, b in enumerate(transition_by_action)]
+
+
+def bayes_update(prior: Tensor, log_likelihood: Tensor) -> tuple[Tensor, Tensor]:
+    """One step of Bayes' rule over the joint state: the online filter step.
+
+    prior : (N, S_1..S_F) p(s_t | o_<t); log_likelihood : (N, S_1..S_F) ln p(o_t | s_t).
+    Returns (posterior (N, S_1..S_F), ln p(o_t | o_<t) (N,)). The product is formed in log
+    space and shifted by its largest term, so a small prior times a small likelihood does not
+    underflow; where the outcome is impossible (every term -inf) the evidence is -inf and that
+    agent's posterior is NaN: the caller names it (``pp_aif.agent.step`` raises a DataError).
+    """
+    log_joint = (safe_log(prior) + log_likelihood).flatten(1)
+    shift = log_joint.amax(-1, keepdim=True)
+    weights = torch.exp(log_joint - shift)
+    total = weights.sum(-1, keepdim=True)
+    posterior = (weights / total).reshape(prior.shape)
+    return posterior, (shift + torch.log(total))[:, 0]
 
 
 def propagate(joint: Tensor, matrices: Sequence[Tensor], *, transpose: bool = False) -> Tensor:
