@@ -258,7 +258,10 @@ class AgentState:
     pB : F tensors (N, S_f, S_f, U_f), each agent's transition counts (None: the model's B);
     pD : F tensors (N, S_f), each agent's initial-state counts (None: the model's D);
     observations : int (N, time, M) and actions : int (N, time, F), the trial so far (kept only
-    for the schemes that infer over it, ``HISTORY_SCHEMES``; None otherwise)."""
+    for the schemes that infer over it, ``HISTORY_SCHEMES``; None otherwise);
+    A : M tensors (N, O_m, S_1..S_F), each agent's own fixed likelihood where it does not learn
+    pA (e.g. the model's A at its likelihood precision zeta, A^zeta renormalised); None: the
+    model's A."""
 
     time: int
     prior: Tensor
@@ -267,14 +270,18 @@ class AgentState:
     pD: list[Tensor] | None = None
     observations: Tensor | None = None
     actions: Tensor | None = None
+    A: list[Tensor] | None = None
 
     def transitions(self) -> list[Tensor] | None:
         """Each agent's B, the normalised pB: F tensors (N, S_f, S_f, U_f), or None."""
         return None if self.pB is None else [p / p.sum(1, keepdim=True) for p in self.pB]
 
     def likelihood(self) -> list[Tensor] | None:
-        """Each agent's A, the normalised pA: M tensors (N, O_m, S_1..S_F), or None."""
-        return None if self.pA is None else [p / p.sum(1, keepdim=True) for p in self.pA]
+        """Each agent's A: the normalised pA, else its own fixed A: M tensors (N, O_m,
+        S_1..S_F); None where it uses the model's."""
+        if self.pA is None:
+            return self.A
+        return [p / p.sum(1, keepdim=True) for p in self.pA]
 
 
 @dataclass(frozen=True)
@@ -304,11 +311,25 @@ def initial_state(
     pA: list[Tensor] | None = None,
     pB: list[Tensor] | None = None,
     pD: list[Tensor] | None = None,
+    A: list[Tensor] | None = None,
 ) -> AgentState:
     """The state before a trial's first observation. Counts are per agent (N, ...); without
     them, agents start from the model's counts (when it has them). As in SPM, an agent with
     counts uses their normalised values as its A, B and D (the model's ``A``, ``B`` and ``D``
-    are then not used by the agent)."""
+    are then not used by the agent). A : M tensors (N, O_m, S_1..S_F), each agent's own fixed
+    likelihood, for agents that do not learn pA (a ValueError where they do)."""
+    if A is not None:
+        if pA is not None or model.pA is not None:
+            raise ValueError(
+                "A: an agent's own fixed likelihood is for agents that do not learn pA; this "
+                "agent's A is its normalised counts pA"
+            )
+        expected = [(num_agents, *a.shape) for a in model.A]
+        if [tuple(a.shape) for a in A] != expected:
+            raise ValueError(
+                f"A: expected shapes {expected} (one A per agent), got "
+                f"{[tuple(a.shape) for a in A]}"
+            )
     if pA is None and model.pA is not None:
         pA = [p.expand(num_agents, *p.shape).clone() for p in model.pA]
     if pB is None and model.pB is not None:
@@ -316,7 +337,7 @@ def initial_state(
     if pD is None and model.pD is not None:
         pD = [p.expand(num_agents, -1).clone() for p in model.pD]
     prior = outer(*_initial_beliefs(model, pD, num_agents), batch_dims=1)
-    return AgentState(time=0, prior=prior, pA=pA, pB=pB, pD=pD)
+    return AgentState(time=0, prior=prior, pA=pA, pB=pB, pD=pD, A=A)
 
 
 def _trial_so_far(model, state, A, B, observation, observations, actions) -> SchemeInputs:
@@ -372,9 +393,7 @@ def step(
     if state.time >= num_steps - 1:
         result = StepResult(beliefs, log_evidence, None, None, None, None)
         return (
-            AgentState(
-                state.time + 1, posterior, state.pA, state.pB, state.pD, observations, state.actions
-            ),
+            replace(state, time=state.time + 1, prior=posterior, observations=observations),
             result,
         )
 
@@ -406,7 +425,9 @@ def step(
     result = StepResult(beliefs, log_evidence, scores, q_pi, probabilities, action)
     actions = _append(state.actions, action) if scheme.history else None
     return (
-        AgentState(state.time + 1, next_prior, state.pA, state.pB, state.pD, observations, actions),
+        replace(
+            state, time=state.time + 1, prior=next_prior, observations=observations, actions=actions
+        ),
         result,
     )
 

@@ -535,8 +535,8 @@ def _fit_epilog() -> str:
         lines.append(f"  {'':<{width}}  prior {prior}")
     lines += [
         "The learned counts are the model's pA, pB and pD: learning_rate, forgetting and",
-        "concentration need a model with some; likelihood_precision, agents that infer",
-        "exactly and learn at most pD. Parameters not fitted keep the task's settings",
+        "concentration need a model with some; likelihood_precision, agents that do not",
+        "learn pA (their A is their counts). Parameters not fitted keep the task's settings",
         "(concentration = likelihood_precision = 1). G is the policy's expected free",
         "energy less its novelty; E, C and A are the task's.",
     ]

@@ -34,7 +34,7 @@ import xarray as xr
 
 from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, policies_at, step
 from pp_aif.envs import Environment, GenerativeProcess, accepts_trial, check_same_sizes
-from pp_aif.spec import GenerativeModel
+from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel
 from pp_aif.task import Labels, Task
 from pp_aif.validation import check_integer
 
@@ -161,6 +161,32 @@ def _initial_counts(model: GenerativeModel, name: str, given, N: int):
     return given
 
 
+def _own_likelihood(model: GenerativeModel, given, N: int):
+    """Each agent's own fixed A (N, O_m, S_1..S_F), checked; None: the model's."""
+    if given is None:
+        return None
+    if model.pA is not None:
+        raise ValueError(
+            "A: the model has pA, so its agents' A is their normalised counts; an agent's own "
+            "fixed A is for agents that do not learn it"
+        )
+    given = [torch.as_tensor(a, dtype=model.dtype, device=model.device) for a in given]
+    shapes = [tuple(a.shape) for a in given]
+    expected = [(N, *a.shape) for a in model.A]
+    if shapes != expected:
+        raise ValueError(f"A: shapes {shapes}; expected {expected} (one array per agent)")
+    for index, a in enumerate(given):
+        total = a.sum(1)
+        if not torch.isfinite(a).all() or (a < 0).any():
+            raise ValueError(f"A[{index}]: probabilities must be finite and >= 0")
+        if (total - 1).abs().max() > NORMALISATION_TOLERANCE:
+            raise ValueError(
+                f"A[{index}]: every column p(o | s) must sum to 1 (largest departure "
+                f"{float((total - 1).abs().max()):.3g})"
+            )
+    return given
+
+
 def simulate(
     task,
     num_agents: int = 1,
@@ -173,6 +199,7 @@ def simulate(
     pD: list | None = None,
     pA: list | None = None,
     pB: list | None = None,
+    A: list | None = None,
     device=None,
     reward: tuple[int, int] | None = None,
 ) -> xr.Dataset:
@@ -195,6 +222,9 @@ def simulate(
     pA, pB : M tensors (N, O_m, S_1..S_F) and F tensors (N, S_f, S_f, U_f), optional: each
         agent's likelihood and transition counts before the first trial (default: the
         model's, when it has them)
+    A : M tensors (N, O_m, S_1..S_F), optional: each agent's own fixed likelihood, for a
+        model without pA (e.g. A at each agent's likelihood precision,
+        ``pp_aif.fitting.simulate_subjects``); the world keeps its own
     device : run on this device (e.g. "cuda"; default: where the task's model is). The
         record is numpy either way; draws on a GPU come from its own generator, so a seed
         gives other trajectories there than on the CPU.
@@ -250,8 +280,9 @@ def simulate(
         _initial_counts(model, name, given, N)
         for name, given in (("pA", pA), ("pB", pB), ("pD", pD))
     )
+    own_A = _own_likelihood(model, A, N)
     for k in range(K):
-        state = initial_state(model, N, pA=pA, pB=pB, pD=pD)
+        state = initial_state(model, N, pA=pA, pB=pB, pD=pD, A=own_A)
         observation = env.reset(N, generator, trial=k) if told else env.reset(N, generator)
         for t in range(T):
             where = f"trial {k}, step {t} ({'reset' if t == 0 else 'step'})"

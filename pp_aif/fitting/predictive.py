@@ -23,7 +23,6 @@ from pp_aif.agent import AgentSettings
 from pp_aif.fitting.fit import parameter_draws
 from pp_aif.fitting.likelihood import PARAMETERS, parameter_defaults, sharpened_likelihood
 from pp_aif.simulation import simulate
-from pp_aif.spec import GenerativeModel
 
 __all__ = ["simulate_subjects", "posterior_predictive", "choice_rates"]
 
@@ -60,20 +59,14 @@ def simulate_subjects(
         learning_rate=column("learning_rate"),
         forgetting=column("forgetting"),
     )
-    if "likelihood_precision" in theta:
-        zeta = torch.as_tensor(theta["likelihood_precision"], dtype=model.dtype).reshape(-1)
-        if not bool((zeta == zeta[0]).all()):
+    own_A = None
+    if "likelihood_precision" in theta:  # each agent infers and plans with its own A^zeta
+        if model.pA is not None:
             raise ValueError(
-                "theta: 'likelihood_precision' must be the same for every subject here (the "
-                f"simulated agents share one A); got {zeta.tolist()}: simulate each value apart"
+                "theta: 'likelihood_precision' sharpens a fixed A, but this model's agents learn "
+                "pA: their A is their normalised counts"
             )
-        A = sharpened_likelihood(model.A, float(zeta[0]))
-        model = GenerativeModel(
-            A, model.B, model.C, model.D, model.E,
-            pA=model.pA, pB=model.pB, pD=model.pD, policies=model.policies,
-        )  # fmt: skip
-        world = task.model if task.process is None else task.process  # keeps its own A
-        task = dataclasses.replace(task, model=model, process=world)
+        own_A = sharpened_likelihood(model.A, column("likelihood_precision")[:, 0])
     counts = {name: getattr(model, name) for name in ("pA", "pB", "pD")}
     if "concentration" in theta and all(value is None for value in counts.values()):
         raise ValueError(
@@ -87,7 +80,7 @@ def simulate_subjects(
         else [kappa.reshape(N, *[1] * p.dim()) * p.expand(N, *p.shape) for p in value]
         for name, value in counts.items()
     }
-    return simulate(task, N, num_trials, seed, settings=per_agent, **scaled)
+    return simulate(task, N, num_trials, seed, settings=per_agent, A=own_A, **scaled)
 
 
 def posterior_predictive(

@@ -19,14 +19,16 @@ The parameters (``REPLAY_PARAMETERS``) are the agent's settings:
     gamma          policy_precision        alpha          action_precision
     preference     preference_scale (c)    learning_rate  eta of every count learned
     forgetting     omega of every count    concentration  kappa: initial counts kappa * pA, pB, pD
+    likelihood_precision   zeta: each agent infers and plans with its own A^zeta, renormalised
+                           (``initial_state(A=)``; for agents that do not learn pA)
 
 ``pp_aif.fitting.BehaviourLikelihood`` is the closed form of the same number for the agents it
 covers (exact inference, exact G, fixed gamma, at most pD learned), and
 ``pp_aif.fitting.counts.CountsLikelihood`` for agents that learn pA or pB where they see their
 states: ``likelihood_for`` chooses them there, and the tests hold each equal to the replay
 (1e-10, gradients too). Refused, with the reason: a
-sampled G (the likelihood would be random) and the likelihood precision zeta (the agent's A is
-then not its counts).
+sampled G (the likelihood would be random), and zeta for agents that learn pA (their A is their
+normalised counts, which zeta does not sharpen).
 
 Absent trials (``present`` False) are not replayed: that subject's agents neither choose nor
 learn in them, and their entries are uniform (the behavioural program masks them).
@@ -47,12 +49,13 @@ from pp_aif.fitting.likelihood import (
     PARAMETERS,
     BehaviourLikelihood,
     parameter_defaults,
+    sharpened_likelihood,
 )
 from pp_aif.spec import GenerativeModel
 
 __all__ = ["ReplayLikelihood", "REPLAY_PARAMETERS", "likelihood_for", "closed_form_applies"]
 
-REPLAY_PARAMETERS = tuple(name for name in PARAMETERS if name != "likelihood_precision")
+REPLAY_PARAMETERS = PARAMETERS
 
 #: each fitted parameter's AgentSettings field. A draw outside the field's range (e.g. a
 #: leapfrog step that overflowed to inf) gets likelihood 0 instead of an error.
@@ -132,10 +135,10 @@ class ReplayLikelihood:
         present: Tensor | None = None,
     ):
         params = tuple(params)
-        if "likelihood_precision" in params:
+        if "likelihood_precision" in params and model.pA is not None:
             raise ValueError(
-                "params: 'likelihood_precision' (zeta) is fitted in closed form only, for agents "
-                "that infer exactly and learn at most pD; this agent's A is its counts"
+                "params: 'likelihood_precision' (zeta) sharpens a fixed A, but this agent learns "
+                "pA: its A is its normalised counts, which zeta does not change"
             )
         unknown = sorted(set(params) - set(REPLAY_PARAMETERS))
         if unknown:
@@ -176,7 +179,7 @@ class ReplayLikelihood:
         batch = tuple(shape[:-1])
         B = math.prod(batch)
         columns, valid = {}, torch.ones(B * N, dtype=torch.bool, device=model.device)
-        for name in (*_SETTINGS, "concentration"):
+        for name in (*_SETTINGS, "concentration", "likelihood_precision"):
             default = torch.as_tensor(self.defaults[name], dtype=model.dtype, device=model.device)
             if name not in given:  # a setting: one value, or one per subject (N, 1)
                 columns[name] = default.reshape(-1, 1).expand(N, 1).repeat(B, 1)
@@ -185,7 +188,7 @@ class ReplayLikelihood:
             ok = torch.isfinite(value) & (value >= 0)
             if name == "forgetting":
                 ok = ok & (value < 1)
-            if name in ("preference", "concentration"):
+            if name in ("preference", "concentration", "likelihood_precision"):
                 ok = ok & (value > 0)
             safe_default = 0.5 if name == "forgetting" else 1.0
             columns[name] = torch.where(ok, value, torch.full_like(value, safe_default))
@@ -206,6 +209,9 @@ class ReplayLikelihood:
             **{field: columns[name] for name, field in _SETTINGS.items()},
         )
         kappa = columns["concentration"]
+        own_A = None  # each agent's A^zeta, where zeta is fitted
+        if "likelihood_precision" in self.params:
+            own_A = sharpened_likelihood(model.A, columns["likelihood_precision"][:, 0])
         counts = {
             name: None
             if getattr(model, name) is None
@@ -221,7 +227,7 @@ class ReplayLikelihood:
         ]
         for k in range(K):
             rows = self.present[subject, k].nonzero()[:, 0]  # the agents whose subject has trial k
-            steps = self._trial(per_agent, counts, rows, subject[rows], k, agents)
+            steps = self._trial(per_agent, counts, own_A, rows, subject[rows], k, agents)
             learned, results = steps
             for f, flat in enumerate(uniform):
                 for t in range(T - 1):
@@ -232,7 +238,7 @@ class ReplayLikelihood:
             counts = learned
         return batch, logs, valid
 
-    def _trial(self, per_agent, counts, rows, subjects, k, agents):
+    def _trial(self, per_agent, counts, own_A, rows, subjects, k, agents):
         """One trial for the agents ``rows`` (whose subjects are ``subjects``): (the counts
         after it, for every agent; the log-probabilities per step and factor, or None)."""
         model = self.model
@@ -255,7 +261,14 @@ class ReplayLikelihood:
             name: None if value is None else [p[rows] for p in value]
             for name, value in counts.items()
         }
-        state = initial_state(model, len(rows), pA=mine["pA"], pB=mine["pB"], pD=mine["pD"])
+        state = initial_state(
+            model,
+            len(rows),
+            pA=mine["pA"],
+            pB=mine["pB"],
+            pD=mine["pD"],
+            A=None if own_A is None else [a[rows] for a in own_A],
+        )
         observations = self.observations[subjects, k]  # (n, T, M)
         actions = self.actions[subjects, k]  # (n, T-1, F)
         results = []

@@ -17,6 +17,7 @@ import pp_aif
 from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, step
 from pp_aif.data import long_format
 from pp_aif.fitting import BehaviourLikelihood
+from pp_aif.fitting.likelihood import sharpened_likelihood
 from pp_aif.fitting.replay import REPLAY_PARAMETERS, ReplayLikelihood, likelihood_for
 from pp_aif.planning import Lesions
 from tests.common import assert_close, random_arrays, sample_sequence
@@ -29,7 +30,10 @@ THETA = {
     "learning_rate": [0.5, 1.0, 3.0],
     "forgetting": [0.05, 0.1, 0.4],  # inside (0, 1): gradcheck steps both ways
     "concentration": [0.5, 1.0, 4.0],
+    "likelihood_precision": [0.5, 1.0, 2.5],
 }
+#: what a learner of pA can fit: zeta sharpens a fixed A, and its A is its counts
+WITHOUT_ZETA = tuple(name for name in REPLAY_PARAMETERS if name != "likelihood_precision")
 
 
 def _data(rng, arrays, count=N * K):
@@ -114,13 +118,16 @@ def _one_at_a_time(model, settings, theta, observations, actions, present):
             forgetting=value.get("forgetting", settings.forgetting),
         )
         kappa = value.get("concentration", 1.0)
+        own_A = None
+        if "likelihood_precision" in value:
+            own_A = [a[None] for a in sharpened_likelihood(model.A, value["likelihood_precision"])]
         pA = None if model.pA is None else [kappa * p[None] for p in model.pA]
         pB = None if model.pB is None else [kappa * p[None] for p in model.pB]
         pD = None if model.pD is None else [kappa * p[None] for p in model.pD]
         for k in range(K):
             if not present[n, k]:
                 continue
-            state = initial_state(model, 1, pA=pA, pB=pB, pD=pD)
+            state = initial_state(model, 1, pA=pA, pB=pB, pD=pD, A=own_A)
             for t in range(T):
                 action = actions[n, k, t][None] if t < T - 1 else None
                 state, result = step(
@@ -141,7 +148,7 @@ def test_replay_of_a_pA_pB_learner_is_one_agent_at_a_time(learner_case, inferenc
     settings = AgentSettings(inference=inference)
     present = torch.ones(N, K, dtype=torch.bool)
     present[0, 0] = present[2, 2] = False
-    names = REPLAY_PARAMETERS
+    names = WITHOUT_ZETA
     replay = likelihood_for(model, settings, observations, actions, names, present)
     assert isinstance(replay, ReplayLikelihood)
     theta = _theta(names, batch=(2,))  # two draws of the same values: the batch on the left
@@ -154,7 +161,7 @@ def test_replay_of_a_pA_pB_learner_is_one_agent_at_a_time(learner_case, inferenc
 
 def test_replay_passes_gradcheck(learner_case):
     model, observations, actions = learner_case
-    names = REPLAY_PARAMETERS
+    names = WITHOUT_ZETA
     replay = ReplayLikelihood(model, AgentSettings(), observations, actions, names)
     inputs = tuple(torch.tensor(THETA[n], dtype=torch.float64, requires_grad=True) for n in names)
 
@@ -168,7 +175,7 @@ def test_what_the_replay_cannot_follow_is_refused(learner_case):
     model, observations, actions = learner_case
     with pytest.raises(ValueError, match=r"efe_method='sampled' makes every policy score"):
         ReplayLikelihood(model, AgentSettings(efe_method="sampled"), observations, actions)
-    with pytest.raises(ValueError, match=r"'likelihood_precision' \(zeta\) is fitted in closed"):
+    with pytest.raises(ValueError, match=r"\(zeta\) sharpens a fixed A, but this agent learns pA"):
         ReplayLikelihood(
             model, AgentSettings(), observations, actions, ("alpha", "likelihood_precision")
         )
@@ -231,7 +238,7 @@ def test_replay_is_the_agent_on_random_models(seed, states, inference, learned, 
     settings = AgentSettings(inference=inference, lesions=Lesions(novelty=novelty))
     present = torch.ones(N, K, dtype=torch.bool)
     present[rng.integers(N), rng.integers(K)] = False
-    names = REPLAY_PARAMETERS
+    names = WITHOUT_ZETA if "pA" in learned else REPLAY_PARAMETERS
     replay = ReplayLikelihood(model, settings, observations, actions, names, present)
     theta = _theta(names, batch=(2,))
     for value in theta.values():
@@ -246,3 +253,52 @@ def test_replay_is_the_agent_on_random_models(seed, states, inference, learned, 
     grads = torch.autograd.grad(value[:, present].sum(), list(theta.values()))
     assert all(torch.isfinite(g).all() for g in grads)
     assert any((g != 0).any() for g in grads)
+
+
+@pytest.mark.parametrize("inference", ["fpi", "mmp"])
+def test_the_likelihood_precision_is_fitted_through_the_replay(pD_case, inference):
+    """zeta for agents the closed form does not cover (here: message passing): each agent of
+    the batch infers and plans with its own A^zeta, equal to one agent at a time, and zeta's
+    gradient is that of the closed form where both apply (exact inference, at zeta's values)."""
+    model, observations, actions = pD_case
+    settings = AgentSettings(inference=inference)
+    present = torch.ones(N, K, dtype=torch.bool)
+    names = ("alpha", "likelihood_precision")
+    replay = likelihood_for(model, settings, observations, actions, names, present)
+    assert isinstance(replay, ReplayLikelihood)
+    theta = _theta(names, batch=(2,))
+    value = replay(theta)
+    expected = _one_at_a_time(model, settings, _theta(names), observations, actions, present)
+    for draw in range(2):
+        assert_close(value[draw], expected)
+    zeta = _theta(names)["likelihood_precision"].requires_grad_()
+    grads = []
+    for likelihood in (
+        BehaviourLikelihood(model, AgentSettings(), observations, actions, names),
+        ReplayLikelihood(model, AgentSettings(), observations, actions, names),
+    ):
+        total = likelihood({"alpha": _theta(names)["alpha"], "likelihood_precision": zeta}).sum()
+        grads.append(torch.autograd.grad(total, zeta)[0])
+    assert_close(grads[1], grads[0])
+    assert (grads[0] != 0).any()
+
+
+def test_simulated_subjects_each_have_their_own_likelihood_precision():
+    """simulate_subjects with one zeta per agent: agent n behaves as an agent of the model
+    with A^zeta_n (the world keeps its own A), not one shared A."""
+    from pp_aif.fitting.predictive import simulate_subjects
+
+    task = pp_aif.load_task("tmaze")
+    zeta = torch.tensor([0.3, 1.0, 3.0], dtype=torch.float64)
+    together = simulate_subjects(task, {"likelihood_precision": zeta}, 3)
+    q_pi = together["policy_posterior"].values[:, 0, 0]  # (agent, policy): step 0 of trial 0
+    for n in range(3):
+        A = sharpened_likelihood(task.model.A, float(zeta[n]))
+        own = initial_state(task.model, 1, A=[a[None] for a in A])
+        first = torch.as_tensor(together["observation"].values[n, 0, 0])[None]
+        _, result = step(task.model, task.settings, own, first, num_steps=task.trial_length)
+        P = result.policy_posterior.shape[-1]
+        assert_close(q_pi[n, :P], result.policy_posterior[0].numpy(), msg=f"agent {n}")
+    assert not np.allclose(q_pi[0], q_pi[2])  # zeta changes the plan: a test that can fail
+    with pytest.raises(ValueError, match=r"sharpens a fixed A, but this model's agents learn"):
+        simulate_subjects(pp_aif.load_task("bandit"), {"likelihood_precision": zeta}, 2)
