@@ -302,3 +302,34 @@ def test_simulated_subjects_each_have_their_own_likelihood_precision():
     assert not np.allclose(q_pi[0], q_pi[2])  # zeta changes the plan: a test that can fail
     with pytest.raises(ValueError, match=r"sharpens a fixed A, but this model's agents learn"):
         simulate_subjects(pp_aif.load_task("bandit"), {"likelihood_precision": zeta}, 2)
+
+
+def test_an_agent_that_infers_by_an_svi_guide_is_fitted_through_the_replay(rng):
+    """The guides too: the structured guide contains the exact posterior, so its agent's
+    likelihood and gradient are the exact agent's, up to the tolerance at which SVI stops."""
+    arrays = random_arrays(rng, (3,), (3,), (2,))
+    model = pp_aif.GenerativeModel(
+        arrays.A,
+        arrays.B,
+        C=[rng.normal(size=3)],
+        D=arrays.D,
+        policies=pp_aif.construct_policies((2,), 2),
+    )
+    pairs = [sample_sequence(rng, arrays, T) for _ in range(2)]
+    observations = torch.as_tensor(np.stack([o for o, _ in pairs]))[:, None]  # (2, 1, T, 1)
+    actions = torch.as_tensor(np.stack([a for _, a in pairs]))[:, None]
+    names = ("gamma", "alpha")
+    values = []
+    for inference in ("exact", "structured"):
+        theta = {
+            "gamma": torch.tensor([0.5, 2.0], dtype=torch.float64, requires_grad=True),
+            "alpha": torch.tensor([1.0, 4.0], dtype=torch.float64),
+        }
+        settings = AgentSettings(inference=inference)
+        replay = likelihood_for(model, settings, observations, actions, names)
+        assert isinstance(replay, ReplayLikelihood if inference != "exact" else object)
+        value = replay(theta)
+        values.append((value, torch.autograd.grad(value.sum(), theta["gamma"])[0]))
+    (exact, exact_grad), (guide, guide_grad) = values
+    assert_close(guide, exact, atol=1e-5, reason="SVI (L-BFGS) stops at its own tolerance")
+    assert_close(guide_grad, exact_grad, atol=1e-5, reason="SVI stops at its own tolerance")
