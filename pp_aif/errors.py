@@ -1,7 +1,14 @@
 """The exceptions and warnings of pp_aif. The errors are ``ValueError`` and name the array, index
 and problem."""
 
-__all__ = ["ModelError", "DataError", "ConvergenceWarning", "DiagnosticWarning", "DataWarning"]
+__all__ = [
+    "ModelError",
+    "DataError",
+    "ConvergenceWarning",
+    "DiagnosticWarning",
+    "DataWarning",
+    "LongFitWarning",
+]
 
 
 class ModelError(ValueError):
@@ -23,3 +30,9 @@ class DiagnosticWarning(UserWarning):
 class DataWarning(UserWarning):
     """Data were read with a change the reader made and names (e.g. spaces stripped from subject
     identifiers)."""
+
+
+class LongFitWarning(UserWarning):
+    """A fit is expected to take long (minutes): said before it starts, with the numbers and
+    what would be faster. It depends on the machine's speed at the time, so the test suite
+    ignores it (``pyproject.toml``) except where a test asks for it."""

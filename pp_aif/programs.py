@@ -36,6 +36,7 @@ __all__ = [
     "state_site",
     "observation_site",
     "behaviour",
+    "population_prior",
 ]
 
 
@@ -249,7 +250,7 @@ def behaviour(
     if hierarchical:
         population = {}
         for name, prior in priors.items():
-            loc, scale = _population_prior(name, prior, links[name])
+            loc, scale = population_prior(name, prior, links[name])
             mu = pyro.sample(f"{name}_mu", dist.Normal(loc, scale))
             sigma = pyro.sample(f"{name}_sigma", dist.HalfNormal(torch.tensor(0.5, dtype=dtype)))
             population[name] = (mu, sigma)
@@ -276,7 +277,7 @@ def behaviour(
                 pyro.sample(f"u_{f}", dist.Categorical(logits=log_p), obs=actions[..., f])
 
 
-def _population_prior(name: str, prior, link) -> tuple[Tensor, Tensor]:
+def population_prior(name: str, prior, link) -> tuple[Tensor, Tensor]:
     """(m, s) of a prior link^-1(Normal(m, s)), or a ValueError naming the parameter."""
     base = getattr(prior, "base_dist", None)
     transforms = getattr(prior, "transforms", [])

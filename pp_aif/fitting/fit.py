@@ -6,13 +6,17 @@ The posterior of the agent's parameters (``pp_aif.fitting.PARAMETERS``), one val
 under the behavioural program ``pp_aif.programs.behaviour``, optionally hierarchical
 (population mean and scale per parameter, non-centred). The InferenceData holds ``posterior``
 (chain, draw, subject; and chain, draw for the population sites ``{name}_mu``,
-``{name}_sigma``, on the link scale), ``sample_stats`` (``diverging``), ``observed_data`` (the
+``{name}_sigma``, on the link scale), ``sample_stats`` (``diverging``, NUTS's tree depth,
+acceptance, step size and leapfrog steps; with a subject axis where each subject has its own
+chains), ``observed_data`` (the
 actions) and a pointwise ``log_likelihood`` per subject and trial ("actions", (chain, draw,
 subject, trial)), ready for ``arviz.loo``. Divergences, R-hat > 1.01 and effective sample sizes
 below 100 per chain are warned about (``ConvergenceWarning``) with their numbers.
 
 Methods: "nuts" (Stan's NUTS with all chains as one tensor axis, ``pp_aif.fitting.nuts``, on
-the behavioural program's potential; seeded from ``seed``), "svi" (a Gaussian guide on the
+the behavioural program's potential, computed directly by ``BehaviourPotential``; seeded from
+``seed``; without a population model the subjects' posteriors are independent, and each subject
+has its own ``chains`` chains, all run as one batch), "svi" (a Gaussian guide on the
 unconstrained scale, ``AutoNormal``, fitted by Adam; ``draws`` samples from it in one chain),
 "map" (the posterior mode by Adam on an ``AutoDelta`` guide; one draw) and "grid" (the exact
 posterior of 1-2 parameters per subject by quadrature).
@@ -20,6 +24,7 @@ posterior of 1-2 parameters per subject by quadrature).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -27,15 +32,17 @@ from collections.abc import Callable
 import arviz as az
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import torch
+from torch import Tensor
 
 from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
-from pp_aif.errors import ConvergenceWarning
+from pp_aif.errors import ConvergenceWarning, LongFitWarning
 from pp_aif.fitting.nuts import ProgramPotential, nuts
 from pp_aif.fitting.replay import likelihood_for
 from pp_aif.parameters import LINKS, PARAMETERS, chosen_priors, default_priors
-from pp_aif.programs import behaviour
+from pp_aif.programs import behaviour, population_prior
 
 __all__ = [
     "fit",
@@ -45,6 +52,8 @@ __all__ = [
     "LINKS",
     "METHODS",
     "parameter_draws",
+    "BehaviourPotential",
+    "LongFitWarning",
 ]
 
 METHODS = ("nuts", "svi", "map", "grid")
@@ -111,9 +120,25 @@ def fit(
     with pyro.get_param_store().scope():
         pyro.clear_param_store()
         if method == "nuts":
-            # a dense mass matrix where it can be estimated from the warm-up (few dimensions)
-            dense = data.num_subjects * len(params) <= 12
-            sites, stats, extra = _run_nuts(program, chains, draws, warmup, seed, progress, dense)
+            pyro.set_rng_seed(seed)
+            potential = BehaviourPotential(
+                program,
+                likelihood,
+                priors=chosen_priors(params, priors, task.model.dtype),
+                present=data.present,
+                hierarchical=hierarchical,
+                links=LINKS,
+            )
+            if hierarchical:
+                # a dense mass matrix where it can be estimated from the warm-up (few dimensions)
+                dense = data.num_subjects * len(params) <= 12
+                sites, stats, extra = _run_nuts(
+                    potential, chains, draws, warmup, seed, progress, dense
+                )
+            else:
+                sites, stats, extra = _run_nuts_per_subject(
+                    potential, data.num_subjects, chains, draws, warmup, seed, progress
+                )
         elif method == "svi":
             sites, extra = _run_svi(program, draws, steps, learning_rate, seed, progress)
             stats = {"diverging": np.zeros((1, draws), dtype=bool)}
@@ -147,6 +172,8 @@ def fit(
         },
         dims={
             **{name: ["subject"] for name in params},
+            # NUTS without a population model: each subject's chains have their own stats
+            **{name: ["subject"] for name, value in stats.items() if value.ndim == 3},
             "actions": ["subject", "trial"],
             "present": ["subject", "trial"],
         },
@@ -186,6 +213,90 @@ def behavioural_program(task, data, params, priors, settings, hierarchical=False
     return likelihood, program
 
 
+class BehaviourPotential(ProgramPotential):
+    """The potential of the behavioural program (``pp_aif.programs.behaviour``), computed
+    without tracing it: (C, d) -> (C,).
+
+    The same sites, layout and number as ``ProgramPotential(program)`` (tested to 1e-10 with
+    gradients): each site's prior log density at its constrained value, + log |Jacobian| of
+    its transform, + the masked log-likelihood of the actions. Tracing the program costs about
+    1.5 ms a call (poutine messengers, distributions, ``compute_log_prob``), more than the
+    likelihood's own arithmetic for a small data set, and NUTS calls it thousands of times.
+
+    ``per_subject(z)``, without a population model: the potential of each subject's own sites
+    and actions, (C, N), summing to ``__call__``'s (the subjects' posteriors are independent).
+    """
+
+    def __init__(self, program, likelihood, *, priors: dict, present, hierarchical, links):
+        super().__init__(program)
+        self.likelihood, self.present, self.hierarchical = likelihood, present, hierarchical
+        self.names, self.links = tuple(priors), links
+        dtype = likelihood.model.dtype
+        self.priors = {}  # each site's distribution, as ``behaviour`` draws it
+        for name, prior in priors.items():
+            if not hierarchical:
+                self.priors[name] = prior
+                continue
+            loc, scale = population_prior(name, prior, links[name])
+            self.priors[f"{name}_mu"] = dist.Normal(loc, scale)
+            self.priors[f"{name}_sigma"] = dist.HalfNormal(torch.tensor(0.5, dtype=dtype))
+            self.priors[f"{name}_z"] = dist.Normal(torch.zeros((), dtype=dtype), 1.0)
+
+    def _terms(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(prior log density + log |Jacobian| of each site, (C, N) per subject or (C,);
+        ln p(u | theta) (C, N) of each subject's present actions)."""
+        C = z.shape[0]
+        values, log_prior = {}, []
+        for name, shape, where, transform in self.sites:
+            pad = (1,) * (self.depth - len(shape))
+            u = z[:, where].reshape(C, *pad, *shape)
+            value = transform(u)
+            values[name] = value
+            log_p = self.priors[name].log_prob(value) + transform.log_abs_det_jacobian(u, value)
+            log_prior.append(log_p.reshape(C, -1))
+        device = self.likelihood.actions.device
+        theta = {}
+        for name in self.names:
+            if self.hierarchical:
+                mu, sigma = values[f"{name}_mu"], values[f"{name}_sigma"]
+                value = self.links[name](mu + sigma * values[f"{name}_z"])
+            else:
+                value = values[name]
+            theta[name] = value[..., 0, 0].to(device)  # (C, N)
+        actions = self.likelihood.actions
+        log_likelihood = None
+        for f, log_p in enumerate(self.likelihood.log_probabilities(theta)):
+            if log_p is None:
+                continue
+            chosen = torch.gather(log_p, -1, actions[..., f].expand(*log_p.shape[:-1])[..., None])
+            log_likelihood = (
+                chosen[..., 0] if log_likelihood is None else log_likelihood + chosen[..., 0]
+            )
+        if log_likelihood is None:
+            log_likelihood = torch.zeros(C, actions.shape[0], dtype=z.dtype, device=device)
+        else:
+            if self.present is not None:
+                keep = self.present[..., None]  # (N, K, 1)
+                log_likelihood = torch.where(keep, log_likelihood, torch.zeros((), dtype=z.dtype))
+            log_likelihood = log_likelihood.sum((-1, -2))
+        return log_prior, log_likelihood.to(z.device)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        with pyro.validation_enabled(False):  # a wild point: a non-finite value, not an error
+            log_prior, log_likelihood = self._terms(z)
+        return -(sum(term.sum(-1) for term in log_prior) + log_likelihood.sum(-1))
+
+    def per_subject(self, z: Tensor) -> Tensor:
+        """(C, N) from (C, d): each subject's potential (no population model)."""
+        if self.hierarchical:
+            raise ValueError(
+                "per_subject: the subjects of a hierarchical model are not independent"
+            )
+        with pyro.validation_enabled(False):
+            log_prior, log_likelihood = self._terms(z)
+        return -(sum(log_prior) + log_likelihood)
+
+
 def _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps):
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {METHODS}")
@@ -220,21 +331,42 @@ def _check_arguments(task, data, params, method, hierarchical, chains, draws, wa
         )
 
 
-def _run_nuts(program, chains, draws, warmup, seed, progress, dense):
-    """All chains at once (``pp_aif.fitting.nuts``): the sites {name: (C, D, *shape)}, the
-    sample stats (diverging, tree depth, acceptance, step size) and the gradient count."""
-    pyro.set_rng_seed(seed)
-    potential = ProgramPotential(program)
-    initial = potential.initial(chains, torch.Generator().manual_seed(seed))
-    result = nuts(
-        potential,
-        initial,
-        draws,
-        warmup,
-        seed=seed,
-        dense=dense,
-        progress=progress,
+#: warn when NUTS is expected to take longer than this many seconds
+LONG_FIT_SECONDS = 120.0
+#: leapfrog steps a NUTS iteration takes, about (trees of depth 2-3 on these posteriors)
+_STEPS_PER_ITERATION = 7
+
+
+def _warn_if_long(potential, initial: Tensor, iterations: int, subjects: int) -> None:
+    """Time one batched gradient of the potential at the initial points (the best of three)
+    and warn, in words, when the whole run is expected to exceed ``LONG_FIT_SECONDS``."""
+    seconds = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        z = initial.clone().requires_grad_(True)
+        torch.autograd.grad(potential(z).sum(), z)
+        seconds = min(seconds, time.perf_counter() - start)
+    expected = seconds * iterations * _STEPS_PER_ITERATION
+    if expected <= LONG_FIT_SECONDS:
+        return
+    warnings.warn(
+        f"fit: this NUTS run will take about {expected / 60:.0f} minutes ({iterations} "
+        f"iterations of about {_STEPS_PER_ITERATION} gradient evaluations, each "
+        f"{1e3 * seconds:.0f} ms for {subjects} subject(s) and {initial.shape[0]} chain(s)); "
+        "fewer warm-up or draws, fewer subjects per fit (they are independent without a "
+        "population model), or method='map' or 'svi' are faster",
+        LongFitWarning,
+        stacklevel=4,
     )
+
+
+def _run_nuts(potential, chains, draws, warmup, seed, progress, dense):
+    """All chains at once (``pp_aif.fitting.nuts``): the sites {name: (C, D, *shape)}, the
+    sample stats (diverging, tree depth, acceptance, step size, leapfrog steps) and the
+    gradient count."""
+    initial = potential.initial(chains, torch.Generator().manual_seed(seed))
+    _warn_if_long(potential, initial, warmup + draws, potential.likelihood.actions.shape[0])
+    result = nuts(potential, initial, draws, warmup, seed=seed, dense=dense, progress=progress)
     C, D, d = result.samples.shape
     with torch.no_grad():
         flat = potential.constrained(result.samples.reshape(C * D, d))  # on the CPU
@@ -245,6 +377,44 @@ def _run_nuts(program, chains, draws, warmup, seed, progress, dense):
         "acceptance_rate": result.accept.numpy(),
         "step_size": result.step_size[:, None].expand(C, D).numpy(),
         "n_steps": result.leapfrogs.numpy(),
+    }
+    return sites, stats, {"gradients": result.gradients}
+
+
+def _run_nuts_per_subject(potential, N, chains, draws, warmup, seed, progress):
+    """Each subject's own chains, all C * N at once (row c * N + n: chain c of subject n), on
+    its own potential (``BehaviourPotential.per_subject``): without a population model the
+    posterior is a product over subjects, and each factor gets its own step size and dense
+    metric. One NUTS over all N P dimensions must take the step size of the narrowest subject
+    and the trajectory length of the widest, so its trees grow with N. The sites and stats as
+    ``_run_nuts``, the stats with a subject axis (C, D, N)."""
+    P = potential.dimension // N  # each site is one value per subject: (N, 1, 1)
+
+    def joint(rows: Tensor) -> Tensor:  # (C N, P) -> (C, P N), the potential's layout
+        return rows.reshape(-1, N, P).transpose(1, 2).reshape(-1, P * N)
+
+    def per_subject(rows: Tensor) -> Tensor:  # (C N, P) -> (C N,)
+        return potential.per_subject(joint(rows)).reshape(-1)
+
+    initial = potential.initial(chains, torch.Generator().manual_seed(seed))  # (C, P N)
+    _warn_if_long(potential, initial, warmup + draws, N)
+    initial = initial.reshape(chains, P, N).transpose(1, 2).reshape(chains * N, P)
+    result = nuts(per_subject, initial, draws, warmup, seed=seed, dense=P <= 12, progress=progress)
+    C, D = chains, draws
+    samples = result.samples.reshape(C, N, D, P).transpose(1, 2).reshape(C * D * N, P)
+    with torch.no_grad():
+        flat = potential.constrained(joint(samples))  # on the CPU
+    sites = {name: value.reshape(C, D, *value.shape[1:]) for name, value in flat.items()}
+
+    def by_subject(value: Tensor) -> np.ndarray:  # (C N, D) -> (C, D, N)
+        return value.reshape(C, N, D).transpose(1, 2).numpy()
+
+    stats = {
+        "diverging": by_subject(result.diverging),
+        "tree_depth": by_subject(result.tree_depth),
+        "acceptance_rate": by_subject(result.accept),
+        "step_size": by_subject(result.step_size[:, None].expand(C * N, D)),
+        "n_steps": by_subject(result.leapfrogs),
     }
     return sites, stats, {"gradients": result.gradients}
 

@@ -11,14 +11,17 @@ diagonal or dense metric estimated in doubling windows (75 / 25, 50, 100, ... / 
 
 What differs is the bookkeeping. Each chain is a generator that runs that algorithm step by
 step and yields each position whose potential and gradient it needs. A driver gathers the
-positions of all chains that are still running, evaluates them in one (C, d) call, and sends
-each chain its result. So every batched call advances every chain by one leapfrog step, and no
-chain waits for another's longer trajectory. Chains drop out of the batch as they finish, and
-a run costs about the leapfrog steps of its longest chain. For the small, overhead-bound
-likelihoods of behavioural fits, C chains therefore cost little more than one.
+positions of all chains, evaluates them in one (C, d) call, and sends each running chain its
+result. So every batched call advances every chain by one leapfrog step, and no chain waits for
+another's longer trajectory. A chain that has finished stays in the batch at its last position
+(its result unused): the calls keep one shape, and row c is always chain c, so the chains may
+sample different densities side by side (each subject of a fit without a population model has
+its own chains: ``pp_aif.fitting.fit``). A run costs about the leapfrog steps of its longest
+chain. For the small, overhead-bound likelihoods of behavioural fits, C chains therefore cost
+little more than one.
 
-``potential(z)``: (B, d) -> (B,) potential energies (the negative log density on the
-unconstrained scale), for any batch size B <= C. A non-finite value marks the point as
+``potential(z)``: (C, d) -> (C,) potential energies (the negative log density on the
+unconstrained scale), row c chain c's. A non-finite value marks the point as
 impossible, and the step then diverges. Each chain draws from its own generator, seeded from
 ``seed`` and its index, so draws do not depend on how the calls are batched. Checked against
 known densities and against Pyro's NUTS in ``tests/fitting/test_nuts.py``.
@@ -309,7 +312,7 @@ def nuts(
 ) -> NUTSSamples:
     """Draw from exp(-potential) by NUTS, C chains at once.
 
-    potential : (B, d) -> (B,) for any B <= C; initial : (C, d), where the potential is finite;
+    potential : (C, d) -> (C,), row c chain c's; initial : (C, d), where the potential is finite;
     draws, warmup : iterations kept and adapted; seed : chain c draws from
     ``numpy.random.default_rng([seed, c])``; dense : estimate a dense metric (else diagonal);
     target_accept : dual averaging's target; max_depth : at most 2^max_depth - 1 leapfrog steps
@@ -356,13 +359,17 @@ def nuts(
     }
     asked = {c: next(run) for c, run in runs.items()}
     results, calls = {}, 0
+    positions = z.copy()  # (C, d): the rows of each batched call
     while asked:
-        order = sorted(asked)
-        U, g = _evaluate(potential, np.stack([asked[c] for c in order]), initial)
+        # every chain's row, always: a finished chain's at its last position (a constant
+        # shape, and a potential whose rows belong to different models can rely on its rows)
+        for c, position in asked.items():
+            positions[c] = position
+        U, g = _evaluate(potential, positions, initial)
         calls += 1
-        for row, c in enumerate(order):
+        for c in list(asked):
             try:
-                asked[c] = runs[c].send((float(U[row]), g[row]))
+                asked[c] = runs[c].send((float(U[c]), g[c]))
             except StopIteration as finished:
                 results[c] = finished.value
                 del asked[c]

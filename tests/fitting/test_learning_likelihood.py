@@ -249,14 +249,26 @@ def test_likelihood_precision_is_the_agent_with_a_sharpened_A(case):
     assert_close(pp_aif.fitting.sharpened_likelihood(plain.A, 1.0), list(plain.A))
 
 
-def test_simulated_subjects_share_one_likelihood_precision():
+def test_simulated_subjects_with_one_likelihood_precision_are_agents_of_A_to_the_zeta():
+    """Every subject at zeta = 2 (each agent's own A^zeta) simulates exactly as agents of the
+    model whose A is A^2 renormalised, in the world of the task's own A (the record is equal);
+    different values per subject are allowed (``test_replay``)."""
+    import dataclasses
+
+    from pp_aif.fitting.likelihood import sharpened_likelihood
     from pp_aif.fitting.predictive import simulate_subjects
 
     task = pp_aif.load_task("tmaze")
-    record = simulate_subjects(task, {"likelihood_precision": torch.tensor([2.0, 2.0])}, 2)
-    assert record.sizes["agent"] == 2
-    with pytest.raises(ValueError, match=r"'likelihood_precision' must be the same for every"):
-        simulate_subjects(task, {"likelihood_precision": torch.tensor([1.0, 2.0])}, 1)
+    record = simulate_subjects(task, {"likelihood_precision": torch.tensor([2.0, 2.0])}, 2, 5)
+    m = task.model
+    sharp = pp_aif.GenerativeModel(
+        sharpened_likelihood(m.A, 2.0), m.B, m.C, m.D, m.E, pD=m.pD, policies=m.policies
+    )
+    world = task.model if task.process is None else task.process
+    shared = pp_aif.simulate(dataclasses.replace(task, model=sharp, process=world), 2, 2, 5)
+    for name in ("observation", "action", "policy_posterior", "belief_context"):
+        padded = [np.nan_to_num(r[name].values, nan=-1.0) for r in (record, shared)]  # no policy
+        assert_close(*padded, msg=name)
 
 
 def test_a_forbidden_outcome_is_fitted_as_the_agent_replays_it():

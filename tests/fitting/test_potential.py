@@ -1,0 +1,115 @@
+"""The behavioural program's potential computed directly (``BehaviourPotential``) against the
+traced program's (``ProgramPotential``): the same number and gradient, per subject too; and a
+fit's per-subject chains."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import pytest
+import torch
+
+import pp_aif
+from pp_aif.data import BehaviourData, long_format
+from pp_aif.fitting.fit import BehaviourPotential, behavioural_program, fit
+from pp_aif.fitting.nuts import ProgramPotential
+from pp_aif.parameters import LINKS, chosen_priors
+from tests.common import assert_close
+
+CASES = {
+    # the pD learner (closed form), the bandit's pA learner (count recursion)
+    "tmaze": ("alpha", "learning_rate", "forgetting"),
+    "bandit": ("alpha", "learning_rate", "preference"),
+}
+
+
+def _data(name: str, absent: bool):
+    task = pp_aif.load_task(name)
+    data = BehaviourData.read(long_format(pp_aif.simulate(task, 3, 6, seed=1), task), task)
+    if absent:  # subject 1 lacks its last two trials
+        present = data.present.clone()
+        present[1, -2:] = False
+        data = dataclasses.replace(data, present=present)
+    return task, data
+
+
+def _value_and_gradient(potential, z):
+    z = z.clone().requires_grad_(True)
+    U = potential(z)
+    (g,) = torch.autograd.grad(U.sum(), z)
+    return U.detach(), g
+
+
+@pytest.mark.parametrize("absent", [False, True])
+@pytest.mark.parametrize("hierarchical", [False, True])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_direct_potential_is_the_programs(name, hierarchical, absent):
+    task, data = _data(name, absent)
+    params = CASES[name]
+    likelihood, program = behavioural_program(task, data, params, None, task.settings, hierarchical)
+    torch.manual_seed(0)
+    traced = ProgramPotential(program)
+    torch.manual_seed(0)
+    direct = BehaviourPotential(
+        program,
+        likelihood,
+        priors=chosen_priors(params),
+        present=data.present,
+        hierarchical=hierarchical,
+        links=LINKS,
+    )
+    assert direct.sites == traced.sites
+    z = traced.initial(5, torch.Generator().manual_seed(2))
+    expected, expected_gradient = _value_and_gradient(traced, z)
+    value, gradient = _value_and_gradient(direct, z)
+    assert_close(value, expected, rtol=1e-10, reason="summation order")
+    assert_close(gradient, expected_gradient, rtol=1e-10, atol=1e-10, reason="summation order")
+    if not hierarchical:  # each subject's potential, and their sum
+        per_subject = direct.per_subject(z)
+        assert per_subject.shape == (5, data.num_subjects)
+        assert_close(per_subject.sum(-1), expected, rtol=1e-10, reason="summation order")
+        with pytest.raises(ValueError, match="not independent"):
+            BehaviourPotential(
+                program, likelihood, priors={}, present=None, hierarchical=True, links=LINKS
+            ).per_subject(z)
+
+
+@pytest.mark.filterwarnings("ignore::pp_aif.errors.ConvergenceWarning")  # 30 draws
+def test_each_subject_has_its_own_chains():
+    task, data = _data("bandit", False)
+    params = ("alpha", "learning_rate")
+    idata = fit(task, data, params, chains=2, draws=30, warmup=30, seed=0)
+    assert idata.posterior["alpha"].dims == ("chain", "draw", "subject")
+    assert idata.posterior["alpha"].shape == (2, 30, 3)
+    stats = idata.sample_stats
+    assert stats["diverging"].dims == ("chain", "draw", "subject")
+    step_sizes = stats["step_size"].values[:, 0, :]  # (C, N): each subject's chains adapt alone
+    assert len(set(step_sizes.ravel().tolist())) == step_sizes.size
+    again = fit(task, data, params, chains=2, draws=30, warmup=30, seed=0)
+    assert (again.posterior["alpha"].values == idata.posterior["alpha"].values).all()
+
+
+def test_a_wild_point_is_not_finite_and_no_error():
+    task, data = _data("bandit", False)
+    params = ("alpha", "learning_rate")
+    likelihood, program = behavioural_program(task, data, params, None, task.settings)
+    direct = BehaviourPotential(
+        program,
+        likelihood,
+        priors=chosen_priors(params),
+        present=data.present,
+        hierarchical=False,
+        links=LINKS,
+    )
+    z = torch.full((2, direct.dimension), -1000.0, dtype=torch.float64)  # e^-1000 = 0
+    assert not torch.isfinite(direct(z)).any()
+
+
+@pytest.mark.filterwarnings("ignore::pp_aif.errors.ConvergenceWarning")  # 5 draws
+def test_a_long_fit_is_announced(monkeypatch):
+    fitting = importlib.import_module("pp_aif.fitting.fit")  # the module, not the function
+    task, data = _data("bandit", False)
+    monkeypatch.setattr(fitting, "LONG_FIT_SECONDS", 0.0)
+    with pytest.warns(fitting.LongFitWarning, match=r"will take about .* minutes"):
+        fit(task, data, ("alpha",), chains=2, draws=5, warmup=5, seed=0)
