@@ -5,16 +5,52 @@ The curated public API. Layout conventions (SPM/pymdp): ``A[m]`` (O_m, S_1..S_F)
 ``D[f]`` (S_f,), ``E`` (P,).
 """
 
-from pp_aif.comparison import bms, compare, log_evidence
-from pp_aif.data import BehaviourData
-from pp_aif.errors import DataError, ModelError
-from pp_aif.fitting import fit
-from pp_aif.inference import Beliefs, ChainBeliefs, free_energy, infer_states, posterior_chain
-from pp_aif.learning import learn
-from pp_aif.planning import PolicyScores, expected_free_energy
-from pp_aif.simulation import simulate
-from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel, construct_policies
-from pp_aif.task import Task, load_task
+import importlib
+
+#: each public name and the module that defines it, imported on first use (PEP 562), so that
+#: ``import pp_aif`` (and ``pp-aif --help``) does not import torch
+_EXPORTS = {
+    "bms": "pp_aif.comparison",
+    "compare": "pp_aif.comparison",
+    "log_evidence": "pp_aif.comparison",
+    "BehaviourData": "pp_aif.data",
+    "DataError": "pp_aif.errors",
+    "ModelError": "pp_aif.errors",
+    "fit": "pp_aif.fitting",
+    "Beliefs": "pp_aif.inference",
+    "ChainBeliefs": "pp_aif.inference",
+    "free_energy": "pp_aif.inference",
+    "infer_states": "pp_aif.inference",
+    "posterior_chain": "pp_aif.inference",
+    "learn": "pp_aif.learning",
+    "PolicyScores": "pp_aif.planning",
+    "expected_free_energy": "pp_aif.planning",
+    "simulate": "pp_aif.simulation",
+    "NORMALISATION_TOLERANCE": "pp_aif.spec",
+    "GenerativeModel": "pp_aif.spec",
+    "construct_policies": "pp_aif.spec",
+    "Task": "pp_aif.task",
+    "load_task": "pp_aif.task",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:  # a subpackage or module (``pp_aif.errors``, ``pp_aif.fitting``, ...)
+        try:
+            return importlib.import_module(f"pp_aif.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"pp_aif.{name}":
+                raise
+            raise AttributeError(f"module 'pp_aif' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})
+
 
 __version__ = "0.1.0"
 

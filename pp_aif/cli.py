@@ -2,7 +2,10 @@
 
 ``pp-aif simulate TASK [--agents N --trials K --seed S --out DIR]``: agents act in a task; for one
 agent a narrative of each step, for many a summary table; writes the record (netCDF) and an
-SPM-style figure of the first agent's first trial, and prints their paths.
+SPM-style figure of the first agent's first trial, and prints their paths. Without ``--out`` each
+run writes to a new folder ``out/<task>-001``, ``out/<task>-002``, ..., so no run overwrites
+another's; ``--out DIR`` writes ``DIR/<task>_simulation.nc`` and ``DIR/<task>_trial.png``,
+replacing (and saying so) those of an earlier run there.
 
 ``pp-aif demo [--out DIR] [--task NAME]``: exact state inference on a small two-factor model;
 prints the observations, both kinds of marginals and the log evidence (checked against Pyro's
@@ -19,24 +22,30 @@ random-effects BMS over each subject's summed PSIS-LOO elpd and writes its figur
 
 Every file is written atomically (``pp_aif.atomic``): to a temporary file beside it, flushed
 to disk, read back and checked where it is netCDF, then renamed over the target; a killed or
-interrupted command leaves the earlier file as it was. A Ctrl-C exits with status 130 and says
-what was and was not written.
+interrupted command leaves the earlier file as it was. A Ctrl-C exits with status 130 and says,
+in one line, what was and was not written.
 
-Bad arguments get one line on stderr and exit status 2; no traceback.
+Bad arguments get one line on stderr and exit status 2, before anything else is printed; no
+traceback. A name that is not known (a task, a parameter, a method, a scheme) is answered with
+the known ones and, where one is close, "did you mean". A file that is not what the command
+takes is named, with what it should be.
+
+The arguments are parsed before anything heavy is imported: ``pp-aif --help`` and ``pp-aif
+simulate --help`` import neither torch nor the tasks (``pp-aif fit --help`` loads the tasks to
+list their columns).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import difflib
 import logging
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from pp_aif.agent import INFERENCE_SCHEMES, AgentSettings
 from pp_aif.atomic import WriteInterrupted, save_figure, write_netcdf
 from pp_aif.jobs import DamagedResultWarning, JobsFailed
 
@@ -59,12 +68,67 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
+#: the agents' state-inference schemes (``pp_aif.agent.INFERENCE_SCHEMES``; a test holds the two
+#: equal), written out so that parsing the arguments imports no torch
+INFERENCE_SCHEMES = ("exact", "fpi", "vmp", "mmp", "mean_field", "structured")
+#: the fitting methods (``pp_aif.fitting.fit.METHODS``; a test holds the two equal)
+FIT_METHODS = ("nuts", "svi", "map", "grid")
+
+
+def _did_you_mean(given: str, known) -> str:
+    """' (did you mean 'x'?)' where one of ``known`` is close to ``given`` (difflib), else ''."""
+    close = difflib.get_close_matches(str(given), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with "did you mean" for a choice that is not known, and an epilog
+    that may be a function, called only when the help is shown (the fit command's lists the
+    tasks' columns, which loads the tasks)."""
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            hint = _did_you_mean(value, action.choices)
+            if hint:
+                choices = ", ".join(repr(choice) for choice in action.choices)
+                raise argparse.ArgumentError(
+                    action, f"invalid choice: {value!r}{hint}; choose from {choices}"
+                )
+        super()._check_value(action, value)
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+def _load_task(name: str):
+    """The task of that name or file; a ValueError naming what was given and, for a name that
+    is close to a task's, the task meant."""
+    from pp_aif.task import available_tasks, load_task
+
+    known = available_tasks()
+    path = Path(name)
+    if path.suffix != ".py" and path.is_file():
+        raise ValueError(
+            f"{name} is not a task: give a task's name ({', '.join(known)}) or a task file "
+            "(a .py file with a build() function; docs/tasks.md)"
+        )
+    try:
+        return load_task(name)
+    except ValueError as error:
+        if not str(error).startswith(f"unknown task {name!r}"):
+            raise
+        raise ValueError(
+            f"unknown task {name!r}{_did_you_mean(name, known)}; known tasks: {', '.join(known)}"
+        ) from None
+
+
 def demo(task_name: str, out: Path) -> int:
     import pp_aif
     from pp_aif.plots import plot_state_beliefs
-    from pp_aif.task import load_task
 
-    task = load_task(task_name)
+    task = _load_task(task_name)
     model, labels = task.model, task.labels
     observations, actions = task.observations, task.actions
     T = observations.shape[0]
@@ -143,14 +207,29 @@ def demo(task_name: str, out: Path) -> int:
     return 0
 
 
-def _narrate(dataset, labels) -> None:
+def _narrate(dataset, task) -> None:
+    """Each step of agent 0's trials: what it saw, believed and did. A move that leaves its
+    factor's state where it was (into a wall of the foraging grid, out of an absorbing arm) is
+    marked, since the next step's state would otherwise read as a move that failed."""
+    import torch
+
+    labels = task.labels
+    moves = [
+        [
+            not torch.equal(B[:, :, u], torch.eye(B.shape[0], dtype=B.dtype))
+            for u in range(B.shape[2])
+        ]
+        for B in (b.cpu() for b in task.model.B)
+    ]
+    T = dataset.sizes["time"]
     for trial in range(dataset.sizes["trial"]):
         record = dataset.isel(agent=0, trial=trial)
         print(
             f"\ntrial {trial}"
             + (f" (reward {int(record['reward'])})" if "reward" in record else "")
         )
-        for t in range(dataset.sizes["time"]):
+        states = record["true_state"].values
+        for t in range(T):
             seen = ", ".join(
                 f"{m}={labels.outcomes[i][int(record['observation'][t, i])]}"
                 for i, m in enumerate(labels.modalities)
@@ -159,24 +238,53 @@ def _narrate(dataset, labels) -> None:
                 f"{name} " + " ".join(f"{p:.2f}" for p in record[f"belief_{name}"][t].values)
                 for name in labels.factors
             )
-            chosen = ", ".join(
-                labels.controls[f][int(u)]
-                for f, u in enumerate(record["action"][t].values)
-                if u >= 0 and len(labels.controls[f]) > 1
-            )
+            chosen = []
+            for f, u in enumerate(int(u) for u in record["action"][t].values):
+                if u < 0 or len(labels.controls[f]) == 1:
+                    continue
+                text = labels.controls[f][u]
+                if moves[f][u] and t + 1 < T and states[t + 1, f] == states[t, f]:
+                    state = labels.states[f][int(states[t, f])]
+                    text += f" (no effect from there: {labels.factors[f]} stays {state})"
+                chosen.append(text)
             print(
                 f"  t={t}: observed {seen} | beliefs {believed}"
-                + (f" | action: {chosen}" if chosen else "")
+                + (f" | action: {', '.join(chosen)}" if chosen else "")
             )
 
 
-def _summarise(dataset, labels) -> None:
+def _revealing_modalities(model) -> list[int | None]:
+    """For each factor, a modality whose outcome reveals its state (every outcome is possible
+    under at most one of the factor's states, whatever the other factors' states: A's
+    structural zeros, which learning keeps), or None where none does: the factor is hidden."""
+    found = []
+    for f in range(model.num_factors):
+        others = tuple(1 + g for g in range(model.num_factors) if g != f)
+        revealing = None
+        for m, A in enumerate(model.A):  # (O_m, S_1..S_F)
+            possible = (A > 0).to(float)
+            possible = possible.sum(others) if others else possible  # (O_m, S_f)
+            if ((possible > 0).sum(-1) <= 1).all():
+                revealing = m
+                break
+        found.append(revealing)
+    return found
+
+
+def _summarise(dataset, task) -> None:
+    """A row per trial: the agents, their mean reward, and the mean accuracy of the beliefs
+    about each hidden factor at the last step (a factor some modality reveals is always
+    believed at 1 and is left out, with a note that says so)."""
+    labels = task.labels
+    revealing = _revealing_modalities(task.model)
+    hidden = [f for f, m in enumerate(revealing) if m is None]
+    last_step = dataset.sizes["time"] - 1
     rows = [
         [
             "trial",
             "agents",
             *(["mean reward"] if "reward" in dataset else []),
-            *[f"accuracy ({n}) at t={dataset.sizes['time'] - 1}" for n in labels.factors],
+            *[f"accuracy ({labels.factors[f]}) at t={last_step}" for f in hidden],
         ]
     ]
     last = dataset.isel(time=-1)
@@ -191,13 +299,42 @@ def _summarise(dataset, labels) -> None:
                     if "reward" in dataset
                     else []
                 ),
-                *[
-                    f"{float(record['belief_accuracy'].isel(factor=f).mean()):.3f}"
-                    for f in range(len(labels.factors))
-                ],
+                *[f"{float(record['belief_accuracy'].isel(factor=f).mean()):.3f}" for f in hidden],
             ]
         )
     print(_table(rows))
+    seen = [
+        f"{labels.factors[f]} (revealed by {labels.modalities[m]!r})"
+        for f, m in enumerate(revealing)
+        if m is not None
+    ]
+    if seen:
+        print(
+            f"(not shown: the accuracy of beliefs about {', '.join(seen)}, always 1; the "
+            "record's belief_accuracy holds every factor's)"
+        )
+
+
+def _fresh_folder(parent: Path, stem: str) -> Path:
+    """A new folder ``parent/stem-NNN``, NNN one more than the largest there; made here (mkdir
+    fails where another run took the name first, and the next is tried)."""
+    stem = re.sub(r"[^\w.-]", "_", stem)
+    pattern = re.compile(rf"{re.escape(stem)}-(\d+)")
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for p in parent.iterdir() if (m := pattern.fullmatch(p.name))]
+    number = max(taken, default=0) + 1
+    while True:
+        folder = parent / f"{stem}-{number:03d}"
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        return folder
+
+
+#: the folder in which ``simulate`` makes a new folder per run when ``--out`` is not given
+RUNS_FOLDER = Path("out")
 
 
 def simulate_command(
@@ -205,19 +342,24 @@ def simulate_command(
     agents: int,
     trials: int,
     seed: int,
-    out: Path,
+    out: Path | None,
     inference: str = "exact",
     device: str | None = None,
 ) -> int:
+    """Simulate, narrate or summarise, write the record and the figure: into ``out``
+    (replacing an earlier run's files there, and saying so), or, where ``out`` is None, into a
+    new folder ``out/<task>-NNN``."""
+    import dataclasses
+
     from tqdm import tqdm
 
+    from pp_aif.agent import AgentSettings
     from pp_aif.plots import plot_trial
     from pp_aif.simulation import save, simulate
-    from pp_aif.task import load_task
 
     if agents < 1 or trials < 1:
         raise ValueError(f"--agents and --trials must be at least 1, got {agents} and {trials}")
-    task = load_task(task_name)
+    task = _load_task(task_name)
     settings = dataclasses.replace(task.settings or AgentSettings(), inference=inference)
     print(
         f"pp_aif simulate: {agents} agent(s), {trials} trial(s) of '{task.name}' "
@@ -233,16 +375,79 @@ def simulate_command(
         )
     seconds = time.perf_counter() - start
     if agents == 1:
-        _narrate(dataset, task.labels)
+        _narrate(dataset, task)
     else:
-        _summarise(dataset, task.labels)
+        _summarise(dataset, task)
     print(f"\n{agents * trials} agent-trials in {seconds:.2f} s")
-    record = _wrote(save(dataset, out / f"{task.name}_simulation.nc"))
-    print(f"record: {record}")
-    figure = plot_trial(dataset, task.labels)
-    path = _wrote(save_figure(figure, out / f"{task.name}_trial.png", dpi=110))
-    print(f"figure: {path} (agent 0, trial 0)")
+    fresh = out is None
+    folder = _fresh_folder(RUNS_FOLDER, task.name) if fresh else out
+    targets = [folder / f"{task.name}_simulation.nc", folder / f"{task.name}_trial.png"]
+    earlier = [path.exists() for path in targets]
+    try:
+        record = _wrote(save(dataset, targets[0]))
+        print(f"record: {record}" + (" (replaces the earlier one)" if earlier[0] else ""))
+        figure = plot_trial(dataset, task.labels)
+        path = _wrote(save_figure(figure, targets[1], dpi=110))
+        print(
+            f"figure: {path} (agent 0, trial 0"
+            + ("; replaces the earlier one)" if earlier[1] else ")")
+        )
+    except BaseException:
+        if fresh and not any(folder.iterdir()):
+            folder.rmdir()  # the run's own folder, left empty: no trace of the run
+        raise
     return 0
+
+
+def _fit_parameters(text: str) -> list[str]:
+    """The names of ``--params``: at least one, each known (else "did you mean"), none twice."""
+    known = list(FIT_PARAMETERS)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError(
+            f"--params: {text!r} names no parameter; give one or more of {', '.join(known)}, "
+            "separated by commas (e.g. --params gamma,alpha)"
+        )
+    for name in names:
+        if name not in FIT_PARAMETERS:
+            raise ValueError(
+                f"--params: unknown parameter {name!r}{_did_you_mean(name, known)}; known: "
+                f"{', '.join(known)} (pp-aif fit --help says what each means)"
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--params: {', '.join(repeated)} named more than once in {text!r}")
+    return names
+
+
+def _check_fit_arguments(
+    names, method, out, hierarchical, chains, draws, warmup, steps, subjects_per_job, workers
+) -> None:
+    """A ValueError, naming the option, for arguments ``fit`` would refuse (before the fit's
+    header is printed)."""
+    if out.suffix != ".nc":
+        raise ValueError(f"--out: {out} should end in .nc (the InferenceData is netCDF)")
+    for option, value, least in (
+        ("--chains", chains, 1),
+        ("--draws", draws, 1),
+        ("--warmup", warmup, 0),
+        ("--steps", steps, 1),
+        ("--subjects-per-job", subjects_per_job, 1),
+        ("--workers", 1 if workers is None else workers, 1),
+    ):
+        if value < least:
+            raise ValueError(f"{option}: {value}; need at least {least}")
+    if method == "map" and hierarchical:
+        raise ValueError(
+            "--method map with --hierarchical has no useful mode (the density grows without "
+            "bound as the population scales shrink to 0); use nuts or svi"
+        )
+    if method == "grid" and (hierarchical or len(names) > 2):
+        raise ValueError(
+            "--method grid (the exact posterior by quadrature) is for 1 or 2 parameters per "
+            f"subject without --hierarchical; got {len(names)} parameter(s)"
+            + (" and --hierarchical" if hierarchical else "")
+        )
 
 
 def fit_command(
@@ -281,12 +486,13 @@ def fit_command(
     from pp_aif.data import BehaviourData
     from pp_aif.errors import ConvergenceWarning
     from pp_aif.fitting import fit
-    from pp_aif.task import load_task
 
-    names = [name.strip() for name in params.split(",") if name.strip()]
-    if out.suffix != ".nc":
-        raise ValueError(f"--out: {out} should end in .nc (the InferenceData is netCDF)")
-    task = load_task(task_name)
+    # every argument checked before anything is printed
+    names = _fit_parameters(params)
+    _check_fit_arguments(
+        names, method, out, hierarchical, chains, draws, warmup, steps, subjects_per_job, workers
+    )
+    task = _load_task(task_name)
     data = BehaviourData.read(data_path, task, anonymise=anonymise, salt=salt)
     N, K = data.present.shape
     print(
@@ -303,8 +509,6 @@ def fit_command(
         bar = bars[stage]
         bar.update(done - bar.n)
 
-    if subjects_per_job < 1:
-        raise ValueError(f"--subjects-per-job: {subjects_per_job}; need at least 1")
     arguments = dict(
         method=method, chains=chains, draws=draws, warmup=warmup, steps=steps, device=device
     )
@@ -324,17 +528,17 @@ def fit_command(
             )
         else:
             from pp_aif.fitting.fanout import fit_subjects
+            from pp_aif.jobs import JobStore
 
             store = out.with_name(f"{out.stem}.jobs")
+            jobs = -(-N // subjects_per_job)
             where = scheduler or (
                 f"a local cluster of {workers} worker(s)"
                 if workers
                 else "a local cluster (a worker per core, at most one per job)"
             )
-            print(
-                f"{-(-N // subjects_per_job)} jobs of up to {subjects_per_job} subjects on {where}"
-            )
-            print(f"each job's result: {store}/ (a rerun fits only the jobs not there)")
+            print(f"{jobs} jobs of up to {subjects_per_job} subjects on {where}")
+            print(f"each job's result goes to {store}/ as it finishes (a rerun fits only the rest)")
 
             def job_progress(name: str, done: int, total: int) -> None:
                 if not name and done:
@@ -342,23 +546,29 @@ def fit_command(
                 progress("jobs", done, total)
 
             try:
-                inference = fit_subjects(
-                    task,
-                    data,
-                    names,
-                    store=store,
-                    subjects_per_job=subjects_per_job,
-                    scheduler=scheduler,
-                    workers=workers,
-                    seed=seed,
-                    progress=job_progress,
-                    **arguments,
-                )
-            except (KeyboardInterrupt, JobsFailed):
-                print(
-                    f"pp-aif: the finished jobs are kept in {store}/; the same command resumes",
-                    file=sys.stderr,
-                )
+                with _quiet_dask():
+                    inference = fit_subjects(
+                        task,
+                        data,
+                        names,
+                        store=store,
+                        subjects_per_job=subjects_per_job,
+                        scheduler=scheduler,
+                        workers=workers,
+                        seed=seed,
+                        progress=job_progress,
+                        **arguments,
+                    )
+            except KeyboardInterrupt:
+                for bar in bars.values():
+                    bar.close()
+                raise _Interrupted(
+                    f"{_jobs_kept(JobStore(store))}; {out} was not written"
+                ) from None
+            except JobsFailed as error:
+                for bar in bars.values():
+                    bar.close()
+                error.args = (f"{error}; {_jobs_kept(JobStore(store))}",)
                 raise
     for bar in bars.values():
         bar.close()
@@ -384,6 +594,49 @@ def fit_command(
     _wrote(out)
     print(f"posterior: {out}")
     return 0
+
+
+class _Interrupted(KeyboardInterrupt):
+    """A Ctrl-C with the one line that says what was kept."""
+
+
+def _jobs_kept(store) -> str:
+    """What an interrupted or failed fan-out leaves: the finished jobs' folder, named only if
+    it holds results."""
+    done = len(store.names())
+    if not done:
+        return "no job had finished, so none is kept"
+    return (
+        f"the {done} finished job(s) are kept in {store.directory}/, and the same command "
+        "resumes from them"
+    )
+
+
+class _quiet_dask:
+    """distributed's log lines (timestamped warnings of cancelled tasks and workers killed at
+    shutdown, which an interrupted or failed fan-out prints in every process) held back: its
+    loggers here at ERROR, and its worker processes, which read the level from the
+    environment when they start, likewise. Restored on exit."""
+
+    _LOGGERS = ("distributed", "distributed.client", "distributed.nanny", "distributed.scheduler")
+    _VARIABLE = "DASK_LOGGING__DISTRIBUTED"
+
+    def __enter__(self):
+        self._levels = {name: logging.getLogger(name).level for name in self._LOGGERS}
+        for name in self._LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self._variable = os.environ.get(self._VARIABLE)
+        os.environ[self._VARIABLE] = "error"
+        return self
+
+    def __exit__(self, *exception):
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        if self._variable is None:
+            os.environ.pop(self._VARIABLE, None)
+        else:
+            os.environ[self._VARIABLE] = self._variable
+        return False
 
 
 def _report(caught, category) -> None:
@@ -452,15 +705,33 @@ def compare_command(paths: list[Path], ic: str, unit: str, use_bms: bool, out: P
     return 0
 
 
+#: the first bytes of a netCDF file: HDF5 (netCDF-4) or the classic format
+_NETCDF_SIGNATURES = (b"\x89HDF\r\n\x1a\n", b"CDF\x01", b"CDF\x02", b"CDF\x05")
+_FIT_FILE = "a fit file (the netCDF InferenceData written by pp-aif fit)"
+
+
 def _read_fit(path: Path):
-    """An InferenceData file for ``compare``, refused (naming the file) if it cannot be read
-    or if a coordinate that names subjects or trials repeats a value (a damaged file, such as
-    one whose subject ids were cut short)."""
+    """An InferenceData file for ``compare``, refused (naming it, and what it should be) if it
+    is not netCDF, cannot be read, is netCDF of something else than a fit (a simulation
+    record), or if a coordinate that names subjects or trials repeats a value (a damaged
+    file, such as one whose subject ids were cut short)."""
     import arviz as az
     import numpy as np
 
     if not path.is_file():
         raise FileNotFoundError(f"fit file not found: {path}")
+    with open(path, "rb") as file:
+        start = file.read(8)
+    if not start.startswith(_NETCDF_SIGNATURES):
+        text = bool(start) and all(32 <= byte < 127 or byte in b"\t\r\n" for byte in start)
+        hint = ""
+        if text:
+            hint = " but text" + (
+                " (a table of choices? fit it first: pp-aif fit TASK DATA)"
+                if path.suffix.lower() in (".csv", ".tsv", ".txt")
+                else ""
+            )
+        raise ValueError(f"{path} is not {_FIT_FILE}: it is not netCDF{hint}")
     try:
         inference = az.from_netcdf(path)
         inference.load()
@@ -468,6 +739,16 @@ def _read_fit(path: Path):
         raise ValueError(
             f"fit file {path} cannot be read ({type(error).__name__}: {error}); is it truncated?"
         ) from None
+    missing = [
+        group for group in ("posterior", "log_likelihood") if group not in inference.groups()
+    ]
+    if missing:
+        simulated = str(getattr(inference, "attrs", {}).get("source", "")) == "pp_aif.simulate"
+        raise ValueError(
+            f"{path} is not {_FIT_FILE}: "
+            + ("it is a simulation record (pp-aif simulate)" if simulated else "it is netCDF")
+            + f" without the {' and '.join(missing)} group{'s' if len(missing) > 1 else ''}"
+        )
     for group in inference.groups():
         for name in ("subject", "trial"):
             if name in inference[group].coords:
@@ -544,9 +825,9 @@ def _fit_epilog() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pp-aif", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="pp-aif", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     simulate_parser = commands.add_parser("simulate", help="agents act in a task")
     simulate_parser.add_argument("task", help="task name (e.g. tmaze) or task file")
     simulate_parser.add_argument("--agents", type=int, default=1, help="agents (default 1)")
@@ -561,8 +842,9 @@ def main(argv: list[str] | None = None) -> int:
     simulate_parser.add_argument(
         "--out",
         type=Path,
-        default=Path("out"),
-        help="folder for the record and figure (default: ./out)",
+        default=None,
+        help="folder for the record and figure; files of an earlier run there are replaced "
+        f"(default: a new folder per run, {RUNS_FOLDER}/TASK-001, {RUNS_FOLDER}/TASK-002, ...)",
     )
     simulate_parser.add_argument(
         "--device", default=None, help="where the agents compute, e.g. cuda (default: cpu)"
@@ -577,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         help="fit agents to people's choices",
         description="Fit the parameters of TASK's agents to people's choices in DATA, a\n"
         "long-format CSV or Parquet table: one row per subject, trial and time step.",
-        epilog=_fit_epilog(),
+        epilog=_fit_epilog,  # called only when the help is shown
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fit_parser.add_argument("task", help="task name (e.g. tmaze) or task file")
@@ -591,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     fit_parser.add_argument(
         "--method",
-        choices=("nuts", "svi", "map", "grid"),
+        choices=FIT_METHODS,
         default="nuts",
         help="nuts (default), svi, map, or grid (the exact posterior of 1-2 parameters)",
     )
@@ -642,7 +924,6 @@ def main(argv: list[str] | None = None) -> int:
     _written.clear()
     if arguments.verbose:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    torch.set_printoptions(precision=3)
     try:
         if arguments.command == "demo":
             return demo(arguments.task, arguments.out)
@@ -688,6 +969,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except WriteInterrupted as interrupt:
         print(f"pp-aif: {interrupt}{_already_written()}", file=sys.stderr)
+        return 130
+    except _Interrupted as interrupt:  # says itself what was kept
+        print(f"pp-aif: interrupted; {interrupt}", file=sys.stderr)
         return 130
     except KeyboardInterrupt as interrupt:  # not while writing (or just after a file was)
         said = f" ({interrupt})" if str(interrupt) else ""

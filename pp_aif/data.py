@@ -8,8 +8,11 @@ named after the task (``task.labels.modalities`` and ``task.labels.factors``). O
 columns hold outcome indices (0-based); action columns hold the control chosen at that step
 (0-based), empty at a trial's last step (no action follows it). Any other column is a covariate.
 
-Every problem raises ``pp_aif.DataError`` listing the offending rows (0-based positions in the
-table, header not counted: file line = row + 2) and what is wrong; nothing is read half-way.
+Every problem raises ``pp_aif.DataError`` naming the offending rows and what is wrong; nothing
+is read half-way. In a CSV file they are the file's lines as editors count them (the header is
+line 1, so the first data row is line 2), after the file's name; in a DataFrame or a Parquet
+file they are rows, 0-based positions in the table with the header not counted (whatever the
+DataFrame's index), and the message says so.
 Observation, action, trial and time columns hold integers: booleans, fractions, non-finite or
 out-of-range numbers and text are refused with their rows and values. A CSV file is checked
 line by line first: a record that runs over several lines (a quote left open), a line whose
@@ -33,6 +36,7 @@ import dataclasses
 import hashlib
 import numbers
 import os
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -51,17 +55,38 @@ KEYS = ("subject", "trial", "time")
 _MAX_LISTED = 10
 
 
-def _rows(positions, verb: str = "") -> str:
-    """The rows as words, "row 4" or "rows 0, 1, ... and 3 more", then ``verb`` agreeing with
-    them ("holds" / "hold", "is" / "are", "has" / "have", "belongs" / "belong")."""
-    positions = [int(p) for p in positions]
-    shown = ", ".join(str(p) for p in positions[:_MAX_LISTED])
-    more = f" and {len(positions) - _MAX_LISTED} more" if len(positions) > _MAX_LISTED else ""
-    many = len(positions) > 1
-    if verb:
-        plural = {"holds": "hold", "is": "are", "has": "have", "belongs": "belong"}
-        verb = " " + (plural.get(verb, verb) if many else verb)
-    return f"row{'s' if many else ''} {shown}{more}{verb}"
+@dataclass(frozen=True)
+class _Numbering:
+    """How messages name the rows of a table (0-based positions, header not counted):
+    ``word`` "line" (a CSV file's lines as editors count them: the header is line 1, so
+    position p is line p + 2; ``first`` = 2) or "row" (the position itself; ``first`` = 0);
+    ``where`` opens each message (the file's name), ``note`` closes one that names rows."""
+
+    word: str = "row"
+    first: int = 0
+    where: str = ""
+    note: str = ""
+
+    def message(self, text: str) -> str:
+        """``text`` with the file's name before it and, where it names rows, the note after."""
+        names_rows = re.search(rf"\b{self.word}s? \d", text) is not None
+        return f"{self.where}{text}{self.note if names_rows else ''}"
+
+    def rows(self, positions, verb: str = "") -> str:
+        """The rows as words, "row 4" or "rows 0, 1, ... and 3 more" (in a CSV file "line 6"
+        or "lines 2, 3, ..."), then ``verb`` agreeing with them ("holds" / "hold", "is" /
+        "are", "has" / "have", "belongs" / "belong")."""
+        positions = [int(p) + self.first for p in positions]
+        shown = ", ".join(str(p) for p in positions[:_MAX_LISTED])
+        more = f" and {len(positions) - _MAX_LISTED} more" if len(positions) > _MAX_LISTED else ""
+        many = len(positions) > 1
+        if verb:
+            plural = {"holds": "hold", "is": "are", "has": "have", "belongs": "belong"}
+            verb = " " + (plural.get(verb, verb) if many else verb)
+        return f"{self.word}{'s' if many else ''} {shown}{more}{verb}"
+
+
+_FRAME = _Numbering(note=" (row: 0-based position in the DataFrame, the header not counted)")
 
 
 def _hash(subject: str, salt: str) -> str:
@@ -148,13 +173,17 @@ class BehaviourData:
         """
         if anonymise and not salt:
             raise ValueError("salt: anonymise=True needs a salt (a secret string you keep)")
-        table = _load(source)
-        return _build(table, task, salt if anonymise else None)
+        table, numbering = _load(source)
+        try:
+            return _build(table, task, salt if anonymise else None, numbering)
+        except DataError as error:
+            raise DataError(numbering.message(str(error))) from None
 
 
-def _load(source) -> pd.DataFrame:
+def _load(source) -> tuple[pd.DataFrame, _Numbering]:
+    """The table, and how its messages name its rows."""
     if isinstance(source, pd.DataFrame):
-        return _frame(source, "columns")
+        return _frame(source, "columns"), _FRAME
     if isinstance(source, pd.Series):
         raise DataError(
             "source: is a pandas Series (one column); give a DataFrame with the columns "
@@ -180,7 +209,7 @@ def _load(source) -> pd.DataFrame:
                 )["subject"]
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             raise DataError(f"{path}: cannot be read as CSV ({error})") from None
-        return table
+        return table, _Numbering("line", 2, f"{path}: ")
     if suffix in (".parquet", ".pq"):
         try:
             table = pd.read_parquet(path)
@@ -190,8 +219,12 @@ def _load(source) -> pd.DataFrame:
             ) from None
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"{path}: cannot be read as Parquet ({error})") from None
-        return _frame(table, f"{path}: columns")
-    raise DataError(f"{path}: unknown format {suffix!r}; give a .csv or .parquet file")
+        note = " (row: 0-based position in the Parquet file's table, the header not counted)"
+        return _frame(table, f"{path}: columns"), _Numbering("row", 0, f"{path}: ", note)
+    raise DataError(
+        f"{path}: unknown format {suffix!r} for behavioural data; give a .csv or .parquet file "
+        "(a table: one row per subject, trial and time step; pp-aif fit --help)"
+    )
 
 
 def _frame(table: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -265,7 +298,12 @@ def _is_boolean(value) -> bool:
 
 
 def _integers(
-    table: pd.DataFrame, column: str, limit: int | None, what: str, rows=None
+    table: pd.DataFrame,
+    column: str,
+    limit: int | None,
+    what: str,
+    rows=None,
+    numbering: _Numbering = _FRAME,
 ) -> np.ndarray:
     """The column as int64; a DataError naming the rows that are missing, boolean, not numbers,
     not finite, not integers, negative, or not below ``limit`` (default: int64's range).
@@ -279,8 +317,8 @@ def _integers(
         more = "..." if values and int(np.sum(bad)) > 3 else ""
         verb = "holds" if values else "is"
         return DataError(
-            f"column {column!r}: {_rows(rows[np.flatnonzero(bad)], verb)}{shown}{more}{problem}; "
-            f"{what} take {span}"
+            f"column {column!r}: {numbering.rows(rows[np.flatnonzero(bad)], verb)}{shown}{more}"
+            f"{problem}; {what} take {span}"
         )
 
     if pd.api.types.is_bool_dtype(raw.dtype):
@@ -311,12 +349,12 @@ def _integers(
     return values.astype(np.int64)
 
 
-def _subject_ids(column: pd.Series) -> np.ndarray:
+def _subject_ids(column: pd.Series, numbering: _Numbering = _FRAME) -> np.ndarray:
     """The identifiers as strings (see the module docstring); a DataError for empty ones and for
     a column that mixes strings with other types; a DataWarning for stripped spaces."""
     missing = column.isna().to_numpy()
     if missing.any():
-        raise DataError(f"column 'subject': {_rows(np.flatnonzero(missing), 'is')} empty")
+        raise DataError(f"column 'subject': {numbering.rows(np.flatnonzero(missing), 'is')} empty")
     dtype = column.dtype
     values = column.to_numpy(dtype=object)
     if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
@@ -324,12 +362,13 @@ def _subject_ids(column: pd.Series) -> np.ndarray:
     else:
         is_string = np.fromiter((isinstance(v, str) for v in values), bool, len(values))
     if is_string.all():
-        return _stripped(values.astype(str))
+        return _stripped(values.astype(str), numbering)
     if is_string.any():
         strings, other = np.flatnonzero(is_string), np.flatnonzero(~is_string)
         raise DataError(
-            f"column 'subject': mixes strings ({_rows(strings[:3])}: {values[strings[0]]!r}) "
-            f"with {type(values[other[0]]).__name__} values ({_rows(other[:3])}: "
+            f"column 'subject': mixes strings ({numbering.rows(strings[:3])}: "
+            f"{values[strings[0]]!r}) with {type(values[other[0]]).__name__} values "
+            f"({numbering.rows(other[:3])}: "
             f"{values[other[0]]!r}), so 1 and '1' could be one subject or two; give every "
             "identifier as a string, or every one as a number"
         )
@@ -342,42 +381,45 @@ def _subject_ids(column: pd.Series) -> np.ndarray:
         other = np.flatnonzero(~is_number)
         raise DataError(
             f"column 'subject': mixes numbers with {type(values[other[0]]).__name__} values "
-            f"({_rows(other[:3])}: {values[other[0]]!r}); give every identifier as a string, "
-            "or every one as a number"
+            f"({numbering.rows(other[:3])}: {values[other[0]]!r}); give every identifier as a "
+            "string, or every one as a number"
         )
     numeric = values.astype(np.float64)
     bad = ~np.isfinite(numeric)
     if bad.any():
         raise DataError(
-            f"column 'subject': {_rows(np.flatnonzero(bad), 'holds')} "
+            f"column 'subject': {numbering.rows(np.flatnonzero(bad), 'holds')} "
             f"{values[bad][:3].tolist()}, not finite identifiers"
         )
     # by value: 1, 1.0 and np.int64(1) are subject "1"
     return np.array([str(int(v)) if float(v).is_integer() else repr(float(v)) for v in values])
 
 
-def _stripped(ids: np.ndarray) -> np.ndarray:
+def _stripped(ids: np.ndarray, numbering: _Numbering = _FRAME) -> np.ndarray:
     """String identifiers without surrounding spaces; a DataWarning naming the rows changed."""
     stripped = np.char.strip(ids)
     empty = stripped == ""
     if empty.any():
         raise DataError(
-            f"column 'subject': {_rows(np.flatnonzero(empty), 'is')} empty (or only spaces)"
+            f"column 'subject': {numbering.rows(np.flatnonzero(empty), 'is')} empty (or only "
+            "spaces)"
         )
     changed = np.flatnonzero(stripped != ids)
     if len(changed):
         examples = list(dict.fromkeys(ids[changed].tolist()))[:3]
         warnings.warn(
-            f"column 'subject': {_rows(changed, 'has')} spaces around the identifier "
-            f"({', '.join(repr(e) for e in examples)}); stripped, so they are read as "
-            f"{', '.join(repr(e.strip()) for e in examples)}",
+            numbering.message(
+                f"column 'subject': {numbering.rows(changed, 'has')} spaces around the identifier "
+                f"({', '.join(repr(e) for e in examples)}); stripped, so they are read as "
+                f"{', '.join(repr(e.strip()) for e in examples)}"
+            ),
             DataWarning,
             stacklevel=5,
         )
     return stripped
 
 
-def _build(table: pd.DataFrame, task, salt: str | None) -> BehaviourData:
+def _build(table: pd.DataFrame, task, salt: str | None, numbering: _Numbering) -> BehaviourData:
     model, labels = task.model, task.labels
     modalities, factors = tuple(labels.modalities), tuple(labels.factors)
     missing = [c for c in (*KEYS, *modalities, *factors) if c not in table.columns]
@@ -390,33 +432,34 @@ def _build(table: pd.DataFrame, task, salt: str | None) -> BehaviourData:
         )
     if len(table) == 0:
         raise DataError("behavioural data: the table has no rows")
-    subject_ids = np.array(_subject_ids(table["subject"]).tolist(), dtype=object)
-    trial = _integers(table, "trial", None, "trial numbers")
-    time = _integers(table, "time", None, "time steps")
+    subject_ids = np.array(_subject_ids(table["subject"], numbering).tolist(), dtype=object)
+    trial = _integers(table, "trial", None, "trial numbers", numbering=numbering)
+    time = _integers(table, "time", None, "time steps", numbering=numbering)
     keys = pd.DataFrame({"subject": subject_ids, "trial": trial, "time": time})
     duplicated = keys.duplicated(keep=False).to_numpy()
     if duplicated.any():
         raise DataError(
-            f"(subject, trial, time): {_rows(np.flatnonzero(duplicated))} repeat the same key"
+            f"(subject, trial, time): {numbering.rows(np.flatnonzero(duplicated))} repeat the "
+            "same key"
         )
     T = task.trial_length
     too_late = time >= T
     if too_late.any():
         raise DataError(
-            f"column 'time': {_rows(np.flatnonzero(too_late), 'has')} time >= {T}; task "
+            f"column 'time': {numbering.rows(np.flatnonzero(too_late), 'has')} time >= {T}; task "
             f"{task.name!r} has trials of {T} steps (time 0..{T - 1})"
         )
     counts = keys.groupby(["subject", "trial"])["time"].transform("size").to_numpy()
     short = counts != T
     if short.any():
         raise DataError(
-            f"column 'time': {_rows(np.flatnonzero(short), 'belongs')} to trials with "
+            f"column 'time': {numbering.rows(np.flatnonzero(short), 'belongs')} to trials with "
             f"{sorted(set(counts[short].tolist()))} steps instead of {T} (gaps in time, or "
             "missing steps)"
         )
     observations = np.stack(
         [
-            _integers(table, m, size, f"outcomes of modality {m!r}")
+            _integers(table, m, size, f"outcomes of modality {m!r}", numbering=numbering)
             for m, size in zip(modalities, model.num_outcomes, strict=True)
         ],
         -1,
@@ -427,7 +470,12 @@ def _build(table: pd.DataFrame, task, salt: str | None) -> BehaviourData:
         if size == 1 and table[name][~last].isna().all():
             continue  # a factor without choices may leave its column empty
         actions[~last, f] = _integers(
-            table[~last], name, size, f"controls of factor {name!r}", np.flatnonzero(~last)
+            table[~last],
+            name,
+            size,
+            f"controls of factor {name!r}",
+            np.flatnonzero(~last),
+            numbering,
         )
 
     subjects = list(dict.fromkeys(subject_ids))  # order of first appearance

@@ -2,17 +2,30 @@
 
 Dimensions: agent (N), trial (K), time (T), policy (the most policies a step considers: P of the
 first step, or more where a task's policy set for a later step is larger; NaN where a step
-considers fewer), modality (M), factor (F), and one state axis per factor ("state_<name>").
+considers fewer), policy_step (H, the deepest policy's steps), modality (M), factor (F), one
+state axis per factor ("state_<name>"), one control axis per factor ("control_<name>") and one
+outcome axis per modality ("outcome_<name>"), each a coordinate of the names.
 Variables:
-    observation (agent, trial, time, modality)        int
-    action (agent, trial, time, factor)               int, -1 at the last step (no action)
-    true_state (agent, trial, time, factor)           int
+    observation (agent, trial, time, modality)        int, index into outcome_<modality>
+    action (agent, trial, time, factor)               int, index into control_<factor>; -1 at
+                                                      the last step (no action)
+    true_state (agent, trial, time, factor)           int, index into state_<factor>
     belief_<factor> (agent, trial, time, state_<factor>)  q(s_t | o_<=t)
     belief_accuracy (agent, trial, time, factor)      q(s_t = true state)
-    log_evidence (agent, trial, time)                 ln p(o_t | o_<t)
+    log_evidence (agent, trial, time)                 ln p(o_t | o_<t), nats
     policy_posterior, G, risk, ambiguity, epistemic, pragmatic, novelty
-                    (agent, trial, time, policy)      NaN at the last step
+                    (agent, trial, time, policy)      NaN at the last step; the terms in nats
     reward (agent, trial)                             rewards collected in the trial (if defined)
+Coordinates of the policies: the policy axis is an index into each step's own set of policies
+(``pp_aif.agent.policies_at``: depth min(H, T-1-t), or the task's set for the step), so policy i
+at step t is ``policy_actions[t, i]`` (time, policy, policy_step, factor; the control of each
+factor at time t + policy_step, -1 beyond the step's policies or the policy's depth), named by
+``policy_label[t, i]`` (time, policy), e.g. "go to cue, then go to left" ("" where none).
+Every variable and coordinate has CF attributes ``long_name`` and ``units`` ("1" for
+probabilities, indices and counts, "nats" for log probabilities and free energies) and a
+``description``; the run's settings are plain attributes of the record, each named like the
+``AgentSettings`` field it holds (``SETTING_ATTRIBUTES``; lesions as ``lesions_removed``, the
+terms left out of the policy score, or "none"), read back by :func:`recorded_settings`.
 Loops run over trials and time steps only; agents are a tensor axis.
 
 The world is the task's (``Task.environment``): its model, its process, a process per block of
@@ -24,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +46,12 @@ import xarray as xr
 
 from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, policies_at, step
 from pp_aif.envs import Environment, GenerativeProcess, accepts_trial, check_same_sizes
+from pp_aif.planning.policies import Lesions
 from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel
 from pp_aif.task import Labels, Task
 from pp_aif.validation import check_integer
 
-__all__ = ["simulate", "TERMS"]
+__all__ = ["simulate", "save", "recorded_settings", "policy_labels", "SETTING_ATTRIBUTES", "TERMS"]
 
 logger = logging.getLogger(__name__)
 TERMS = ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty")
@@ -326,6 +339,8 @@ def simulate(
         "time": np.arange(T),
         "modality": labels.modalities,
         "factor": labels.factors,
+        **{f"outcome_{m}": labels.outcomes[i] for i, m in enumerate(labels.modalities)},
+        **{f"control_{f}": labels.controls[i] for i, f in enumerate(labels.factors)},
     }
     data = {
         "observation": (("agent", "trial", "time", "modality"), observations),
@@ -345,7 +360,286 @@ def simulate(
         modality, outcome = task.reward
         data["reward"] = (("agent", "trial"), (observations[..., modality] == outcome).sum(-1))
     dataset = xr.Dataset(data, coords=coords)
-    dataset.attrs.update(task=task.name, seed=seed, num_steps=T, settings=repr(asdict(settings)))
+    if recorded:
+        dataset = dataset.assign_coords(_policy_coordinates(model, settings, T, width, labels))
+    return _described(dataset, task, settings, seed)
+
+
+#: the record's settings attributes: AgentSettings field (or lesions_removed) -> its meaning
+SETTING_ATTRIBUTES = {
+    "policy_precision": "gamma in q(pi) = softmax(ln E - gamma (G - novelty)); one value per agent "
+    "where the agents differ",
+    "action_precision": "alpha in p(u) proportional to exp(alpha ln q(u)); one value per agent "
+    "where the agents differ",
+    "sample_actions": '"true": u drawn from p(u); "false": its most probable value',
+    "horizon": 'policy depth H; "none": the depth of the model\'s policies',
+    "lesions_removed": "the terms of G left out of the policy score (epistemic, pragmatic, "
+    'novelty), comma-separated; "none": every term is kept',
+    "efe_method": '"exact" or "sampled" expected free energy',
+    "num_samples": 'rollouts per policy where efe_method is "sampled"',
+    "learning_rate": "eta: evidence added to the learned counts (pA, pB, pD) per trial",
+    "forgetting": "omega: the share of the learned counts forgotten between trials",
+    "infer_precision": '"false": gamma is held at policy_precision',
+    "inference": "the state-inference scheme (exact, fpi, vmp, mmp, mean_field, structured)",
+    "inference_iterations": "iterations of a message-passing scheme",
+    "inference_tau": 'step size of a message-passing scheme; "none": the scheme\'s own',
+    "preference_scale": "c: the agents plan with ln p~(o) = log_softmax(c C); the recorded "
+    "pragmatic values are at c = 1",
+}
+
+#: the record's variables and coordinates: name -> (long_name, units, description); "{name}"
+#: is the factor's or modality's name
+_VARIABLES = {
+    "agent": ("agent", "1", "index of the simulated agent"),
+    "trial": ("trial", "1", "index of the trial (0-based); each agent's trials in order"),
+    "time": ("time step", "1", "step within the trial, 0 .. T-1 (an observation at each)"),
+    "modality": ("outcome modality", None, "name of the outcome modality"),
+    "factor": ("hidden-state factor", None, "name of the hidden-state factor"),
+    "state_{name}": ("state of {name}", None, "names of the states of factor {name}"),
+    "control_{name}": ("control of {name}", None, "names of the controls of factor {name}"),
+    "outcome_{name}": ("outcome of {name}", None, "names of the outcomes of modality {name}"),
+    "policy": (
+        "policy index within the step's policy set",
+        "1",
+        "policy i at step t is policy_actions[t, i], named policy_label[t, i]; each step has "
+        "its own set (depth min(H, T-1-t), or the task's set for the step), so the same index "
+        "names different policies at different steps",
+    ),
+    "policy_step": (
+        "step of a policy, ahead of the present",
+        "1",
+        "a policy's action at time t + policy_step",
+    ),
+    "policy_actions": (
+        "actions of each step's policies",
+        "1",
+        "policy_actions[t, i, h, f]: the control (index into control_<factor>) of factor f at "
+        "time t + h under policy i of step t; -1 beyond the step's policies, beyond the "
+        "policy's depth, and at the last step (no policies)",
+    ),
+    "policy_label": (
+        "policy named by its actions",
+        None,
+        'the actions of policy i of step t, e.g. "go to cue, then go to left"; "" where none',
+    ),
+    "observation": (
+        "observed outcome",
+        "1",
+        "index of the outcome observed in each modality (0-based), named by outcome_<modality>",
+    ),
+    "action": (
+        "action taken",
+        "1",
+        "index of the control chosen for each factor (0-based), named by control_<factor>; -1 "
+        "at the last step (no action follows it)",
+    ),
+    "true_state": (
+        "true hidden state",
+        "1",
+        "index of the world's state of each factor (0-based), named by state_<factor>",
+    ),
+    "belief_{name}": (
+        "belief about {name}: q({name}_t | o_1:t)",
+        "1",
+        "the agent's posterior probability of each state of factor {name} after the "
+        "observation at time t (filtering)",
+    ),
+    "belief_accuracy": (
+        "belief accuracy: q(s_t = true state)",
+        "1",
+        "the probability the agent's belief gives the true state of each factor",
+    ),
+    "log_evidence": (
+        "log evidence of the observation: ln p(o_t | o_1:t-1)",
+        "nats",
+        "the log probability of the observation at time t under the agent's model, given "
+        "the trial so far",
+    ),
+    "policy_posterior": (
+        "policy posterior q(pi)",
+        "1",
+        "q(pi) = softmax(ln E - gamma (G - novelty)) over the step's policies (policy_label), "
+        "with lesioned terms left out; NaN beyond the step's policies and at the last step",
+    ),
+    "G": (
+        "expected free energy G",
+        "nats",
+        "risk + ambiguity = -(epistemic + pragmatic), summed over the policy's steps; "
+        "minimised; NaN beyond the step's policies and at the last step",
+    ),
+    "risk": (
+        "risk",
+        "nats",
+        "KL[q(o | pi) || p~(o)]: expected outcomes against the preferences C, summed over the "
+        "policy's steps",
+    ),
+    "ambiguity": (
+        "ambiguity",
+        "nats",
+        "E_q(s | pi) H[p(o | s)]: expected entropy of the outcomes, summed over the policy's steps",
+    ),
+    "epistemic": (
+        "epistemic value",
+        "nats",
+        "I(s; o | pi): expected information gain about the states, summed over the policy's steps",
+    ),
+    "pragmatic": (
+        "pragmatic value",
+        "nats",
+        "E_q(o | pi) ln p~(o): expected log preference of the outcomes (at preference scale "
+        "1), summed over the policy's steps",
+    ),
+    "novelty": (
+        "novelty",
+        "nats",
+        "expected information gain about the learned counts pA and pB (0 without them); not "
+        "part of G, subtracted from it in the policy score",
+    ),
+    "reward": ("rewards collected", "1", "{reward}"),
+}
+
+
+def _attributes(name: str, labels: Labels, reward: str = "") -> dict:
+    """The CF attributes of the variable or coordinate ``name``."""
+    key, subject = name, ""
+    for prefix in ("state_", "control_", "outcome_", "belief_"):
+        owners = labels.modalities if prefix == "outcome_" else labels.factors
+        if name.startswith(prefix) and name[len(prefix) :] in owners:
+            key, subject = prefix + "{name}", name[len(prefix) :]
+    long_name, units, description = _VARIABLES[key]
+    attributes = {
+        "long_name": long_name.format(name=subject),
+        "description": description.format(name=subject, reward=reward),
+    }
+    if units is not None:
+        attributes["units"] = units
+    return attributes
+
+
+def policy_labels(policies, labels: Labels, *, then: str = ", then ") -> list[str]:
+    """Each policy (P, H, F) named by its actions, "go to cue, then go to left": only factors
+    with more than one control are named; with several such factors each action reads
+    "factor: control", the factors joined by " & "."""
+    policies = np.asarray(policies.cpu() if isinstance(policies, torch.Tensor) else policies)
+    controlled = [f for f, names in enumerate(labels.controls) if len(names) > 1]
+    names = []
+    for policy in policies:
+        steps = []
+        for actions in policy:
+            if len(controlled) == 1:
+                parts = [labels.controls[controlled[0]][actions[controlled[0]]]]
+            else:
+                parts = [
+                    f"{labels.factors[f]}: {labels.controls[f][actions[f]]}" for f in controlled
+                ]
+            steps.append(" & ".join(parts) or "-")
+        names.append(then.join(steps))
+    return names
+
+
+def _policy_coordinates(
+    model: GenerativeModel, settings: AgentSettings, T: int, width: int, labels: Labels
+) -> dict:
+    """policy, policy_step, policy_actions (time, policy, policy_step, factor) and
+    policy_label (time, policy): the policies of every step (``policies_at``)."""
+    per_step = [policies_at(model, settings, t, T)[0].cpu().numpy() for t in range(T - 1)]
+    depth = max((p.shape[1] for p in per_step), default=0)
+    actions = np.full((T, width, depth, model.num_factors), -1, dtype=np.int64)
+    names = np.full((T, width), "", dtype=object)
+    for t, policies in enumerate(per_step):
+        P, H = policies.shape[:2]
+        actions[t, :P, :H] = policies
+        names[t, :P] = policy_labels(policies, labels)
+    return {
+        "policy": np.arange(width),
+        "policy_step": np.arange(depth),
+        "policy_actions": (("time", "policy", "policy_step", "factor"), actions),
+        "policy_label": (("time", "policy"), names.astype(str)),
+    }
+
+
+def _setting_value(value):
+    """A setting as a netCDF attribute: a number, a string, or one number per agent."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().to(torch.float64)
+        return float(value) if value.numel() == 1 else value.numpy().reshape(-1)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return value
+
+
+def _settings_attributes(settings: AgentSettings) -> dict:
+    """The settings as plain attributes (``SETTING_ATTRIBUTES``)."""
+    values = {}
+    for field in dataclasses.fields(AgentSettings):
+        if field.name == "lesions":
+            lesions = settings.lesions
+            removed = [f.name for f in dataclasses.fields(lesions) if not getattr(lesions, f.name)]
+            values["lesions_removed"] = ", ".join(removed) or "none"
+        else:
+            values[field.name] = _setting_value(getattr(settings, field.name))
+    return values
+
+
+def recorded_settings(record) -> AgentSettings | None:
+    """The AgentSettings a record was simulated with, from its attributes (a Dataset, or its
+    ``attrs``); None where they are missing or cannot be read (e.g. a record written before
+    the settings were plain attributes)."""
+    attributes = getattr(record, "attrs", record)
+    values = {}
+    try:
+        for name in SETTING_ATTRIBUTES:
+            value = attributes[name]
+            if isinstance(value, np.ndarray) and value.ndim > 0:
+                value = torch.as_tensor(value, dtype=torch.float64).reshape(-1, 1)
+            elif isinstance(value, np.generic):
+                value = value.item()
+            if name == "lesions_removed":
+                removed = set() if value == "none" else {n.strip() for n in value.split(",")}
+                values["lesions"] = Lesions(
+                    **{f.name: f.name not in removed for f in dataclasses.fields(Lesions)}
+                )
+            elif value in ("true", "false"):
+                values[name] = value == "true"
+            elif value == "none":
+                values[name] = None
+            else:
+                values[name] = value
+        return AgentSettings(**values)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _described(dataset: xr.Dataset, task: Task, settings: AgentSettings, seed: int):
+    """The record with CF attributes on every variable and coordinate, and the run's settings
+    as plain attributes."""
+    labels = task.labels
+    reward = ""
+    if task.reward is not None:
+        modality, outcome = task.reward
+        reward = (
+            f"the number of steps of the trial whose {labels.modalities[modality]!r} outcome was "
+            f"{labels.outcomes[modality][outcome]!r}"
+        )
+    for name in dataset.variables:
+        dataset[name].attrs.update(_attributes(str(name), labels, reward))
+    N, K, T = (dataset.sizes[d] for d in ("agent", "trial", "time"))
+    dataset.attrs.update(
+        title=f"pp_aif simulation: {N} agent(s), {K} trial(s) of task {task.name!r}",
+        Conventions="CF-1.10",
+        source="pp_aif.simulate",
+        task=task.name,
+        task_description=task.description,
+        seed=seed,
+        num_agents=N,
+        num_trials=K,
+        num_steps=T,
+        **_settings_attributes(settings),
+        comment="The agents' settings (pp_aif.AgentSettings) are the attributes named after "
+        "them: " + "; ".join(f"{name}: {meaning}" for name, meaning in SETTING_ATTRIBUTES.items()),
+    )
     return dataset
 
 

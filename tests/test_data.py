@@ -293,11 +293,64 @@ def test_blank_lines_at_the_end_of_a_csv_are_fine(tmaze, table, tmp_path):
     assert BehaviourData.read(path, tmaze).present.all()
 
 
-def test_row_numbers_are_file_lines_minus_two(tmaze, table, tmp_path):
+def test_a_csv_names_the_file_and_its_lines_as_editors_count_them(tmaze, table, tmp_path):
+    """Header = line 1, so data row p is line p + 2; the file is named first; one line "holds",
+    several "hold" (issue 17)."""
     path = _edit_lines(table, tmp_path, lambda lines: lines.__setitem__(8, lines[8] + "x"))
     assert path.read_text().splitlines()[8].endswith("0x")  # line 9 of the file: row 7
-    with pytest.raises(pp_aif.DataError, match=r"column 'context': row 7 holds \['0x'\]"):
+    with pytest.raises(pp_aif.DataError) as error:
         BehaviourData.read(path, tmaze)
+    assert str(error.value) == (
+        f"{path}: column 'context': line 9 holds ['0x'], not numbers; controls of factor "
+        "'context' take values 0..0"
+    )
+
+    def two_bad_lines(lines):
+        for index in (5, 6):  # lines 6 and 7 of the file
+            fields = lines[index].split(",")
+            fields[3] = "9"  # where: 5 outcomes
+            lines[index] = ",".join(fields)
+
+    path = _edit_lines(table, tmp_path, two_bad_lines)
+    with pytest.raises(pp_aif.DataError) as error:
+        BehaviourData.read(path, tmaze)
+    assert str(error.value) == (
+        f"{path}: column 'where': lines 6, 7 hold [9, 9], out of range; outcomes of modality "
+        "'where' take values 0..4"
+    )
+
+
+def test_a_dataframe_and_a_parquet_file_say_what_their_row_numbers_count(tmaze, table, tmp_path):
+    bad = broken(table, 4, "where", 9)
+    with pytest.raises(pp_aif.DataError) as error:
+        BehaviourData.read(bad.set_index(bad.index + 100), tmaze)  # the index does not count
+    assert str(error.value) == (
+        "column 'where': row 4 holds [9], out of range; outcomes of modality 'where' take values "
+        "0..4 (row: 0-based position in the DataFrame, the header not counted)"
+    )
+    path = tmp_path / "bad.parquet"
+    bad.assign(where=bad["where"].astype("int64")).to_parquet(path)
+    with pytest.raises(pp_aif.DataError) as error:
+        BehaviourData.read(path, tmaze)
+    assert str(error.value) == (
+        f"{path}: column 'where': row 4 holds [9], out of range; outcomes of modality 'where' "
+        "take values 0..4 (row: 0-based position in the Parquet file's table, the header not "
+        "counted)"
+    )
+    with pytest.raises(pp_aif.DataError) as error:  # no rows named: no note
+        BehaviourData.read(table.drop(columns=["what"]), tmaze)
+    assert not str(error.value).endswith("counted)")
+
+
+def test_a_file_of_another_kind_is_named_with_what_it_should_be(tmaze, tmp_path):
+    path = tmp_path / "fit.nc"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n")
+    with pytest.raises(pp_aif.DataError) as error:
+        BehaviourData.read(path, tmaze)
+    assert str(error.value) == (
+        f"{path}: unknown format '.nc' for behavioural data; give a .csv or .parquet file (a "
+        "table: one row per subject, trial and time step; pp-aif fit --help)"
+    )
 
 
 def test_parquet_with_keys_in_its_index_and_a_damaged_parquet(tmaze, table, tmp_path):

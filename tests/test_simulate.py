@@ -28,6 +28,11 @@ def test_record_structure_and_round_trip(tmp_path):
         "state_location": 4,
         "state_context": 2,
         "policy": 16,
+        "policy_step": 2,
+        "control_location": 4,
+        "control_context": 1,
+        "outcome_where": 5,
+        "outcome_what": 3,
     }
     assert (dataset["action"].isel(time=-1) == -1).all()
     assert np.isnan(dataset["G"].isel(time=-1)).all()
