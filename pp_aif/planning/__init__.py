@@ -12,6 +12,11 @@ from pp_aif.planning.policies import (
     policy_score,
     select_actions,
 )
+from pp_aif.planning.sophisticated import (
+    SophisticatedScores,
+    sophisticated_expected_free_energy,
+    sophisticated_scores,
+)
 
 __all__ = [
     "PolicyScores",
@@ -26,4 +31,7 @@ __all__ = [
     "infer_precision",
     "DEFAULT_POLICY_PRECISION",
     "DEFAULT_ACTION_PRECISION",
+    "SophisticatedScores",
+    "sophisticated_expected_free_energy",
+    "sophisticated_scores",
 ]
