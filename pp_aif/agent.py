@@ -50,6 +50,11 @@ from pp_aif.planning import (
     policy_scores,
     select_actions,
 )
+from pp_aif.planning.sophisticated import (
+    DEFAULT_ACTION_THRESHOLD,
+    DEFAULT_OUTCOME_THRESHOLD,
+    sophisticated_scores,
+)
 from pp_aif.spec import GenerativeModel
 from pp_aif.validation import check_choice, check_flag, check_integer, check_number
 
@@ -66,6 +71,8 @@ __all__ = [
 ]
 
 
+#: how an agent plans: open loop over the policies, or sophisticated (recursive) planning
+PLANNERS = ("open_loop", "sophisticated")
 #: the state-inference schemes an agent can use (``pp_aif.inference.schemes``)
 INFERENCE_SCHEMES = tuple(SCHEMES)
 #: the schemes that infer over the trial so far, so the state keeps its observations and actions
@@ -86,6 +93,9 @@ class PlanningSettings:
     num_samples: int = 1000
     preference_scale: float = 1.0
     infer_precision: bool = False
+    planner: str = "open_loop"
+    action_threshold: float | None = DEFAULT_ACTION_THRESHOLD
+    outcome_threshold: float | None = DEFAULT_OUTCOME_THRESHOLD
 
     def __post_init__(self):
         check_number("policy_precision", self.policy_precision, minimum=0, meaning="gamma of q(pi)")
@@ -106,6 +116,23 @@ class PlanningSettings:
             exclusive_minimum=True,
             meaning="c scales ln p~ = log_softmax(c C)",
         )
+        check_choice("planner", self.planner, PLANNERS)
+        for name in ("action_threshold", "outcome_threshold"):
+            if getattr(self, name) is not None:
+                check_number(
+                    name,
+                    getattr(self, name),
+                    minimum=0,
+                    maximum=1,
+                    exclusive_maximum=True,
+                    meaning="sophisticated planning expands no branch of this probability or less; "
+                    "None or 0: every branch",
+                )
+        if self.planner == "sophisticated" and self.efe_method != "exact":
+            raise ValueError(
+                "efe_method: sophisticated planning computes its recursion exactly; "
+                f"efe_method={self.efe_method!r} is for open-loop policies"
+            )
         if check_flag("infer_precision", self.infer_precision):
             raise ValueError(
                 "infer_precision: this agent cannot infer gamma, so it keeps a fixed policy "
@@ -206,6 +233,15 @@ class AgentSettings:
         is c times that at c = 1, up to a constant shared by every policy of a step, so q(pi)
         uses c * pragmatic (the reported scores stay at c = 1).
 
+    planner : "open_loop" (default: score fixed action sequences, the policies, as SPM's
+        ``spm_MDP_VB_X`` and pymdp's default) or "sophisticated" (Friston et al. 2021: the
+        recursive expected free energy over action -> outcome -> updated belief -> next action,
+        ``pp_aif.planning.sophisticated_scores``, to depth min(H, T-1-t), over every joint
+        action under a flat prior; q(u) = softmax(-gamma (G(u) - novelty))).
+    action_threshold, outcome_threshold : sophisticated planning expands no action of predictive
+        probability, and no outcome of probability, at or below these (SPM's and pymdp's 1/16);
+        None or 0: every branch.
+
     The precisions, learning_rate, forgetting and preference_scale may be tensors (N, 1), one
     value per agent (as ``pp_aif.fitting.posterior_predictive`` uses them).
     """
@@ -224,6 +260,9 @@ class AgentSettings:
     inference_iterations: int = 16
     inference_tau: float | None = None
     preference_scale: float = 1.0
+    planner: str = "open_loop"
+    action_threshold: float | None = DEFAULT_ACTION_THRESHOLD
+    outcome_threshold: float | None = DEFAULT_OUTCOME_THRESHOLD
 
     def __post_init__(self):
         """Every setting checked once, here, by the group it belongs to (a ValueError naming
@@ -398,22 +437,28 @@ def step(
         )
 
     policies, log_prior = policies_at(model, plan, state.time, num_steps)
-    scores = policy_scores(  # beliefs, policies and arrays made here: nothing to check
-        model,
-        beliefs,
-        policies,
-        time=state.time,
-        method=plan.efe_method,
-        num_samples=plan.num_samples,
-        A=A,
-        pA=state.pA,
-        B=B,
-        pB=state.pB,
-    )
-    planned = replace(scores, pragmatic=plan.preference_scale * scores.pragmatic)
-    q_pi = policy_posterior(  # gamma fixed: AgentSettings refuses infer_precision=True
-        planned, log_prior, precision=plan.policy_precision, lesions=plan.lesions
-    )
+    if plan.planner == "sophisticated":
+        depth = planning_depth(model, plan, state.time, num_steps)
+        scores, q_pi = _sophisticated(
+            model, plan, state, posterior, A, B, policies, log_prior, depth
+        )
+    else:
+        scores = policy_scores(  # beliefs, policies and arrays made here: nothing to check
+            model,
+            beliefs,
+            policies,
+            time=state.time,
+            method=plan.efe_method,
+            num_samples=plan.num_samples,
+            A=A,
+            pA=state.pA,
+            B=B,
+            pB=state.pB,
+        )
+        planned = replace(scores, pragmatic=plan.preference_scale * scores.pragmatic)
+        q_pi = policy_posterior(  # gamma fixed: AgentSettings refuses infer_precision=True
+            planned, log_prior, precision=plan.policy_precision, lesions=plan.lesions
+        )
     if not torch.isfinite(q_pi).all():
         _raise_not_finite(q_pi, scores, state.time)
     probabilities = action_probabilities(
@@ -430,6 +475,42 @@ def step(
         ),
         result,
     )
+
+
+def _sophisticated(model, plan, state, posterior, A, B, policies, log_prior, depth):
+    """Sophisticated planning of the next action from the joint belief ``posterior``: the
+    PolicyScores of the one-step policies ``policies`` (U, 1, F) (G the recursive expected
+    free energy, its terms those of the first step) and q(u) = softmax(ln E - gamma (G(u) -
+    novelty)), the novelty of the first step as open-loop planning counts it."""
+    search = sophisticated_scores(
+        model,
+        posterior,
+        depth=depth,
+        time=state.time,
+        actions=policies[:, 0],
+        precision=plan.policy_precision,
+        lesions=plan.lesions,
+        preference_scale=plan.preference_scale,
+        action_threshold=plan.action_threshold,
+        outcome_threshold=plan.outcome_threshold,
+        A=A,
+        B=B,
+        pA=state.pA,
+        pB=state.pB,
+    )
+    first = search.first_step
+    scores = PolicyScores(
+        search.G,
+        first.risk,
+        first.ambiguity,
+        first.epistemic,
+        first.pragmatic,
+        first.novelty,
+        policies,
+        "sophisticated",
+    )
+    value = search.G - first.novelty if plan.lesions.novelty else search.G
+    return scores, torch.softmax(log_prior - plan.policy_precision * value, -1)
 
 
 def _raise_not_finite(q_pi: Tensor, scores: PolicyScores, time: int) -> None:
@@ -451,6 +532,12 @@ def _append(history: Tensor | None, value: Tensor) -> Tensor:
     return value[:, None] if history is None else torch.cat([history, value[:, None]], 1)
 
 
+def planning_depth(model: GenerativeModel, settings, time: int, num_steps: int) -> int:
+    """How far the agent looks ahead at step ``time``: min(H, T-1-time), H the horizon, or
+    the depth of the model's policies; no plan looks past the trial."""
+    return min(settings.horizon or model.policies.shape[1], num_steps - 1 - time)
+
+
 def policies_at(
     model: GenerativeModel, settings: AgentSettings | PlanningSettings, time: int, num_steps: int
 ):
@@ -460,10 +547,13 @@ def policies_at(
     every policy of that depth under a flat prior. Returns (policies (P, H', F), log prior (P,)).
     A task's own set for the step (``model.step_policies``: one (policies, E) or None per step,
     from ``pp_aif.Task.step_policies``) comes first: always without ``settings.horizon``, and
-    where its depth is min(H, T-1-time) with it.
+    where its depth is min(H, T-1-time) with it. A sophisticated planner
+    (``settings.planner``) scores each joint action, the one-step policies under a flat prior,
+    by its recursion to that depth.
     """
-    depth = settings.horizon or model.policies.shape[1]
-    depth = min(depth, num_steps - 1 - time)
+    depth = planning_depth(model, settings, time, num_steps)
+    if getattr(settings, "planner", "open_loop") == "sophisticated":
+        return model.policies_of_depth(1)
     given = model.step_policies
     if given is not None and time < len(given) and given[time] is not None:
         policies, E = given[time]

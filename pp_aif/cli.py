@@ -71,6 +71,8 @@ def _table(rows: list[list[str]]) -> str:
 #: the agents' state-inference schemes (``pp_aif.agent.INFERENCE_SCHEMES``; a test holds the two
 #: equal), written out so that parsing the arguments imports no torch
 INFERENCE_SCHEMES = ("exact", "fpi", "vmp", "mmp", "mean_field", "structured")
+#: how agents plan (``pp_aif.agent.PLANNERS``; a test holds the two equal)
+PLANNERS = ("open_loop", "sophisticated")
 #: the fitting methods (``pp_aif.fitting.fit.METHODS``; a test holds the two equal)
 FIT_METHODS = ("nuts", "svi", "map", "grid")
 
@@ -345,6 +347,7 @@ def simulate_command(
     out: Path | None,
     inference: str = "exact",
     device: str | None = None,
+    planning: str | None = None,
 ) -> int:
     """Simulate, narrate or summarise, write the record and the figure: into ``out``
     (replacing an earlier run's files there, and saying so), or, where ``out`` is None, into a
@@ -361,10 +364,13 @@ def simulate_command(
         raise ValueError(f"--agents and --trials must be at least 1, got {agents} and {trials}")
     task = _load_task(task_name)
     settings = dataclasses.replace(task.settings or AgentSettings(), inference=inference)
+    if planning is not None:
+        settings = dataclasses.replace(settings, planner=planning)
     print(
         f"pp_aif simulate: {agents} agent(s), {trials} trial(s) of '{task.name}' "
         f"({task.description}), seed {seed}"
         + ("" if inference == "exact" else f", state inference by {inference}")
+        + ("" if settings.planner == "open_loop" else f", {settings.planner} planning")
     )
     start = time.perf_counter()
     with tqdm(
@@ -840,6 +846,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the agents' state inference (default exact)",
     )
     simulate_parser.add_argument(
+        "--planning",
+        choices=PLANNERS,
+        default=None,
+        help="open_loop: score fixed action sequences (SPM's spm_MDP_VB_X); sophisticated: the "
+        "recursive expected free energy over actions, outcomes and updated beliefs (Friston et "
+        "al. 2021) to the policies' depth (default: the task's, open_loop)",
+    )
+    simulate_parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -936,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.out,
                 arguments.inference,
                 arguments.device,
+                arguments.planning,
             )
         if arguments.command == "compare":
             return compare_command(

@@ -591,10 +591,18 @@ def _efe_panel(ax, view: TrialView, T: int):
         for term in ("epistemic", "pragmatic", "novelty")
         if not getattr(view.settings.lesions, term)
     ]
+    if view.settings.planner == "sophisticated":
+        title = (
+            "Expected free energy of the chosen action: G is the sophisticated recursion's (over "
+            "actions, outcomes and updated beliefs); its terms are the first step's"
+        )
+    else:
+        title = (
+            "Expected free energy of the chosen policy: G = risk + ambiguity = -(epistemic + "
+            "pragmatic); q(π) scores G - novelty"
+        )
     ax.set_title(
-        "Expected free energy of the chosen policy: G = risk + ambiguity = -(epistemic + "
-        "pragmatic); q(π) scores G - novelty"
-        + (f" (lesioned: {', '.join(removed)} removed)" if removed else ""),
+        title + (f" (lesioned: {', '.join(removed)} removed)" if removed else ""),
         fontsize=9,
         loc="left",
     )

@@ -385,6 +385,13 @@ SETTING_ATTRIBUTES = {
     "inference_tau": 'step size of a message-passing scheme; "none": the scheme\'s own',
     "preference_scale": "c: the agents plan with ln p~(o) = log_softmax(c C); the recorded "
     "pragmatic values are at c = 1",
+    "planner": '"open_loop": policies (fixed action sequences) scored by G; "sophisticated": '
+    "each next action by the recursive G over actions, outcomes and updated beliefs, recorded "
+    "as one-step policies whose G is the recursion's and whose terms are the first step's",
+    "action_threshold": "sophisticated planning expands no action of predictive probability at "
+    'or below this; "none": every action',
+    "outcome_threshold": "sophisticated planning expands no outcome of probability at or below "
+    'this; "none": every outcome',
 }
 
 #: the record's variables and coordinates: name -> (long_name, units, description); "{name}"

@@ -158,3 +158,16 @@ def test_bandit_recovery_smoke(tmp_path):
     }
     assert (tmp_path / "bandit_recovery.png").stat().st_size > 10_000
     assert written["jobs"] == {"computed": 2, "resumed": 0}  # groups of 2 and 1
+
+
+@pytest.mark.integration
+def test_sophisticated_smoke(tmp_path):
+    from experiments.sophisticated import Config as SophisticatedConfig
+    from experiments.sophisticated import run as run_sophisticated
+
+    results = run_sophisticated(SophisticatedConfig(num_agents=20, seed=0, out=tmp_path))
+    written = json.loads((tmp_path / "sophisticated.json").read_text())
+    assert written["goal"] == results["goal"]
+    for row in written["agents"].values():
+        assert 0 <= row["cue_first_rate"] <= 1 and 0 <= row["reward_rate"] <= 1
+    assert (tmp_path / "sophisticated.png").stat().st_size > 10_000

@@ -115,6 +115,9 @@ def test_the_cli_lists_the_packages_names(capsys):
     from pp_aif.fitting.fit import METHODS
 
     assert cli.INFERENCE_SCHEMES == INFERENCE_SCHEMES and cli.FIT_METHODS == METHODS
+    from pp_aif.agent import PLANNERS
+
+    assert cli.PLANNERS == PLANNERS
 
 
 def test_a_file_of_another_kind_is_named_with_what_it_should_be(tmp_path, capsys, choices_csv):

@@ -313,3 +313,17 @@ def test_wilson_interval_equals_scipys(n):
     for k in successes:
         expected = binomtest(int(k), n).proportion_ci(0.9, method="wilson")
         assert_close([low[k], high[k]], [expected.low, expected.high], msg=f"k={k}")
+
+
+def test_a_sophisticated_agents_figure_says_what_its_G_is():
+    import dataclasses
+
+    import pp_aif
+    from pp_aif.plots import plot_trial
+
+    task = pp_aif.load_task("tmaze")
+    settings = dataclasses.replace(task.settings, planner="sophisticated")
+    figure = plot_trial(pp_aif.simulate(task, 1, 1, seed=0, settings=settings))
+    titles = [ax.get_title(loc="left") for ax in figure.axes]
+    assert any("sophisticated recursion's" in title for title in titles)
+    plt.close(figure)

@@ -155,3 +155,21 @@ def test_a_reader_sees_what_each_array_is(reread):
     text = str(reread["G"])
     assert "long_name:    expected free energy G" in text and "units:        nats" in text
     assert "policy_label" in text
+
+
+def test_every_setting_of_the_agent_is_recorded_and_read_back(tmp_path):
+    """SETTING_ATTRIBUTES names every AgentSettings field (lesions as lesions_removed), so a
+    setting added later cannot be left out of the record; a sophisticated planner's record
+    reads back its planner and thresholds, and its figure is drawn from them."""
+    fields = {f.name for f in dataclasses.fields(AgentSettings)} - {"lesions"}
+    assert set(SETTING_ATTRIBUTES) == fields | {"lesions_removed"}
+    tmaze = load_task("tmaze")
+    settings = dataclasses.replace(
+        tmaze.settings, planner="sophisticated", outcome_threshold=None, action_threshold=0.1
+    )
+    path = save(simulate(tmaze, 2, 1, settings=settings), tmp_path / "s.nc")
+    with xr.open_dataset(path) as reread:
+        assert recorded_settings(reread) == settings
+        from pp_aif.plots import plot_trial
+
+        plot_trial(reread.load())  # the record's own settings: 4 one-step policies per step

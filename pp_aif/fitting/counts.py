@@ -128,8 +128,15 @@ class CountsLikelihood:
         unknown = sorted(set(params) - set(COUNTS_PARAMETERS))
         if unknown:
             raise ValueError(f"params: {unknown} are not among {COUNTS_PARAMETERS}")
-        if settings.inference != "exact" or settings.efe_method != "exact":
-            raise ValueError("settings: the count recursion needs exact inference and exact G")
+        if (
+            settings.inference != "exact"
+            or settings.efe_method != "exact"
+            or settings.planner != "open_loop"
+        ):
+            raise ValueError(
+                "settings: the count recursion needs exact inference, exact G and open-loop "
+                "planning; the replay (ReplayLikelihood) fits the others"
+            )
         if model.pA is None and model.pB is None:
             raise ValueError("model: learns neither pA nor pB; use BehaviourLikelihood")
         N, K, T = observations.shape[:3]

@@ -124,6 +124,8 @@ def _check_settings(model: GenerativeModel, settings: AgentSettings) -> None:
         problems.append(f"inference={settings.inference!r} (the likelihood infers exactly)")
     if settings.efe_method != "exact":
         problems.append(f"efe_method={settings.efe_method!r} (a sampled G is not a likelihood)")
+    if settings.planner != "open_loop":
+        problems.append(f"planner={settings.planner!r} (the closed form scores the policies)")
     if problems:
         raise ValueError(
             "settings: the action likelihood needs a fixed policy precision, exact inference "
