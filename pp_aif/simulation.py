@@ -359,9 +359,9 @@ def simulate(
     if task.reward is not None:
         modality, outcome = task.reward
         data["reward"] = (("agent", "trial"), (observations[..., modality] == outcome).sum(-1))
+    if recorded:  # made with the dataset: assign_coords afterwards would align and copy it
+        coords.update(_policy_coordinates(model, settings, T, width, labels))
     dataset = xr.Dataset(data, coords=coords)
-    if recorded:
-        dataset = dataset.assign_coords(_policy_coordinates(model, settings, T, width, labels))
     return _described(dataset, task, settings, seed)
 
 
@@ -630,8 +630,8 @@ def _described(dataset: xr.Dataset, task: Task, settings: AgentSettings, seed: i
             f"the number of steps of the trial whose {labels.modalities[modality]!r} outcome was "
             f"{labels.outcomes[modality][outcome]!r}"
         )
-    for name in dataset.variables:
-        dataset[name].attrs.update(_attributes(str(name), labels, reward))
+    for name, variable in dataset.variables.items():  # the variables themselves: no DataArray
+        variable.attrs.update(_attributes(str(name), labels, reward))
     N, K, T = (dataset.sizes[d] for d in ("agent", "trial", "time"))
     dataset.attrs.update(
         title=f"pp_aif simulation: {N} agent(s), {K} trial(s) of task {task.name!r}",

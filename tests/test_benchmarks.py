@@ -136,3 +136,17 @@ def test_goals_compare_each_ratio_with_its_target():
         (10.0, False),
         (3.0, True),
     ]
+
+
+@pytest.mark.integration
+def test_against_benchmark_smoke(tmp_path):
+    """This tree against a commit (HEAD here: always in a clone), alternating processes."""
+    from benchmarks.bench_against import Config as AgainstConfig
+    from benchmarks.bench_against import run as run_against
+
+    results = run_against(
+        AgainstConfig(against="HEAD", cases=((1, "exact"),), repeats=1, rounds=1, out=tmp_path)
+    )
+    row = json.loads((tmp_path / "bench_against.json").read_text())["cases"][0]
+    assert row["agents"] == 1 and row["seconds_this_tree"] > 0 and row["seconds_earlier"] > 0
+    assert results["earlier"] == results["this_tree"]
