@@ -490,7 +490,7 @@ def fit_command(
     from tqdm import tqdm
 
     from pp_aif.data import BehaviourData
-    from pp_aif.errors import ConvergenceWarning
+    from pp_aif.errors import ConvergenceWarning, LongFitWarning
     from pp_aif.fitting import fit
 
     # every argument checked before anything is printed
@@ -522,6 +522,18 @@ def fit_command(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         warnings.simplefilter("always", DamagedResultWarning)
+        warnings.simplefilter("always", LongFitWarning)
+
+        def now_or_later(message, category, filename, lineno, file=None, line=None):
+            """A long fit is announced before it starts; every other warning after it."""
+            if issubclass(category, LongFitWarning):
+                print(f"warning: {message}", flush=True)
+            else:
+                caught.append(
+                    warnings.WarningMessage(message, category, filename, lineno, file, line)
+                )
+
+        warnings.showwarning = now_or_later  # restored by catch_warnings
         if hierarchical or N <= subjects_per_job:
             inference = fit(
                 task,

@@ -392,3 +392,23 @@ def test_fit_help_gives_the_columns_and_every_parameter(capsys):
         assert (float(base.loc), float(base.scale)) == (loc, float(scale)), name
         transform = type(priors[name].transforms[0]).__name__
         assert transform == {"LogNormal": "ExpTransform", "logit-Normal": "SigmoidTransform"}[kind]
+
+
+def test_fit_announces_a_long_fit_before_it_starts(tmp_path, capsys, monkeypatch):
+    """LongFitWarning is printed in words at once (the fit's header, then the warning, then
+    the sampling), not with the other warnings after the fit."""
+    import importlib
+
+    import pp_aif
+    from pp_aif.data import long_format
+
+    fitting = importlib.import_module("pp_aif.fitting.fit")
+    monkeypatch.setattr(fitting, "LONG_FIT_SECONDS", 0.0)
+    task = pp_aif.load_task("tmaze")
+    long_format(pp_aif.simulate(task, 1, 2, seed=0), task).to_csv(tmp_path / "c.csv", index=False)
+    arguments = ["fit", "tmaze", str(tmp_path / "c.csv"), "--params", "alpha"]
+    arguments += ["--chains", "1", "--draws", "5", "--warmup", "5", "--out", str(tmp_path / "f.nc")]
+    main(arguments)
+    out = capsys.readouterr().out
+    announced = out.index("warning: fit: this NUTS run will take about")
+    assert out.index("pp_aif fit:") < announced < out.index("fitted in")
