@@ -489,9 +489,11 @@ def fit_command(
     import arviz as az
     from tqdm import tqdm
 
+    from pp_aif.agent import AgentSettings
     from pp_aif.data import BehaviourData
     from pp_aif.errors import ConvergenceWarning, LongFitWarning
     from pp_aif.fitting import fit
+    from pp_aif.fitting.replay import check_fittable
 
     # every argument checked before anything is printed
     names = _fit_parameters(params)
@@ -499,6 +501,7 @@ def fit_command(
         names, method, out, hierarchical, chains, draws, warmup, steps, subjects_per_job, workers
     )
     task = _load_task(task_name)
+    check_fittable(task.model, task.settings or AgentSettings(), names)  # whatever the data
     data = BehaviourData.read(data_path, task, anonymise=anonymise, salt=salt)
     N, K = data.present.shape
     print(

@@ -412,3 +412,17 @@ def test_fit_announces_a_long_fit_before_it_starts(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     announced = out.index("warning: fit: this NUTS run will take about")
     assert out.index("pp_aif fit:") < announced < out.index("fitted in")
+
+
+def test_a_parameter_the_task_cannot_fit_is_refused_before_the_header(tmp_path, capsys):
+    """The learning rate of a task whose agents learn nothing is an argument error: said
+    before anything is printed, with the reason, and the data are not read."""
+    import pp_aif
+    from pp_aif.data import long_format
+
+    task = pp_aif.load_task("two_factor")
+    long_format(pp_aif.simulate(task, 1, 1, seed=0), task).to_csv(tmp_path / "c.csv", index=False)
+    code = main(["fit", "two_factor", str(tmp_path / "c.csv"), "--params", "learning_rate"])
+    captured = capsys.readouterr()
+    assert code != 0 and "pp_aif fit:" not in captured.out
+    assert "shape learning, but the model has no pA, pB or pD" in captured.err + captured.out

@@ -53,7 +53,13 @@ from pp_aif.fitting.likelihood import (
 )
 from pp_aif.spec import GenerativeModel
 
-__all__ = ["ReplayLikelihood", "REPLAY_PARAMETERS", "likelihood_for", "closed_form_applies"]
+__all__ = [
+    "ReplayLikelihood",
+    "REPLAY_PARAMETERS",
+    "likelihood_for",
+    "closed_form_applies",
+    "check_fittable",
+]
 
 REPLAY_PARAMETERS = PARAMETERS
 
@@ -92,6 +98,7 @@ def likelihood_for(model, settings, observations, actions, params, present=None)
 
     All are the same number (tested to 1e-10, gradients too).
     """
+    check_fittable(model, settings, params)
     if closed_form_applies(model, settings, params):
         return BehaviourLikelihood(model, settings, observations, actions, params, present)
     if (
@@ -109,6 +116,36 @@ def likelihood_for(model, settings, observations, actions, params, present=None)
                 model, settings, observations, actions, params, present, observed=observed
             )
     return ReplayLikelihood(model, settings, observations, actions, params, present)
+
+
+def check_fittable(model: GenerativeModel, settings: AgentSettings, params) -> None:
+    """A ValueError, with the reason, where the agent's parameters ``params`` cannot be fitted
+    (whatever the data): learning parameters without learned counts, zeta for a learner of pA,
+    a lesioned term's scale, a sampled G. ``pp-aif fit`` asks before it prints anything."""
+    params = tuple(params)
+    if "likelihood_precision" in params and model.pA is not None:
+        raise ValueError(
+            "params: 'likelihood_precision' (zeta) sharpens a fixed A, but this agent learns "
+            "pA: its A is its normalised counts, which zeta does not change"
+        )
+    unknown = sorted(set(params) - set(REPLAY_PARAMETERS))
+    if unknown:
+        raise ValueError(f"params: {unknown} are not among {REPLAY_PARAMETERS}")
+    if settings.efe_method != "exact":
+        raise ValueError(
+            f"settings: efe_method={settings.efe_method!r} makes every policy score a Monte "
+            "Carlo estimate, so the likelihood would be random; fit with efe_method='exact', "
+            "the quantity the samples estimate"
+        )
+    learned = [name for name in ("pA", "pB", "pD") if getattr(model, name) is not None]
+    fitted_learning = [name for name in params if name in LEARNING_PARAMETERS]
+    if fitted_learning and not learned:
+        raise ValueError(
+            f"params: {fitted_learning} shape learning, but the model has no pA, pB or pD, "
+            "so its agents do not learn"
+        )
+    if "preference" in params and not settings.lesions.pragmatic:
+        raise ValueError("params: 'preference' scales the pragmatic term, which is lesioned")
 
 
 class ReplayLikelihood:
@@ -138,29 +175,7 @@ class ReplayLikelihood:
         present: Tensor | None = None,
     ):
         params = tuple(params)
-        if "likelihood_precision" in params and model.pA is not None:
-            raise ValueError(
-                "params: 'likelihood_precision' (zeta) sharpens a fixed A, but this agent learns "
-                "pA: its A is its normalised counts, which zeta does not change"
-            )
-        unknown = sorted(set(params) - set(REPLAY_PARAMETERS))
-        if unknown:
-            raise ValueError(f"params: {unknown} are not among {REPLAY_PARAMETERS}")
-        if settings.efe_method != "exact":
-            raise ValueError(
-                f"settings: efe_method={settings.efe_method!r} makes every policy score a Monte "
-                "Carlo estimate, so the likelihood would be random; fit with efe_method='exact', "
-                "the quantity the samples estimate"
-            )
-        learned = [name for name in ("pA", "pB", "pD") if getattr(model, name) is not None]
-        fitted_learning = [name for name in params if name in LEARNING_PARAMETERS]
-        if fitted_learning and not learned:
-            raise ValueError(
-                f"params: {fitted_learning} shape learning, but the model has no pA, pB or pD, "
-                "so its agents do not learn"
-            )
-        if "preference" in params and not settings.lesions.pragmatic:
-            raise ValueError("params: 'preference' scales the pragmatic term, which is lesioned")
+        check_fittable(model, settings, params)
         N, K, T = observations.shape[:3]
         if present is None:
             present = torch.ones(N, K, dtype=torch.bool, device=observations.device)

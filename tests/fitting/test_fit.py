@@ -78,7 +78,7 @@ def test_bad_arguments_are_named(tmaze_without_learning):
         fit(task, data, method="map", hierarchical=True)
     with pytest.raises(ValueError, match=r"do not fit task 'foraging'"):
         fit(pp_aif.load_task("foraging"), data)
-    with pytest.raises(ValueError, match=r"describe learning D between trials"):
+    with pytest.raises(ValueError, match=r"shape learning, but the model has no pA, pB or pD"):
         fit(task, data, params=["learning_rate"])  # this T-maze has no pD
     with pytest.raises(ValueError, match=r"priors\['alpha'\]: a hierarchical fit needs"):
         fit(task, data, ["alpha"], {"alpha": dist.Gamma(2.0, 1.0)}, hierarchical=True)
