@@ -148,30 +148,40 @@ def _partial_path(target: Path) -> Path:
 
 
 class _Interrupts:
-    """While active (in the main thread, where Ctrl-C has its default handler): a SIGINT sets
-    ``received`` and raises KeyboardInterrupt as usual, unless ``committing``, when it only
-    sets ``received`` (the file is being put in place, which must not be cut in two)."""
+    """While active (in the main thread, unless Ctrl-C is ignored): a SIGINT sets ``received``
+    and then does what the handler it replaced would do (Python's default raises
+    KeyboardInterrupt; a library's own handler is called; the system's default, which would kill
+    the process mid-write, becomes a KeyboardInterrupt), unless ``committing``, when it only
+    sets ``received`` (the file is being put in place, which must not be cut in two). Whatever
+    handler a library left installed, an interrupted write is seen and nothing is put in
+    place."""
 
     def __init__(self):
         self.received = False
         self.committing = False
         self._previous = None
+        self._installed = False
 
     def _handler(self, signum, frame):
         self.received = True
-        if not self.committing:
-            raise KeyboardInterrupt
+        if self.committing:
+            return
+        previous = self._previous
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)
+            return
+        raise KeyboardInterrupt
 
     def __enter__(self):
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGINT)
+            if current is not signal.SIG_IGN and current is not None:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
         return self
 
     def __exit__(self, *exc_info):
-        if self._previous is not None:
+        if self._installed:
             signal.signal(signal.SIGINT, self._previous)
         return False
 

@@ -268,11 +268,21 @@ def _files(folder) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_an_interrupted_simulate_keeps_the_earlier_record(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("installed", ["python's", "a library's"])
+def test_an_interrupted_simulate_keeps_the_earlier_record(
+    tmp_path, capsys, monkeypatch, request, installed
+):
     """Ctrl-C while the record is written, raised or swallowed by the writer (h5py may print
     "Exception ignored in ..." and carry on): exit 130, the earlier files as they were, no
-    temporary file."""
+    temporary file. Also where a library has replaced Python's SIGINT handler by its own (one
+    that does not raise): the write still sees the Ctrl-C (it once went unseen, and the new
+    record replaced the earlier one)."""
     import signal
+
+    # Python's handler (the suite may run where SIGINT is ignored), or a library's own
+    handler = (lambda signum, frame: None) if installed == "a library's" else None
+    previous = signal.signal(signal.SIGINT, handler or signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     import xarray as xr
 

@@ -90,7 +90,13 @@ def _cut_and_wait(writer: str, nth: int, folder: Path, mode: str) -> None:
 
 
 def _child(case: str, folder: str, mode: str, paths: dict) -> None:
+    import signal
+
     from pp_aif.cli import main
+
+    # Ctrl-C as it reaches a command run from a terminal: the suite itself may run where SIGINT
+    # is ignored (a background job of a shell), and a child inherits that
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     folder = Path(folder)
     _redirect(folder / "child.log")
