@@ -552,7 +552,7 @@ def policies_at(
     by its recursion to that depth.
     """
     depth = planning_depth(model, settings, time, num_steps)
-    if getattr(settings, "planner", "open_loop") == "sophisticated":
+    if settings.planner == "sophisticated":
         return model.policies_of_depth(1)
     given = model.step_policies
     if given is not None and time < len(given) and given[time] is not None:

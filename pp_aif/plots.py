@@ -505,18 +505,7 @@ def plot_trial(
     ax = figure.add_subplot(grid[row, 0])
     ax.set_label("efe")
     _efe_panel(ax, view, T)
-    key = figure.add_subplot(grid[row, 1])
-    key.set_label("efe/legend")
-    key.axis("off")
-    key.legend(
-        *ax.get_legend_handles_labels(),
-        loc="center left",
-        bbox_to_anchor=(0.0, 0.5),
-        fontsize=7,
-        frameon=False,
-        title="term of G\n(panel at left)",
-        title_fontsize=7,
-    )
+    _legend_beside(figure, grid[row, 1], ax, "efe/legend", "term of G\n(panel at left)")
 
     gamma = _per_agent(view.settings.policy_precision, agent)
     alpha = _per_agent(view.settings.action_precision, agent)

@@ -60,7 +60,6 @@ __all__ = [
     "SCHEMES",
     "MESSAGE_PASSING",
     "MessagePassingSettings",
-    "default_settings",
 ]
 
 #: the schemes of the message-passing family
@@ -300,9 +299,3 @@ SCHEMES: dict[str, Scheme] = {
         for name in GUIDES
     },
 }
-
-
-def default_settings(name: str):
-    """The settings a scheme runs with when none are given (None for "exact")."""
-    kind = SCHEMES[name].settings
-    return None if kind is None else kind()
