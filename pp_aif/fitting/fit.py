@@ -128,6 +128,7 @@ def fit(
                 present=data.present,
                 hierarchical=hierarchical,
                 links=LINKS,
+                subjects=_potential_of_subjects(task, data, params, priors, settings),
             )
             if hierarchical:
                 # a dense mass matrix where it can be estimated from the warm-up (few dimensions)
@@ -225,11 +226,16 @@ class BehaviourPotential(ProgramPotential):
 
     ``per_subject(z)``, without a population model: the potential of each subject's own sites
     and actions, (C, N), summing to ``__call__``'s (the subjects' posteriors are independent).
+    ``for_subjects(index)``: the same potential for some of the subjects (``subjects``, given,
+    builds it), so that NUTS can leave out the subjects whose chains have finished.
     """
 
-    def __init__(self, program, likelihood, *, priors: dict, present, hierarchical, links):
+    def __init__(
+        self, program, likelihood, *, priors: dict, present, hierarchical, links, subjects=None
+    ):
         super().__init__(program)
         self.likelihood, self.present, self.hierarchical = likelihood, present, hierarchical
+        self._subjects = subjects
         self.names, self.links = tuple(priors), links
         dtype = likelihood.model.dtype
         self.priors = {}  # each site's distribution, as ``behaviour`` draws it
@@ -295,6 +301,40 @@ class BehaviourPotential(ProgramPotential):
         with pyro.validation_enabled(False):
             log_prior, log_likelihood = self._terms(z)
         return -(sum(log_prior) + log_likelihood)
+
+    def for_subjects(self, index) -> BehaviourPotential:
+        """The potential of the subjects ``index`` (a sequence of subject positions, repeats
+        allowed), in that order: ``for_subjects(index).per_subject(z)[:, i]`` is subject
+        ``index[i]``'s ``per_subject`` at the same values."""
+        if self._subjects is None:
+            raise ValueError("for_subjects: this potential was built without its data's subjects")
+        if self.hierarchical:
+            raise ValueError(
+                "for_subjects: the subjects of a hierarchical model are not independent"
+            )
+        return self._subjects(index)
+
+
+def _potential_of_subjects(task, data, params, priors, settings):
+    """index -> the BehaviourPotential (without a population model) of the subjects ``index``
+    of ``data``, in that order (``BehaviourPotential.for_subjects``)."""
+
+    def of(index) -> BehaviourPotential:
+        index = torch.as_tensor(index, dtype=torch.long, device=data.actions.device)
+        present = None if data.present is None else data.present[index]
+        observations, actions = data.observations[index], data.actions[index]
+        likelihood = likelihood_for(task.model, settings, observations, actions, params, present)
+        chosen = chosen_priors(params, priors, task.model.dtype)
+
+        def program():
+            behaviour(likelihood, priors=chosen, present=present, hierarchical=False, links=LINKS)
+
+        return BehaviourPotential(
+            program, likelihood, priors=chosen, present=present, hierarchical=False,
+            links=LINKS, subjects=of,
+        )  # fmt: skip
+
+    return of
 
 
 def _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps):
@@ -396,10 +436,21 @@ def _run_nuts_per_subject(potential, N, chains, draws, warmup, seed, progress):
     def per_subject(rows: Tensor) -> Tensor:  # (C N, P) -> (C N,)
         return potential.per_subject(joint(rows)).reshape(-1)
 
+    def restrict(running: np.ndarray):  # rows c * N + n -> their subjects' potential
+        subset = potential.for_subjects((running % N).tolist())
+
+        def rows_only(rows: Tensor) -> Tensor:  # (R, P) -> (R,): one chain of R "subjects"
+            return subset.per_subject(rows.T.reshape(1, -1))[0]
+
+        return rows_only
+
     initial = potential.initial(chains, torch.Generator().manual_seed(seed))  # (C, P N)
     _warn_if_long(potential, initial, warmup + draws, N)
     initial = initial.reshape(chains, P, N).transpose(1, 2).reshape(chains * N, P)
-    result = nuts(per_subject, initial, draws, warmup, seed=seed, dense=P <= 12, progress=progress)
+    result = nuts(
+        per_subject, initial, draws, warmup, seed=seed, dense=P <= 12, progress=progress,
+        restrict=restrict,
+    )  # fmt: skip
     C, D = chains, draws
     samples = result.samples.reshape(C, N, D, P).transpose(1, 2).reshape(C * D * N, P)
     with torch.no_grad():

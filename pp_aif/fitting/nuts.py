@@ -309,6 +309,7 @@ def nuts(
     max_depth: int = 10,
     max_energy_error: float = 1000.0,
     progress: Callable[[str, int, int], None] | None = None,
+    restrict: Callable[[np.ndarray], Callable[[Tensor], Tensor]] | None = None,
 ) -> NUTSSamples:
     """Draw from exp(-potential) by NUTS, C chains at once.
 
@@ -317,7 +318,11 @@ def nuts(
     ``numpy.random.default_rng([seed, c])``; dense : estimate a dense metric (else diagonal);
     target_accept : dual averaging's target; max_depth : at most 2^max_depth - 1 leapfrog steps
     a transition; max_energy_error : an energy error beyond it is a divergence; progress :
-    callable(stage, done, total), optional ("warmup", "sampling": the slowest chain).
+    callable(stage, done, total), optional ("warmup", "sampling": the slowest chain);
+    restrict : optional, (the chains still running, ascending) -> the potential of just those
+    rows, in that order. Given, the calls leave out finished chains once they are half the rows
+    or more (a potential whose cost grows with its rows then costs less as chains finish); the
+    draws are the same.
     """
     if draws < 1 or warmup < 0:
         raise ValueError(f"draws must be >= 1 and warmup >= 0; got {draws}, {warmup}")
@@ -359,17 +364,23 @@ def nuts(
     }
     asked = {c: next(run) for c, run in runs.items()}
     results, calls = {}, 0
-    positions = z.copy()  # (C, d): the rows of each batched call
+    positions = z.copy()  # (C, d): each chain's latest position
+    rows, current = np.arange(C), potential  # the chains in the calls, and their potential
     while asked:
-        # every chain's row, always: a finished chain's at its last position (a constant
+        if restrict is not None and 2 * len(asked) <= len(rows):
+            rows = np.array(sorted(asked))
+            current = restrict(rows)
+        # each row of the calls, always: a finished chain's at its last position (a constant
         # shape, and a potential whose rows belong to different models can rely on its rows)
         for c, position in asked.items():
             positions[c] = position
-        U, g = _evaluate(potential, positions, initial)
+        U, g = _evaluate(current, positions[rows], initial)
         calls += 1
-        for c in list(asked):
+        for i, c in enumerate(rows):
+            if c not in asked:
+                continue
             try:
-                asked[c] = runs[c].send((float(U[c]), g[c]))
+                asked[c] = runs[c].send((float(U[i]), g[i]))
             except StopIteration as finished:
                 results[c] = finished.value
                 del asked[c]

@@ -77,6 +77,33 @@ def test_runs_are_reproducible_and_seeds_differ():
     assert not torch.equal(first.samples[0], first.samples[1])  # chains draw their own streams
 
 
+def test_leaving_finished_chains_out_of_the_calls_keeps_the_draws():
+    # each row its own density (scales 0.1-10: trajectories of very different lengths), so a
+    # restricted call that mixed up its rows would change the draws
+    scales = torch.tensor([0.1, 1.0, 10.0, 0.3, 3.0], dtype=torch.float64)
+
+    def rows_of(index):
+        def potential(z):
+            return 0.5 * ((z / scales[index, None]) ** 2).sum(-1)
+
+        return potential
+
+    sizes = []
+
+    def restrict(running):
+        sizes.append(len(running))
+        return rows_of(torch.as_tensor(running))
+
+    initial = torch.ones(5, 2, dtype=torch.float64)
+    whole = nuts(rows_of(torch.arange(5)), initial, 40, 40, seed=3)
+    parts = nuts(rows_of(torch.arange(5)), initial, 40, 40, seed=3, restrict=restrict)
+    before = [5, *sizes[:-1]]  # each restriction at least halves the rows
+    assert sizes and all(2 * n <= m for m, n in zip(before, sizes, strict=True))
+    assert torch.equal(parts.samples, whole.samples)
+    assert torch.equal(parts.leapfrogs, whole.leapfrogs)
+    assert parts.gradients == whole.gradients  # the longest chain's steps, either way
+
+
 def test_impossible_points_are_divergences_not_errors():
     def half_gaussian(z):  # 0 density for z_0 < 0
         U = 0.5 * (z**2).sum(-1)

@@ -34,6 +34,13 @@ def _data(name: str, absent: bool):
     return task, data
 
 
+def _columns(potential, index) -> list[int]:
+    """The columns of z holding the sites of the subjects ``index``: each site is one value per
+    subject, side by side."""
+    N = potential.likelihood.actions.shape[0]
+    return [site * N + n for site in range(potential.dimension // N) for n in index]
+
+
 def _value_and_gradient(potential, z):
     z = z.clone().requires_grad_(True)
     U = potential(z)
@@ -69,6 +76,11 @@ def test_the_direct_potential_is_the_programs(name, hierarchical, absent):
         per_subject = direct.per_subject(z)
         assert per_subject.shape == (5, data.num_subjects)
         assert_close(per_subject.sum(-1), expected, rtol=1e-10, reason="summation order")
+        index = [2, 0, 2]  # some of the subjects, in another order, one twice
+        of_subjects = importlib.import_module("pp_aif.fitting.fit")._potential_of_subjects
+        subset = of_subjects(task, data, params, None, task.settings)(index)
+        columns = direct.per_subject(z)[:, index]
+        assert_close(subset.per_subject(z[:, _columns(direct, index)]), columns, rtol=1e-12)
         with pytest.raises(ValueError, match="not independent"):
             BehaviourPotential(
                 program, likelihood, priors={}, present=None, hierarchical=True, links=LINKS
