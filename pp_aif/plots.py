@@ -47,6 +47,7 @@ __all__ = [
     "plot_recovery",
     "plot_choice_rates",
     "plot_model_selection",
+    "plot_plan_tree",
 ]
 
 
@@ -883,3 +884,188 @@ def plot_model_selection(names: list[str], result) -> Figure:
         ax.set_xticks(x, names, rotation=20)
     fig.tight_layout()
     return fig
+
+
+class _PlanNode(NamedTuple):
+    """A node of the drawn plan tree: a belief (kind "belief"), an action ("action"), or the
+    actions left out at a node ("pruned")."""
+
+    kind: str
+    text: str
+    children: tuple  # (edge label, _PlanNode) pairs
+    weight: float  # the edge into it: q(u) for an action, q(o | u) for a belief
+
+
+def _belief_text(belief: np.ndarray, labels: Labels, state_shape: tuple[int, ...]) -> str:
+    """Each factor's plausible states (q >= 0.1) and their probabilities, one line a factor."""
+    joint = belief.reshape(state_shape)
+    lines = []
+    for f, name in enumerate(labels.factors):
+        if state_shape[f] == 1:
+            continue
+        others = tuple(d for d in range(len(state_shape)) if d != f)
+        marginal = joint.sum(others) if others else joint
+        shown = [s for s in np.argsort(-marginal) if marginal[s] >= 0.1]
+        if len(shown) == 1 and marginal[shown[0]] > 0.999:
+            lines.append(f"{name}: {labels.states[f][shown[0]]}")
+        else:
+            parts = " / ".join(f"{labels.states[f][s]} {marginal[s]:.2f}" for s in shown)
+            lines.append(f"{name}: {parts}")
+    return "\n".join(lines)
+
+
+def _joint_names(index: int, names: list[list[str]], sizes: list[int]) -> str:
+    """The name of a joint index (row-major over the lists), leaving out lists of one name."""
+    picked = np.unravel_index(index, sizes)
+    return ", ".join(names[i][k] for i, k in enumerate(picked) if sizes[i] > 1)
+
+
+def plot_plan_tree(
+    scores,
+    labels: Labels,
+    state_shape,
+    *,
+    agent: int = 0,
+    levels: int = 2,
+    action_threshold: float | None = 1 / 16,
+    title: str = "",
+) -> Figure:
+    """The search tree of one sophisticated decision (Friston et al. 2021), as a figure.
+
+    scores : ``pp_aif.planning.sophisticated_scores(..., keep_tree=True)``; labels : the task's
+    names; state_shape : (S_1, ..., S_F); agent : whose decision; levels : how many action
+    levels to draw (at most the search's depth); action_threshold : the actions listed at the
+    deepest drawn level have q(u) above it (the others are summed in one line).
+
+    Belief nodes (blue boxes) show each factor's plausible states, and at the deepest drawn
+    level their actions too; an action (orange box) shows q(u | belief) and G(u | belief), its
+    branch wider as q(u) grows; an outcome branch shows the outcome and q(o | u). Actions the
+    search pruned are one grey dashed stub per node ("k pruned"), and an action whose outcomes
+    were partly left out says how much probability they had.
+    """
+    tree = scores.tree
+    if tree is None:
+        raise ValueError("scores: no search tree; compute it with keep_tree=True")
+    levels = max(1, min(levels, len(tree)))
+    shape = [int(s) for s in state_shape]
+    control_sizes = [len(c) for c in labels.controls]
+    outcome_sizes = [len(o) for o in labels.outcomes]
+    actions = scores.actions.cpu().numpy()
+    threshold = action_threshold or 0.0
+
+    def action_name(u: int) -> str:
+        return ", ".join(
+            labels.controls[f][actions[u, f]] for f in range(len(shape)) if control_sizes[f] > 1
+        )
+
+    def belief_node(level: int, k: int, weight: float) -> _PlanNode:
+        layer = tree[level]
+        q_u = layer.q_u[k].cpu().numpy()
+        G = layer.G[k].cpu().numpy()
+        expanded = None if layer.expanded is None else layer.expanded[k].cpu().numpy()
+        belief = _belief_text(layer.beliefs[k].cpu().numpy(), labels, shape)
+        if level == levels - 1:  # a leaf: the node's actions listed in its box
+            order = np.argsort(-q_u)
+            shown = [u for u in order if q_u[u] > threshold] or list(order[:1])
+            lines = [f"{action_name(u)}: q(u) {q_u[u]:.2f}, G {G[u]:.2f}" for u in shown]
+            rest = [u for u in order if u not in shown]
+            if rest:
+                lines.append(f"{len(rest)} other(s): q(u) {q_u[rest].sum():.2f} in all")
+            return _PlanNode("belief", belief + "\n" + "\n".join(lines), (), weight)
+        children, left_out = [], []
+        for u in np.argsort(-q_u):
+            if expanded is not None and not expanded[u]:
+                left_out.append(u)
+                continue
+            outcomes = []
+            dropped = 0.0
+            if expanded is not None:
+                node, action, outcome, probability, child = (
+                    x.cpu().numpy() for x in layer.branches
+                )
+                mine = np.flatnonzero((node == k) & (action == u))
+                for e in mine[np.argsort(-probability[mine])]:
+                    name = _joint_names(int(outcome[e]), labels.outcomes, outcome_sizes)
+                    outcomes.append(
+                        (
+                            f"{name}\nq(o|u) = {probability[e]:.2f}",
+                            belief_node(level + 1, int(child[e]), float(probability[e])),
+                        )
+                    )
+                dropped = 1.0 - float(probability[mine].sum())
+            text = f"{action_name(u)}\nq(u) = {q_u[u]:.2f}, G = {G[u]:.2f}"
+            if dropped > 1e-9:
+                text += f"\noutcomes left out: {dropped:.2f}"
+            children.append(("", _PlanNode("action", text, tuple(outcomes), float(q_u[u]))))
+        if left_out:
+            mass = float(q_u[left_out].sum())
+            text = f"{len(left_out)} pruned\n(q(u) {mass:.2f} in all)"
+            children.append(("", _PlanNode("pruned", text, (), mass)))
+        return _PlanNode("belief", belief, tuple(children), weight)
+
+    root = belief_node(0, int(scores.root[agent]), 1.0)
+
+    positions: dict[int, tuple[float, float]] = {}
+    leaves = [0]
+
+    def place(node: _PlanNode, depth: int) -> float:
+        if not node.children:
+            x = float(leaves[0])
+            leaves[0] += 1
+        else:
+            x = float(np.mean([place(child, depth + 1) for _, child in node.children]))
+        positions[id(node)] = (x, -depth)
+        return x
+
+    place(root, 0)
+    width = max(8.0, 2.4 * leaves[0])
+    figure, ax = plt.subplots(figsize=(width, 1.0 + 1.6 * 2 * levels), layout="constrained")
+    ax.set_label("plan tree")
+    ax.axis("off")
+    style = {
+        "belief": {"boxstyle": "round,pad=0.35", "facecolor": "#e8f0fb", "edgecolor": "#4a6fa5"},
+        "action": {"boxstyle": "round,pad=0.25", "facecolor": "#fdf3e1", "edgecolor": "#c98a1a"},
+        "pruned": {"boxstyle": "round,pad=0.25", "facecolor": "white", "edgecolor": "0.6"},
+    }
+
+    def draw(node: _PlanNode):
+        x, y = positions[id(node)]
+        for label, child in node.children:
+            cx, cy = positions[id(child)]
+            pruned = child.kind == "pruned"
+            ax.plot(
+                [x, cx],
+                [y, cy],
+                color="0.6" if pruned else ("#c98a1a" if child.kind == "action" else "#4a6fa5"),
+                linestyle="--" if pruned else "-",
+                linewidth=0.8 if pruned else 0.8 + 3.0 * child.weight,
+                zorder=1,
+            )
+            if label:
+                ax.text(
+                    (x + cx) / 2, (y + cy) / 2, label, fontsize=6, ha="center", va="center",
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "linewidth": 0},
+                    zorder=2,
+                )  # fmt: skip
+            draw(child)
+        ax.text(
+            x, y, node.text, fontsize=6.5, ha="center", va="center", bbox=style[node.kind],
+            color="0.4" if node.kind == "pruned" else "black", zorder=3,
+        )  # fmt: skip
+
+    draw(root)
+    xs = [p[0] for p in positions.values()]
+    ys = [p[1] for p in positions.values()]
+    ax.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
+    ax.set_ylim(min(ys) - 0.6, max(ys) + 0.6)
+    gamma_note = (
+        f"a search of depth {scores.depth}, {levels} level(s) drawn; nodes evaluated per level: "
+        f"{', '.join(str(n) for n in scores.nodes)}"
+    )
+    ax.set_title(
+        (title + "\n" if title else "")
+        + "Sophisticated plan: beliefs (blue), actions with q(u) and the recursion's G "
+        "(orange, width ~ q(u)), outcomes with q(o|u)\n" + gamma_note,
+        fontsize=9,
+    )
+    return figure

@@ -327,3 +327,63 @@ def test_a_sophisticated_agents_figure_says_what_its_G_is():
     titles = [ax.get_title(loc="left") for ax in figure.axes]
     assert any("sophisticated recursion's" in title for title in titles)
     plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan tree of one sophisticated decision
+
+
+def _plan(threshold=1 / 16):
+    from pp_aif.planning.sophisticated import sophisticated_scores
+
+    task = load_task("tmaze")
+    beliefs = [d[None] for d in task.model.D]
+    scores = sophisticated_scores(
+        task.model, beliefs, depth=3, keep_tree=True, action_threshold=threshold
+    )
+    return task, scores
+
+
+def test_the_plan_tree_shows_beliefs_actions_and_outcomes_without_overlap():
+    from pp_aif.plots import plot_plan_tree
+
+    task, scores = _plan()
+    figure = plot_plan_tree(scores, task.labels, task.model.num_states, levels=2)
+    ax = panels(figure)["plan tree"]
+    texts = [t for t in ax.texts if t.get_text()]
+    q_u = scores.tree[0].q_u[scores.root[0]]
+    cue = int(np.argmax(q_u.numpy()))
+    assert cue == 3  # the T-maze's first sophisticated choice: go to the cue
+    names = [t.get_text() for t in texts]
+    assert f"go to cue\nq(u) = {q_u[cue]:.2f}, G = {scores.G[0, cue]:.2f}" in names
+    # the root's belief, and the two cue outcomes, each of probability 1/2
+    assert "location: start\ncontext: reward-left 0.50 / reward-right 0.50" in names
+    cue_outcomes = [n for n in names if "cue-says" in n]
+    assert len(cue_outcomes) == 2 and all("q(o|u) = 0.50" in n for n in cue_outcomes)
+    # one box per node drawn: the root, 4 actions, and each expanded branch's child
+    branches = scores.tree[0].branches[0]
+    assert sum("location:" in n for n in names) == 1 + len(branches)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = [t.get_bbox_patch().get_window_extent(renderer) for t in texts]
+    for (a, box_a), (b, box_b) in itertools.combinations(zip(names, boxes, strict=True), 2):
+        assert not boxes_overlap(box_a, box_b), f"{a!r} overlaps {b!r}"
+    whole = figure.bbox
+    for name, box in zip(names, boxes, strict=True):
+        assert whole.x0 - 1 <= box.x0 and box.x1 <= whole.x1 + 1, f"{name!r} leaves the figure"
+
+
+def test_the_plan_tree_marks_pruned_actions_and_needs_the_tree():
+    from pp_aif.plots import plot_plan_tree
+
+    task, scores = _plan(threshold=0.3)
+    expanded = scores.tree[0].expanded[scores.root[0]]
+    assert not expanded.all()  # some first actions were pruned at this threshold
+    figure = plot_plan_tree(scores, task.labels, task.model.num_states, levels=2)
+    stubs = [t.get_text() for t in panels(figure)["plan tree"].texts if "pruned" in t.get_text()]
+    assert stubs and stubs[0].startswith(f"{int((~expanded).sum())} pruned")
+    dashed = [line for line in panels(figure)["plan tree"].lines if line.get_linestyle() == "--"]
+    assert dashed
+    without = dataclasses.replace(scores, tree=None)
+    with pytest.raises(ValueError, match="keep_tree=True"):
+        plot_plan_tree(without, task.labels, task.model.num_states)

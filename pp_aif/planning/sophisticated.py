@@ -111,6 +111,7 @@ __all__ = [
     "DEFAULT_ACTION_THRESHOLD",
     "DEFAULT_OUTCOME_THRESHOLD",
     "DEFAULT_PRUNING_PENALTY",
+    "PlanLevel",
     "SophisticatedScores",
     "sophisticated_expected_free_energy",
     "sophisticated_scores",
@@ -144,6 +145,10 @@ class SophisticatedScores:
         D, the number of action levels searched.
     nodes : tuple of D ints
         The distinct belief nodes evaluated at each level (summed over agents).
+    tree : tuple of D PlanLevel, or None
+        The search itself (``keep_tree=True``): every level's nodes and branches.
+    root : int (N,)
+        Each agent's node at level 0 of ``tree``.
     """
 
     G: Tensor
@@ -151,6 +156,41 @@ class SophisticatedScores:
     actions: Tensor
     depth: int
     nodes: tuple[int, ...]
+    tree: tuple[PlanLevel, ...] | None = None
+    root: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PlanLevel:
+    """One level of a sophisticated search: its K distinct belief nodes and their branches.
+
+    Attributes
+    ----------
+    beliefs : (K, S)
+        Each node's joint belief (flattened joint states, row-major over the factors).
+    agent : int (K,)
+        The agent each node belongs to (a representative one where agents share the node).
+    G_1 : (K, U)
+        The one-step score of each action at the node (lesioned terms left out).
+    G : (K, U)
+        The recursion's G(u | q) at the node; a pruned action's is the pruning penalty's.
+    q_u : (K, U)
+        q(u | q) = softmax(-gamma G): the node's action probabilities.
+    expanded : bool (K, U), or None
+        The actions whose outcomes were expanded (None at the last level: nothing is).
+    branches : (node, action, outcome, probability, child), each (E,), or None
+        The expanded (action, outcome) branches: the node and action they leave, the joint
+        outcome (row-major over the modalities), q(o | u), and the child's node at the next
+        level.
+    """
+
+    beliefs: Tensor
+    agent: Tensor
+    G_1: Tensor
+    G: Tensor
+    q_u: Tensor
+    expanded: Tensor | None
+    branches: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None
 
 
 def _per_agent(value, N: int, like: Tensor) -> tuple[Tensor, bool]:
@@ -209,11 +249,16 @@ def _expected_value(G: Tensor, precision: Tensor) -> Tensor:
     """sum_u softmax(-gamma G)[u] G[u] over the last axis: (K,) from G (K, U), gamma (K,).
     An action of G = +inf gets weight 0; a node whose every action has G = +inf is worth +inf."""
     finite = torch.isfinite(G)
+    value = (_action_probabilities(G, precision) * torch.where(finite, G, 0.0)).sum(-1)
+    return torch.where(finite.any(-1), value, torch.inf)
+
+
+def _action_probabilities(G: Tensor, precision: Tensor) -> Tensor:
+    """softmax(-gamma G) over the last axis, (K, U); actions of G = +inf get 0 (a node whose
+    every action is impossible: uniform)."""
+    finite = torch.isfinite(G)
     logits = torch.where(finite, -precision[:, None] * G, -torch.inf)
-    possible = finite.any(-1)
-    weights = torch.softmax(torch.where(possible[:, None], logits, 0.0), -1)
-    value = (weights * torch.where(finite, G, 0.0)).sum(-1)
-    return torch.where(possible, value, torch.inf)
+    return torch.softmax(torch.where(finite.any(-1, keepdim=True), logits, 0.0), -1)
 
 
 def sophisticated_expected_free_energy(
@@ -233,6 +278,7 @@ def sophisticated_expected_free_energy(
     pA: Sequence[Tensor] | None = None,
     pB: Sequence[Tensor] | None = None,
     deduplicate: bool = True,
+    keep_tree: bool = False,
 ) -> SophisticatedScores:
     """G(u | q) of every joint action by sophisticated inference, for N agents at once.
 
@@ -267,6 +313,8 @@ def sophisticated_expected_free_energy(
         optional. Dirichlet counts for the first step's novelty.
     deduplicate : bool
         Evaluate coinciding beliefs once (the answer is the same either way).
+    keep_tree : bool
+        Return the search's levels in ``tree`` (for ``pp_aif.plots.plot_plan_tree``).
 
     Returns
     -------
@@ -334,7 +382,7 @@ def sophisticated_expected_free_energy(
         if level == 0:
             root_terms = (predicted, outcome_entropy, ambiguity, epistemic, pragmatic)
         if level == depth - 1:
-            levels.append((score, agent, None))
+            levels.append((score, agent, None, beliefs))
             break
         gamma = precision[agent]
         expand_action = torch.ones_like(score, dtype=torch.bool)
@@ -347,15 +395,15 @@ def sophisticated_expected_free_energy(
         posterior = predicted[k, u] * node_likelihood[rows, o]
         posterior = posterior / posterior.sum(-1, keepdim=True)
         next_beliefs, next_agent, child = dedupe(posterior, agent[k])
-        levels.append((score, agent, (expand_action, k, u, weights, child)))
+        levels.append((score, agent, (expand_action, k, u, weights, child, o), beliefs))
         beliefs, agent = next_beliefs, next_agent
 
     # backward, from the deepest level up: each node's G from its children's values
-    value = None
-    for score, agent, expansion in reversed(levels):
+    value, tree = None, []
+    for score, agent, expansion, level_beliefs in reversed(levels):
         G = score
         if expansion is not None:
-            expand_action, k, u, weights, child = expansion
+            expand_action, k, u, weights, child, o = expansion
             future = torch.zeros_like(score).index_put(
                 (k, u), weights * value[child], accumulate=True
             )
@@ -364,6 +412,19 @@ def sophisticated_expected_free_energy(
                 penalty = score.amin(-1, keepdim=True) + pruning_penalty
                 G = torch.where(expand_action, G, penalty)
         value = _expected_value(G, precision[agent])
+        if keep_tree:
+            tree.insert(
+                0,
+                PlanLevel(
+                    beliefs=level_beliefs.detach(),
+                    agent=agent,
+                    G_1=score.detach(),
+                    G=G.detach(),
+                    q_u=_action_probabilities(G, precision[agent]).detach(),
+                    expanded=None if expansion is None else expansion[0],
+                    branches=None if expansion is None else (k, u, o, weights.detach(), child),
+                ),
+            )
 
     predicted, outcome_entropy, ambiguity, epistemic, pragmatic = (
         x[root_index] for x in root_terms
@@ -378,7 +439,13 @@ def sophisticated_expected_free_energy(
         novelty=novelty,
     )
     return SophisticatedScores(
-        G=G[root_index], first_step=first_step, actions=actions, depth=depth, nodes=tuple(nodes)
+        G=G[root_index],
+        first_step=first_step,
+        actions=actions,
+        depth=depth,
+        nodes=tuple(nodes),
+        tree=tuple(tree) if keep_tree else None,
+        root=root_index,
     )
 
 
@@ -424,6 +491,7 @@ def sophisticated_scores(
     pA: Sequence[Tensor] | None = None,
     pB: Sequence[Tensor] | None = None,
     deduplicate: bool = True,
+    keep_tree: bool = False,
 ) -> SophisticatedScores:
     """:func:`sophisticated_expected_free_energy` on a model's arrays, for callers that made
     their inputs (as :func:`pp_aif.planning.policy_scores`: nothing is checked).
@@ -458,4 +526,5 @@ def sophisticated_scores(
         pA=counts,
         pB=transition_counts,
         deduplicate=deduplicate,
+        keep_tree=keep_tree,
     )

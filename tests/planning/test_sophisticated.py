@@ -251,6 +251,51 @@ def test_pruning_equals_brute_force_with_the_same_rule(rng, thresholds):
 
 
 # ---------------------------------------------------------------------------------------------
+# 4. the search tree (``keep_tree``): every node is the recursion from its own belief
+
+
+@pytest.mark.parametrize("thresholds", [(None, None), (0.2, 0.2)], ids=str)
+def test_every_node_of_the_tree_is_the_recursion_from_its_belief(rng, thresholds):
+    """Each node of level l holds the brute force's G from its belief at depth D - l (the same
+    pruning), q(u) = softmax(-gamma G), and each branch leads to Bayes' posterior of its
+    outcome with its probability q(o | u)."""
+    action_threshold, outcome_threshold = thresholds
+    arrays, C, model, root = make_case(rng, "2x3")
+    depth, gamma = 3, 2.0
+    kwargs = {"action_threshold": action_threshold, "outcome_threshold": outcome_threshold}
+    scores = run(model, root, depth, precision=gamma, keep_tree=True, **kwargs)
+    assert len(scores.tree) == depth and scores.tree[-1].branches is None
+    assert_close(scores.tree[0].G[scores.root[0]], scores.G[0])
+    shape = root.shape
+    actions = scores.actions.numpy()
+    for level, layer in enumerate(scores.tree):
+        assert layer.beliefs.shape[0] == scores.nodes[level]
+        assert_close(layer.q_u, torch.softmax(-gamma * layer.G, -1))
+        for k in range(layer.beliefs.shape[0]):
+            belief = layer.beliefs[k].numpy().reshape(shape)
+            expected = brute_force_sophisticated(
+                arrays.A, arrays.B, C, belief, depth - level, time=level, gamma=gamma,
+                action_threshold=action_threshold or 0, outcome_threshold=outcome_threshold or 0,
+            )  # fmt: skip
+            assert_close(layer.G[k], expected, msg=f"level {level}, node {k}")
+        if layer.branches is None:
+            continue
+        node, action, outcome, probability, child = (x.numpy() for x in layer.branches)
+        assert len(node) > 0
+        for e in range(len(node)):
+            u = actions[action[e]]
+            parent = layer.beliefs[node[e]].numpy().reshape(shape)
+            predicted = np.einsum(
+                "ac,bd,cd->ab", arrays.B[0][..., u[0]], arrays.B[1][..., u[1]], parent
+            )
+            o = np.unravel_index(outcome[e], [a.shape[0] for a in arrays.A])
+            joint = predicted * arrays.A[0][o[0]] * arrays.A[1][o[1]]
+            assert_close(probability[e], joint.sum())
+            posterior = scores.tree[level + 1].beliefs[child[e]].numpy()
+            assert_close(posterior, (joint / joint.sum()).ravel())
+
+
+# ---------------------------------------------------------------------------------------------
 # 5. agents at once
 
 
