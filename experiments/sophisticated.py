@@ -5,7 +5,8 @@ sequences, SPM's ``spm_MDP_VB_X``) see no value in the cue: going to the cue and
 both neutral, so about half go to the cue first. A sophisticated agent (Friston et al. 2021)
 plans over what it would do after each outcome: at depth 2 it values the cue for the arm it then
 lets it choose, so (nearly) every agent goes to the cue first and is rewarded. The full agents
-(with the epistemic term) are shown beside them.
+(with the epistemic term) are shown beside them, and the search of that first decision is drawn
+(``sophisticated_plan_tree.png``).
 
 Still to come (issue 18 (b)): a deeper task where open-loop planning fails, and inductive
 planning.
@@ -32,6 +33,8 @@ from experiments.tmaze_epistemic import behaviour  # noqa: E402
 from pp_aif.agent import AgentSettings  # noqa: E402
 from pp_aif.atomic import save_figure, write_json  # noqa: E402
 from pp_aif.planning import Lesions  # noqa: E402
+from pp_aif.planning.sophisticated import sophisticated_scores  # noqa: E402
+from pp_aif.plots import plot_plan_tree  # noqa: E402
 from pp_aif.simulation import simulate  # noqa: E402
 from pp_aif.task import load_task  # noqa: E402
 
@@ -76,9 +79,46 @@ def run(config: Config) -> dict:
             and results["agents"][key]["reward_rate"] >= 0.9
         ),
     }
+    results["plan"] = _plan_tree(task, config)
     write_json(config.out / "sophisticated.json", results)
     _figure(results, config)
     return results
+
+
+def _plan_tree(task, config: Config) -> dict:
+    """The first decision of the sophisticated agent without the epistemic term, as a figure
+    of its search (``sophisticated_plan_tree.png``), and its root's G and q(u)."""
+    settings = AgentSettings(planner="sophisticated", lesions=Lesions(epistemic=False))
+    model = task.model
+    scores = sophisticated_scores(
+        model,
+        [d[None] for d in model.D],
+        depth=2,
+        precision=settings.policy_precision,
+        lesions=settings.lesions,
+        preference_scale=settings.preference_scale,
+        action_threshold=settings.action_threshold,
+        outcome_threshold=settings.outcome_threshold,
+        keep_tree=True,
+    )
+    figure = plot_plan_tree(
+        scores,
+        task.labels,
+        model.num_states,
+        levels=2,
+        title="T-maze, first decision of a sophisticated agent (depth 2) without the epistemic "
+        "term",
+    )
+    save_figure(figure, config.out / "sophisticated_plan_tree.png", dpi=110)
+    plt.close(figure)
+    root = scores.tree[0]
+    names = [task.labels.controls[0][int(a)] for a in scores.actions[:, 0]]
+    return {
+        "actions": names,
+        "G": scores.G[0].tolist(),
+        "q_u": root.q_u[int(scores.root[0])].tolist(),
+        "nodes": list(scores.nodes),
+    }
 
 
 def _figure(results: dict, config: Config) -> None:
@@ -120,7 +160,10 @@ def main(argv=None) -> None:
             f"  ({row['seconds']:.2f} s)"
         )
     print(f"goal (cue first and reward >= 0.9 without the epistemic term): {results['goal']}")
-    print(f"results: {arguments.out / 'sophisticated.json'}, figure: sophisticated.png")
+    print(
+        f"results: {arguments.out / 'sophisticated.json'}, figures: sophisticated.png, "
+        "sophisticated_plan_tree.png"
+    )
 
 
 if __name__ == "__main__":

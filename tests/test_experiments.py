@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from experiments.tmaze_epistemic import Config, run
@@ -171,3 +172,8 @@ def test_sophisticated_smoke(tmp_path):
     for row in written["agents"].values():
         assert 0 <= row["cue_first_rate"] <= 1 and 0 <= row["reward_rate"] <= 1
     assert (tmp_path / "sophisticated.png").stat().st_size > 10_000
+    # the plan tree of the first decision: the cue is the sophisticated agent's best action
+    plan = written["plan"]
+    assert plan["actions"][int(np.argmax(plan["q_u"]))] == "go to cue"
+    assert abs(sum(plan["q_u"]) - 1) < 1e-12 and plan["nodes"][0] == 1
+    assert (tmp_path / "sophisticated_plan_tree.png").stat().st_size > 10_000
