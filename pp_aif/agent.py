@@ -50,6 +50,11 @@ from pp_aif.planning import (
     policy_scores,
     select_actions,
 )
+from pp_aif.planning.policies import (
+    log_action_probabilities,
+    log_policy_posterior,
+    policy_score,
+)
 from pp_aif.planning.sophisticated import (
     DEFAULT_ACTION_THRESHOLD,
     DEFAULT_OUTCOME_THRESHOLD,
@@ -327,7 +332,11 @@ class AgentState:
 class StepResult:
     """beliefs : F tensors (N, S_f) q(s_t | o_<=t); log_evidence : (N,) ln p(o_t | o_<t);
     scores : PolicyScores (N, P) or None at the last step; policy_posterior : (N, P) or None;
-    action_probabilities : F tensors (N, U_f) or None; action : int (N, F) or None."""
+    action_probabilities : F tensors (N, U_f) or None; action : int (N, F) or None;
+    log_action_probabilities : F entries (N, U_f) (None for a factor of one control), their
+    logarithms computed in log space (-inf where an action is impossible, finite gradients
+    everywhere), where the step was given the action (a replay: ``pp_aif.fitting.replay``);
+    else None."""
 
     beliefs: list[Tensor]
     log_evidence: Tensor
@@ -335,6 +344,7 @@ class StepResult:
     policy_posterior: Tensor | None
     action_probabilities: list[Tensor] | None
     action: Tensor | None
+    log_action_probabilities: list[Tensor | None] | None = None
 
 
 def _initial_beliefs(model: GenerativeModel, pD: list[Tensor] | None, N: int) -> list[Tensor]:
@@ -439,7 +449,7 @@ def step(
     policies, log_prior = policies_at(model, plan, state.time, num_steps)
     if plan.planner == "sophisticated":
         depth = planning_depth(model, plan, state.time, num_steps)
-        scores, q_pi = _sophisticated(
+        scores, q_pi, value = _sophisticated(
             model, plan, state, posterior, A, B, policies, log_prior, depth
         )
     else:
@@ -459,15 +469,24 @@ def step(
         q_pi = policy_posterior(  # gamma fixed: AgentSettings refuses infer_precision=True
             planned, log_prior, precision=plan.policy_precision, lesions=plan.lesions
         )
+        value = policy_score(planned, plan.lesions)
     if not torch.isfinite(q_pi).all():
         _raise_not_finite(q_pi, scores, state.time)
     probabilities = action_probabilities(
         action_marginals(q_pi, policies, model.num_controls), plan.action_precision
     )
+    log_probabilities = None
     if action is None:
         action = select_actions(probabilities, sample=plan.sample_actions, generator=generator)
+    else:  # a replay: the likelihood of the action given, in log space
+        log_q = log_policy_posterior(value, log_prior, plan.policy_precision)
+        log_probabilities = log_action_probabilities(
+            log_q, policies[:, 0], model.num_controls, plan.action_precision
+        )
     next_prior = propagate(posterior, _transitions_of(model, B, action))
-    result = StepResult(beliefs, log_evidence, scores, q_pi, probabilities, action)
+    result = StepResult(
+        beliefs, log_evidence, scores, q_pi, probabilities, action, log_probabilities
+    )
     actions = _append(state.actions, action) if scheme.history else None
     return (
         replace(
@@ -481,7 +500,8 @@ def _sophisticated(model, plan, state, posterior, A, B, policies, log_prior, dep
     """Sophisticated planning of the next action from the joint belief ``posterior``: the
     PolicyScores of the one-step policies ``policies`` (U, 1, F) (G the recursive expected
     free energy, its terms those of the first step) and q(u) = softmax(ln E - gamma (G(u) -
-    novelty)), the novelty of the first step as open-loop planning counts it."""
+    novelty)), the novelty of the first step as open-loop planning counts it; and G(u) -
+    novelty, the score q(u) is the softmax of."""
     search = sophisticated_scores(
         model,
         posterior,
@@ -510,7 +530,7 @@ def _sophisticated(model, plan, state, posterior, A, B, policies, log_prior, dep
         "sophisticated",
     )
     value = search.G - first.novelty if plan.lesions.novelty else search.G
-    return scores, torch.softmax(log_prior - plan.policy_precision * value, -1)
+    return scores, torch.softmax(log_prior - plan.policy_precision * value, -1), value
 
 
 def _raise_not_finite(q_pi: Tensor, scores: PolicyScores, time: int) -> None:

@@ -64,10 +64,9 @@ from pp_aif.ops.hmm import (
     propagate,
     select_transitions,
 )
-from pp_aif.ops.numerics import logsumexp
 from pp_aif.parameters import LEARNING_PARAMETERS, PARAMETERS
 from pp_aif.planning.efe import log_preferences
-from pp_aif.planning.policies import policy_score
+from pp_aif.planning.policies import log_action_probabilities, policy_score
 from pp_aif.spec import GenerativeModel
 
 __all__ = [
@@ -413,24 +412,11 @@ def action_log_probabilities(
         score = torch.where(finite, base, 0.0) + preference * torch.where(finite, pragmatic, 0.0)
         logits = torch.where(finite, log_prior - gamma * score, -torch.inf)
         log_q = torch.log_softmax(logits, -1)
-        for f, U in enumerate(values.num_controls):
-            if U == 1:
-                continue
-            mask = first[:, f, None] == torch.arange(U, device=first.device)  # (P, U)
-            log_mask = torch.where(mask, 0.0, -torch.inf).to(log_q.dtype)
-            # (..., N, K, U); the safe log-sum-exp: no NaN gradient for an action that every
-            # policy with probability > 0 avoids
-            log_marginal = logsumexp(log_q[..., :, None] + log_mask, -2)
-            # alpha times the finite values only: alpha * -inf in the branch not taken would
-            # still send 0 * -inf = NaN into alpha's gradient (an action no policy with
-            # probability > 0 takes, e.g. under a preference of -inf)
-            finite = torch.isfinite(log_marginal)
-            scaled = torch.where(
-                finite,
-                alpha * torch.where(finite, log_marginal, 0.0),
-                torch.full_like(log_marginal, -torch.inf),
-            )
-            per_factor[f].append(torch.log_softmax(scaled, -1))
+        # the agent's own rule (``agent.step`` replaying actions calls it too), in log space
+        per_step = log_action_probabilities(log_q, first, values.num_controls, alpha)
+        for f, log_p in enumerate(per_step):
+            if log_p is not None:
+                per_factor[f].append(log_p)
     return [torch.stack(steps, -2) if steps else None for steps in per_factor]
 
 

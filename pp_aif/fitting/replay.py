@@ -295,15 +295,8 @@ class ReplayLikelihood:
             state, result = step(
                 model, settings, state, observations[:, t], num_steps=T, action=action
             )
-            if action is not None:
-                results.append(
-                    [
-                        None if U == 1 else torch.log(p)
-                        for p, U in zip(
-                            result.action_probabilities, model.num_controls, strict=True
-                        )
-                    ]
-                )
+            if action is not None:  # the step's own log probabilities (log space)
+                results.append(result.log_action_probabilities)
         pA, pD, pB = learn_between_trials(model, settings, state, observations, actions)
         new = {"pA": pA, "pB": pB, "pD": pD}
         learned = {

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pp_aif.ops.numerics import categorical
+from pp_aif.ops.numerics import categorical, logsumexp
 from pp_aif.planning.efe import PolicyScores
 from pp_aif.validation import check_integer, check_number
 
@@ -35,6 +35,8 @@ __all__ = [
     "policy_posterior",
     "action_marginals",
     "action_probabilities",
+    "log_policy_posterior",
+    "log_action_probabilities",
     "select_actions",
     "infer_precision",
 ]
@@ -109,6 +111,53 @@ def action_probabilities(
 ) -> list[Tensor]:
     """p(u_f) = softmax(alpha ln marginal_f): F tensors (*batch, U_f); ln 0 = -inf stays 0."""
     return [torch.softmax(precision * torch.log(m), -1) for m in marginals]
+
+
+def log_policy_posterior(
+    score: Tensor, log_prior: Tensor, precision: float | Tensor = DEFAULT_POLICY_PRECISION
+) -> Tensor:
+    """ln q(pi) = log_softmax(ln E - gamma * score), (*batch, P), from a policy score
+    (``policy_score``: minimised): the log of ``policy_posterior``'s q(pi). A policy of score
+    +inf (it reaches an outcome of preference -inf) has ln q = -inf, and gamma multiplies only
+    finite scores, so no gradient meets 0 * inf."""
+    finite = torch.isfinite(score)
+    logits = torch.where(
+        finite, log_prior - precision * torch.where(finite, score, 0.0), -torch.inf
+    )
+    return torch.log_softmax(logits, -1)
+
+
+def log_action_probabilities(
+    log_policy_posterior: Tensor,
+    first_actions: Tensor,
+    num_controls: tuple[int, ...],
+    precision: float | Tensor = DEFAULT_ACTION_PRECISION,
+) -> list[Tensor | None]:
+    """ln p(u_f) = log_softmax(alpha ln m_f(u)) with m_f(u) = sum_pi q(pi) [pi_0,f = u], in
+    log space throughout: F entries (*batch, U_f), None for a factor with one control.
+
+    log_policy_posterior : (*batch, P) ln q(pi), -inf for an impossible policy; first_actions :
+    int (P, F), each policy's first control per factor; precision : alpha, broadcastable to
+    (*batch, 1). An action that no policy of probability > 0 takes has ln p = -inf, and the
+    gradients stay finite (no 0 * inf): the log-sum-exp is the safe one, and alpha multiplies
+    only finite values. The exponentials equal ``action_probabilities(action_marginals(...))``.
+    """
+    out: list[Tensor | None] = []
+    for f, U in enumerate(num_controls):
+        if U == 1:
+            out.append(None)
+            continue
+        mask = first_actions[:, f, None] == torch.arange(U, device=first_actions.device)  # (P, U)
+        log_mask = torch.where(mask, 0.0, -torch.inf).to(log_policy_posterior.dtype)
+        log_marginal = logsumexp(log_policy_posterior[..., :, None] + log_mask, -2)
+        finite = torch.isfinite(log_marginal)
+        scaled = torch.where(
+            finite,
+            precision * torch.where(finite, log_marginal, 0.0),
+            torch.full_like(log_marginal, -torch.inf),
+        )
+        out.append(torch.log_softmax(scaled, -1))
+    return out
 
 
 def select_actions(

@@ -104,6 +104,40 @@ def test_replay_equals_the_closed_form_with_gradients(pD_case):
     )
 
 
+@pytest.mark.parametrize("planner", ["open_loop", "sophisticated"])
+def test_the_replay_is_exact_where_action_probabilities_underflow(planner):
+    """SPM's T-maze agents (alpha = 512) choose with probabilities that underflow to 0 for the
+    actions not taken. The replay works in log space: its likelihood and gradients are finite
+    and, for open-loop agents, equal to the closed form's (which always worked in log space).
+    Before, ln p = -inf and the gradients were NaN (a sophisticated fit by MAP then failed)."""
+    task = pp_aif.load_task("tmaze")
+    record = pp_aif.simulate(task, 2, 5, seed=3)  # alpha = 512
+    data = pp_aif.BehaviourData.read(long_format(record, task), task)
+    settings = dataclasses.replace(task.settings, planner=planner)
+    names = ("alpha", "learning_rate")
+    args = (task.model, settings, data.observations, data.actions, names, data.present)
+    replay = ReplayLikelihood(*args)
+    for alpha in (4.0, 512.0):
+        theta = {
+            "alpha": torch.full((2,), alpha, dtype=torch.float64, requires_grad=True),
+            "learning_rate": torch.full((2,), 0.7, dtype=torch.float64, requires_grad=True),
+        }
+        value = replay(theta)
+        gradients = torch.autograd.grad(value.sum(), list(theta.values()))
+        assert torch.isfinite(value).all() and all(torch.isfinite(g).all() for g in gradients)
+        if planner == "open_loop":
+            closed = BehaviourLikelihood(*args)
+            assert_close(value, closed(theta), msg=f"alpha {alpha}")
+            expected = torch.autograd.grad(closed(theta).sum(), list(theta.values()))
+            for name, a, b in zip(names, gradients, expected, strict=True):
+                assert_close(a, b, msg=f"{name}, alpha {alpha}")
+    # at alpha = 512 some action's probability is below e^-745: 0 in float64
+    with torch.no_grad():
+        logs = [p for p in replay.log_probabilities(theta) if p is not None]
+    smallest = min(float(p[torch.isfinite(p)].min()) for p in logs)
+    assert smallest < -745
+
+
 def _one_at_a_time(model, settings, theta, observations, actions, present):
     """One agent replaying one subject's trials, the counts carried by hand: (N, K, T-1)."""
     out = torch.zeros(N, K, T - 1, dtype=torch.float64)
