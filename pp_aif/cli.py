@@ -475,6 +475,7 @@ def fit_command(
     subjects_per_job: int = 10,
     scheduler: str | None = None,
     workers: int | None = None,
+    planning: str | None = None,
 ) -> int:
     """Fit, print the ArviZ summary and the warnings in words, write the InferenceData
     atomically: to a temporary file beside ``out``, read back and checked, renamed only once
@@ -484,6 +485,7 @@ def fit_command(
     each a Dask job (``pp_aif.fitting.fanout``): on a local cluster of ``workers`` processes, or
     on the cluster at ``scheduler`` ("inline": one after another here). The groups' results go
     to ``<out>.jobs/`` as they finish, and a rerun fits only the groups not there."""
+    import dataclasses
     import warnings
 
     import arviz as az
@@ -501,12 +503,17 @@ def fit_command(
         names, method, out, hierarchical, chains, draws, warmup, steps, subjects_per_job, workers
     )
     task = _load_task(task_name)
+    if planning is not None:  # the agents fitted plan this way (the replay fits any planner)
+        settings = dataclasses.replace(task.settings or AgentSettings(), planner=planning)
+        task = dataclasses.replace(task, settings=settings)
     check_fittable(task.model, task.settings or AgentSettings(), names)  # whatever the data
     data = BehaviourData.read(data_path, task, anonymise=anonymise, salt=salt)
     N, K = data.present.shape
+    planner = (task.settings or AgentSettings()).planner
     print(
         f"pp_aif fit: {', '.join(names)} of '{task.name}' by {method}"
         + (" (hierarchical)" if hierarchical else "")
+        + ("" if planner == "open_loop" else f", {planner} planning")
         + f", {N} subject(s), {int(data.present.sum())} trial(s), "
         f"{int(data.present.sum()) * data.actions.shape[2]} choices, seed {seed}"
     )
@@ -907,6 +914,13 @@ def main(argv: list[str] | None = None) -> int:
         help="nuts (default), svi, map, or grid (the exact posterior of 1-2 parameters)",
     )
     fit_parser.add_argument("--hierarchical", action="store_true", help="population model")
+    fit_parser.add_argument(
+        "--planning",
+        choices=PLANNERS,
+        default=None,
+        help="how the fitted agents plan: open_loop or sophisticated (see simulate --planning; "
+        "default: the task's, open_loop)",
+    )
     fit_parser.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
     fit_parser.add_argument("--draws", type=int, default=500, help="draws (default 500)")
     fit_parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up (default 500)")
@@ -990,6 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
                 subjects_per_job=arguments.subjects_per_job,
                 scheduler=arguments.scheduler,
                 workers=arguments.workers,
+                planning=arguments.planning,
             )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)

@@ -51,7 +51,15 @@ from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel
 from pp_aif.task import Labels, Task
 from pp_aif.validation import check_integer
 
-__all__ = ["simulate", "save", "recorded_settings", "policy_labels", "SETTING_ATTRIBUTES", "TERMS"]
+__all__ = [
+    "simulate",
+    "save",
+    "recorded_settings",
+    "settings_attributes",
+    "policy_labels",
+    "SETTING_ATTRIBUTES",
+    "TERMS",
+]
 
 logger = logging.getLogger(__name__)
 TERMS = ("G", "risk", "ambiguity", "epistemic", "pragmatic", "novelty")
@@ -577,7 +585,7 @@ def _setting_value(value):
     return value
 
 
-def _settings_attributes(settings: AgentSettings) -> dict:
+def settings_attributes(settings: AgentSettings) -> dict:
     """The settings as plain attributes (``SETTING_ATTRIBUTES``)."""
     values = {}
     for field in dataclasses.fields(AgentSettings):
@@ -643,7 +651,7 @@ def _described(dataset: xr.Dataset, task: Task, settings: AgentSettings, seed: i
         num_agents=N,
         num_trials=K,
         num_steps=T,
-        **_settings_attributes(settings),
+        **settings_attributes(settings),
         comment="The agents' settings (pp_aif.AgentSettings) are the attributes named after "
         "them: " + "; ".join(f"{name}: {meaning}" for name, meaning in SETTING_ATTRIBUTES.items()),
     )

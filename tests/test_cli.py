@@ -436,3 +436,21 @@ def test_a_parameter_the_task_cannot_fit_is_refused_before_the_header(tmp_path, 
     captured = capsys.readouterr()
     assert code != 0 and "pp_aif fit:" not in captured.out
     assert "shape learning, but the model has no pA, pB or pD" in captured.err + captured.out
+
+
+def test_fit_of_sophisticated_agents_says_so_and_records_the_agent(tmp_path, capsys, choices_csv):
+    import arviz as az
+
+    from pp_aif.simulation import recorded_settings
+
+    out = tmp_path / "fit.nc"
+    arguments = ["fit", "tmaze", str(choices_csv), "--params", "alpha", "--method", "map"]
+    arguments += ["--steps", "20", "--planning", "sophisticated", "--out", str(out)]
+    assert main(arguments) == 0
+    assert "of 'tmaze' by map, sophisticated planning, 2 subject(s)" in capsys.readouterr().out
+    inference = az.from_netcdf(out)
+    assert inference.attrs["likelihood"] == "ReplayLikelihood"  # no closed form plans this way
+    settings = recorded_settings(inference)  # its attrs: the agent fitted
+    assert settings.planner == "sophisticated" and settings.inference == "exact"
+    with pytest.raises(SystemExit):
+        main(["fit", "tmaze", str(choices_csv), "--planning", "closed_loop"])

@@ -33,6 +33,7 @@ from pp_aif.data import BehaviourData
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting.fit import _check_arguments, fit
 from pp_aif.jobs import Job, JobStore, fan_out, job_name
+from pp_aif.simulation import SETTING_ATTRIBUTES
 
 __all__ = ["fit_subjects", "concat_subjects", "content_digest"]
 
@@ -207,7 +208,7 @@ def concat_subjects(parts: list[az.InferenceData]) -> az.InferenceData:
         raise ValueError("concat_subjects: no fits")
     first = parts[0]
     for i, part in enumerate(parts[1:], 1):
-        for key in ("method", "params", "hierarchical"):
+        for key in ("method", "params", "hierarchical", *SETTING_ATTRIBUTES):  # the same agent
             a, b = first.attrs.get(key), part.attrs.get(key)
             if not np.array_equal(np.asarray(a), np.asarray(b)):
                 raise ValueError(f"concat_subjects: fit {i} has {key} {b!r}, fit 0 has {a!r}")

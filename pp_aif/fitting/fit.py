@@ -43,6 +43,7 @@ from pp_aif.fitting.nuts import ProgramPotential, nuts
 from pp_aif.fitting.replay import likelihood_for
 from pp_aif.parameters import LINKS, PARAMETERS, chosen_priors, default_priors
 from pp_aif.programs import behaviour, population_prior
+from pp_aif.simulation import settings_attributes
 
 __all__ = [
     "fit",
@@ -188,6 +189,9 @@ def fit(
             # the route to the agent's likelihood (all give the same number): BehaviourLikelihood
             # (closed form), CountsLikelihood (learners that see their states), ReplayLikelihood
             "likelihood": type(likelihood).__name__,
+            # the agent fitted: its settings as a simulation records them (the parameters
+            # fitted are in the posterior); pp_aif.simulation.recorded_settings reads them
+            **settings_attributes(settings),
             **extra,
         },
     )
