@@ -105,13 +105,14 @@ def test_one_command_runs_the_side_by_side_benchmarks_and_checks_the_goals(tmp_p
     from benchmarks.__main__ import main
 
     main(["--quick", "--out", str(tmp_path)])
-    for name in ("bench_pymdp", "bench_scaling", "bench_fit", "benchmarks"):
+    for name in ("bench_pymdp", "bench_scaling", "bench_fit", "bench_population", "benchmarks"):
         assert (tmp_path / f"{name}.json").is_file(), name
     summary = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert summary["quick"] and set(summary["seconds"]) == {"pymdp", "scaling", "fit"}
+    assert summary["quick"] and set(summary["seconds"]) == {"pymdp", "scaling", "fit", "population"}
     goals = [row["goal"] for row in summary["goals"]]
     assert goals[0] == "T-maze, 1 agent(s): first result >= 10x faster than pymdp"
     assert "NUTS, learning pD: ESS/s at least Pyro's NUTS's" in goals
+    assert any(goal.startswith("NUTS, 2 bandit subjects x 3 trials together") for goal in goals)
     assert all(row["met"] == (row["measured"] >= row["target"]) for row in summary["goals"])
     assert "measured  met" in capsys.readouterr().out
     with pytest.raises(SystemExit):
