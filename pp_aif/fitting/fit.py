@@ -581,15 +581,36 @@ def _warn_about(inference: az.InferenceData, names, chains: int, draws: int) -> 
             ConvergenceWarning,
             stacklevel=3,
         )
-    if chains > 1:
-        rhat = az.rhat(inference, var_names=list(names))
-        worst = max(float(rhat[name].max()) for name in names)
+    # a chain whose draws are all equal (it never moved) has no variance: ArviZ divides by 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rhat = az.rhat(inference, var_names=list(names)) if chains > 1 else None
+        ess = az.ess(inference, var_names=list(names))
+    stuck = sorted(
+        name
+        for name in names
+        if not np.isfinite(ess[name].values).all()
+        or (rhat is not None and not np.isfinite(rhat[name].values).all())
+    )
+    if stuck:
+        warnings.warn(
+            f"fit: the diagnostics of {', '.join(stuck)} are not finite: a chain never moved "
+            "(all its draws equal); raise warmup and draws",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    if rhat is not None:
+        worst = max(  # over the finite values: the others are named above
+            float(np.max(rhat[name].values, initial=-np.inf, where=np.isfinite(rhat[name].values)))
+            for name in names
+        )
         if worst > 1.01:
             warnings.warn(
                 f"fit: R-hat up to {worst:.3f} (> 1.01)", ConvergenceWarning, stacklevel=3
             )
-    ess = az.ess(inference, var_names=list(names))
-    lowest = min(float(ess[name].min()) for name in names)
+    lowest = min(
+        float(np.min(ess[name].values, initial=np.inf, where=np.isfinite(ess[name].values)))
+        for name in names
+    )
     if lowest < 100 * chains:
         warnings.warn(
             f"fit: effective sample size down to {lowest:.0f} over {chains} chain(s) "

@@ -182,3 +182,25 @@ def test_grid_fit_is_the_exact_posterior(one_subject):
     assert two.posterior["learning_rate"].shape == (1, 50, 1)
     with pytest.raises(ValueError, match=r"'grid' \(the exact posterior by quadrature\) is for 1"):
         fit(task, data, ("alpha", "learning_rate", "gamma"), method="grid")
+
+
+def test_a_chain_that_never_moved_is_named_not_a_numpy_warning():
+    """Two subjects; the chains of the second are stuck, each at its own value: ArviZ's R-hat
+    and ESS divide by their zero variance. The fit warns in words (and numpy's divide warning,
+    an error under the test settings, does not escape)."""
+    from pp_aif.fitting.fit import _warn_about
+
+    draws = np.random.default_rng(0).normal(size=(2, 50, 2))
+    draws[0, :, 1], draws[1, :, 1] = 0.3, 0.5  # subject 1's chains never moved
+    inference = az.from_dict(
+        posterior={"alpha": draws},
+        sample_stats={"diverging": np.zeros((2, 50), dtype=bool)},
+        dims={"alpha": ["subject"]},
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_about(inference, ["alpha"], 2, 50)
+    messages = [str(w.message) for w in caught]
+    assert all(w.category is ConvergenceWarning for w in caught), messages
+    assert any("alpha are not finite: a chain never moved" in m for m in messages), messages
+    assert not any("inf" in m.split("not finite")[0] for m in messages), messages
