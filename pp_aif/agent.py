@@ -50,6 +50,7 @@ from pp_aif.planning import (
     policy_scores,
     select_actions,
 )
+from pp_aif.planning.inductive import model_reachability, policy_inductive_cost
 from pp_aif.planning.policies import (
     log_action_probabilities,
     log_policy_posterior,
@@ -101,9 +102,21 @@ class PlanningSettings:
     planner: str = "open_loop"
     action_threshold: float | None = DEFAULT_ACTION_THRESHOLD
     outcome_threshold: float | None = DEFAULT_OUTCOME_THRESHOLD
+    inductive_epsilon: float | None = None
 
     def __post_init__(self):
         check_number("policy_precision", self.policy_precision, minimum=0, meaning="gamma of q(pi)")
+        if self.inductive_epsilon is not None:
+            check_number(
+                "inductive_epsilon",
+                self.inductive_epsilon,
+                minimum=0,
+                maximum=1,
+                exclusive_minimum=True,
+                exclusive_maximum=True,
+                meaning="inductive planning costs ln(1/epsilon) nats a step away from the "
+                "intended states (pymdp's 1e-3); None: off",
+            )
         check_number("action_precision", self.action_precision, minimum=0, meaning="alpha of p(u)")
         check_flag("sample_actions", self.sample_actions)
         if self.horizon is not None:
@@ -246,6 +259,10 @@ class AgentSettings:
     action_threshold, outcome_threshold : sophisticated planning expands no action of predictive
         probability, and no outcome of probability, at or below these (SPM's and pymdp's 1/16);
         None or 0: every branch.
+    inductive_epsilon : inductive planning (Friston et al. 2023; ``pp_aif.planning.inductive``)
+        with either planner: None (default) off; else each predicted state from which the
+        model's intended states (``GenerativeModel(H=...)``) are no nearer costs ln(1/epsilon)
+        nats of G (pymdp's default epsilon 1e-3: 6.9 nats).
 
     The precisions, learning_rate, forgetting and preference_scale may be tensors (N, 1), one
     value per agent (as ``pp_aif.fitting.posterior_predictive`` uses them).
@@ -268,6 +285,7 @@ class AgentSettings:
     planner: str = "open_loop"
     action_threshold: float | None = DEFAULT_ACTION_THRESHOLD
     outcome_threshold: float | None = DEFAULT_OUTCOME_THRESHOLD
+    inductive_epsilon: float | None = None
 
     def __post_init__(self):
         """Every setting checked once, here, by the group it belongs to (a ValueError naming
@@ -466,10 +484,20 @@ def step(
             pB=state.pB,
         )
         planned = replace(scores, pragmatic=plan.preference_scale * scores.pragmatic)
-        q_pi = policy_posterior(  # gamma fixed: AgentSettings refuses infer_precision=True
-            planned, log_prior, precision=plan.policy_precision, lesions=plan.lesions
-        )
         value = policy_score(planned, plan.lesions)
+        if plan.inductive_epsilon is None:
+            q_pi = policy_posterior(  # gamma fixed: AgentSettings refuses infer_precision=True
+                planned, log_prior, precision=plan.policy_precision, lesions=plan.lesions
+            )
+        else:  # steered towards the intended states (planning.inductive)
+            value = value + policy_inductive_cost(
+                beliefs,
+                policies,
+                B if B is not None else model.B,
+                model_reachability(model),
+                plan.inductive_epsilon,
+            )
+            q_pi = torch.softmax(log_prior - plan.policy_precision * value, -1)
     if not torch.isfinite(q_pi).all():
         _raise_not_finite(q_pi, scores, state.time)
     probabilities = action_probabilities(
@@ -517,6 +545,9 @@ def _sophisticated(model, plan, state, posterior, A, B, policies, log_prior, dep
         B=B,
         pA=state.pA,
         pB=state.pB,
+        inductive=None
+        if plan.inductive_epsilon is None
+        else (model_reachability(model), plan.inductive_epsilon),
     )
     first = search.first_step
     scores = PolicyScores(

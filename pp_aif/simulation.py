@@ -400,6 +400,8 @@ SETTING_ATTRIBUTES = {
     'or below this; "none": every action',
     "outcome_threshold": "sophisticated planning expands no outcome of probability at or below "
     'this; "none": every outcome',
+    "inductive_epsilon": "inductive planning: a predicted state from which the intended states are "
+    'no nearer costs ln(1/epsilon) nats of G; "none": off',
 }
 
 #: the record's variables and coordinates: name -> (long_name, units, description); "{name}"

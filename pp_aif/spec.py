@@ -420,6 +420,36 @@ def _check_step_policies(value, num_controls, dtype, device):
     return tuple(checked)
 
 
+def _check_goals(value, num_states, dtype, device):
+    """None, or a tuple with one entry per factor: None (no intended states) or an indicator
+    (S_f,) of the intended states, of 0s and 1s with at least one 1."""
+    if value is None:
+        return None
+    if not isinstance(value, tuple | list) or len(value) != len(num_states):
+        raise ModelError(
+            f"H: expected a list with one entry per factor ({len(num_states)}), None or an "
+            f"indicator of the intended states, got {type(value).__name__}"
+            + (f" of length {len(value)}" if isinstance(value, tuple | list) else "")
+        )
+    checked = []
+    for f, (entry, size) in enumerate(zip(value, num_states, strict=True)):
+        if entry is None:
+            checked.append(None)
+            continue
+        try:
+            h = torch.as_tensor(np.asarray(entry, dtype=float), dtype=dtype, device=device)
+        except (TypeError, ValueError) as error:
+            raise ModelError(f"H[{f}]: expected an array of 0s and 1s ({size},): {error}") from None
+        if h.shape != (size,):
+            raise ModelError(f"H[{f}]: expected shape ({size},), got {tuple(h.shape)}")
+        if not bool(((h == 0) | (h == 1)).all()) or float(h.sum()) < 1:
+            raise ModelError(f"H[{f}]: expected 0s and 1s with at least one 1 (an intended state)")
+        checked.append(h)
+    if all(h is None for h in checked):
+        raise ModelError("H: no factor has an intended state; leave H out instead")
+    return tuple(checked)
+
+
 # the model
 
 
@@ -448,6 +478,11 @@ class GenerativeModel:
         fits) or (policies (P_t, H_t, F) int, E_t (P_t,)). ``pp_aif.Task`` checks its
         ``step_policies`` against the trial and gives them to its model
         (``with_step_policies``); the agent reads them at each step.
+    H : list of F entries, optional
+        The intended states of inductive planning (Friston et al. 2023; pymdp's ``H``): per
+        factor None or an indicator (S_f,) of 0s and 1s. Agents with
+        ``AgentSettings(inductive_epsilon=...)`` are steered towards them
+        (``pp_aif.planning.inductive``).
 
     The model is immutable: setting an attribute is an AttributeError. What is derived from
     it (``log_A``, ``transition_by_action``, the policies of each depth, ...) is computed once,
@@ -476,6 +511,7 @@ class GenerativeModel:
         pD=None,
         policies=None,
         step_policies=None,
+        H=None,
     ):
         A_list, B_list = _read(A, "A", required=True), _read(B, "B", required=True)
         C_list, D_list, pA_list, pB_list, pD_list = (
@@ -539,6 +575,7 @@ class GenerativeModel:
         self.num_controls = num_controls
         self.num_outcomes = num_outcomes
         self.step_policies = _check_step_policies(step_policies, num_controls, dtype, device)
+        self.H = _check_goals(H, num_states, dtype, device)
         self._derived: dict = {}  # caches of derived values, filled on first use
         self._frozen = True
 
@@ -642,6 +679,7 @@ class GenerativeModel:
                 None if entry is None else (entry[0], move([entry[1]])[0])
                 for entry in self.step_policies
             ),
+            H=None if self.H is None else [None if h is None else move([h])[0] for h in self.H],
         )
 
     def __repr__(self) -> str:

@@ -25,8 +25,8 @@ def test_unknown_task_is_one_line(tmp_path, capsys):
     assert main(["demo", "--task", "nonexistent", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == (
-        "pp-aif: error: unknown task 'nonexistent'; known tasks: bandit, foraging, reversal, "
-        "tmaze, two_factor"
+        "pp-aif: error: unknown task 'nonexistent'; known tasks: bandit, cue_chain, foraging, "
+        "maze, reversal, tmaze, two_factor"
     )
 
 

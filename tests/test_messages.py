@@ -82,7 +82,7 @@ def test_fit_argument_errors_come_before_any_header(tmp_path, capsys, choices_cs
 def test_near_miss_names_get_did_you_mean(tmp_path, capsys, choices_csv):
     assert _error(capsys, ["fit", "tmze", str(choices_csv)]) == (
         "pp-aif: error: unknown task 'tmze' (did you mean 'tmaze'?); known tasks: bandit, "
-        "foraging, reversal, tmaze, two_factor"
+        "cue_chain, foraging, maze, reversal, tmaze, two_factor"
     )
     for arguments, usage, message in (
         (
@@ -138,9 +138,9 @@ def test_a_file_of_another_kind_is_named_with_what_it_should_be(tmp_path, capsys
         ".parquet file (a table: one row per subject, trial and time step; pp-aif fit --help)"
     )
     assert _error(capsys, ["simulate", str(choices_csv)]) == (
-        f"pp-aif: error: {choices_csv} is not a task: give a task's name (bandit, foraging, "
-        "reversal, tmaze, two_factor) or a task file (a .py file with a build() function; "
-        "docs/tasks.md)"
+        f"pp-aif: error: {choices_csv} is not a task: give a task's name (bandit, cue_chain, "
+        "foraging, maze, reversal, tmaze, two_factor) or a task file (a .py file with a build() "
+        "function; docs/tasks.md)"
     )
 
 

@@ -132,10 +132,11 @@ class CountsLikelihood:
             settings.inference != "exact"
             or settings.efe_method != "exact"
             or settings.planner != "open_loop"
+            or settings.inductive_epsilon is not None
         ):
             raise ValueError(
                 "settings: the count recursion needs exact inference, exact G and open-loop "
-                "planning; the replay (ReplayLikelihood) fits the others"
+                "planning without inductive costs; the replay (ReplayLikelihood) fits the others"
             )
         if model.pA is None and model.pB is None:
             raise ValueError("model: learns neither pA nor pB; use BehaviourLikelihood")

@@ -125,6 +125,8 @@ def _check_settings(model: GenerativeModel, settings: AgentSettings) -> None:
         problems.append(f"efe_method={settings.efe_method!r} (a sampled G is not a likelihood)")
     if settings.planner != "open_loop":
         problems.append(f"planner={settings.planner!r} (the closed form scores the policies)")
+    if settings.inductive_epsilon is not None:
+        problems.append("inductive_epsilon (the closed form has no inductive cost)")
     if problems:
         raise ValueError(
             "settings: the action likelihood needs a fixed policy precision, exact inference "

@@ -76,12 +76,13 @@ _SETTINGS = {
 
 def closed_form_applies(model: GenerativeModel, settings: AgentSettings, params) -> bool:
     """Whether ``BehaviourLikelihood`` (the closed form) covers this agent: exact inference and
-    G, open-loop planning, no learning of A or B (gamma is always fixed: AgentSettings refuses
-    to infer it)."""
+    G, open-loop planning without inductive costs, no learning of A or B (gamma is always
+    fixed: AgentSettings refuses to infer it)."""
     return (
         settings.inference == "exact"
         and settings.efe_method == "exact"
         and settings.planner == "open_loop"
+        and settings.inductive_epsilon is None
         and model.pA is None
         and model.pB is None
         and set(params) <= set(PARAMETERS)
@@ -105,6 +106,7 @@ def likelihood_for(model, settings, observations, actions, params, present=None)
         settings.inference == "exact"
         and settings.efe_method == "exact"
         and settings.planner == "open_loop"
+        and settings.inductive_epsilon is None
         and (model.pA is not None or model.pB is not None)
         and set(params) <= set(COUNTS_PARAMETERS)
     ):

@@ -104,6 +104,7 @@ from pp_aif.ops.efe import (
 )
 from pp_aif.ops.numerics import entropy
 from pp_aif.planning.efe import log_preferences as model_log_preferences
+from pp_aif.planning.inductive import inductive_cost
 from pp_aif.planning.policies import DEFAULT_POLICY_PRECISION, Lesions
 from pp_aif.spec import GenerativeModel
 
@@ -240,6 +241,14 @@ def _predict(joint: Tensor, transitions: list[Tensor], agent: Tensor, actions: T
     return x.reshape(K, math.prod(num_controls), S)[:, flat_action]
 
 
+def _factor_marginals(joint: Tensor, batch: int) -> list[Tensor]:
+    """Each factor's marginal of joint beliefs (*batch, S_1..S_F): F tensors (*batch, S_f)."""
+    F = joint.dim() - batch
+    return [
+        joint.sum([batch + d for d in range(F) if d != f]) if F > 1 else joint for f in range(F)
+    ]
+
+
 def _gather(array: Tensor, agent: Tensor) -> Tensor:
     """A per-agent array (N, ...) at each node's agent, or a shared one (1, ...) as is."""
     return array if array.shape[0] == 1 else array[agent]
@@ -279,6 +288,7 @@ def sophisticated_expected_free_energy(
     pB: Sequence[Tensor] | None = None,
     deduplicate: bool = True,
     keep_tree: bool = False,
+    inductive: tuple[Sequence[Tensor | None], float] | None = None,
 ) -> SophisticatedScores:
     """G(u | q) of every joint action by sophisticated inference, for N agents at once.
 
@@ -315,6 +325,10 @@ def sophisticated_expected_free_energy(
         Evaluate coinciding beliefs once (the answer is the same either way).
     keep_tree : bool
         Return the search's levels in ``tree`` (for ``pp_aif.plots.plot_plan_tree``).
+    inductive : (reachable, epsilon), optional
+        Inductive planning: every node's one-step score gains ``planning.inductive``'s cost of
+        each action's predicted state, anchored to the node's own belief (its most probable
+        state per factor).
 
     Returns
     -------
@@ -379,6 +393,12 @@ def sophisticated_expected_free_energy(
             score = score - epistemic
         if lesions.pragmatic:
             score = score - scale[agent][:, None] * pragmatic
+        if inductive is not None:
+            joint = beliefs.reshape(K, *state_shape)
+            ahead = predicted.reshape(K, -1, *state_shape)
+            score = score + inductive_cost(
+                _factor_marginals(joint, 1), _factor_marginals(ahead, 2), *inductive
+            )
         if level == 0:
             root_terms = (predicted, outcome_entropy, ambiguity, epistemic, pragmatic)
         if level == depth - 1:
@@ -492,6 +512,7 @@ def sophisticated_scores(
     pB: Sequence[Tensor] | None = None,
     deduplicate: bool = True,
     keep_tree: bool = False,
+    inductive: tuple[Sequence[Tensor | None], float] | None = None,
 ) -> SophisticatedScores:
     """:func:`sophisticated_expected_free_energy` on a model's arrays, for callers that made
     their inputs (as :func:`pp_aif.planning.policy_scores`: nothing is checked).
@@ -527,4 +548,5 @@ def sophisticated_scores(
         pB=transition_counts,
         deduplicate=deduplicate,
         keep_tree=keep_tree,
+        inductive=inductive,
     )
