@@ -8,8 +8,16 @@ lets it choose, so (nearly) every agent goes to the cue first and is rewarded. T
 (with the epistemic term) are shown beside them, and the search of that first decision is drawn
 (``sophisticated_plan_tree.png``).
 
-Still to come (issue 18 (b)): a deeper task where open-loop planning fails, and inductive
-planning.
+Deeper tasks (issue 18 (b), ``deeper`` in the JSON, figure ``sophisticated_deeper.png``):
+
+- the cue chain (``models/cue_chain.py``): a first cue tells which of 4 second cues shows the
+  paying arm, in exactly the 3 moves the trial allows, and the reward counts at its end. Open
+  loop (every 3-move sequence), sophisticated planning to depth 2 and 3, and inductive planning
+  (towards the arms), without the epistemic term; and the full open-loop agent, whose epistemic
+  term is satisfied as well by the arm's own outcome, which comes too late to use;
+- the corridor maze (``models/maze.py``): the goal 14 moves away through a corridor. Open loop
+  and sophisticated planning to depths 1-16 (each distinct belief once: the location is
+  known, so a level has at most 15 nodes), and inductive planning with policies 1 move deep.
 
 Run: ``python experiments/sophisticated.py --out experiments/results`` (JSON + figure).
 """
@@ -17,7 +25,9 @@ Run: ``python experiments/sophisticated.py --out experiments/results`` (JSON + f
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +54,42 @@ AGENTS = (
     ("sophisticated (depth 2), no epistemic term", "sophisticated", Lesions(epistemic=False)),
     ("open loop, full", "open_loop", Lesions()),
     ("sophisticated (depth 2), full", "sophisticated", Lesions()),
+)
+
+
+NO_EPISTEMIC = Lesions(epistemic=False)
+#: (task, label, settings): the agents of the deeper tasks
+DEEPER = (
+    ("cue_chain", "open loop, no epistemic term", AgentSettings(lesions=NO_EPISTEMIC)),
+    ("cue_chain", "open loop, full", AgentSettings()),
+    (
+        "cue_chain",
+        "sophisticated (depth 2), no epistemic term",
+        AgentSettings(lesions=NO_EPISTEMIC, planner="sophisticated", horizon=2),
+    ),
+    (
+        "cue_chain",
+        "sophisticated (depth 3), no epistemic term",
+        AgentSettings(lesions=NO_EPISTEMIC, planner="sophisticated", horizon=3),
+    ),
+    (
+        "cue_chain",
+        "inductive (open loop, to the arms), no epistemic term",
+        AgentSettings(lesions=NO_EPISTEMIC, inductive_epsilon=1e-3),
+    ),
+    (
+        "cue_chain",
+        "sophisticated (depth 3) and inductive, no epistemic term",
+        AgentSettings(
+            lesions=NO_EPISTEMIC, planner="sophisticated", horizon=3, inductive_epsilon=1e-3
+        ),
+    ),
+    ("maze", "open loop (1 move deep)", AgentSettings()),
+    *(
+        ("maze", f"sophisticated (depth {d})", AgentSettings(planner="sophisticated", horizon=d))
+        for d in (1, 4, 8, 14, 16)
+    ),
+    ("maze", "inductive (open loop, 1 move deep)", AgentSettings(inductive_epsilon=1e-3)),
 )
 
 
@@ -80,9 +126,65 @@ def run(config: Config) -> dict:
         ),
     }
     results["plan"] = _plan_tree(task, config)
+    results["deeper"] = _deeper(config)
     write_json(config.out / "sophisticated.json", results)
     _figure(results, config)
+    _deeper_figure(results["deeper"], config)
     return results
+
+
+def _deeper(config: Config) -> dict:
+    """Each agent of ``DEEPER`` on its task, one trial: the share rewarded at the trial's end
+    (the cue chain) or that reached the goal (the maze), with its standard error."""
+    tasks = {name: load_task(name) for name in ("cue_chain", "maze")}
+    out = {name: {"description": task.description, "agents": {}} for name, task in tasks.items()}
+    for name, label, settings in DEEPER:
+        task = tasks[name]
+        start = time.perf_counter()
+        record = simulate(task, config.num_agents, 1, config.seed, settings=settings)
+        seconds = time.perf_counter() - start
+        if name == "cue_chain":  # rewarded at the last step
+            modality, outcome = task.reward
+            success = record["observation"].values[:, 0, -1, modality] == outcome
+        else:  # at the goal at some step
+            success = record["reward"].values[:, 0] > 0
+        rate = float(success.mean())
+        out[name]["agents"][label] = {
+            "success_rate": rate,
+            "success_rate_stderr": math.sqrt(rate * (1 - rate) / len(success)),
+            "planner": settings.planner,
+            "depth": settings.horizon,
+            "inductive_epsilon": settings.inductive_epsilon,
+            "seconds": seconds,
+        }
+    return out
+
+
+def _deeper_figure(deeper: dict, config: Config) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
+    titles = {
+        "cue_chain": "cue chain: rewarded at the end",
+        "maze": "corridor maze: reached the goal",
+    }
+    for ax, (name, result) in zip(axes, deeper.items(), strict=True):
+        labels = list(result["agents"])
+        rates = [result["agents"][x]["success_rate"] for x in labels]
+        errors = [result["agents"][x]["success_rate_stderr"] for x in labels]
+        y = np.arange(len(labels))
+        ax.barh(y, rates, xerr=errors, capsize=2, color="#4a6fa5")
+        for i, (rate, error) in enumerate(zip(rates, errors, strict=True)):  # beside each bar
+            ax.text(rate + error + 0.02, i, f"{rate:.2f}", va="center", fontsize=7)
+        if name == "cue_chain":
+            ax.axvline(0.5, color="0.5", linestyle=":", linewidth=1, label="a guess between arms")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_yticks(y, [textwrap.fill(x, 34) for x in labels], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.15)
+        ax.set_xlabel(f"share of {config.num_agents} agents")
+        ax.set_title(titles[name], fontsize=10)
+    figure.suptitle("Where open-loop planning fails: sophisticated and inductive planning")
+    save_figure(figure, config.out / "sophisticated_deeper.png", dpi=120)
+    plt.close(figure)
 
 
 def _plan_tree(task, config: Config) -> dict:
@@ -160,9 +262,16 @@ def main(argv=None) -> None:
             f"  ({row['seconds']:.2f} s)"
         )
     print(f"goal (cue first and reward >= 0.9 without the epistemic term): {results['goal']}")
+    for name, result in results["deeper"].items():
+        print(f"{name}: {result['description']}")
+        for label, row in result["agents"].items():
+            print(
+                f"  {label:<58} success {row['success_rate']:.3f} "
+                f"± {row['success_rate_stderr']:.3f}  ({row['seconds']:.2f} s)"
+            )
     print(
         f"results: {arguments.out / 'sophisticated.json'}, figures: sophisticated.png, "
-        "sophisticated_plan_tree.png"
+        "sophisticated_plan_tree.png, sophisticated_deeper.png"
     )
 
 

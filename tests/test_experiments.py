@@ -148,15 +148,12 @@ def test_bandit_recovery_smoke(tmp_path):
     )
     results = run_bandit(config)
     written = json.loads((tmp_path / "bandit_recovery.json").read_text())
-    assert written["recovery"].keys() == {"alpha", "learning_rate", "forgetting"}
+    assert written["recovery"].keys() == {"alpha", "learning_rate"}
     for name, row in written["recovery"].items():
         assert len(row["true"]) == 3 and -1 <= row["r"] <= 1, name
         assert row == results["recovery"][name]
-    assert set(written["posterior_correlations"]) == {
-        "alpha:learning_rate",
-        "alpha:forgetting",
-        "learning_rate:forgetting",
-    }
+    assert set(written["posterior_correlations"]) == {"alpha:learning_rate"}
+    assert written["config"]["reward_probabilities"] == [0.7, 0.5, 0.3]
     assert (tmp_path / "bandit_recovery.png").stat().st_size > 10_000
     assert written["jobs"] == {"computed": 2, "resumed": 0}  # groups of 2 and 1
 
@@ -177,3 +174,13 @@ def test_sophisticated_smoke(tmp_path):
     assert plan["actions"][int(np.argmax(plan["q_u"]))] == "go to cue"
     assert abs(sum(plan["q_u"]) - 1) < 1e-12 and plan["nodes"][0] == 1
     assert (tmp_path / "sophisticated_plan_tree.png").stat().st_size > 10_000
+    # the deeper tasks: every agent row, rates in [0, 1], and the figure
+    deeper = written["deeper"]
+    assert set(deeper) == {"cue_chain", "maze"}
+    assert len(deeper["cue_chain"]["agents"]) == 6 and len(deeper["maze"]["agents"]) == 7
+    for task in deeper.values():
+        assert all(0 <= row["success_rate"] <= 1 for row in task["agents"].values())
+    maze = deeper["maze"]["agents"]
+    assert maze["inductive (open loop, 1 move deep)"]["success_rate"] == 1.0
+    assert maze["open loop (1 move deep)"]["success_rate"] == 0.0
+    assert (tmp_path / "sophisticated_deeper.png").stat().st_size > 10_000
