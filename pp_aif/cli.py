@@ -348,6 +348,7 @@ def simulate_command(
     inference: str = "exact",
     device: str | None = None,
     planning: str | None = None,
+    inductive: float | None = None,
 ) -> int:
     """Simulate, narrate or summarise, write the record and the figure: into ``out``
     (replacing an earlier run's files there, and saying so), or, where ``out`` is None, into a
@@ -366,11 +367,13 @@ def simulate_command(
     settings = dataclasses.replace(task.settings or AgentSettings(), inference=inference)
     if planning is not None:
         settings = dataclasses.replace(settings, planner=planning)
+    settings = _with_inductive(task, settings, inductive)
     print(
         f"pp_aif simulate: {agents} agent(s), {trials} trial(s) of '{task.name}' "
         f"({task.description}), seed {seed}"
         + ("" if inference == "exact" else f", state inference by {inference}")
         + ("" if settings.planner == "open_loop" else f", {settings.planner} planning")
+        + _inductive_note(settings)
     )
     start = time.perf_counter()
     with tqdm(
@@ -456,6 +459,26 @@ def _check_fit_arguments(
         )
 
 
+def _with_inductive(task, settings, epsilon: float | None):
+    """The settings with inductive planning at ``epsilon`` (None: as they are); a task without
+    intended states is refused before anything runs."""
+    import dataclasses
+
+    if epsilon is None:
+        return settings
+    if task.model.H is None:
+        raise ValueError(
+            f"--inductive: task {task.name!r} has no intended states (GenerativeModel(H=...)); "
+            "the maze task has them"
+        )
+    return dataclasses.replace(settings, inductive_epsilon=epsilon)
+
+
+def _inductive_note(settings) -> str:
+    epsilon = settings.inductive_epsilon
+    return "" if epsilon is None else f", inductive planning (epsilon {epsilon:g})"
+
+
 def fit_command(
     task_name: str,
     data_path: Path,
@@ -476,6 +499,7 @@ def fit_command(
     scheduler: str | None = None,
     workers: int | None = None,
     planning: str | None = None,
+    inductive: float | None = None,
 ) -> int:
     """Fit, print the ArviZ summary and the warnings in words, write the InferenceData
     atomically: to a temporary file beside ``out``, read back and checked, renamed only once
@@ -503,8 +527,11 @@ def fit_command(
         names, method, out, hierarchical, chains, draws, warmup, steps, subjects_per_job, workers
     )
     task = _load_task(task_name)
-    if planning is not None:  # the agents fitted plan this way (the replay fits any planner)
-        settings = dataclasses.replace(task.settings or AgentSettings(), planner=planning)
+    if planning is not None or inductive is not None:  # the agents fitted plan this way
+        settings = task.settings or AgentSettings()
+        if planning is not None:
+            settings = dataclasses.replace(settings, planner=planning)
+        settings = _with_inductive(task, settings, inductive)
         task = dataclasses.replace(task, settings=settings)
     check_fittable(task.model, task.settings or AgentSettings(), names)  # whatever the data
     data = BehaviourData.read(data_path, task, anonymise=anonymise, salt=salt)
@@ -514,6 +541,7 @@ def fit_command(
         f"pp_aif fit: {', '.join(names)} of '{task.name}' by {method}"
         + (" (hierarchical)" if hierarchical else "")
         + ("" if planner == "open_loop" else f", {planner} planning")
+        + _inductive_note(task.settings or AgentSettings())
         + f", {N} subject(s), {int(data.present.sum())} trial(s), "
         f"{int(data.present.sum()) * data.actions.shape[2]} choices, seed {seed}"
     )
@@ -876,6 +904,14 @@ def main(argv: list[str] | None = None) -> int:
         "al. 2021) to the policies' depth (default: the task's, open_loop)",
     )
     simulate_parser.add_argument(
+        "--inductive",
+        type=float,
+        default=None,
+        metavar="EPSILON",
+        help="inductive planning (Friston et al. 2023) towards the task's intended states: a "
+        "move that brings them no nearer costs ln(1/EPSILON) nats; e.g. 1e-3 (default: off)",
+    )
+    simulate_parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -920,6 +956,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="how the fitted agents plan: open_loop or sophisticated (see simulate --planning; "
         "default: the task's, open_loop)",
+    )
+    fit_parser.add_argument(
+        "--inductive",
+        type=float,
+        default=None,
+        metavar="EPSILON",
+        help="the fitted agents plan inductively (see simulate --inductive; default: off)",
     )
     fit_parser.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
     fit_parser.add_argument("--draws", type=int, default=500, help="draws (default 500)")
@@ -980,6 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.inference,
                 arguments.device,
                 arguments.planning,
+                arguments.inductive,
             )
         if arguments.command == "compare":
             return compare_command(
@@ -1005,6 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
                 scheduler=arguments.scheduler,
                 workers=arguments.workers,
                 planning=arguments.planning,
+                inductive=arguments.inductive,
             )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)

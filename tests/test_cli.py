@@ -454,3 +454,17 @@ def test_fit_of_sophisticated_agents_says_so_and_records_the_agent(tmp_path, cap
     assert settings.planner == "sophisticated" and settings.inference == "exact"
     with pytest.raises(SystemExit):
         main(["fit", "tmaze", str(choices_csv), "--planning", "closed_loop"])
+
+
+def test_simulate_inductive_agents_and_a_task_without_intended_states(tmp_path, capsys):
+    arguments = ["simulate", "maze", "--agents", "20", "--inductive", "1e-3"]
+    assert main([*arguments, "--out", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert "'maze'" in output and "inductive planning (epsilon 0.001)" in output
+    assert main(["simulate", "tmaze", "--inductive", "1e-3", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "pp-aif: error: --inductive: task 'tmaze' has no intended states "
+        "(GenerativeModel(H=...)); the maze task has them"
+    )
+    assert main(["simulate", "maze", "--inductive", "2", "--out", str(tmp_path)]) == 2
+    assert "inductive_epsilon" in capsys.readouterr().err
