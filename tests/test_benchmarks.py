@@ -151,3 +151,21 @@ def test_against_benchmark_smoke(tmp_path):
     row = json.loads((tmp_path / "bench_against.json").read_text())["cases"][0]
     assert row["agents"] == 1 and row["seconds_this_tree"] > 0 and row["seconds_earlier"] > 0
     assert results["earlier"] == results["this_tree"]
+
+
+@pytest.mark.integration
+def test_sophisticated_benchmark_smoke(tmp_path):
+    """Both libraries decide once per case; the JSON pairs them (speed only: pymdp's search
+    differs where documented, and tests/planning/test_sophisticated.py compares the values)."""
+    pytest.importorskip("pymdp")
+    from benchmarks.bench_sophisticated import Config as SophisticatedConfig
+    from benchmarks.bench_sophisticated import run as run_sophisticated
+
+    results = run_sophisticated(
+        SophisticatedConfig(tasks=("maze",), depths=(2,), agents=(1,), repeats=1, out=tmp_path)
+    )
+    assert [row["library"] for row in results["rows"]] == ["pp_aif", "pymdp"]
+    assert results["rows"][0]["nodes"][0] == 1  # one root belief
+    (ratio,) = results["ratios"]
+    assert ratio["depth"] == 2 and ratio["steady_pp_aif_over_pymdp"] > 0
+    assert (tmp_path / "bench_sophisticated.json").is_file()
