@@ -168,6 +168,7 @@ def _fit_all(config: Config, biases) -> tuple[dict, dict]:
         JobStore(config.out / "model_recovery.jobs"),
         scheduler=config.scheduler,
         workers=config.workers,
+        announce=print,  # where to watch the jobs: the Dask dashboard
     )
     fitted = {
         bias: {key: results[job.name] for key, job in jobs.items()}

@@ -613,6 +613,7 @@ def fit_command(
                         workers=workers,
                         seed=seed,
                         progress=job_progress,
+                        announce=lambda line: print(line, flush=True),
                         **arguments,
                     )
             except KeyboardInterrupt:

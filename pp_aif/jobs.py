@@ -60,6 +60,7 @@ __all__ = [
     "JobsFailed",
     "fan_out",
     "job_name",
+    "monitoring_lines",
     "spec_digest",
     "timing_note",
 ]
@@ -307,6 +308,7 @@ def fan_out(
     scheduler: str | None = None,
     workers: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> FanOutResults:
     """Run the jobs without a result in ``store`` and return every job's result by name, as a
     ``FanOutResults`` (a dict) whose ``computed`` and ``resumed`` name the jobs this call ran
@@ -319,6 +321,9 @@ def fan_out(
         another in this process (no Dask). A single job to run always runs inline.
     progress : callable(name, done, total), called after each result is written (and once,
         with done = the results already there, before any job runs).
+    announce : callable(line), optional: told where to watch the jobs once the cluster runs
+        (``monitoring_lines``: the Dask dashboard's address, and the scheduler's Prometheus
+        metrics where ``prometheus-client`` is installed).
     """
     jobs = list(jobs)
     store = store if isinstance(store, JobStore) else JobStore(store)
@@ -374,7 +379,7 @@ def fan_out(
                 continue
             record(job.name, result)
     elif pending:
-        _run_on_dask(pending, scheduler, workers, record, failures)
+        _run_on_dask(pending, scheduler, workers, record, failures, announce)
     if failures:
         raise JobsFailed(failures, done)
     computed = {job.name: store.read(job.name) for job in pending}
@@ -385,7 +390,28 @@ def fan_out(
     )
 
 
-def _run_on_dask(pending, scheduler, workers, record, failures) -> None:
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def monitoring_lines(client, local: bool) -> list[str]:
+    """Where to watch a cluster's jobs: the Dask dashboard's address (a local cluster serves
+    it on a free port where bokeh is installed: ``pip install 'pp_aif[monitor]'``), and on it
+    the scheduler's Prometheus metrics (``/metrics``, served where ``prometheus-client`` is
+    installed)."""
+    link = client.dashboard_link if (not local or _installed("bokeh")) else None
+    if not link:
+        return ["Dask dashboard: off (it needs bokeh: pip install 'pp_aif[monitor]')"]
+    lines = [f"Dask dashboard: {link}"]
+    if local and _installed("prometheus_client"):
+        base = link.rsplit("/", 1)[0] if link.endswith("/status") else link.rstrip("/")
+        lines.append(f"Prometheus metrics of the scheduler: {base}/metrics")
+    return lines
+
+
+def _run_on_dask(pending, scheduler, workers, record, failures, announce=None) -> None:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as error:  # pragma: no cover - a dependency of the project
@@ -401,7 +427,8 @@ def _run_on_dask(pending, scheduler, workers, record, failures) -> None:
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                # a free port (never a clash with another run's 8787), where bokeh can serve it
+                dashboard_address=":0" if _installed("bokeh") else None,
                 host="127.0.0.1",
             )
         except RuntimeError as error:
@@ -414,6 +441,9 @@ def _run_on_dask(pending, scheduler, workers, record, failures) -> None:
     else:
         client = Client(scheduler, timeout="30s")
     try:
+        if announce is not None:
+            for line in monitoring_lines(client, local=cluster is not None):
+                announce(line)
         futures = {
             client.submit(
                 job.function, **job.kwargs, key=f"{job.name}-{uuid.uuid4().hex[:6]}", pure=False

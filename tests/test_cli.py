@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -225,6 +226,10 @@ def test_fit_of_many_subjects_fans_out_and_resumes(tmp_path, capsys, five_subjec
     assert main([*base, "--workers", "2", "--out", str(cluster)]) == 0
     output = capsys.readouterr().out
     assert "3 jobs of up to 2 subjects on a local cluster of 2 worker(s)" in output
+    assert re.search(r"^Dask dashboard: http://127\.0\.0\.1:\d+/status$", output, re.M)
+    assert re.search(
+        r"^Prometheus metrics of the scheduler: http://127\.0\.0\.1:\d+/metrics$", output, re.M
+    )
     jobs = sorted((tmp_path / "cluster.jobs").iterdir())
     assert [p.name[:15] for p in jobs] == ["fit-00000-00001", "fit-00002-00003", "fit-00004-00004"]
     assert main([*base, "--scheduler", "inline", "--out", str(inline)]) == 0

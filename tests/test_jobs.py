@@ -306,3 +306,40 @@ def test_a_result_that_does_not_read_back_fails_its_job(tmp_path):
                        r"'s-10'"):  # fmt: skip
         fan_out(jobs, tmp_path, scheduler="inline")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fine.nc"]
+
+
+@pytest.mark.integration
+def test_a_local_cluster_announces_its_dashboard_and_metrics(tmp_path):
+    """Both addresses are announced before the jobs run, and answer while they do."""
+    import urllib.request
+
+    answers = []
+
+    def fetch(line: str) -> None:
+        url = line.split(": ", 1)[1]
+        with urllib.request.urlopen(url, timeout=30) as response:
+            answers.append((line, response.status, response.read(200)))
+
+    jobs = [Job(f"j{x}", slow_square, {"x": x}) for x in range(2)]
+    results = fan_out(jobs, tmp_path, workers=1, announce=fetch)
+    assert results["j1"]["square"] == 1
+    (dashboard, status, _), (metrics, metrics_status, body) = answers
+    assert re.fullmatch(r"Dask dashboard: http://127\.0\.0\.1:\d+/status", dashboard)
+    assert metrics.startswith("Prometheus metrics of the scheduler: http://127.0.0.1:")
+    assert status == metrics_status == 200 and body.startswith(b"# HELP")
+
+
+def test_without_bokeh_the_dashboard_is_off_and_says_what_to_install(monkeypatch):
+    import pp_aif.jobs as jobs
+
+    class Client:
+        dashboard_link = "http://127.0.0.1:8787/status"
+
+    monkeypatch.setattr(jobs, "_installed", lambda module: False)
+    assert jobs.monitoring_lines(Client(), local=True) == [
+        "Dask dashboard: off (it needs bokeh: pip install 'pp_aif[monitor]')"
+    ]
+    # a remote scheduler's own dashboard is announced whatever is installed here
+    assert jobs.monitoring_lines(Client(), local=False) == [
+        "Dask dashboard: http://127.0.0.1:8787/status"
+    ]

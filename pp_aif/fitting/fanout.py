@@ -122,13 +122,15 @@ def fit_subjects(
     workers: int | None = None,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    announce: Callable[[str], None] | None = None,
     **fit_kwargs,
 ) -> az.InferenceData:
     """``fit`` of independent subjects in groups of ``subjects_per_job``, each group a job.
 
     store : folder of the groups' results (reruns resume from it); scheduler, workers : where
     the jobs run (``pp_aif.jobs.fan_out``: None starts a ``LocalCluster``, an address uses that
-    cluster, "inline" runs them here); progress : callable(job name, done, total);
+    cluster, "inline" runs them here); progress : callable(job name, done, total); announce :
+    callable(line), told where to watch the jobs (the Dask dashboard, Prometheus metrics);
     fit_kwargs : ``fit``'s (method, chains, draws, warmup, steps, grid_points, width,
     settings, device, ...), not ``hierarchical``: a population model fits its subjects together.
     Each group's ConvergenceWarnings are warned again here, with the group's subjects named.
@@ -174,7 +176,12 @@ def fit_subjects(
         }
         jobs.append(Job(job_name(f"fit-{start:05d}-{stop - 1:05d}", spec), _fit_group, kwargs))
     results = fan_out(
-        jobs, JobStore(store), scheduler=scheduler, workers=workers, progress=progress
+        jobs,
+        JobStore(store),
+        scheduler=scheduler,
+        workers=workers,
+        progress=progress,
+        announce=announce,
     )
     parts = [results[job.name] for job in jobs]
     for job, part in zip(jobs, parts, strict=True):
