@@ -599,6 +599,9 @@ def fit_command(
             def job_progress(name: str, done: int, total: int) -> None:
                 if not name and done:
                     print(f"resuming: {done} of {total} jobs already in {store}/")
+                elif name:  # each job as it finishes, above the bar of them all
+                    minutes = (time.perf_counter() - start) / 60
+                    tqdm.write(f"job {name} done: {done} of {total} after {minutes:.1f} min")
                 progress("jobs", done, total)
 
             try:

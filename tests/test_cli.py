@@ -227,6 +227,10 @@ def test_fit_of_many_subjects_fans_out_and_resumes(tmp_path, capsys, five_subjec
     output = capsys.readouterr().out
     assert "3 jobs of up to 2 subjects on a local cluster of 2 worker(s)" in output
     assert re.search(r"^Dask dashboard: http://127\.0\.0\.1:\d+/status$", output, re.M)
+    finished = re.findall(
+        r"^job fit-\d{5}-\d{5}-\w+ done: (\d) of 3 after [\d.]+ min$", output, re.M
+    )
+    assert sorted(finished) == ["1", "2", "3"]
     assert re.search(
         r"^Prometheus metrics of the scheduler: http://127\.0\.0\.1:\d+/metrics$", output, re.M
     )
