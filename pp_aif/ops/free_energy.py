@@ -39,9 +39,18 @@ __all__ = [
 
 
 def expected_log(weights: Tensor, log_values: Tensor, dims) -> Tensor:
-    """sum weights * log_values over ``dims``, with 0 * (-inf) = 0 (structural zeros)."""
-    terms = torch.where(weights > 0, weights * log_values, torch.zeros_like(weights))
+    """sum weights * log_values over ``dims``, with 0 * (-inf) = 0 (structural zeros), and a
+    finite gradient there (the -inf is never multiplied, even in the branch not taken)."""
+    held = weights > 0
+    safe = torch.where(held, log_values, torch.zeros_like(log_values))
+    terms = torch.where(held, weights * safe, torch.zeros_like(weights))
     return terms.sum(dims)
+
+
+def _log(x: Tensor) -> Tensor:
+    """ln x, -inf at 0, with a zero gradient there instead of 0 / 0 = NaN."""
+    positive = x > 0
+    return torch.where(positive, torch.log(torch.where(positive, x, 1.0)), -torch.inf)
 
 
 def joint_log_transitions(transitions: Sequence[Tensor]) -> Tensor:
@@ -97,11 +106,11 @@ def chain_free_energy(
     log_initial : (K,) or (N, K) ln p(s_1).
     """
     marginal = initial_belief
-    value = expected_log(marginal, torch.log(marginal) - log_initial - log_likelihood[:, 0], -1)
+    value = expected_log(marginal, _log(marginal) - log_initial - log_likelihood[:, 0], -1)
     for t in range(conditionals.shape[1]):
         pairs = marginal[:, :, None] * conditionals[:, t]  # (N, K, K)
         log_ratio = (
-            torch.log(conditionals[:, t]) - log_transitions[:, t] - log_likelihood[:, t + 1, None]
+            _log(conditionals[:, t]) - log_transitions[:, t] - log_likelihood[:, t + 1, None]
         )
         value = value + expected_log(pairs, log_ratio, (-2, -1))
         marginal = pairs.sum(1)
