@@ -169,3 +169,18 @@ def test_sophisticated_benchmark_smoke(tmp_path):
     (ratio,) = results["ratios"]
     assert ratio["depth"] == 2 and ratio["steady_pp_aif_over_pymdp"] > 0
     assert (tmp_path / "bench_sophisticated.json").is_file()
+
+
+@pytest.mark.integration
+def test_guides_benchmark_smoke(tmp_path):
+    """Both objectives fit one sequence to the same F; the batch is within reach of the exact
+    evidence (speed only is what the full run adds)."""
+    from benchmarks.bench_guides import Config as GuidesConfig
+    from benchmarks.bench_guides import run as run_guides
+
+    results = run_guides(GuidesConfig(states=(2,), T=6, batch=3, out=tmp_path))
+    assert [row["method"] for row in results["rows"]] == ["mean_field", "structured"]
+    for row in results["rows"]:
+        assert abs(row["one_sequence_F_difference"]) < 1e-6
+        assert row["batch_converged"] and row["batch_F_minus_exact_max"] > -1e-10
+    assert (tmp_path / "bench_guides.json").is_file()
