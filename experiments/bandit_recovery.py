@@ -90,6 +90,7 @@ def run(config: Config) -> dict:
             subjects_per_job=config.subjects_per_job,
             scheduler=config.scheduler,
             workers=config.workers,
+            announce=print,  # where to watch the jobs: the Dask dashboard
             seed=config.seed,
             chains=config.chains,
             warmup=config.warmup,
