@@ -561,7 +561,9 @@ def _fit_closed_form(model, method, start, supports, sequences, transitions, set
                 trace.append(_finite(loss.item(), method))
                 loss.backward()
                 for value in params.values():  # L-BFGS views each gradient flat
-                    value.grad = value.grad.contiguous()
+                    # (none where F does not depend on it: a chain of one step has no transitions)
+                    grad = value.grad
+                    value.grad = torch.zeros_like(value) if grad is None else grad.contiguous()
                 return loss
 
         optimiser.param_groups[0]["max_iter"] = min(settings.round, settings.num_steps - iterations)
@@ -572,8 +574,12 @@ def _fit_closed_form(model, method, start, supports, sequences, transitions, set
         counted = total
         with torch.enable_grad():
             after = free_energy(params, active)[1]
-            gradients = torch.autograd.grad(after.sum(), list(params.values()))
-        steepest = torch.stack([g.flatten(1).abs().amax(1) for g in gradients]).amax(0)
+            gradients = torch.autograd.grad(
+                after.sum(), list(params.values()), allow_unused=True, materialize_grads=True
+            )
+        steepest = torch.stack(
+            [g.flatten(1).abs().amax(1) for g in gradients if g[0].numel() > 0]
+        ).amax(0)
         after = after.detach()
         change = (before[active] - after).abs()
         # over the whole round: stricter than L-BFGS's own rule, which is per iteration
