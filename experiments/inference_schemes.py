@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 import pp_aif  # noqa: E402
 from experiments.tmaze_epistemic import behaviour  # noqa: E402
 from pp_aif.agent import AgentSettings  # noqa: E402

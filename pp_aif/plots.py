@@ -831,7 +831,9 @@ def plot_recovery(truth: dict, draws: dict) -> Figure:
         ax.set_xlabel(f"true {name}")
         ax.set_ylabel("posterior mean (90% interval)")
         r = np.corrcoef(np.log(true), np.log(samples).mean(0))[0, 1]
-        ax.set_title(f"{name}: r(log) = {r:.2f}, coverage = {inside.mean():.2f}")
+        ax.set_title(  # two lines: a long name and both numbers fit the panel
+            f"{name}\nr(log) = {r:.2f}, 90% coverage = {inside.mean():.2f}", fontsize=10
+        )
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -184,3 +184,23 @@ def test_sophisticated_smoke(tmp_path):
     assert maze["inductive (open loop, 1 move deep)"]["success_rate"] == 1.0
     assert maze["open loop (1 move deep)"]["success_rate"] == 0.0
     assert (tmp_path / "sophisticated_deeper.png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_every_experiment_runs_as_the_docs_run_it(tmp_path):
+    """``python experiments/NAME.py`` from another folder: each script finds its package (one
+    did not: ModuleNotFoundError: No module named 'experiments')."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = sorted(p for p in (root / "experiments").glob("*.py") if p.name != "__init__.py")
+    assert len(scripts) >= 6
+    for script in scripts:
+        run = subprocess.run(
+            [sys.executable, str(script), "--help"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, f"{script.name}: {run.stderr.strip().splitlines()[-1:]}"
+        assert run.stdout.startswith("usage:"), script.name

@@ -387,3 +387,19 @@ def test_the_plan_tree_marks_pruned_actions_and_needs_the_tree():
     without = dataclasses.replace(scores, tree=None)
     with pytest.raises(ValueError, match="keep_tree=True"):
         plot_plan_tree(without, task.labels, task.model.num_states)
+
+
+def test_recovery_titles_stay_inside_their_figure():
+    """A long parameter name and both numbers: every title within the figure's width."""
+    from pp_aif.plots import plot_recovery
+
+    rng = np.random.default_rng(0)
+    truth = {name: rng.lognormal(size=20) for name in ("alpha", "learning_rate")}
+    draws = {name: value * rng.lognormal(0, 0.3, size=(50, 20)) for name, value in truth.items()}
+    figure = plot_recovery(truth, draws)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for ax in figure.axes:
+        box = ax.title.get_window_extent(renderer)
+        assert ax.get_title().startswith(("alpha\nr(log) = ", "learning_rate\nr(log) = "))
+        assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1, ax.get_title()
