@@ -63,6 +63,9 @@ def content_digest(*values) -> str:
             if steps is not None:
                 digest.update(b"step_policies")
                 feed(list(steps))
+            if value.H is not None:  # the intended states of inductive planning
+                digest.update(b"H")
+                feed(list(value.H))
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             digest.update(type(value).__name__.encode())
             for f in dataclasses.fields(value):

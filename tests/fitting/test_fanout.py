@@ -94,6 +94,14 @@ def test_digests_follow_the_task_data_priors_and_settings(task, data):
     second = pp_aif.construct_policies(task.model.num_controls, 1)[:2]
     own = dataclasses.replace(task, step_policies={1: second})
     assert content_digest(own.model, task.settings) != content_digest(task.model, task.settings)
+    # and the intended states of inductive planning (a rerun with others must not resume)
+    maze = pp_aif.load_task("maze").model
+    goals = [torch.zeros_like(maze.H[0])]
+    goals[0][0] = 1.0
+    elsewhere = pp_aif.GenerativeModel(
+        maze.A, maze.B, maze.C, maze.D, policies=maze.policies, H=goals
+    )
+    assert content_digest(elsewhere) != content_digest(maze)
     with pytest.raises(TypeError, match="cannot digest a builtin_function_or_method"):
         content_digest(len)
     with pytest.raises(TypeError, match="cannot digest a Opaque"):  # its repr has an address
