@@ -46,7 +46,6 @@ from pp_aif.planning import (
     PolicyScores,
     action_marginals,
     action_probabilities,
-    policy_posterior,
     policy_scores,
     select_actions,
 )
@@ -467,9 +466,7 @@ def step(
     policies, log_prior = policies_at(model, plan, state.time, num_steps)
     if plan.planner == "sophisticated":
         depth = planning_depth(model, plan, state.time, num_steps)
-        scores, q_pi, value = _sophisticated(
-            model, plan, state, posterior, A, B, policies, log_prior, depth
-        )
+        scores, value = _sophisticated(model, plan, state, posterior, A, B, policies, depth)
     else:
         scores = policy_scores(  # beliefs, policies and arrays made here: nothing to check
             model,
@@ -485,11 +482,7 @@ def step(
         )
         planned = replace(scores, pragmatic=plan.preference_scale * scores.pragmatic)
         value = policy_score(planned, plan.lesions)
-        if plan.inductive_epsilon is None:
-            q_pi = policy_posterior(  # gamma fixed: AgentSettings refuses infer_precision=True
-                planned, log_prior, precision=plan.policy_precision, lesions=plan.lesions
-            )
-        else:  # steered towards the intended states (planning.inductive)
+        if plan.inductive_epsilon is not None:  # steered towards the intended states
             value = value + policy_inductive_cost(
                 beliefs,
                 policies,
@@ -497,7 +490,9 @@ def step(
                 model_reachability(model),
                 plan.inductive_epsilon,
             )
-            q_pi = torch.softmax(log_prior - plan.policy_precision * value, -1)
+    # q(pi) = softmax(ln E - gamma * score), as planning.policy_posterior; gamma fixed:
+    # AgentSettings refuses infer_precision=True
+    q_pi = torch.softmax(log_prior - plan.policy_precision * value, -1)
     if not torch.isfinite(q_pi).all():
         _raise_not_finite(q_pi, scores, state.time)
     probabilities = action_probabilities(
@@ -524,12 +519,12 @@ def step(
     )
 
 
-def _sophisticated(model, plan, state, posterior, A, B, policies, log_prior, depth):
+def _sophisticated(model, plan, state, posterior, A, B, policies, depth):
     """Sophisticated planning of the next action from the joint belief ``posterior``: the
     PolicyScores of the one-step policies ``policies`` (U, 1, F) (G the recursive expected
-    free energy, its terms those of the first step) and q(u) = softmax(ln E - gamma (G(u) -
-    novelty)), the novelty of the first step as open-loop planning counts it; and G(u) -
-    novelty, the score q(u) is the softmax of."""
+    free energy, its terms those of the first step) and the score G(u) - novelty, the novelty
+    of the first step as open-loop planning counts it (``step``: q(u) = softmax(ln E - gamma
+    score))."""
     search = sophisticated_scores(
         model,
         posterior,
@@ -561,7 +556,7 @@ def _sophisticated(model, plan, state, posterior, A, B, policies, log_prior, dep
         "sophisticated",
     )
     value = search.G - first.novelty if plan.lesions.novelty else search.G
-    return scores, torch.softmax(log_prior - plan.policy_precision * value, -1), value
+    return scores, value
 
 
 def _raise_not_finite(q_pi: Tensor, scores: PolicyScores, time: int) -> None:

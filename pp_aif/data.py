@@ -136,6 +136,19 @@ class BehaviourData:
             covariates=None if self.covariates is None else self.covariates.iloc[start:stop],
         )
 
+    def subjects_at(self, index) -> BehaviourData:
+        """The subjects at positions ``index`` (a sequence; repeats allowed), in that order."""
+        index = [int(i) for i in index]
+        rows = torch.as_tensor(index, dtype=torch.long, device=self.actions.device)
+        return dataclasses.replace(
+            self,
+            observations=self.observations[rows],
+            actions=self.actions[rows],
+            present=self.present[rows],
+            subjects=tuple(self.subjects[i] for i in index),
+            covariates=None if self.covariates is None else self.covariates.iloc[index],
+        )
+
     @classmethod
     def read(cls, source, task, *, anonymise: bool = False, salt: str | None = None):
         """Read and validate long-format data for ``task``.

@@ -389,3 +389,17 @@ def test_a_record_of_another_task_is_refused(record, tmaze):
         r"task 'foraging', \['where', 'smell'\]",
     ):
         long_format(record, foraging)
+
+
+def test_subjects_at_picks_subjects_in_order_with_repeats():
+    import pp_aif
+    from pp_aif.data import BehaviourData, long_format
+
+    task = pp_aif.load_task("tmaze")
+    data = BehaviourData.read(long_format(pp_aif.simulate(task, 3, 2, seed=1), task), task)
+    picked = data.subjects_at([2, 0, 2])
+    assert picked.subjects == (data.subjects[2], data.subjects[0], data.subjects[2])
+    for name in ("observations", "actions", "present"):
+        whole, part = getattr(data, name), getattr(picked, name)
+        assert torch.equal(part[0], whole[2]) and torch.equal(part[1], whole[0])
+        assert torch.equal(part[2], whole[2])

@@ -324,18 +324,11 @@ def _potential_of_subjects(task, data, params, priors, settings):
     of ``data``, in that order (``BehaviourPotential.for_subjects``)."""
 
     def of(index) -> BehaviourPotential:
-        index = torch.as_tensor(index, dtype=torch.long, device=data.actions.device)
-        present = None if data.present is None else data.present[index]
-        observations, actions = data.observations[index], data.actions[index]
-        likelihood = likelihood_for(task.model, settings, observations, actions, params, present)
-        chosen = chosen_priors(params, priors, task.model.dtype)
-
-        def program():
-            behaviour(likelihood, priors=chosen, present=present, hierarchical=False, links=LINKS)
-
+        subset = data.subjects_at(index)
+        likelihood, program = behavioural_program(task, subset, params, priors, settings)
         return BehaviourPotential(
-            program, likelihood, priors=chosen, present=present, hierarchical=False,
-            links=LINKS, subjects=of,
+            program, likelihood, priors=chosen_priors(params, priors, task.model.dtype),
+            present=subset.present, hierarchical=False, links=LINKS, subjects=of,
         )  # fmt: skip
 
     return of

@@ -516,33 +516,29 @@ def _fit_closed_form(model, method, start, supports, sequences, transitions, set
     values = {name: value.detach().clone() for name, value in start.items()}
     rows = torch.arange(N, device=model.device)
 
-    def free_energy(params, active):
+    def inputs_of(active):
+        """_read_guide's arrays for the sequences ``active``: sliced once per batch."""
         chosen = sequences._replace(
             observations=sequences.observations[active], actions=sequences.actions[active]
         )
-        parts = (
-            [m[active] for m in supports[0]],
-            supports[1][active],
-            supports[2][active],
-        )
+        parts = ([m[active] for m in supports[0]], supports[1][active], supports[2][active])
+        return parts, chosen, [b[active] for b in transitions], log_likelihood[active]
+
+    def free_energy(params, inputs):
+        parts, chosen, chosen_transitions, chosen_likelihood = inputs
         return _read_guide(
-            model,
-            method,
-            params,
-            parts,
-            chosen,
-            [b[active] for b in transitions],
-            log_likelihood[active],
+            model, method, params, parts, chosen, chosen_transitions, chosen_likelihood
         )
 
     converged = torch.zeros(N, dtype=torch.bool, device=model.device)
     stalled = torch.zeros(N, dtype=torch.int64, device=model.device)  # rounds in a row
     with torch.no_grad():
-        before = free_energy(values, rows)[1]
+        before = free_energy(values, inputs_of(rows))[1]
     trace, iterations, optimiser = [], 0, None
     while not bool(converged.all()) and iterations < settings.num_steps:
         if optimiser is None:  # (re)built for the sequences still running, else continued
             active = rows[~converged]
+            inputs = inputs_of(active)
             params = {k: v[active].clone().requires_grad_(True) for k, v in values.items()}
             optimiser = torch.optim.LBFGS(
                 list(params.values()),
@@ -555,9 +551,9 @@ def _fit_closed_form(model, method, start, supports, sequences, transitions, set
             )
             counted = 0
 
-            def closure(params=params, active=active, optimiser=optimiser):
+            def closure(params=params, inputs=inputs, optimiser=optimiser):
                 optimiser.zero_grad()
-                loss = free_energy(params, active)[1].sum()
+                loss = free_energy(params, inputs)[1].sum()
                 trace.append(_finite(loss.item(), method))
                 loss.backward()
                 for value in params.values():  # L-BFGS views each gradient flat
@@ -573,7 +569,7 @@ def _fit_closed_form(model, method, start, supports, sequences, transitions, set
         iterations += max(1, total - counted)
         counted = total
         with torch.enable_grad():
-            after = free_energy(params, active)[1]
+            after = free_energy(params, inputs)[1]
             gradients = torch.autograd.grad(
                 after.sum(), list(params.values()), allow_unused=True, materialize_grads=True
             )
@@ -594,7 +590,7 @@ def _fit_closed_form(model, method, start, supports, sequences, transitions, set
             converged[active[settled]] = True
             optimiser = None  # the rest go on in a smaller batch
     with torch.no_grad():
-        marginals, value = free_energy(values, rows)
+        marginals, value = free_energy(values, inputs_of(rows))
     trace.append(float(value.sum()))
     record = Optimisation(
         iterations=iterations,
