@@ -18,6 +18,8 @@ energy F >= -ln p(o | u) within a family of beliefs:
                         (:mod:`pp_aif.inference.variational`).
 ``method="fpi"``, ``"vmp"``, ``"mmp"``     the field's message-passing schemes
                         (:mod:`pp_aif.inference.message_passing`).
+``method="amortised"``  the structured guide's chain with its parameters computed by a trained
+                        network (``guide=``, :mod:`pp_aif.inference.amortised`): no optimisation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from pp_aif.inference.amortised import amortised_beliefs
 from pp_aif.inference.exact import run_forward_filter
 from pp_aif.inference.inputs import prepare_sequences
 from pp_aif.inference.message_passing import MESSAGE_PASSING, run_scheme
@@ -38,7 +41,7 @@ from pp_aif.spec import GenerativeModel
 __all__ = ["Beliefs", "infer_states", "METHODS", "MODES"]
 
 EXACT_METHODS = ("exact", "enumerate")
-METHODS = (*EXACT_METHODS, *GUIDES, *MESSAGE_PASSING)
+METHODS = (*EXACT_METHODS, *GUIDES, *MESSAGE_PASSING, "amortised")
 MODES = ("smoothing", "filtering")
 
 
@@ -96,6 +99,7 @@ def infer_states(
     method: str = "exact",
     mode: Literal["smoothing", "filtering"] = "smoothing",
     settings=None,
+    guide=None,
 ) -> Beliefs:
     """Posterior marginals over each hidden-state factor, and the log evidence.
 
@@ -108,16 +112,20 @@ def infer_states(
         ``actions[..., t, f]`` is the control of factor f between steps t and t+1. May be
         omitted when every factor has one control, or T = 1. Unbatched actions are shared by
         every sequence of a batch.
-    method : {"exact", "enumerate", "mean_field", "structured", "fpi", "vmp", "mmp"}
+    method : {"exact", "enumerate", "mean_field", "structured", "fpi", "vmp", "mmp", "amortised"}
         ``"exact"`` (default, fast) or ``"enumerate"`` (the Pyro program; slow, the reference);
         ``"mean_field"`` or ``"structured"``: an SVI guide; ``"fpi"`` (a filter), ``"vmp"``,
-        ``"mmp"``: message passing (see module docstring).
+        ``"mmp"``: message passing; ``"amortised"``: a trained guide (see module docstring).
     mode : {"smoothing", "filtering"}
         Condition each q(s_t) on all observations, or on o_1:t only. The variational methods
         answer "smoothing" only.
     settings : SVISettings, MessagePassingSettings or dict, optional
         For the SVI methods, how the guide is fitted; for message passing, iterations and step
         size (a dict overrides fields of the defaults).
+    guide : AmortisedGuide
+        For ``method="amortised"`` (and only for it): the trained guide
+        (``pp_aif.inference.amortised.train_amortised_guide`` or ``AmortisedGuide.load``),
+        which refuses a model other than its own.
 
     Returns
     -------
@@ -142,8 +150,16 @@ def infer_states(
         raise ValueError(f"mode: {mode!r} is not one of {MODES}")
     if not isinstance(model, GenerativeModel):
         raise TypeError(f"model: expected a GenerativeModel, got {type(model).__name__}")
-    if method in EXACT_METHODS and settings is not None:
+    if method in (*EXACT_METHODS, "amortised") and settings is not None:
         raise ValueError(f"settings: method {method!r} takes no settings")
+    if (guide is None) != (method != "amortised"):
+        raise ValueError(
+            "guide: method 'amortised' needs a trained guide (guide=...)"
+            if guide is None
+            else f"guide: only method 'amortised' takes a guide, not {method!r}"
+        )
+    if method == "amortised" and mode != "smoothing":
+        raise ValueError("mode: method 'amortised' infers smoothing posteriors only")
     sequences = prepare_sequences(model, observations, actions)
     batch = sequences.batch_shape
     T = sequences.observations.shape[1]
@@ -152,6 +168,8 @@ def infer_states(
         from pp_aif.inference.enumeration import enumerate_states
 
         marginals, log_evidence = enumerate_states(model, sequences, mode)
+    elif method == "amortised":
+        marginals, free_energy = amortised_beliefs(model, guide, sequences)
     elif method in MESSAGE_PASSING:  # scored and checked: F per sweep, the floor's warnings
         marginals, free_energy, exact_logs, record = run_scheme(
             model, sequences, method, mode, _settings(SCHEMES[method].settings, settings)
@@ -174,6 +192,7 @@ def infer_states(
             marginals, free_energy, record = run.marginals, run.free_energy, run.optimisation
     if free_energy is not None:
         free_energy = free_energy.reshape(batch)
+    if record is not None:
         record = replace(record, final=record.final.reshape(batch))
     if exact_logs is not None:
         exact_logs = exact_logs.reshape(batch)

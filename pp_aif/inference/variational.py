@@ -139,7 +139,7 @@ class Optimisation:
     trace: Tensor
 
 
-def _support(model: GenerativeModel, inputs: SchemeInputs, result):
+def posterior_support(model: GenerativeModel, inputs: SchemeInputs, result):
     """Posterior support: joint states (N, T, K) and transitions (N, T-1, K, K) with mass."""
     smoothed, _, conditionals = posterior_as_chain(
         result.filtered,
@@ -253,50 +253,52 @@ def _chain_conditionals(joint_logits: Tensor, num_states: tuple[int, ...]) -> li
 def _structured_guide(
     initial_mask: Tensor, pair_mask: Tensor, batched: bool, start: tuple[Tensor, Tensor]
 ):
-    """A Markov chain over the joint state, sampled factor by factor (chain rule)."""
+    """A Markov chain over the joint state, sampled factor by factor (chain rule); its logits
+    are the parameters ``q_initial`` and ``q_transitions``, started at ``start``."""
 
     def guide(model, observations, actions, **_):
-        num_states = model.num_states
-        init = torch.where(
-            initial_mask,
-            pyro.param("q_initial", start[0]),
-            LOG_ZERO,
-        )  # (N, K)
-        trans = torch.where(
-            pair_mask,
-            pyro.param("q_transitions", start[1]),
-            LOG_ZERO,
-        )  # (N, T-1, K, K)
-        N, T = initial_mask.shape[0], pair_mask.shape[1] + 1
-        strides = [math.prod(num_states[f + 1 :]) for f in range(len(num_states))]
-        rows = torch.arange(N, device=model.device) if batched else torch.tensor(0)
-        plate = pyro.plate("sequences", N, dim=-1) if batched else nullcontext()
-        with plate:
-            previous = None
-            for t in pyro.markov(range(T)):
-                if t == 0:
-                    conditionals = _chain_conditionals(init, num_states)  # (N, S_1..S_f)
-                    lead = (rows,)
-                else:
-                    conditionals = _chain_conditionals(trans[:, t - 1], num_states)
-                    joint_previous = sum(s * k for s, k in zip(previous, strides, strict=True))
-                    lead = (rows, joint_previous)
-                states = []
-                for f, S in enumerate(num_states):
-                    if S == 1:
-                        states.append(torch.zeros((), dtype=torch.int64, device=model.device))
-                        continue
-                    logits = Vindex(conditionals[f])[(*lead, *states, slice(None))]
-                    states.append(
-                        pyro.sample(
-                            state_site(f, t),
-                            dist.Categorical(logits=logits),
-                            infer={"enumerate": "parallel"},
-                        )
-                    )
-                previous = states
+        init = torch.where(initial_mask, pyro.param("q_initial", start[0]), LOG_ZERO)  # (N, K)
+        trans = torch.where(pair_mask, pyro.param("q_transitions", start[1]), LOG_ZERO)
+        sample_chain(model, init, trans, batched)
 
     return guide
+
+
+def sample_chain(model: GenerativeModel, init: Tensor, trans: Tensor, batched: bool) -> None:
+    """The guide's sites ``state_site(f, t)`` of a Markov chain over the joint state, drawn
+    factor by factor from the chain-rule conditionals (each enumerable in parallel): logits
+    init (N, K) of q(s_1) and trans (N, T-1, K, K) ``[.., s_t, s_t+1]`` of q(s_t+1 | s_t)
+    (entries at LOG_ZERO have probability 0). One sequence (``batched`` False) has N = 1 and
+    no plate."""
+    num_states = model.num_states
+    N, T = init.shape[0], trans.shape[1] + 1
+    strides = [math.prod(num_states[f + 1 :]) for f in range(len(num_states))]
+    rows = torch.arange(N, device=model.device) if batched else torch.tensor(0)
+    plate = pyro.plate("sequences", N, dim=-1) if batched else nullcontext()
+    with plate:
+        previous = None
+        for t in pyro.markov(range(T)):
+            if t == 0:
+                conditionals = _chain_conditionals(init, num_states)  # (N, S_1..S_f)
+                lead = (rows,)
+            else:
+                conditionals = _chain_conditionals(trans[:, t - 1], num_states)
+                joint_previous = sum(s * k for s, k in zip(previous, strides, strict=True))
+                lead = (rows, joint_previous)
+            states = []
+            for f, S in enumerate(num_states):
+                if S == 1:
+                    states.append(torch.zeros((), dtype=torch.int64, device=model.device))
+                    continue
+                logits = Vindex(conditionals[f])[(*lead, *states, slice(None))]
+                states.append(
+                    pyro.sample(
+                        state_site(f, t),
+                        dist.Categorical(logits=logits),
+                        infer={"enumerate": "parallel"},
+                    )
+                )
+            previous = states
 
 
 def fit_guide(
@@ -326,7 +328,7 @@ def fit_guide(
     K = math.prod(model.num_states)
     if all(S == 1 for S in model.num_states):  # nothing to infer: q is the one path
         return _certain(model, N, T, result)
-    smoothed, state_support, pair_support = _support(model, inputs, result)
+    smoothed, state_support, pair_support = posterior_support(model, inputs, result)
     marginal_support = [q > 0 for q in factor_marginals(smoothed, 2)]
     batched = N > 1
     starts = None
@@ -478,25 +480,30 @@ def _read_guide(model, method, store, supports, sequences, transitions, log_like
         ]
         value = mean_field_free_energy(marginals, log_likelihood, transitions, model.D)
         return marginals, value
-    K = math.prod(model.num_states)
-    initial = torch.softmax(torch.where(state_support[:, 0], store["q_initial"], LOG_ZERO), -1)
+    init = torch.where(state_support[:, 0], store["q_initial"], LOG_ZERO)
+    trans = torch.where(pair_support, store["q_transitions"], LOG_ZERO) if T > 1 else None
+    return chain_beliefs(model, init, trans, log_likelihood, transitions)
+
+
+def chain_beliefs(model, init, trans, log_likelihood, transitions) -> tuple[list[Tensor], Tensor]:
+    """(marginals F x (N, T, S_f), closed-form F (N,)) of the chain guide whose logits are init
+    (N, K) and trans (N, T-1, K, K) (None for T = 1); log_likelihood (N, T, S_1..S_F) and
+    transitions F x (N, T-1, S_next, S_prev) are the sequences' (``SchemeInputs``)."""
+    N, T, K = init.shape[0], log_likelihood.shape[1], init.shape[-1]
+    initial = torch.softmax(init, -1)
     if T > 1:
-        conditionals = torch.softmax(
-            torch.where(pair_support, store["q_transitions"], LOG_ZERO), -1
-        )
+        conditionals = torch.softmax(trans, -1)
     else:
         conditionals = torch.zeros(N, 0, K, K, dtype=model.dtype, device=model.device)
-    log_initial = joint_log_initial(model.log_D)
     value = chain_free_energy(
         initial,
         conditionals,
         log_likelihood.reshape(N, T, K),
         joint_log_transitions(transitions),
-        log_initial,
+        joint_log_initial(model.log_D),
     )
     joint = chain_joint_marginals(initial, conditionals).reshape(N, T, *model.num_states)
-    marginals = factor_marginals(joint, 2)
-    return marginals, value
+    return factor_marginals(joint, 2), value
 
 
 def _fit_closed_form(model, method, start, supports, sequences, transitions, settings):

@@ -235,7 +235,7 @@ def test_the_closed_form_objective_is_pyros_enumerated_elbo(rng, shape, method):
     a = torch.as_tensor(actions)[None]
     sequences = Sequences(o, a, ())
     result, inputs = run_forward_filter(model, sequences)
-    smoothed, states, pairs = V._support(model, inputs, result)
+    smoothed, states, pairs = V.posterior_support(model, inputs, result)
     marginal = [q > 0 for q in V.factor_marginals(smoothed, 2)]
     supports = (marginal, states, pairs)
     transitions = list(inputs.transitions)

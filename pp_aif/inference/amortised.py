@@ -1,0 +1,385 @@
+"""Amortised state inference: a guide of ``pp_aif.programs.pomdp`` whose parameters a network
+computes from the observations and actions, trained once by SVI on sequences drawn from the
+program (Kingma & Welling 2014; Krishnan et al. 2017, "Structured inference networks for
+nonlinear state space models"; Cremer et al. 2018, "Inference suboptimality in variational
+autoencoders").
+
+Dimension symbols: N sequences, T steps, F factors (S_f states), K = prod_f S_f joint states,
+M modalities (O_m outcomes), U_f controls of factor f.
+
+The family is the structured guide's (``pp_aif.inference.variational``): a Markov chain over the
+joint state, q(s_1) prod_t q(s_t+1 | s_t). Its logits are the model's own terms plus a message
+that the network reads from the rest of the sequence:
+
+    ln q(s_1)          = ln D(s_1)          + ln p(o_1 | s_1)       + m_1(s_1)       + const
+    ln q(s_t+1 | s_t)  = ln p(s_t+1 | s_t, u_t) + ln p(o_t+1 | s_t+1) + m_t+1(s_t+1) + const
+
+where m_t (K values per step) is computed by a GRU run backwards over (o_t+1, u_t), ...,
+(o_T, u_T-1), then a small perceptron. With m_t = ln beta_t, the backward message of
+forward-backward, this is the exact posterior (tested): the family holds it, so the gap between
+this guide's F and -ln p(o) is the amortisation gap alone (the network's error), and the
+per-sequence structured guide is its oracle. As for the per-sequence guides, the chain is kept
+on the exact posterior's support (the boolean result of the exact forward pass that every method
+runs first, which also finds impossible sequences): a network gives finite messages, and a
+chain that puts any mass on a state with no possible future has F = +inf.
+
+Training (``train_amortised_guide``): ``pyro.infer.SVI`` with Adam on fresh batches of sequences
+drawn from the program (``programs.sample_sequences``) under uniformly random actions, the loss
+the free energy F (the negative ELBO) summed over the batch: in closed form (``objective=
+"closed_form"``, ``pp_aif.ops.free_energy``, the default) or Pyro's enumerated
+``TraceEnum_ELBO`` of this guide (``"pyro"``, the specification; equal to 1e-10, tested).
+
+A trained guide belongs to one model: it records the model's shapes and a digest of its A, B
+and D, and refuses another model (``ValueError``). ``save`` and ``load`` keep it in a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import SVI, TraceEnum_ELBO
+from torch import Tensor, nn
+
+from pp_aif.inference.exact import run_forward_filter
+from pp_aif.inference.inputs import Sequences, prepare_sequences
+from pp_aif.inference.variational import (
+    LOG_ZERO,
+    chain_beliefs,
+    posterior_support,
+    sample_chain,
+)
+from pp_aif.ops.free_energy import joint_log_initial, joint_log_transitions
+from pp_aif.programs import pomdp, sample_sequences
+from pp_aif.spec import GenerativeModel
+from pp_aif.validation import check_integer, check_number
+
+__all__ = [
+    "AmortisedGuide",
+    "AmortisedTraining",
+    "amortised_beliefs",
+    "chain_logits",
+    "model_digest",
+    "train_amortised_guide",
+]
+
+_FORMAT = "pp_aif.amortised_guide/1"
+
+
+def model_digest(model: GenerativeModel) -> str:
+    """12 hexadecimal digits of SHA-256 over the model's A, B and D (what the messages of a
+    trained guide depend on)."""
+    digest = hashlib.sha256()
+    for name in ("A", "B", "D"):
+        for array in getattr(model, name):
+            value = array.detach().cpu().numpy()
+            digest.update(f"{name}{value.dtype}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()[:12]
+
+
+def _signature(model: GenerativeModel) -> dict:
+    return {
+        "num_states": list(model.num_states),
+        "num_outcomes": list(model.num_outcomes),
+        "num_controls": list(model.num_controls),
+        "digest": model_digest(model),
+    }
+
+
+def _check_signature(signature: dict, model: GenerativeModel) -> None:
+    if not isinstance(model, GenerativeModel):
+        raise TypeError(f"model: expected a GenerativeModel, got {type(model).__name__}")
+    theirs = _signature(model)
+    for key in ("num_states", "num_outcomes", "num_controls", "digest"):
+        if theirs[key] != signature.get(key):
+            what = "A, B and D (digest)" if key == "digest" else key
+            raise ValueError(
+                f"guide: trained for a model with {what} {signature.get(key)}, not this "
+                f"model's {theirs[key]}; train a guide for this model (train_amortised_guide)"
+            )
+
+
+class AmortisedGuide(nn.Module):
+    """The network of the amortised guide: (observations (N, T, M), actions (N, T-1, F)) ->
+    messages m (N, T, K), the log-weights of each joint state from the rest of the sequence.
+
+    Each step t is coded as the one-hot outcomes o_t and the one-hot controls u_t-1 (zeros at
+    t = 0); a GRU of ``hidden`` units runs backwards over steps T-1..t+1, and a perceptron
+    (``hidden`` tanh units) maps its state after step t+1 to m_t (m_T from the GRU's zero
+    start). The network is in the model's dtype; it is built for ``model`` and checks the model
+    it is used with (``check``).
+    """
+
+    def __init__(self, model: GenerativeModel, hidden: int = 64, seed: int = 0):
+        super().__init__()
+        check_integer("hidden", hidden, minimum=1)
+        check_integer("seed", seed, minimum=0)
+        self.signature = _signature(model)
+        self.hidden = hidden
+        K = math.prod(model.num_states)
+        width = sum(model.num_outcomes) + sum(model.num_controls)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            self.rnn = nn.GRU(width, hidden, batch_first=True, dtype=model.dtype)
+            self.head = nn.Sequential(
+                nn.Linear(hidden, hidden, dtype=model.dtype),
+                nn.Tanh(),
+                nn.Linear(hidden, K, dtype=model.dtype),
+            )
+        finally:
+            torch.random.set_rng_state(generator_state)
+        self.to(model.device)
+
+    def check(self, model: GenerativeModel) -> None:
+        """ValueError unless ``model`` is the model this guide was built (and trained) for."""
+        _check_signature(self.signature, model)
+
+    def _features(self, observations: Tensor, actions: Tensor) -> Tensor:
+        """(N, T, sum O_m + sum U_f): one-hot outcomes of each step and controls into it."""
+        N, T = observations.shape[:2]
+        dtype = self.head[0].weight.dtype
+        parts = [
+            nn.functional.one_hot(observations[..., m], size).to(dtype)
+            for m, size in enumerate(self.signature["num_outcomes"])
+        ]
+        for f, U in enumerate(self.signature["num_controls"]):
+            into = torch.zeros(N, T, U, dtype=dtype, device=observations.device)
+            if T > 1:
+                into[:, 1:] = nn.functional.one_hot(actions[..., f], U).to(dtype)
+            parts.append(into)
+        return torch.cat(parts, -1)
+
+    def forward(self, observations: Tensor, actions: Tensor) -> Tensor:
+        N, T = observations.shape[:2]
+        features = self._features(observations, actions)
+        dtype, device = features.dtype, features.device
+        states = torch.zeros(N, T, self.hidden, dtype=dtype, device=device)  # state after t+1
+        if T > 1:
+            backwards, _ = self.rnn(features[:, 1:].flip(1))  # steps T-1, ..., 1
+            states[:, : T - 1] = backwards.flip(1)
+        return self.head(states)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the guide (its signature, sizes and weights) to ``path``, atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        torch.save(
+            {
+                "format": _FORMAT,
+                "signature": self.signature,
+                "hidden": self.hidden,
+                "dtype": str(self.head[0].weight.dtype),
+                "state": {k: v.cpu() for k, v in self.state_dict().items()},
+            },
+            partial,
+        )
+        partial.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: GenerativeModel) -> AmortisedGuide:
+        """The guide saved at ``path``, for ``model`` (ValueError for another model, or a file
+        that is not a saved guide)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"guide: no file {path}")
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unreadable file is the same error
+            raise ValueError(f"guide: {path} is not a saved amortised guide ({error})") from None
+        if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
+            raise ValueError(f"guide: {path} is not a saved amortised guide ({_FORMAT})")
+        _check_signature(saved["signature"], model)
+        built = cls(model, hidden=saved["hidden"])
+        built.load_state_dict(saved["state"])
+        return built
+
+
+def chain_logits(
+    model: GenerativeModel, inputs, supports, messages: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The chain's logits from messages m (N, T, K): init (N, K) and trans (N, T-1, K, K)
+    ``[.., s_t, s_t+1]``, LOG_ZERO off the posterior's support ``supports`` = (states (N, T,
+    K), pairs (N, T-1, K, K)) (``variational.posterior_support``). ``inputs`` are the
+    sequences' ``SchemeInputs`` (the model's own A, B, D)."""
+    states, pairs = supports
+    N, T, K = messages.shape
+    ahead = inputs.log_likelihood.reshape(N, T, K) + messages  # ln p(o_t | s) + m_t(s)
+    init = joint_log_initial(model.log_D) + ahead[:, 0]
+    init = torch.where(states[:, 0], init, LOG_ZERO)
+    trans = joint_log_transitions(list(inputs.transitions)) + ahead[:, 1:, None, :]
+    trans = torch.where(pairs, trans, LOG_ZERO)
+    return init, trans
+
+
+def _prepared(model, sequences: Sequences):
+    """(inputs, supports) of validated sequences: the exact forward pass (impossible sequences
+    are a DataError) and the posterior's support."""
+    result, inputs = run_forward_filter(model, sequences)
+    with torch.no_grad():
+        _, states, pairs = posterior_support(model, inputs, result)
+    return inputs, (states, pairs)
+
+
+def _free_energy(model, guide: AmortisedGuide, sequences: Sequences, prepared=None):
+    """(marginals F x (N, T, S_f), F (N,)) of the amortised guide on validated sequences."""
+    inputs, supports = prepared if prepared is not None else _prepared(model, sequences)
+    messages = guide(sequences.observations, sequences.actions)
+    init, trans = chain_logits(model, inputs, supports, messages)
+    T = sequences.observations.shape[1]
+    return chain_beliefs(
+        model, init, trans if T > 1 else None, inputs.log_likelihood, list(inputs.transitions)
+    )
+
+
+def amortised_beliefs(model: GenerativeModel, guide: AmortisedGuide, sequences: Sequences):
+    """``infer_states(method="amortised")``: (marginals F x (N, T, S_f), F (N,)), no gradient."""
+    if not isinstance(guide, AmortisedGuide):
+        raise TypeError(
+            "guide: method 'amortised' needs an AmortisedGuide (train_amortised_guide or "
+            f"AmortisedGuide.load), got {type(guide).__name__}"
+        )
+    guide.check(model)
+    with torch.no_grad():
+        return _free_energy(model, guide, sequences)
+
+
+def pyro_guide(guide: AmortisedGuide) -> Callable:
+    """The amortised guide as a Pyro guide of ``pomdp(model, observations, actions)`` (N
+    sequences in a plate): the network registered by ``pyro.module``, the chain's sites drawn
+    factor by factor (enumerable)."""
+
+    def amortised(model, observations, actions, **_):
+        pyro.module("amortised_guide", guide)
+        sequences = prepare_sequences(model, observations, actions)
+        inputs, supports = _prepared(model, sequences)
+        messages = guide(sequences.observations, sequences.actions)
+        init, trans = chain_logits(model, inputs, supports, messages)
+        sample_chain(model, init, trans, batched=True)
+
+    return amortised
+
+
+@dataclass(frozen=True)
+class AmortisedTraining:
+    """How the amortised guide is trained, and its record.
+
+    steps : Adam steps, each on a fresh batch of ``batch_size`` sequences drawn from the program
+    (lengths drawn uniformly from ``min_length``..``max_length``, one length per batch) under
+    uniformly random actions; learning_rate : Adam's; objective : ``"closed_form"`` (F of the
+    chain in closed form, the default) or ``"pyro"`` (``TraceEnum_ELBO``); validation : held-out
+    sequences of ``max_length`` steps whose mean F per step is recorded every ``every`` steps.
+    """
+
+    steps: int = 2000
+    batch_size: int = 64
+    min_length: int = 2
+    max_length: int = 20
+    learning_rate: float = 3e-3
+    hidden: int = 64
+    objective: str = "closed_form"
+    validation: int = 256
+    every: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "min_length", "max_length", "hidden", "every"):
+            check_integer(name, getattr(self, name), minimum=1)
+        check_integer("validation", self.validation, minimum=0)
+        check_integer("seed", self.seed, minimum=0)
+        if self.max_length < self.min_length:
+            raise ValueError(f"max_length: {self.max_length} is below min_length {self.min_length}")
+        check_number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
+        if self.objective not in ("closed_form", "pyro"):
+            raise ValueError(f"objective: {self.objective!r} is not one of ('closed_form', 'pyro')")
+
+
+def random_sequences(model: GenerativeModel, N: int, T: int, generator: torch.Generator):
+    """N sequences of T steps drawn from the program under uniformly random actions: validated
+    ``Sequences`` (the actions from ``generator``, the program's draws from Pyro's seed)."""
+    columns = [
+        torch.randint(U, (N, T - 1), generator=generator).to(model.device)
+        for U in model.num_controls
+    ]
+    actions = torch.stack(columns, -1)
+    observations, _ = sample_sequences(model, actions)
+    return prepare_sequences(model, observations, actions)
+
+
+def train_amortised_guide(
+    model: GenerativeModel,
+    settings: AmortisedTraining | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+    **overrides,
+) -> tuple[AmortisedGuide, dict]:
+    """Train an amortised guide for ``model`` by SVI (see the module docstring).
+
+    settings : AmortisedTraining (keyword overrides of its fields are accepted too); progress :
+    called with a line every ``every`` steps (e.g. ``print``).
+
+    Returns (guide, record): record has ``loss`` (mean F per step of each training batch),
+    ``validation`` (step, mean F per step of the held-out sequences) pairs, ``seconds`` and the
+    settings.
+    """
+    if settings is None:
+        settings = AmortisedTraining(**overrides)
+    elif overrides:
+        settings = AmortisedTraining(**{**asdict(settings), **overrides})
+    if not isinstance(model, GenerativeModel):
+        raise TypeError(f"model: expected a GenerativeModel, got {type(model).__name__}")
+    start = time.perf_counter()
+    guide = AmortisedGuide(model, hidden=settings.hidden, seed=settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    pyro.set_rng_seed(settings.seed)
+    held_out = None
+    if settings.validation:
+        held_out = random_sequences(model, settings.validation, settings.max_length, generator)
+        prepared = _prepared(model, held_out)
+    amortised = pyro_guide(guide)
+    if settings.objective == "pyro":
+        loss = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+    else:
+
+        def loss(_model, _guide, model, observations, actions):
+            pyro.module("amortised_guide", guide)
+            sequences = prepare_sequences(model, observations, actions)
+            return _free_energy(model, guide, sequences)[1].sum()
+
+    record: dict = {"loss": [], "validation": [], "settings": asdict(settings)}
+    with pyro.get_param_store().scope():
+        svi = SVI(pomdp, amortised, pyro.optim.Adam({"lr": settings.learning_rate}), loss)
+        lengths = torch.randint(
+            settings.min_length, settings.max_length + 1, (settings.steps,), generator=generator
+        ).tolist()
+        for step, T in enumerate(lengths, 1):
+            batch = random_sequences(model, settings.batch_size, T, generator)
+            value = svi.step(model, batch.observations, batch.actions)
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"train_amortised_guide: the free energy became {value} at step {step}"
+                )
+            record["loss"].append(value / (settings.batch_size * T))
+            if held_out is not None and (step % settings.every == 0 or step == settings.steps):
+                with torch.no_grad():
+                    F = _free_energy(model, guide, held_out, prepared)[1]
+                per_step = float(F.mean()) / settings.max_length
+                record["validation"].append((step, per_step))
+                if progress is not None:
+                    progress(
+                        f"step {step}/{settings.steps}: F {record['loss'][-1]:.4f} nats/step "
+                        f"(batch), {per_step:.4f} (held out)"
+                    )
+    record["seconds"] = time.perf_counter() - start
+    return guide.eval(), record
