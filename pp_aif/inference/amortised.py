@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyro
@@ -49,14 +50,10 @@ import torch
 from pyro.infer import SVI, TraceEnum_ELBO
 from torch import Tensor, nn
 
-from pp_aif.inference.exact import run_forward_filter
-from pp_aif.inference.inputs import Sequences, prepare_sequences
-from pp_aif.inference.variational import (
-    LOG_ZERO,
-    chain_beliefs,
-    posterior_support,
-    sample_chain,
-)
+from pp_aif.atomic import atomic_write
+from pp_aif.inference.exact import exact_smoothing, run_forward_filter
+from pp_aif.inference.inputs import SchemeInputs, Sequences, prepare_sequences
+from pp_aif.inference.variational import LOG_ZERO, chain_beliefs, sample_chain
 from pp_aif.ops.free_energy import joint_log_initial, joint_log_transitions
 from pp_aif.programs import pomdp, sample_sequences
 from pp_aif.spec import GenerativeModel
@@ -170,22 +167,20 @@ class AmortisedGuide(nn.Module):
         return self.head(states)
 
     def save(self, path: str | Path) -> Path:
-        """Write the guide (its signature, sizes and weights) to ``path``, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        torch.save(
-            {
-                "format": _FORMAT,
-                "signature": self.signature,
-                "hidden": self.hidden,
-                "dtype": str(self.head[0].weight.dtype),
-                "state": {k: v.cpu() for k, v in self.state_dict().items()},
-            },
-            partial,
+        """Write the guide (its model's signature, its size and weights) to ``path``, whole or
+        not at all (``pp_aif.atomic.atomic_write``, checked by reading it back)."""
+        saved = {
+            "format": _FORMAT,
+            "signature": self.signature,
+            "hidden": self.hidden,
+            "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        atomic_write(
+            path,
+            lambda p: torch.save(saved, p),
+            verify=lambda p: torch.load(p, map_location="cpu", weights_only=True),
         )
-        partial.replace(path)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, model: GenerativeModel) -> AmortisedGuide:
@@ -207,36 +202,54 @@ class AmortisedGuide(nn.Module):
 
 
 def chain_logits(
-    model: GenerativeModel, inputs, supports, messages: Tensor
+    model: GenerativeModel, inputs, supports, messages: Tensor, log_transitions=None
 ) -> tuple[Tensor, Tensor]:
     """The chain's logits from messages m (N, T, K): init (N, K) and trans (N, T-1, K, K)
     ``[.., s_t, s_t+1]``, LOG_ZERO off the posterior's support ``supports`` = (states (N, T,
-    K), pairs (N, T-1, K, K)) (``variational.posterior_support``). ``inputs`` are the
-    sequences' ``SchemeInputs`` (the model's own A, B, D)."""
+    K), pairs (N, T-1, K, K)). ``inputs`` are the sequences' ``SchemeInputs`` (the model's own
+    A, B, D); log_transitions, their ``joint_log_transitions``, is computed if not given."""
     states, pairs = supports
     N, T, K = messages.shape
+    if log_transitions is None:
+        log_transitions = joint_log_transitions(list(inputs.transitions))
     ahead = inputs.log_likelihood.reshape(N, T, K) + messages  # ln p(o_t | s) + m_t(s)
     init = joint_log_initial(model.log_D) + ahead[:, 0]
     init = torch.where(states[:, 0], init, LOG_ZERO)
-    trans = joint_log_transitions(list(inputs.transitions)) + ahead[:, 1:, None, :]
-    trans = torch.where(pairs, trans, LOG_ZERO)
+    trans = torch.where(pairs, log_transitions + ahead[:, 1:, None, :], LOG_ZERO)
     return init, trans
 
 
-def _prepared(model, sequences: Sequences):
-    """(inputs, supports) of validated sequences: the exact forward pass (impossible sequences
-    are a DataError) and the posterior's support."""
+class Prepared(NamedTuple):
+    """What the guide needs besides its network, from the exact forward pass: the sequences'
+    ``SchemeInputs``, the posterior's support (states (N, T, K), pairs (N, T-1, K, K)) and the
+    joint log transitions (N, T-1, K, K)."""
+
+    inputs: SchemeInputs
+    supports: tuple[Tensor, Tensor]
+    log_transitions: Tensor
+
+
+def prepare(model: GenerativeModel, sequences: Sequences) -> Prepared:
+    """The exact forward pass (impossible sequences are a DataError) and the posterior's
+    support: a joint state has mass where the smoothed posterior does, and a pair (i, j) of
+    consecutive states where both have mass and p(j | i, u) > 0 (then alpha_t(i) p(j | i)
+    p(o_t+1 | j) beta_t+1(j) > 0; equal to ``variational.posterior_support``'s, tested)."""
     result, inputs = run_forward_filter(model, sequences)
+    N, T = sequences.observations.shape[:2]
     with torch.no_grad():
-        _, states, pairs = posterior_support(model, inputs, result)
-    return inputs, (states, pairs)
+        states = exact_smoothing(inputs, result).reshape(N, T, -1) > 0
+        log_transitions = joint_log_transitions(list(inputs.transitions))
+        pairs = states[:, :-1, :, None] & states[:, 1:, None, :] & torch.isfinite(log_transitions)
+    return Prepared(inputs, (states, pairs), log_transitions)
 
 
 def _free_energy(model, guide: AmortisedGuide, sequences: Sequences, prepared=None):
     """(marginals F x (N, T, S_f), F (N,)) of the amortised guide on validated sequences."""
-    inputs, supports = prepared if prepared is not None else _prepared(model, sequences)
+    inputs, supports, log_transitions = (
+        prepared if prepared is not None else prepare(model, sequences)
+    )
     messages = guide(sequences.observations, sequences.actions)
-    init, trans = chain_logits(model, inputs, supports, messages)
+    init, trans = chain_logits(model, inputs, supports, messages, log_transitions)
     T = sequences.observations.shape[1]
     return chain_beliefs(
         model, init, trans if T > 1 else None, inputs.log_likelihood, list(inputs.transitions)
@@ -263,9 +276,9 @@ def pyro_guide(guide: AmortisedGuide) -> Callable:
     def amortised(model, observations, actions, **_):
         pyro.module("amortised_guide", guide)
         sequences = prepare_sequences(model, observations, actions)
-        inputs, supports = _prepared(model, sequences)
+        inputs, supports, log_transitions = prepare(model, sequences)
         messages = guide(sequences.observations, sequences.actions)
-        init, trans = chain_logits(model, inputs, supports, messages)
+        init, trans = chain_logits(model, inputs, supports, messages, log_transitions)
         sample_chain(model, init, trans, batched=True)
 
     return amortised
@@ -346,7 +359,7 @@ def train_amortised_guide(
     held_out = None
     if settings.validation:
         held_out = random_sequences(model, settings.validation, settings.max_length, generator)
-        prepared = _prepared(model, held_out)
+        prepared = prepare(model, held_out)
     amortised = pyro_guide(guide)
     if settings.objective == "pyro":
         loss = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)

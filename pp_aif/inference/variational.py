@@ -495,15 +495,16 @@ def chain_beliefs(model, init, trans, log_likelihood, transitions) -> tuple[list
         conditionals = torch.softmax(trans, -1)
     else:
         conditionals = torch.zeros(N, 0, K, K, dtype=model.dtype, device=model.device)
+    joint = chain_joint_marginals(initial, conditionals)  # (N, T, K)
     value = chain_free_energy(
         initial,
         conditionals,
         log_likelihood.reshape(N, T, K),
         joint_log_transitions(transitions),
         joint_log_initial(model.log_D),
+        joint,
     )
-    joint = chain_joint_marginals(initial, conditionals).reshape(N, T, *model.num_states)
-    return factor_marginals(joint, 2), value
+    return factor_marginals(joint.reshape(N, T, *model.num_states), 2), value
 
 
 def _fit_closed_form(model, method, start, supports, sequences, transitions, settings):

@@ -98,23 +98,26 @@ def chain_free_energy(
     log_likelihood: Tensor,
     log_transitions: Tensor,
     log_initial: Tensor,
+    marginals: Tensor | None = None,
 ) -> Tensor:
     """F of a Markov chain over the joint state: (N,).
 
     initial_belief : (N, K) q(s_1); conditionals : (N, T-1, K, K) q(s_t+1 | s_t);
     log_likelihood : (N, T, K); log_transitions : (N, T-1, K, K) ``[.., s_t, s_t+1]``;
-    log_initial : (K,) or (N, K) ln p(s_1).
+    log_initial : (K,) or (N, K) ln p(s_1); marginals : (N, T, K), the chain's q(s_t)
+    (``chain_joint_marginals``), computed here if not given. The steps' terms are summed at
+    once, from the pairs q(s_t) q(s_t+1 | s_t).
     """
-    marginal = initial_belief
-    value = expected_log(marginal, _log(marginal) - log_initial - log_likelihood[:, 0], -1)
-    for t in range(conditionals.shape[1]):
-        pairs = marginal[:, :, None] * conditionals[:, t]  # (N, K, K)
-        log_ratio = (
-            _log(conditionals[:, t]) - log_transitions[:, t] - log_likelihood[:, t + 1, None]
-        )
-        value = value + expected_log(pairs, log_ratio, (-2, -1))
-        marginal = pairs.sum(1)
-    return value
+    value = expected_log(
+        initial_belief, _log(initial_belief) - log_initial - log_likelihood[:, 0], -1
+    )
+    if conditionals.shape[1] == 0:
+        return value
+    if marginals is None:
+        marginals = chain_joint_marginals(initial_belief, conditionals)
+    pairs = marginals[:, :-1, :, None] * conditionals  # (N, T-1, K, K)
+    log_ratio = _log(conditionals) - log_transitions - log_likelihood[:, 1:, None, :]
+    return value + expected_log(pairs, log_ratio, (-3, -2, -1))
 
 
 def exact_chain(filtered: Tensor, predicted: Tensor, smoothed: Tensor, log_transitions: Tensor):

@@ -16,14 +16,15 @@ from pp_aif.inference.amortised import (
     AmortisedGuide,
     AmortisedTraining,
     _free_energy,
-    _prepared,
     chain_logits,
+    prepare,
     pyro_guide,
     random_sequences,
     train_amortised_guide,
 )
+from pp_aif.inference.exact import run_forward_filter
 from pp_aif.inference.inputs import prepare_sequences
-from pp_aif.inference.variational import chain_beliefs
+from pp_aif.inference.variational import chain_beliefs, posterior_support
 from pp_aif.ops.hmm import smoothed_log_space
 from pp_aif.programs import pomdp
 from tests.common import assert_close, brute_force, random_arrays, sample_sequence
@@ -64,7 +65,10 @@ def test_exact_messages_give_the_exact_posterior(rng, shape, zero_fraction):
     brute force's (so the gap of a trained guide is its network's alone)."""
     arrays, model, observations, actions = _case(rng, shape, zero_fraction, T=4)
     sequences = prepare_sequences(model, observations, actions)
-    inputs, supports = _prepared(model, sequences)
+    inputs, supports, _ = prepare(model, sequences)
+    # the support from the smoothed marginals is the exact chain's (posterior_support)
+    _, states, pairs = posterior_support(model, *run_forward_filter(model, sequences)[::-1])
+    assert torch.equal(supports[0], states) and torch.equal(supports[1], pairs)
     _, log_backward, _ = smoothed_log_space(
         inputs.log_likelihood, list(inputs.transitions), list(inputs.initial)
     )

@@ -1,0 +1,294 @@
+"""The amortisation gap and the approximation gap of state inference, against T and the states.
+
+After Cremer, Li & Duvenaud 2018, "Inference suboptimality in variational autoencoders". On
+held-out sequences (drawn from each model under uniformly random actions, never seen in
+training), in nats per time step:
+
+- amortisation gap: F of the amortised guide (``infer_states(method="amortised")``, one trained
+  network for all sequences) minus F of the per-sequence structured guide (optimised for each
+  sequence, ``method="structured"``): what amortising costs. Both guides have the same family
+  (a Markov chain over the joint state), which holds the exact posterior;
+- approximation gap: F of the per-sequence guide minus -ln p(o) (exact): what the family costs.
+  About 0 for the structured guide (its family is exact; what is left is the optimiser's); the
+  per-sequence mean-field guide's is reported beside it, a family that is not exact;
+- seconds per sequence of each method, on one batched call over the held-out sequences.
+
+Cases: the two-factor task (``models/two_factor.py``, 6 joint states) at T = 5, 10, 20, 40 (one
+guide, trained on lengths 2..40), and random one-factor models (every entry of A, B, D positive;
+3 outcomes, 2 controls) with S = 2, 4, 8, 16 states at T = 20 (a guide each).
+
+Run: ``python experiments/amortisation_gap.py --out experiments/results`` (JSON and figure
+``amortisation_gap.json`` / ``.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyro  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import pp_aif  # noqa: E402
+from pp_aif.atomic import save_figure, write_json  # noqa: E402
+from pp_aif.errors import ConvergenceWarning  # noqa: E402
+from pp_aif.inference.amortised import (  # noqa: E402
+    AmortisedTraining,
+    random_sequences,
+    train_amortised_guide,
+)
+
+GUIDES = ("structured", "mean_field")
+
+
+@dataclass
+class Config:
+    #: held-out sequences per (model, T)
+    num_sequences: int = 50
+    two_factor_lengths: tuple = (5, 10, 20, 40)
+    random_states: tuple = (2, 4, 8, 16)
+    random_length: int = 20
+    #: training of each amortised guide
+    steps: int = 2000
+    batch_size: int = 64
+    hidden: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+    threads: int = 1
+    out: Path = field(default_factory=lambda: Path("experiments/results"))
+
+
+def random_model(rng: np.random.Generator, states: int) -> pp_aif.GenerativeModel:
+    """One factor of ``states`` states, 2 controls, one modality of 3 outcomes; every entry of
+    A, B and D positive (Dirichlet(1) columns)."""
+
+    def columns(*dims):
+        x = rng.gamma(1.0, size=dims)
+        return x / x.sum(0, keepdims=True)
+
+    return pp_aif.GenerativeModel(
+        [columns(3, states)], [columns(states, states, 2)], D=[columns(states)]
+    )
+
+
+def _timed(function):
+    start = time.perf_counter()
+    value = function()
+    return value, time.perf_counter() - start
+
+
+def evaluate(model, guide, sequences, T: int) -> dict:
+    """The gaps (nats per step, mean and standard error over sequences) and seconds per
+    sequence of the amortised guide, the per-sequence guides and the exact answer."""
+    observations, actions = sequences.observations, sequences.actions
+    N = observations.shape[0]
+    exact, exact_seconds = _timed(lambda: pp_aif.infer_states(model, observations, actions))
+    minus_log_evidence = -exact.log_evidence
+    amortised, amortised_seconds = _timed(
+        lambda: pp_aif.infer_states(model, observations, actions, method="amortised", guide=guide)
+    )
+    row = {
+        "T": T,
+        "sequences": N,
+        "seconds_per_sequence": {
+            "exact": exact_seconds / N,
+            "amortised": amortised_seconds / N,
+        },
+        "converged": {},
+    }
+    free_energies = {"amortised": amortised.free_energy}
+    for method in GUIDES:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            beliefs, seconds = _timed(
+                lambda method=method: pp_aif.infer_states(
+                    model, observations, actions, method=method
+                )
+            )
+        for w in caught:
+            if not issubclass(w.category, ConvergenceWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        row["seconds_per_sequence"][method] = seconds / N
+        row["converged"][method] = bool(beliefs.optimisation.converged)
+        free_energies[method] = beliefs.free_energy
+
+    def per_step(values: torch.Tensor) -> dict:
+        values = values / T
+        return {
+            "mean": float(values.mean()),
+            "stderr": float(values.std() / np.sqrt(len(values))) if len(values) > 1 else 0.0,
+        }
+
+    row["amortisation_gap"] = per_step(free_energies["amortised"] - free_energies["structured"])
+    row["approximation_gap"] = {
+        method: per_step(free_energies[method] - minus_log_evidence) for method in GUIDES
+    }
+    row["amortised_minus_exact"] = per_step(free_energies["amortised"] - minus_log_evidence)
+    row["speed_up_over_structured"] = (
+        row["seconds_per_sequence"]["structured"] / row["seconds_per_sequence"]["amortised"]
+    )
+    return row
+
+
+def _train(model, config: Config, max_length: int, label: str):
+    settings = AmortisedTraining(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        max_length=max_length,
+        hidden=config.hidden,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        validation=min(config.num_sequences, 64),
+        every=max(config.steps // 5, 1),
+    )
+    guide, record = train_amortised_guide(
+        model, settings, progress=lambda line: print(f"  {label}: {line}", flush=True)
+    )
+    return guide, {
+        "seconds": record["seconds"],
+        "final_batch_loss": float(np.mean(record["loss"][-50:])),
+        "validation": record["validation"],
+    }
+
+
+def run(config: Config) -> dict:
+    torch.set_num_threads(config.threads)
+    rng = np.random.default_rng(config.seed)
+    results: dict = {"config": {**asdict(config), "out": str(config.out)}, "cases": {}}
+
+    model = pp_aif.load_task("two_factor").model
+    guide, training = _train(model, config, max(config.two_factor_lengths), "two_factor")
+    rows = []
+    for i, T in enumerate(config.two_factor_lengths):
+        generator = torch.Generator().manual_seed(10_000 + config.seed * 100 + i)
+        pyro.set_rng_seed(10_000 + config.seed * 100 + i)
+        held_out = random_sequences(model, config.num_sequences, T, generator)
+        rows.append(evaluate(model, guide, held_out, T))
+    results["cases"]["two_factor"] = {"states": 6, "training": training, "rows": rows}
+
+    for S in config.random_states:
+        model = random_model(rng, S)
+        label = f"random S={S}"
+        guide, training = _train(model, config, config.random_length, label)
+        generator = torch.Generator().manual_seed(20_000 + config.seed * 100 + S)
+        pyro.set_rng_seed(20_000 + config.seed * 100 + S)
+        held_out = random_sequences(model, config.num_sequences, config.random_length, generator)
+        row = evaluate(model, guide, held_out, config.random_length)
+        results["cases"][label] = {"states": S, "training": training, "rows": [row]}
+
+    write_json(config.out / "amortisation_gap.json", results)
+    plot(results, config.out / "amortisation_gap.png")
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.8), constrained_layout=True)
+    two = results["cases"]["two_factor"]["rows"]
+    randoms = [
+        (case["states"], case["rows"][0])
+        for name, case in results["cases"].items()
+        if name != "two_factor"
+    ]
+    series = (
+        ("amortisation gap (amortised - structured)", lambda r: r["amortisation_gap"], "C0"),
+        (
+            "approximation gap, structured",
+            lambda r: r["approximation_gap"]["structured"],
+            "C1",
+        ),
+        (
+            "approximation gap, mean field",
+            lambda r: r["approximation_gap"]["mean_field"],
+            "C2",
+        ),
+    )
+    for axis, xs, rows, xlabel, title in (
+        (axes[0], [r["T"] for r in two], two, "T (steps)", "two-factor task (6 joint states)"),
+        (
+            axes[1],
+            [s for s, _ in randoms],
+            [r for _, r in randoms],
+            "states S",
+            f"random one-factor models, T = {randoms[0][1]['T'] if randoms else '-'}",
+        ),
+    ):
+        for label, get, colour in series:
+            means = [get(r)["mean"] for r in rows]
+            errors = [get(r)["stderr"] for r in rows]
+            axis.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label, color=colour)
+        axis.axhline(0.05, color="grey", linestyle=":", label="goal for the amortisation gap")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(xs, [str(x) for x in xs])
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("nats per time step")
+        axis.set_title(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower left", ncols=4, fontsize=9)
+    methods = ("exact", "amortised", "structured", "mean_field")
+    ticks = [f"T={r['T']}" for r in two] + [f"S={s}" for s, _ in randoms]
+    rows = two + [r for _, r in randoms]
+    width = 0.2
+    positions = np.arange(len(rows))
+    for i, method in enumerate(methods):
+        axes[2].bar(
+            positions + (i - 1.5) * width,
+            [r["seconds_per_sequence"][method] for r in rows],
+            width,
+            label=method,
+        )
+    axes[2].set_yscale("log")
+    axes[2].set_xticks(positions, ticks, rotation=45, ha="right")
+    axes[2].set_ylabel("seconds per sequence (batched call / N)")
+    axes[2].set_title("time per sequence")
+    axes[2].legend(fontsize=8, ncols=2)
+    save_figure(figure, path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sequences", type=int, default=Config.num_sequences)
+    parser.add_argument("--steps", type=int, default=Config.steps)
+    parser.add_argument("--seed", type=int, default=Config.seed)
+    parser.add_argument("--out", type=Path, default=Config().out)
+    arguments = parser.parse_args(argv)
+    config = Config(
+        num_sequences=arguments.sequences,
+        steps=arguments.steps,
+        seed=arguments.seed,
+        out=arguments.out,
+    )
+    results = run(config)
+    print(
+        f"{'case':14s} {'T':>3s} {'amortisation':>12s} {'approx (str)':>12s} "
+        f"{'approx (mf)':>12s} {'s/seq amort':>11s} {'s/seq struct':>12s} {'speed-up':>9s}"
+    )
+    for case, values in results["cases"].items():
+        for row in values["rows"]:
+            print(
+                f"{case:14s} {row['T']:3d} {row['amortisation_gap']['mean']:12.2e} "
+                f"{row['approximation_gap']['structured']['mean']:12.2e} "
+                f"{row['approximation_gap']['mean_field']['mean']:12.2e} "
+                f"{row['seconds_per_sequence']['amortised']:11.2e} "
+                f"{row['seconds_per_sequence']['structured']:12.2e} "
+                f"{row['speed_up_over_structured']:8.0f}x"
+            )
+    print("(gaps in nats per time step, means over held-out sequences)")
+    print(
+        f"results: {config.out / 'amortisation_gap.json'}, figure: "
+        f"{config.out / 'amortisation_gap.png'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
