@@ -9,6 +9,10 @@ steps (20), on the CPU in both libraries, it measures:
    rollout once, blocked on with ``jax.block_until_ready``.
 2. ``agent_steps_per_second``: steady state, the best of ``repeats`` calls after that first
    (warm) call, divided into the exact number of agent-steps run (``agent_steps``).
+3. The same for pp_aif with compiled steps (library ``"pp_aif compiled"``,
+   ``simulate(compile=True)``, unless ``--no-compiled``): its first result includes
+   ``torch.compile``'s compilation of each step of the trial, and ``same_actions_as_eager``
+   records that its trajectories are the eager run's.
 
 JAX caches traced and compiled functions inside a process, per shape. Every N builds a new agent
 (its batch size is static in pymdp), a new environment and a new ``jax.jit`` function, so the
@@ -95,6 +99,9 @@ class Config:
     repeats: int = 3
     seed: int = 0
     learn_context: bool = False  # pp_aif agents learn pD between trials (pymdp's cannot)
+    #: also run pp_aif with compiled steps (``simulate(compile=True)``; library "pp_aif
+    #: compiled": its first result includes torch.compile's compilation)
+    compiled: bool = True
     out: Path = field(default_factory=lambda: Path("benchmarks/results"))
 
 
@@ -278,16 +285,41 @@ def run(config: Config) -> dict:
                 rewards_per_trial=_pymdp_rewards(info, task),
             )
             results["rows"] += [ours, theirs]
-            results["ratios"].append(
-                {
-                    "agents": n,
-                    "steady_throughput_pp_aif_over_pymdp": ours["agent_steps_per_second"]
-                    / theirs["agent_steps_per_second"],
-                    "first_result_pymdp_over_pp_aif": theirs["first_result_seconds"]
-                    / ours["first_result_seconds"],
-                    **_first_step_differences(record, info),
-                }
-            )
+            ratio = {
+                "agents": n,
+                "steady_throughput_pp_aif_over_pymdp": ours["agent_steps_per_second"]
+                / theirs["agent_steps_per_second"],
+                "first_result_pymdp_over_pp_aif": theirs["first_result_seconds"]
+                / ours["first_result_seconds"],
+                **_first_step_differences(record, info),
+            }
+            if config.compiled:
+
+                def compiled(n=n):
+                    return pp_aif.simulate(task, n, num_trials, config.seed, compile=True)
+
+                start = time.perf_counter()
+                compiled_record = compiled()
+                first = time.perf_counter() - start
+                steady, compiled_record = best_time(compiled, config.repeats)
+                results["rows"].append(
+                    _row(
+                        "pp_aif compiled",
+                        n,
+                        agent_steps,
+                        first,
+                        steady,
+                        dtype=str(task.model.dtype).removeprefix("torch."),
+                        rewards_per_trial=float(compiled_record["reward"].mean()),
+                        same_actions_as_eager=bool(
+                            (compiled_record["action"] == record["action"]).all()
+                        ),
+                    )
+                )
+                ratio["steady_throughput_compiled_over_pymdp"] = (
+                    results["rows"][-1]["agent_steps_per_second"] / theirs["agent_steps_per_second"]
+                )
+            results["ratios"].append(ratio)
         _print_table(results)
         write_results(results, config.out, "bench_pymdp.json")
     finally:
@@ -302,12 +334,12 @@ def _print_table(results: dict) -> None:
         f"({task['steps_per_agent']} steps per agent), CPU, float64"
     )
     print(
-        f"{'library':<8} {'agents':>7} {'agent-steps':>12} {'steady s':>10} "
+        f"{'library':<15} {'agents':>7} {'agent-steps':>12} {'steady s':>10} "
         f"{'agent-steps/s':>14} {'first result s':>15} {'rewards/trial':>14}"
     )
     for row in results["rows"]:
         print(
-            f"{row['library']:<8} {row['agents']:>7} {row['agent_steps']:>12} "
+            f"{row['library']:<15} {row['agents']:>7} {row['agent_steps']:>12} "
             f"{row['steady_seconds']:>10.4f} {row['agent_steps_per_second']:>14,.0f} "
             f"{row['first_result_seconds']:>15.3f} {row['rewards_per_trial']:>14.3f}"
         )
@@ -316,6 +348,11 @@ def _print_table(results: dict) -> None:
             f"{ratio['agents']:>7} agents: steady throughput pp_aif / pymdp "
             f"{ratio['steady_throughput_pp_aif_over_pymdp']:.2f}x, first result pymdp / pp_aif "
             f"{ratio['first_result_pymdp_over_pp_aif']:.1f}x"
+            + (
+                f"; compiled pp_aif / pymdp {ratio['steady_throughput_compiled_over_pymdp']:.2f}x"
+                if "steady_throughput_compiled_over_pymdp" in ratio
+                else ""
+            )
         )
 
 
@@ -331,6 +368,11 @@ def main(argv=None) -> None:
         action="store_true",
         help="pp_aif agents learn their context prior pD between trials (pymdp's cannot)",
     )
+    parser.add_argument(
+        "--no-compiled",
+        action="store_true",
+        help="skip pp_aif with compiled steps (simulate(compile=True))",
+    )
     arguments = parser.parse_args(argv)
     run(
         Config(
@@ -339,6 +381,7 @@ def main(argv=None) -> None:
             repeats=arguments.repeats,
             seed=arguments.seed,
             learn_context=arguments.learn_context,
+            compiled=not arguments.no_compiled,
             out=arguments.out,
         )
     )

@@ -23,7 +23,9 @@ and D are the normalised counts.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields, replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -38,6 +40,7 @@ from pp_aif.ops.dirichlet import (
     transition_counts,
     update_concentrations,
 )
+from pp_aif.ops.efe import policy_prefix_tree
 from pp_aif.ops.hmm import bayes_update, propagate
 from pp_aif.planning import (
     DEFAULT_ACTION_PRECISION,
@@ -427,42 +430,38 @@ def _transitions_of(model: GenerativeModel, B: list[Tensor] | None, action: Tens
     return [b[rows, :, :, action[:, f]] for f, b in enumerate(B)]
 
 
-def step(
-    model: GenerativeModel,
-    settings: AgentSettings,
-    state: AgentState,
-    observation: Tensor,
-    *,
-    num_steps: int,
-    generator: torch.Generator | None = None,
-    action: Tensor | None = None,
-) -> tuple[AgentState, StepResult]:
-    """Observe, infer, plan and act, for N agents at once. Pure: returns a new state.
+class _Decision(NamedTuple):
+    """What ``_decide`` computes from a step's observation (policies onward None at the last
+    step): the deterministic part of ``step``, compiled as a whole by ``compiled=True``."""
 
-    observation : int (N, M), the outcomes at step ``state.time``; num_steps : T of the trial.
-    At the last step (time T-1) no action is chosen. action : int (N, F), optional: replay
-    these actions (e.g. a person's) instead of choosing; the probabilities are still reported.
-    """
+    observations: Tensor | None
+    posterior: Tensor
+    beliefs: list[Tensor]
+    log_evidence: Tensor
+    scores: PolicyScores | None = None
+    value: Tensor | None = None
+    policies: Tensor | None = None
+    log_prior: Tensor | None = None
+    q_pi: Tensor | None = None
+    probabilities: list[Tensor] | None = None
+
+
+def _decide(model, settings, state, observation, num_steps: int) -> _Decision:
+    """Observe, infer and plan: the beliefs, the policies' scores, q(pi) and the action
+    probabilities of ``step``. The checks on data (an impossible observation, a q(pi) that is
+    not finite) run here eagerly, and after the call where it is compiled."""
     A, B = state.likelihood(), state.transitions()
     inference, plan = settings.state_inference, settings.planning
     scheme = SCHEMES[inference.scheme]
     observations = _append(state.observations, observation) if scheme.history else None
     inputs = _trial_so_far(model, state, A, B, observation, observations, state.actions)
     posterior, log_evidence = bayes_update(state.prior, inputs.log_likelihood[:, -1])
-    if not torch.isfinite(log_evidence).all():
-        agent = int((~torch.isfinite(log_evidence)).nonzero()[0])
-        raise DataError(
-            f"observation: agent {agent}, time step {state.time}: outcomes "
-            f"{observation[agent].tolist()} have probability 0 under the agent's model"
-        )
+    eager = not torch.compiler.is_compiling()
+    if eager:
+        _check_evidence(log_evidence, observation, state.time)
     posterior, beliefs = scheme.online(inputs, inference.scheme_settings(), state.prior, posterior)
     if state.time >= num_steps - 1:
-        result = StepResult(beliefs, log_evidence, None, None, None, None)
-        return (
-            replace(state, time=state.time + 1, prior=posterior, observations=observations),
-            result,
-        )
-
+        return _Decision(observations, posterior, beliefs, log_evidence)
     policies, log_prior = policies_at(model, plan, state.time, num_steps)
     if plan.planner == "sophisticated":
         depth = planning_depth(model, plan, state.time, num_steps)
@@ -493,23 +492,114 @@ def step(
     # q(pi) = softmax(ln E - gamma * score), as planning.policy_posterior; gamma fixed:
     # AgentSettings refuses infer_precision=True
     q_pi = torch.softmax(log_prior - plan.policy_precision * value, -1)
-    if not torch.isfinite(q_pi).all():
+    if eager and not torch.isfinite(q_pi).all():
         _raise_not_finite(q_pi, scores, state.time)
     probabilities = action_probabilities(
         action_marginals(q_pi, policies, model.num_controls), plan.action_precision
     )
+    return _Decision(
+        observations, posterior, beliefs, log_evidence, scores, value, policies, log_prior, q_pi,
+        probabilities,
+    )  # fmt: skip
+
+
+def _check_evidence(log_evidence: Tensor, observation: Tensor, time: int) -> None:
+    if not torch.isfinite(log_evidence).all():
+        agent = int((~torch.isfinite(log_evidence)).nonzero()[0])
+        raise DataError(
+            f"observation: agent {agent}, time step {time}: outcomes "
+            f"{observation[agent].tolist()} have probability 0 under the agent's model"
+        )
+
+
+#: what ``compiled=True`` may compile: planning and inference without data-dependent control
+#: flow (the sophisticated search, the iterative schemes and sampled EFE have it)
+COMPILABLE = {"planner": ("open_loop",), "inference": ("exact",), "efe_method": ("exact",)}
+
+_COMPILED: list = []  # torch.compile(_decide), made on first use
+
+
+def check_compilable(settings: AgentSettings) -> None:
+    """ValueError naming the first setting that ``step(compiled=True)`` cannot compile."""
+    for name, allowed in COMPILABLE.items():
+        value = getattr(settings, name)
+        if value not in allowed:
+            raise ValueError(
+                f"compile: the compiled agent step takes {name} in {allowed}, not {value!r} "
+                "(its control flow depends on the data); run it eagerly (compile=False)"
+            )
+
+
+def _compiled_decide():
+    if not _COMPILED:
+        import torch._dynamo
+
+        # one graph per (model, number of agents, time step): more than dynamo's default 8
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        _COMPILED.append(torch.compile(_decide, dynamic=False, fullgraph=True))
+    return _COMPILED[0]
+
+
+def step(
+    model: GenerativeModel,
+    settings: AgentSettings,
+    state: AgentState,
+    observation: Tensor,
+    *,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+    action: Tensor | None = None,
+    compiled: bool = False,
+) -> tuple[AgentState, StepResult]:
+    """Observe, infer, plan and act, for N agents at once. Pure: returns a new state.
+
+    observation : int (N, M), the outcomes at step ``state.time``; num_steps : T of the trial.
+    At the last step (time T-1) no action is chosen. action : int (N, F), optional: replay
+    these actions (e.g. a person's) instead of choosing; the probabilities are still reported.
+    compiled : run observing, inference and planning as one ``torch.compile``d graph (the
+    actions are drawn eagerly from the same generator, so a seed gives the same trajectories;
+    tested). The first call for each model, number of agents and time step compiles (seconds
+    to a minute); settings it cannot compile are a ValueError (``check_compilable``).
+    """
+    if compiled:
+        check_compilable(settings)
+        if state.time < num_steps - 1:  # the policies' prefix tree is built eagerly (Python
+            # over their rows) and then found by identity inside the graph
+            policy_prefix_tree(policies_at(model, settings.planning, state.time, num_steps)[0])
+        with warnings.catch_warnings():  # torch's own, while inductor compiles (torch 2.13)
+            warnings.filterwarnings(
+                "ignore", message=r"`torch\.jit\.script_method` is deprecated",
+                category=DeprecationWarning,
+            )  # fmt: skip
+            decision = _compiled_decide()(model, settings, state, observation, num_steps)
+        _check_evidence(decision.log_evidence, observation, state.time)
+        if decision.q_pi is not None and not torch.isfinite(decision.q_pi).all():
+            _raise_not_finite(decision.q_pi, decision.scores, state.time)
+    else:
+        decision = _decide(model, settings, state, observation, num_steps)
+    observations, posterior, beliefs, log_evidence = decision[:4]
+    scheme = SCHEMES[settings.state_inference.scheme]
+    if decision.q_pi is None:  # the last step: no action
+        result = StepResult(beliefs, log_evidence, None, None, None, None)
+        return (
+            replace(state, time=state.time + 1, prior=posterior, observations=observations),
+            result,
+        )
+    plan = settings.planning
+    policies, probabilities = decision.policies, decision.probabilities
     log_probabilities = None
     if action is None:
         action = select_actions(probabilities, sample=plan.sample_actions, generator=generator)
     else:  # a replay: the likelihood of the action given, in log space
-        log_q = log_policy_posterior(value, log_prior, plan.policy_precision)
+        log_q = log_policy_posterior(decision.value, decision.log_prior, plan.policy_precision)
         log_probabilities = log_action_probabilities(
             log_q, policies[:, 0], model.num_controls, plan.action_precision
         )
-    next_prior = propagate(posterior, _transitions_of(model, B, action))
+    next_prior = propagate(posterior, _transitions_of(model, state.transitions(), action))
     result = StepResult(
-        beliefs, log_evidence, scores, q_pi, probabilities, action, log_probabilities
-    )
+        beliefs, log_evidence, decision.scores, decision.q_pi, probabilities, action,
+        log_probabilities,
+    )  # fmt: skip
     actions = _append(state.actions, action) if scheme.history else None
     return (
         replace(

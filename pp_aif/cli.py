@@ -349,6 +349,7 @@ def simulate_command(
     device: str | None = None,
     planning: str | None = None,
     inductive: float | None = None,
+    compile: bool = False,  # noqa: A002 - simulate's option
 ) -> int:
     """Simulate, narrate or summarise, write the record and the figure: into ``out``
     (replacing an earlier run's files there, and saying so), or, where ``out`` is None, into a
@@ -374,14 +375,16 @@ def simulate_command(
         + ("" if inference == "exact" else f", state inference by {inference}")
         + ("" if settings.planner == "open_loop" else f", {settings.planner} planning")
         + _inductive_note(settings)
+        + (", compiled steps (the first trials compile)" if compile else "")
     )
     start = time.perf_counter()
     with tqdm(
         total=trials, desc="trials", disable=trials * agents < 20_000 or None, leave=False
     ) as bar:
         dataset = simulate(
-            task, agents, trials, seed, settings=settings, progress=bar.update, device=device
-        )
+            task, agents, trials, seed, settings=settings, progress=bar.update, device=device,
+            compile=compile,
+        )  # fmt: skip
     seconds = time.perf_counter() - start
     if agents == 1:
         _narrate(dataset, task)
@@ -916,6 +919,13 @@ def main(argv: list[str] | None = None) -> int:
         "move that brings them no nearer costs ln(1/EPSILON) nats; e.g. 1e-3 (default: off)",
     )
     simulate_parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile each step's inference and planning (torch.compile): the same trajectories; "
+        "the first trials spend seconds to a minute compiling, so only long runs gain, and only "
+        "at small batches (docs/benchmarks.md); exact inference, open-loop planning",
+    )
+    simulate_parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -1028,6 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.device,
                 arguments.planning,
                 arguments.inductive,
+                arguments.compile,
             )
         if arguments.command == "compare":
             return compare_command(

@@ -44,12 +44,19 @@ import pyro
 import torch
 import xarray as xr
 
-from pp_aif.agent import AgentSettings, initial_state, learn_between_trials, policies_at, step
+from pp_aif.agent import (
+    AgentSettings,
+    check_compilable,
+    initial_state,
+    learn_between_trials,
+    policies_at,
+    step,
+)
 from pp_aif.envs import Environment, GenerativeProcess, accepts_trial, check_same_sizes
 from pp_aif.planning.policies import Lesions
 from pp_aif.spec import NORMALISATION_TOLERANCE, GenerativeModel
 from pp_aif.task import Labels, Task
-from pp_aif.validation import check_integer
+from pp_aif.validation import check_flag, check_integer
 
 __all__ = [
     "simulate",
@@ -223,6 +230,7 @@ def simulate(
     A: list | None = None,
     device=None,
     reward: tuple[int, int] | None = None,
+    compile: bool = False,  # noqa: A002 - the option's name in torch and on the command line
 ) -> xr.Dataset:
     """Run ``num_agents`` agents for ``num_trials`` trials of the task; returns the record.
 
@@ -252,6 +260,12 @@ def simulate(
     reward : (modality, outcome), optional
         The outcome counted as a reward in the record's ``reward`` (default: the task's; a
         tuple (model, environment, settings) has none unless given here).
+    compile : run each agent step's inference and planning as one compiled graph
+        (``agent.step(compiled=True)``, ``torch.compile``): the same trajectories for the same
+        seed, faster for long runs once compiled; the first trials pay the compilation (tens
+        of seconds per step of the trial). Off by default, so nothing compiles on the way to a
+        first result. For the exact scheme and open-loop planning with exact EFE (others are
+        a ValueError).
 
     The environment and the actions draw from a generator seeded with ``seed``; with sampled
     expected free energy, Pyro's global generator is seeded with it too.
@@ -277,6 +291,9 @@ def simulate(
     if reward is not None:
         task = dataclasses.replace(task, reward=reward)  # checked there
     settings = settings or task.settings or AgentSettings()
+    check_flag("compile", compile)
+    if compile:
+        check_compilable(settings)  # before anything runs
     model = task.model
     T, N, K = num_steps or task.trial_length, num_agents, num_trials
     if task.step_policies is not None and T != task.trial_length:
@@ -311,8 +328,9 @@ def simulate(
             observations[:, k, t] = observation.cpu().numpy()
             true_states[:, k, t] = _checked_states(env.states, model, N, where)
             state, result = step(
-                model, settings, state, observation, num_steps=T, generator=generator
-            )
+                model, settings, state, observation, num_steps=T, generator=generator,
+                compiled=compile,
+            )  # fmt: skip
             for f, q in enumerate(result.beliefs):
                 beliefs[f][:, k, t] = q.detach().cpu().numpy()
             log_evidence[:, k, t] = result.log_evidence.detach().cpu().numpy()

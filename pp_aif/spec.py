@@ -34,7 +34,6 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -42,10 +41,33 @@ from torch import Tensor
 
 from pp_aif.errors import ModelError
 
-__all__ = ["GenerativeModel", "NORMALISATION_TOLERANCE", "construct_policies"]
+__all__ = ["GenerativeModel", "NORMALISATION_TOLERANCE", "construct_policies", "computed_once"]
 
 #: Largest absolute deviation from 1 allowed for a column of A or B, for D and for E.
 NORMALISATION_TOLERANCE = 1e-6
+
+
+class computed_once:  # noqa: N801 - a decorator, named like ``functools.cached_property``
+    """``functools.cached_property`` without its lock: the value is computed on first access
+    and kept in the instance's ``__dict__``. Python 3.11's ``cached_property`` takes an
+    ``RLock``, which ``torch.compile`` cannot trace (a graph break on every access of, e.g.,
+    ``model.log_A`` inside a compiled agent step); 3.12 dropped the lock for the same
+    semantics as here (two threads may both compute the value; both get an equal one)."""
+
+    def __init__(self, function):
+        self.function = function
+        self.name = function.__name__
+        self.__doc__ = function.__doc__
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = self.function(instance)
+        instance.__dict__[self.name] = value
+        return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,27 +652,27 @@ class GenerativeModel:
         return self.A[0].device
 
     # ---- derived layouts, computed once
-    @cached_property
+    @computed_once
     def log_A(self) -> tuple[Tensor, ...]:
         """ln A[m], (O_m, S_1, ..., S_F); structural zeros are -inf."""
         return tuple(torch.log(a) for a in self.A)
 
-    @cached_property
+    @computed_once
     def log_D(self) -> tuple[Tensor, ...]:
         """ln D[f], (S_f,); structural zeros are -inf."""
         return tuple(torch.log(d) for d in self.D)
 
-    @cached_property
+    @computed_once
     def transition_by_action(self) -> tuple[Tensor, ...]:
         """B[f] as (U_f, S_next, S_prev), so that ``transition_by_action[f][u]`` is a matrix."""
         return tuple(b.permute(2, 0, 1).contiguous() for b in self.B)
 
-    @cached_property
+    @computed_once
     def log_likelihood_last(self) -> tuple[Tensor, ...]:
         """ln A[m] with the outcome axis last, (S_1, ..., S_F, O_m): Pyro's layout."""
         return tuple(a.movedim(0, -1).contiguous() for a in self.log_A)
 
-    @cached_property
+    @computed_once
     def log_transition_last(self) -> tuple[Tensor, ...]:
         """ln B[f] as (U_f, S_prev, S_next): Pyro's layout, next state last."""
         return tuple(torch.log(b).permute(2, 1, 0).contiguous() for b in self.B)

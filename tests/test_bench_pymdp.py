@@ -16,7 +16,7 @@ def test_pymdp_benchmark_smoke(tmp_path):
     results = run(Config(agents=(1, 2), steps=3, repeats=1, out=tmp_path))
     written = json.loads((tmp_path / "bench_pymdp.json").read_text())
     assert written["rows"] == results["rows"]
-    for library in ("pp_aif", "pymdp"):
+    for library in ("pp_aif", "pymdp", "pp_aif compiled"):
         rows = [row for row in written["rows"] if row["library"] == library]
         assert [row["agents"] for row in rows] == [1, 2]
         for row in rows:
@@ -27,3 +27,6 @@ def test_pymdp_benchmark_smoke(tmp_path):
     # the same problem: the same q(pi) at the first step of a trial
     assert all(r["first_step_q_pi_max_abs_difference"] < 1e-10 for r in written["ratios"])
     assert written["machine"]["torch_threads"] == 1
+    compiled = [row for row in written["rows"] if row["library"] == "pp_aif compiled"]
+    assert all(row["same_actions_as_eager"] for row in compiled)
+    assert all(r["steady_throughput_compiled_over_pymdp"] > 0 for r in written["ratios"])

@@ -192,3 +192,42 @@ def test_the_worlds_outputs_and_the_tuples_parts_are_checked():
         ValueError, match=r"task\[1\]: num_states \(4,\) differ from the agent model's \(4, 2\)"
     ):
         simulate((task.model, bandit, AgentSettings()))
+
+
+@pytest.mark.integration
+def test_compiled_steps_give_the_same_trajectories():
+    """``compile=True`` (one ``torch.compile``d graph per step's inference and planning; the
+    draws stay eager) gives the eager run's record: the same actions and outcomes from the
+    same seed, and the same beliefs, q(pi) and G to 1e-12. With pD learning between trials
+    (the T-maze's), so each trial's agents start from their own D."""
+    from torch._dynamo.utils import counters
+
+    task = load_task("tmaze")
+    eager = simulate(task, 3, 3, seed=4)
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = simulate(task, 3, 3, seed=4, compile=True)
+    assert counters["stats"]["unique_graphs"] > graphs  # it did compile
+    for name in ("action", "observation", "true_state"):
+        assert np.array_equal(eager[name].values, compiled[name].values), name
+    for name in ("belief_location", "belief_context", "log_evidence", "policy_posterior", "G"):
+        ours, theirs = compiled[name].values, eager[name].values
+        recorded = ~np.isnan(theirs)  # (the steps without a decision are NaN in both)
+        assert np.array_equal(recorded, ~np.isnan(ours)), name
+        assert_close(
+            ours[recorded], theirs[recorded], atol=1e-12,
+            reason="a compiled graph sums in its own order",
+        )  # fmt: skip
+
+
+def test_compile_refuses_what_it_cannot_compile():
+    task = load_task("tmaze")
+    for change, name in (
+        ({"planner": "sophisticated"}, "planner"),
+        ({"inference": "fpi"}, "inference"),
+        ({"efe_method": "sampled", "num_samples": 8}, "efe_method"),
+    ):
+        settings = dataclasses.replace(task.settings, **change)
+        with pytest.raises(ValueError, match=f"compile: the compiled agent step takes {name}"):
+            simulate(task, 2, 1, settings=settings, compile=True)
+    with pytest.raises(ValueError, match="compile: must be True or False"):
+        simulate(task, 2, 1, compile="yes")

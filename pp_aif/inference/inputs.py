@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch import Tensor
 from pp_aif.errors import DataError
 from pp_aif.ops.hmm import select_transitions
 from pp_aif.ops.numerics import safe_log
-from pp_aif.spec import GenerativeModel
+from pp_aif.spec import GenerativeModel, computed_once
 
 __all__ = ["Sequences", "prepare_sequences", "format_sequence", "SchemeInputs", "scheme_inputs"]
 
@@ -161,7 +160,7 @@ class SchemeInputs:
     initial: tuple[Tensor, ...]
     own: bool = False
 
-    @cached_property
+    @computed_once
     def log_likelihood(self) -> Tensor:
         """ln p(o_t | s) over every modality: (N, T, S_1..S_F), exact."""
         total = self.log_likelihoods[0]
@@ -169,7 +168,7 @@ class SchemeInputs:
             total = total + term
         return total
 
-    @cached_property
+    @computed_once
     def clipped_log_likelihood(self) -> Tensor:
         """sum_m ln max(A_m[o_m], eps), eps the dtype's machine epsilon: pymdp's floor, taken
         per modality (fpi, vmp)."""

@@ -88,7 +88,7 @@ class _Level(NamedTuple):
     inverse: Tensor | None
 
 
-_TREES: dict[tuple, list[tuple[Tensor, list[_Level]]]] = {}
+_TREES: dict[tuple, list[tuple[Tensor, Tensor, int, list[_Level]]]] = {}
 
 
 def policy_prefix_tree(policies: Tensor) -> list[_Level]:
@@ -100,8 +100,15 @@ def policy_prefix_tree(policies: Tensor) -> list[_Level]:
     appearance, so the last level is the policies themselves when they are distinct.
     """
     key = (tuple(policies.shape), str(policies.device))
-    for known, levels in _TREES.get(key, []):
-        if torch.equal(known, policies):
+    known_trees = _TREES.get(key, [])
+    compiling = torch.compiler.is_compiling()  # (which cannot read a tensor's version)
+    for _, original, version, levels in known_trees:  # the same tensor, unchanged: no
+        if original is policies and (compiling or version == policies._version):  # comparison
+            return levels
+    for known, _, _, levels in known_trees:
+        if torch.equal(known, policies):  # an equal tensor: this one is remembered too
+            known_trees.append((known, policies, policies._version, levels))
+            del known_trees[:-8]
             return levels
     P, H, F = policies.shape
     rows = policies.reshape(P, -1).tolist()
@@ -128,7 +135,7 @@ def policy_prefix_tree(policies: Tensor) -> list[_Level]:
             )
         )
     cached = _TREES.setdefault(key, [])
-    cached.append((policies.clone(), levels))
+    cached.append((policies.clone(), policies, policies._version, levels))
     del cached[:-8]  # a few policy sets per shape (policies cut to the steps left, lesions)
     return levels
 
@@ -146,8 +153,10 @@ def _likelihood_quantities(A: Sequence[Tensor], num_factors: int) -> tuple[Tenso
     call and is computed afresh, as is any A that requires a gradient (no graph is reused).
     """
     A = list(A)
-    cacheable = all(a.dim() == num_factors + 1 and not a.requires_grad for a in A)
-    versions = tuple(a._version for a in A)
+    cacheable = not torch.compiler.is_compiling() and all(
+        a.dim() == num_factors + 1 and not a.requires_grad for a in A
+    )
+    versions = tuple(a._version for a in A) if cacheable else ()
     if cacheable:
         for known, known_versions, joint, entropy_ in _LIKELIHOODS:
             if (
@@ -213,7 +222,7 @@ def _joint_likelihood(A: Sequence[Tensor], num_factors: int) -> Tensor:
     equation = ",".join(f"Y{o}{states}" for o in outcomes) + f"->Y{outcomes}{states}"
     joint = torch.einsum(equation, *A) if M > 1 else A[0]
     batch = joint.shape[0]
-    return joint.reshape(batch, math.prod(a.shape[1] for a in A), -1)
+    return joint.reshape(batch, math.prod([a.shape[1] for a in A]), -1)
 
 
 def xlogy_weighted(probabilities: Tensor, log_values: Tensor) -> Tensor:
@@ -278,7 +287,13 @@ def expected_free_energy_terms(
         ).flatten()
         for tau in range(H)
     ]
-    finite_preferences = [bool(torch.isfinite(p).all()) for p in joint_preferences]
+    # compiled (``torch.compile`` of the agent's step), always the form that is safe for -inf:
+    # the same value, without a data-dependent branch
+    finite_preferences = (
+        [False] * H
+        if torch.compiler.is_compiling()
+        else [bool(torch.isfinite(p).all()) for p in joint_preferences]
+    )
     novelty_weights_A = (
         None if pA is None else [wnorm(p.movedim(1, 0)).movedim(0, 1) * (p > 0) for p in pA]
     )

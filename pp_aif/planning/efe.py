@@ -116,8 +116,8 @@ def _distinct_beliefs(
     equal beliefs share a score (keys that collide fall back to scoring every belief).
     """
     N = states[0].shape[0]
-    if N < 2 or any(q.requires_grad for q in states):
-        return None
+    if N < 2 or any(q.requires_grad for q in states) or torch.compiler.is_compiling():
+        return None  # (compiled: the number of groups is data, not a static shape)
     rows = torch.cat(states, -1)  # (N, sum S_f)
     if weights is None:  # odd multipliers, wrapping around in int64
         weights = torch.arange(rows.shape[-1], device=rows.device) * 0x9E3779B97F4A7C + 0x3C6EF373
