@@ -87,6 +87,7 @@ import torch
 from pp_aif.tasks.tmaze import without_learning
 
 import pp_aif
+import pp_aif.simulation  # noqa: F401 - ``pp_aif`` imports its modules on first use: before any clock
 from benchmarks.common import best_time, machine, write_results
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"

@@ -235,3 +235,54 @@ def test_amortisation_gap_smoke(tmp_path):
                 "exact", "amortised", "structured", "mean_field"
             }  # fmt: skip
     assert (tmp_path / "amortisation_gap.png").stat().st_size > 10_000
+
+
+def test_calibration_band_and_ranks():
+    """The simultaneous band holds about 95% of uniform rank samples (its oracle: fresh
+    simulations, another seed), the ranks of a true value among draws of its own posterior are
+    uniform, and ranks of a biased posterior are not."""
+    from experiments.calibration import ecdf_band, ecdf_difference, ranks, uniformity_p_value
+
+    N, L = 200, 99
+    _, lower, upper = ecdf_band(N, L, 2000, seed=0)
+    rng = np.random.default_rng(1)
+    inside = [
+        bool(
+            np.all(
+                (ecdf_difference(s, L) >= lower - 1e-12) & (ecdf_difference(s, L) <= upper + 1e-12)
+            )
+        )
+        for s in rng.integers(0, L + 1, size=(1000, N))
+    ]
+    rate = float(np.mean(inside))
+    assert abs(rate - 0.95) < 4 * np.sqrt(0.05 * 0.95 / 1000), rate  # within 4 standard errors
+    # calibrated: truth and draws from the same distribution; biased: draws shifted
+    truth = rng.normal(size=N)
+    calibrated = ranks(truth, rng.normal(size=(400, N)), L)
+    shifted = ranks(truth, rng.normal(1.0, 1.0, size=(400, N)), L)  # one sd off
+    assert 0 <= calibrated.min() and calibrated.max() <= L
+    assert uniformity_p_value(calibrated, L, 10) > 0.001
+    assert uniformity_p_value(shifted, L, 10) < 1e-6
+
+
+@pytest.mark.integration
+def test_calibration_smoke(tmp_path):
+    from experiments.calibration import Config as CalibrationConfig
+    from experiments.calibration import run as run_calibration
+
+    config = CalibrationConfig(
+        num_subjects=4, trials={"tmaze": 3, "bandit": 4}, rank_draws=9, bins=5, chains=1,
+        warmup=10, draws=10, svi_steps=20, subjects_per_job=2, scheduler="inline",
+        band_simulations=100, out=tmp_path,
+    )  # fmt: skip
+    results = run_calibration(config)
+    written = json.loads((tmp_path / "calibration.json").read_text())
+    assert written["tasks"].keys() == results["tasks"].keys() == {"tmaze", "bandit"}
+    for task in written["tasks"].values():
+        assert set(task["methods"]) == {"nuts", "grid", "svi"}
+        for row in task["methods"].values():
+            for values in row["parameters"].values():
+                assert len(values["ranks"]) == 4 and all(0 <= r <= 9 for r in values["ranks"])
+                assert 0 <= values["uniformity_p"] <= 1
+                assert set(values["coverage"]) == {"0.5", "0.8", "0.9"}
+    assert (tmp_path / "calibration.png").stat().st_size > 10_000

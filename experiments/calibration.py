@@ -1,0 +1,306 @@
+"""Simulation-based calibration of the fitting methods (Talts et al. 2018, "Validating Bayesian
+inference algorithms with simulation-based calibration"; Säilynoja, Bürkner & Vehtari 2022,
+"Graphical test for discrete uniformity and its applications in goodness-of-fit evaluation and
+multiple sample comparison").
+
+For each of ``num_subjects`` simulated subjects, the parameters theta_i are drawn from the fit's
+priors, the subject's choices are simulated by the batched agent with theta_i
+(``fitting.simulate_subjects``), and the subject is fitted by each method. If the method's
+posterior is the Bayesian posterior, the rank of theta_i among L draws of its posterior is
+uniform on 0..L, for every parameter. Reported per task, method and parameter:
+
+- the ranks (L = ``rank_draws`` draws, evenly spaced over the chains, so that NUTS's draws are
+  nearly independent);
+- a chi-square test of their uniformity over ``bins`` bins (p > 0.01: no evidence against);
+- the ECDF of the fractional ranks minus the uniform CDF, with its simultaneous 95% band
+  (Säilynoja et al.: pointwise binomial intervals at a level chosen by simulation so that a
+  uniform sample leaves the band anywhere with probability 0.05), in the figure;
+- the coverage of the central 50%, 80% and 90% posterior intervals (from all the draws);
+- the wall time of each method.
+
+Tasks: the T-maze, whose agent learns its context prior pD between trials (``tmaze``), and the
+3-armed bandit, whose agent learns its reward probabilities pA (``bandit``); parameters alpha
+(action precision) and learning_rate, so that every method, the grid's quadrature too, fits
+them. Methods: ``nuts`` (groups of ``subjects_per_job`` subjects as Dask jobs, resumable from
+``<out>/calibration.jobs/``), ``grid`` (the posterior by quadrature) and ``svi`` (a mean-field
+normal guide on the link scale).
+
+Run: ``python experiments/calibration.py --out experiments/results`` (JSON
+``calibration.json``, figure ``calibration.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import pp_aif  # noqa: E402
+from pp_aif.atomic import save_figure, write_json  # noqa: E402
+from pp_aif.data import BehaviourData, long_format  # noqa: E402
+from pp_aif.fitting import fit, prior_draws  # noqa: E402
+from pp_aif.fitting.fanout import fit_subjects  # noqa: E402
+from pp_aif.fitting.predictive import simulate_subjects  # noqa: E402
+
+METHODS = ("nuts", "grid", "svi")
+LEVELS = (0.5, 0.8, 0.9)
+
+
+@dataclass
+class Config:
+    tasks: tuple[str, ...] = ("tmaze", "bandit")
+    methods: tuple[str, ...] = METHODS
+    params: tuple[str, ...] = ("alpha", "learning_rate")
+    num_subjects: int = 200
+    #: trials per subject: the T-maze's have 2 choices each, the bandit's 1
+    trials: dict = field(default_factory=lambda: {"tmaze": 30, "bandit": 60})
+    rank_draws: int = 99
+    bins: int = 10
+    chains: int = 2
+    warmup: int = 300
+    draws: int = 300
+    svi_steps: int = 2000
+    #: the grid's points per axis (81 by default in ``fit``; 51 here: 2601 likelihood
+    #: evaluations a subject, spaced 0.3 Laplace standard deviations apart)
+    grid_points: int = 51
+    subjects_per_job: int = 25
+    scheduler: str | None = None
+    workers: int | None = None
+    band_simulations: int = 2000
+    seed: int = 0
+    threads: int = 1
+    out: Path = field(default_factory=lambda: Path("experiments/results"))
+
+
+def ranks(truth: np.ndarray, draws: np.ndarray, L: int) -> np.ndarray:
+    """The rank of each subject's true value among L of its draws (evenly spaced over the
+    draws (S, N), S >= L): (N,) integers in 0..L."""
+    index = np.linspace(0, draws.shape[0] - 1, L).round().astype(int)
+    return (draws[index] < truth[None, :]).sum(0)
+
+
+def uniformity_p_value(values: np.ndarray, L: int, bins: int) -> float:
+    """Chi-square test of ranks 0..L against the discrete uniform, over ``bins`` bins of
+    (nearly) equal probability."""
+    edges = np.linspace(0, L + 1, bins + 1).round().astype(int)  # bins of whole ranks
+    counts = np.array([((values >= a) & (values < b)).sum() for a, b in pairwise(edges)])
+    expected = len(values) * np.diff(edges) / (L + 1)
+    return float(stats.chisquare(counts, expected).pvalue)
+
+
+def coverage(truth: np.ndarray, draws: np.ndarray) -> dict:
+    """Fraction of subjects whose true value lies in the central interval of each level."""
+    result = {}
+    for level in LEVELS:
+        low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        result[f"{level:g}"] = float(((truth >= low) & (truth <= high)).mean())
+    return result
+
+
+def ecdf_band(N: int, L: int, simulations: int, seed: int, alpha: float = 0.05):
+    """(z (K,), lower (K,), upper (K,)): the simultaneous (1 - alpha) band of ECDF(z) - z for
+    N fractional ranks (r + 1) / (L + 2) of a discrete uniform on 0..L, evaluated at the rank
+    grid z_k = (k + 1) / (L + 2) (Säilynoja et al. 2022): the pointwise binomial level gamma is
+    chosen by simulation so that a fraction alpha of uniform samples leaves the band somewhere."""
+    rng = np.random.default_rng(seed)
+    z = (np.arange(L + 1) + 1) / (L + 2)
+    cdf = (np.arange(L + 1) + 1) / (L + 1)  # P(r <= k)
+    samples = rng.integers(0, L + 1, size=(simulations, N))
+    counts = np.stack([(samples <= k).sum(1) for k in range(L + 1)], 1)  # (sims, K)
+    # each simulation's smallest two-sided binomial tail probability over the grid
+    lower_tail = stats.binom.cdf(counts, N, cdf)
+    upper_tail = stats.binom.sf(counts - 1, N, cdf)
+    smallest = np.minimum(lower_tail, upper_tail).min(1)
+    gamma = float(np.quantile(smallest, alpha))  # leave the band with probability alpha
+    lower = stats.binom.ppf(gamma, N, cdf) / N - cdf
+    upper = stats.binom.isf(gamma, N, cdf) / N - cdf
+    return z, lower, upper
+
+
+def ecdf_difference(values: np.ndarray, L: int) -> np.ndarray:
+    """ECDF of the ranks minus the uniform CDF at each rank 0..L: (L + 1,)."""
+    k = np.arange(L + 1)
+    return (values[:, None] <= k).mean(0) - (k + 1) / (L + 1)
+
+
+def fit_method(task, data, config: Config, method: str, name: str):
+    """The InferenceData of ``method`` for every subject of ``data``, and its wall time."""
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if method == "nuts":
+            inference = fit_subjects(
+                task,
+                data,
+                config.params,
+                store=config.out / "calibration.jobs" / name,
+                subjects_per_job=config.subjects_per_job,
+                scheduler=config.scheduler,
+                workers=config.workers,
+                seed=config.seed,
+                chains=config.chains,
+                warmup=config.warmup,
+                draws=config.draws,
+            )
+        elif method == "grid":
+            inference = fit(
+                task, data, config.params, method="grid", draws=config.chains * config.draws,
+                seed=config.seed, grid_points=config.grid_points,
+            )  # fmt: skip
+        else:
+            inference = fit(
+                task, data, config.params, method="svi", steps=config.svi_steps,
+                draws=config.chains * config.draws, seed=config.seed,
+            )  # fmt: skip
+    seconds = time.perf_counter() - start
+    notes = sorted({str(w.message).splitlines()[0][:200] for w in caught})
+    return inference, seconds, notes
+
+
+def run(config: Config) -> dict:
+    torch.set_num_threads(config.threads)
+    L = config.rank_draws
+    if L > config.chains * config.draws:
+        raise ValueError(f"rank_draws: {L} is more than the {config.chains * config.draws} draws")
+    results: dict = {"config": {**asdict(config), "out": str(config.out)}, "tasks": {}}
+    band = ecdf_band(config.num_subjects, L, config.band_simulations, config.seed)
+    results["band"] = {"z": band[0].tolist(), "lower": band[1].tolist(), "upper": band[2].tolist()}
+    for t, name in enumerate(config.tasks):
+        task = pp_aif.load_task(name)
+        generator = torch.Generator().manual_seed(config.seed * 1000 + t)
+        truth = prior_draws(config.params, config.num_subjects, generator)
+        simulated = simulate_subjects(task, truth, config.trials[name], config.seed + t)
+        data = BehaviourData.read(long_format(simulated, task), task)
+        rows = {}
+        for method in config.methods:
+            print(f"{name}: fitting {config.num_subjects} subjects by {method}", flush=True)
+            inference, seconds, notes = fit_method(task, data, config, method, f"{name}-{method}")
+            per_parameter = {}
+            for parameter in config.params:
+                draws = inference.posterior[parameter].values  # (C, D, N)
+                draws = draws.reshape(-1, config.num_subjects)
+                true = truth[parameter].numpy()
+                r = ranks(true, draws, L)
+                per_parameter[parameter] = {
+                    "ranks": r.tolist(),
+                    "uniformity_p": uniformity_p_value(r, L, config.bins),
+                    "coverage": coverage(true, draws),
+                    "ecdf_difference": ecdf_difference(r, L).tolist(),
+                    "outside_band": bool(
+                        (
+                            (ecdf_difference(r, L) < band[1] - 1e-12)
+                            | (ecdf_difference(r, L) > band[2] + 1e-12)
+                        ).any()
+                    ),
+                }
+            rows[method] = {"seconds": seconds, "warnings": notes, "parameters": per_parameter}
+            summary = ", ".join(
+                f"{p} p={v['uniformity_p']:.3f} cov90={v['coverage']['0.9']:.2f}"
+                for p, v in per_parameter.items()
+            )
+            print(f"  {method}: {seconds:.0f} s; {summary}", flush=True)
+        results["tasks"][name] = {
+            "choices_per_subject": int(data.actions.shape[1] * data.actions.shape[2]),
+            "methods": rows,
+        }
+    write_json(config.out / "calibration.json", results)
+    plot(results, config.out / "calibration.png")
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    tasks = list(results["tasks"])
+    params = results["config"]["params"]
+    methods = results["config"]["methods"]
+    band = results["band"]
+    L = results["config"]["rank_draws"]
+    figure, axes = plt.subplots(
+        len(tasks), len(params), figsize=(5.5 * len(params), 3.6 * len(tasks)),
+        squeeze=False, constrained_layout=True,
+    )  # fmt: skip
+    z = np.asarray(band["z"])
+    for i, task in enumerate(tasks):
+        for j, parameter in enumerate(params):
+            axis = axes[i, j]
+            axis.fill_between(
+                z, band["lower"], band["upper"], step="post", color="0.85",
+                label="95% simultaneous band (uniform ranks)",
+            )  # fmt: skip
+            for k, method in enumerate(methods):
+                row = results["tasks"][task]["methods"][method]["parameters"][parameter]
+                axis.step(
+                    z, row["ecdf_difference"], where="post", color=f"C{k}",
+                    label=f"{method} (p = {row['uniformity_p']:.2g}, "
+                    f"90% coverage {row['coverage']['0.9']:.2f})",
+                )  # fmt: skip
+            axis.axhline(0, color="black", linewidth=0.6)
+            axis.set_xlim(0, 1)
+            axis.set_title(f"{task}: {parameter}")
+            axis.set_xlabel(f"fractional rank of the truth among {L} posterior draws")
+            axis.set_ylabel("ECDF - uniform CDF")
+            axis.legend(fontsize=7, loc="lower center")
+    save_figure(figure, path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = Config()
+    parser.add_argument("--tasks", default=",".join(defaults.tasks))
+    parser.add_argument("--methods", default=",".join(defaults.methods))
+    for name in ("num_subjects", "chains", "warmup", "draws", "svi_steps", "grid_points", "seed"):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
+        )
+    parser.add_argument("--subjects-per-job", type=int, default=defaults.subjects_per_job)
+    parser.add_argument("--scheduler", default=None, help="Dask scheduler (default: local)")
+    parser.add_argument("--workers", type=int, default=None, help="local cluster's processes")
+    parser.add_argument("--out", type=Path, default=defaults.out)
+    args = parser.parse_args(argv)
+    config = Config(
+        tasks=tuple(args.tasks.split(",")),
+        methods=tuple(args.methods.split(",")),
+        num_subjects=args.num_subjects,
+        chains=args.chains,
+        warmup=args.warmup,
+        draws=args.draws,
+        svi_steps=args.svi_steps,
+        grid_points=args.grid_points,
+        seed=args.seed,
+        subjects_per_job=args.subjects_per_job,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        out=args.out,
+    )
+    unknown = sorted(set(config.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    results = run(config)
+    print(f"{'task':8s} {'method':6s} {'parameter':14s} {'p':>7s} {'50%':>5s} {'80%':>5s} "
+          f"{'90%':>5s} {'seconds':>8s}")  # fmt: skip
+    for task, values in results["tasks"].items():
+        for method, row in values["methods"].items():
+            for parameter, v in row["parameters"].items():
+                c = v["coverage"]
+                print(
+                    f"{task:8s} {method:6s} {parameter:14s} {v['uniformity_p']:7.3f} "
+                    f"{c['0.5']:5.2f} {c['0.8']:5.2f} {c['0.9']:5.2f} {row['seconds']:8.0f}"
+                )
+    print(f"results: {config.out / 'calibration.json'}, figure: {config.out / 'calibration.png'}")
+
+
+if __name__ == "__main__":
+    main()
