@@ -9,7 +9,8 @@ One simulated subject on SPM's T-maze (the agent learns its context prior pD bet
    values are computed once and the likelihood is a closed form), and (b) the learning agent
    (alpha, preference, learning_rate: the pD recursion over trials, then beliefs and policy values
    of all trials at once). Also with ``batch`` parameter draws in one call (per draw).
-2. ``nuts``: NUTS on the behavioural program of each agent (the learner: alpha, preference and
+2. ``sampler_cost``: our NUTS alone, on a Gaussian potential: its own seconds per call.
+3. ``nuts``: NUTS on the behavioural program of each agent (the learner: alpha, preference and
    learning_rate; the agent without learning: gamma, alpha and preference; the bandit's pA
    learner, one subject with as many choices: alpha, learning_rate and preference), ``chains`` x
    (``warmup`` + ``draws``), by ``pp_aif.fit`` (all chains at once) and by Pyro's NUTS (chains
@@ -198,6 +199,42 @@ def nuts_rates(config: Config, task, static, data) -> list[dict]:
     return rows
 
 
+def sampler_cost(config: Config) -> dict:
+    """NUTS's own cost per batched call: ``nuts`` on a 3-dimensional Gaussian potential (the
+    bandit learner's posterior correlation of ln alpha and ln c, -0.89), as the fits run it
+    (chains x (warmup + draws), dense metric): seconds per call, calls per iteration."""
+    from pp_aif.fitting.nuts import nuts
+
+    covariance = torch.tensor(
+        [[1.0, -0.89, 0.3], [-0.89, 1.0, 0.0], [0.3, 0.0, 1.0]], dtype=torch.float64
+    )
+    precision = torch.linalg.inv(covariance)
+    calls = [0]
+
+    def potential(z):
+        calls[0] += 1
+        return 0.5 * ((z @ precision) * z).sum(-1)
+
+    start = time.perf_counter()
+    nuts(
+        potential, torch.zeros(config.chains, 3, dtype=torch.float64), config.draws,
+        config.warmup, seed=config.seed, dense=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    iterations = config.warmup + config.draws
+    row = {
+        "seconds": seconds,
+        "calls": calls[0],
+        "seconds_per_call": seconds / calls[0],
+        "calls_per_iteration": calls[0] / iterations,
+    }
+    print(
+        f"NUTS alone (Gaussian potential): {row['seconds_per_call'] * 1e3:.2f} ms a call, "
+        f"{row['calls_per_iteration']:.1f} calls an iteration"
+    )
+    return row
+
+
 def run(config: Config) -> dict:
     torch.set_num_threads(config.threads)
     task, static, data = subject(config)
@@ -205,6 +242,7 @@ def run(config: Config) -> dict:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "machine": machine(),
         "likelihood": likelihood_rates(config, task, static, data),
+        "sampler_cost": sampler_cost(config),
         "nuts": nuts_rates(config, task, static, data),
     }
     write_results(results, config.out, "bench_fit.json")

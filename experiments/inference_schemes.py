@@ -123,6 +123,10 @@ def evaluate(model, observations, actions, iterations: int, svi: bool) -> dict:
         settings = (
             {"num_iterations": iterations, "warn": False}
             if scheme in ("fpi", "vmp", "mmp")
+            # the structured guide from the prior over paths: a study of the optimiser (its
+            # default start is its optimum, the exact chain)
+            else {"chain_start": "prior"}
+            if scheme == "structured"
             else None
         )
         with warnings.catch_warnings(record=True) as caught:

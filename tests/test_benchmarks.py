@@ -67,6 +67,8 @@ def test_fit_benchmark_smoke(tmp_path):
         ("learning pA (bandit)", "pyro"),
     ]
     assert all(row["ess_per_second"] > 0 for row in results["nuts"])
+    cost = results["sampler_cost"]
+    assert cost["calls"] >= 10 and cost["seconds_per_call"] > 0  # at least one call a step
     assert (tmp_path / "bench_fit.json").is_file()
 
 
@@ -114,7 +116,7 @@ def test_one_command_runs_the_side_by_side_benchmarks_and_checks_the_goals(tmp_p
     assert "NUTS, learning pD: ESS/s at least Pyro's NUTS's" in goals
     assert any(goal.startswith("NUTS, 2 bandit subjects x 3 trials together") for goal in goals)
     assert all(row["met"] == (row["measured"] >= row["target"]) for row in summary["goals"])
-    assert "measured  met" in capsys.readouterr().out
+    assert "measured     met" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--only", "nothing", "--out", str(tmp_path)])
 
@@ -137,6 +139,18 @@ def test_goals_compare_each_ratio_with_its_target():
         (10.0, False),
         (3.0, True),
     ]
+    # a compiled row where the run has one; ESS/s in its own unit; the smallest scaling ratio
+    pymdp["ratios"][0]["steady_throughput_compiled_over_pymdp"] = 1.5
+    scaling = {"rows": [
+        {"states": 10, "policies": 5, "seconds": 1.0, "pymdp_seconds": 0.5},
+        {"states": 100, "policies": 25, "seconds": 1.0, "pymdp_seconds": 2.0},
+        {"states": 1000, "policies": 5, "seconds": 1.0},  # pymdp not run
+    ]}  # fmt: skip
+    rows = goals({"pymdp": pymdp, "scaling": scaling})
+    compiled = [row for row in rows if "compiled" in row["goal"]]
+    assert [(row["measured"], row["met"]) for row in compiled] == [(1.5, True)]
+    assert [(row["measured"], row["met"]) for row in rows[-2:]] == [(2.0, True), (0.5, False)]
+    assert "10 states x 5 policies" in rows[-1]["goal"]
 
 
 @pytest.mark.integration

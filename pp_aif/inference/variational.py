@@ -93,6 +93,12 @@ class SVISettings:
         the batch once it has converged; ``"pyro"`` minimises ``TraceEnum_ELBO`` itself (the
         specification, about 10-25 ms an evaluation). The sampled ELBO is always Pyro's.
     round : L-BFGS iterations between the checks of each sequence's convergence (closed form).
+    chain_start : where the structured guide's chain starts. ``"posterior"`` (default): at its
+        closed-form coordinate update, which for the whole chain is the exact posterior as a
+        chain (forward-backward, ``ops.free_energy.posterior_as_chain``): the family holds it,
+        so the optimiser only confirms it (its gradient is at most 1e-10 there, F = -ln p(o)).
+        ``"prior"``: at the prior over paths, for studies of the optimiser itself (L-BFGS then
+        creeps towards logits that diverge where the posterior is near-deterministic).
     """
 
     optimiser: str = "auto"
@@ -106,6 +112,7 @@ class SVISettings:
     seed: int = 0
     objective: str = "closed_form"
     round: int = 25
+    chain_start: str = "posterior"
 
     def __post_init__(self):
         if self.elbo not in ("auto", "exact", "sampled"):
@@ -116,6 +123,10 @@ class SVISettings:
             )
         if self.objective not in ("closed_form", "pyro"):
             raise ValueError(f"objective: {self.objective!r} is not one of ('closed_form', 'pyro')")
+        if self.chain_start not in ("posterior", "prior"):
+            raise ValueError(
+                f"chain_start: {self.chain_start!r} is not one of ('posterior', 'prior')"
+            )
         for name in ("num_steps", "patience", "num_particles", "max_enumerated_states", "round"):
             check_integer(name, getattr(self, name), minimum=1)
         check_number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
@@ -139,9 +150,11 @@ class Optimisation:
     trace: Tensor
 
 
-def posterior_support(model: GenerativeModel, inputs: SchemeInputs, result):
-    """Posterior support: joint states (N, T, K) and transitions (N, T-1, K, K) with mass."""
-    smoothed, _, conditionals = posterior_as_chain(
+def posterior_support(model: GenerativeModel, inputs: SchemeInputs, result, chain=False):
+    """Posterior support: joint states (N, T, K) and transitions (N, T-1, K, K) with mass
+    (after the smoothed joint); with ``chain``, the exact posterior as a chain too (initial
+    (N, K), conditionals (N, T-1, K, K))."""
+    smoothed, first, conditionals = posterior_as_chain(
         result.filtered,
         result.predicted,
         list(inputs.transitions),
@@ -151,7 +164,21 @@ def posterior_support(model: GenerativeModel, inputs: SchemeInputs, result):
     K = math.prod(model.num_states)
     states = smoothed.reshape(N, T, K) > 0
     pairs = states[:, :-1, :, None] & (conditionals > 0)
+    if chain:
+        return smoothed, states, pairs, (first, conditionals)
     return smoothed, states, pairs
+
+
+def _chain_start(model, transitions, N, settings: SVISettings, exact_chain):
+    """The structured guide's starting logits (N, K) and (N, T-1, K, K): the exact posterior's
+    chain (``chain_start="posterior"``), or the prior over paths."""
+    if settings.chain_start == "prior":
+        return _prior_chain(model, transitions, N)
+    first, conditionals = exact_chain
+    return (
+        torch.log(first).clamp_min(LOG_ZERO),
+        torch.log(conditionals).clamp_min(LOG_ZERO),
+    )
 
 
 def _product_is_finite(masks, log_likelihood, transitions) -> Tensor:
@@ -328,7 +355,9 @@ def fit_guide(
     K = math.prod(model.num_states)
     if all(S == 1 for S in model.num_states):  # nothing to infer: q is the one path
         return _certain(model, N, T, result)
-    smoothed, state_support, pair_support = posterior_support(model, inputs, result)
+    smoothed, state_support, pair_support, exact_chain = posterior_support(
+        model, inputs, result, chain=True
+    )
     marginal_support = [q > 0 for q in factor_marginals(smoothed, 2)]
     batched = N > 1
     starts = None
@@ -340,7 +369,10 @@ def fit_guide(
         guide = _mean_field_guide(marginal_support, batched, starts)
     else:
         guide = _structured_guide(
-            state_support[:, 0], pair_support, batched, _prior_chain(model, transitions, N)
+            state_support[:, 0],
+            pair_support,
+            batched,
+            _chain_start(model, transitions, N, settings, exact_chain),
         )
     enumerate_guide = settings.elbo == "exact" or (
         settings.elbo == "auto" and K <= settings.max_enumerated_states
@@ -365,7 +397,7 @@ def fit_guide(
         if method == "mean_field":
             start = {f"q_logits_{f}": s for f, s in enumerate(starts) if model.num_states[f] > 1}
         else:
-            initial, transition = _prior_chain(model, transitions, N)
+            initial, transition = _chain_start(model, transitions, N, settings, exact_chain)
             start = {"q_initial": initial, "q_transitions": transition}
         return _fit_closed_form(model, method, start, supports, sequences, transitions, settings)
     pyro.set_rng_seed(settings.seed)

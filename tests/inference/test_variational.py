@@ -37,10 +37,15 @@ def make(rng, shape, zero_fraction, T=3):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("zero_fraction", [0.0, 0.4])
-def test_structured_guide_reaches_minus_log_evidence(rng, shape, zero_fraction):
+@pytest.mark.parametrize("chain_start", ["prior", "posterior"])
+def test_structured_guide_reaches_minus_log_evidence(rng, shape, zero_fraction, chain_start):
+    """From the prior over paths L-BFGS finds the posterior; from the closed-form coordinate
+    update (the exact chain) it stays there."""
     arrays, model, observations, actions = make(rng, shape, zero_fraction)
     log_evidence, marginals = brute_force(arrays, observations, actions)
-    beliefs = pp_aif.infer_states(model, observations, actions, method="structured")
+    beliefs = pp_aif.infer_states(
+        model, observations, actions, method="structured", settings={"chain_start": chain_start}
+    )
     assert beliefs.log_evidence is None and beliefs.method == "structured"
     assert beliefs.optimisation.converged
     gap = float(beliefs.free_energy) + log_evidence
@@ -83,6 +88,25 @@ def test_mean_field_is_exact_for_one_factor_and_one_step(rng):
     beliefs = pp_aif.infer_states(model, observations, actions, method="mean_field")
     assert_close(beliefs.free_energy, -log_evidence, **SVI_TOLERANCE)
     assert_close(beliefs.marginals, marginals, atol=1e-4, reason="optimiser stopping rule")
+
+
+def test_structured_guide_started_at_its_optimum_stays_there(rng):
+    """chain_start="posterior" (the default): the guide starts at the exact chain, so F is
+    -ln p(o) to float64 precision after the first round, the marginals brute force's, and every
+    sequence of a batch has converged at once (its gradient at most 1e-10)."""
+    arrays = random_arrays(rng, (2, 3), (3, 2), (2, 2), zero_fraction=0.3)
+    model = pp_aif.GenerativeModel(arrays.A, arrays.B, D=arrays.D)
+    pairs = [sample_sequence(rng, arrays, 8) for _ in range(6)]
+    observations = np.stack([o for o, _ in pairs])
+    actions = np.stack([a for _, a in pairs])
+    beliefs = pp_aif.infer_states(model, observations, actions, method="structured")
+    assert beliefs.optimisation.converged and beliefs.optimisation.iterations <= 2
+    for n in range(6):
+        log_evidence, marginals = brute_force(arrays, observations[n], actions[n])
+        assert_close(beliefs.free_energy[n], -log_evidence, atol=1e-9, reason="sums of 8 steps")
+        assert_close([q[n] for q in beliefs.marginals], marginals, atol=1e-9, reason="the same")
+    with pytest.raises(ValueError, match="chain_start"):
+        SVISettings(chain_start="uniform")
 
 
 def test_batched_sequences_keep_the_batch_shape(rng):
