@@ -5,7 +5,11 @@ Random models of one factor with S = 2, 3, 4 states (2 controls, 3 outcomes), se
 ``T`` = 50 steps sampled from them. For each guide and S: the seconds of one sequence by each
 objective (and the largest difference of their F), and of a batch of ``batch`` sequences by
 the closed form (each sequence leaving the batch once converged; Pyro's objective is timed on
-one sequence only, its batch would take minutes). Written to ``<out>/bench_guides.json``.
+one sequence only, its batch would take minutes). Then ``joint``: the structured guide on a
+model of 27 joint states (3 factors of 3 states, the inference-schemes experiment's random
+model), ``joint_sequences`` sequences of T = 20, from each ``chain_start`` ("posterior", the
+default: its closed-form optimum; "prior": the prior over paths): seconds, iterations and the
+largest and mean gap F - (-ln p(o)). Written to ``<out>/bench_guides.json``.
 
 Run: ``python -m benchmarks.bench_guides --out benchmarks/results`` (docs/benchmarks.md).
 """
@@ -32,6 +36,8 @@ class Config:
     T: int = 50
     batch: int = 100
     methods: tuple[str, ...] = ("mean_field", "structured")
+    joint_sequences: int = 16
+    joint_iterations: int = 1000  # L-BFGS's limit (SVISettings.num_steps) in the joint case
     seed: int = 0
     out: Path = field(default_factory=lambda: Path("benchmarks/results"))
 
@@ -61,6 +67,46 @@ def _fit(model, observations, actions, method, objective):
             model, observations, actions, method=method, settings={"objective": objective}
         )
     return time.perf_counter() - start, beliefs, len(caught)
+
+
+def _joint(config: Config, rng) -> list[dict]:
+    """The structured guide at 27 joint states and T = 20, from either start."""
+    from experiments.inference_schemes import random_model
+    from pp_aif.programs import sample_sequences
+
+    model = random_model(rng, 3, 3)
+    actions = torch.as_tensor(rng.integers(0, 2, size=(config.joint_sequences, 19, 3)))
+    observations, _ = sample_sequences(model, actions, seed=config.seed)
+    exact = pp_aif.infer_states(model, observations, actions)
+    rows = []
+    for start in ("posterior", "prior"):
+        began = time.perf_counter()
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always", ConvergenceWarning)
+            beliefs = pp_aif.infer_states(
+                model, observations, actions, method="structured",
+                settings={"chain_start": start, "num_steps": config.joint_iterations},
+            )  # fmt: skip
+        gap = beliefs.free_energy + exact.log_evidence
+        rows.append(
+            {
+                "chain_start": start,
+                "joint_states": 27,
+                "T": 20,
+                "sequences": config.joint_sequences,
+                "seconds": time.perf_counter() - began,
+                "iterations": beliefs.optimisation.iterations,
+                "converged": beliefs.optimisation.converged,
+                "gap_max": float(gap.max()),
+                "gap_mean": float(gap.mean()),
+            }
+        )
+        print(
+            f"structured, 27 joint states, T = 20, from the {start}: {rows[-1]['seconds']:.2f} s, "
+            f"gap max {rows[-1]['gap_max']:.2e}, mean {rows[-1]['gap_mean']:.2e}",
+            flush=True,
+        )
+    return rows
 
 
 def run(config: Config) -> dict:
@@ -99,6 +145,7 @@ def run(config: Config) -> dict:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "machine": machine(),
         "rows": rows,
+        "joint": _joint(config, rng) if config.joint_sequences else [],
     }
     write_results(results, config.out, "bench_guides.json")
     return results

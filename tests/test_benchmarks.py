@@ -192,9 +192,15 @@ def test_guides_benchmark_smoke(tmp_path):
     from benchmarks.bench_guides import Config as GuidesConfig
     from benchmarks.bench_guides import run as run_guides
 
-    results = run_guides(GuidesConfig(states=(2,), T=6, batch=3, out=tmp_path))
+    results = run_guides(
+        GuidesConfig(states=(2,), T=6, batch=3, joint_sequences=2, joint_iterations=10,
+                     out=tmp_path)
+    )  # fmt: skip
     assert [row["method"] for row in results["rows"]] == ["mean_field", "structured"]
     for row in results["rows"]:
         assert abs(row["one_sequence_F_difference"]) < 1e-6
         assert row["batch_converged"] and row["batch_F_minus_exact_max"] > -1e-10
+    posterior, prior = results["joint"]
+    assert (posterior["chain_start"], prior["chain_start"]) == ("posterior", "prior")
+    assert abs(posterior["gap_max"]) < 1e-10 and prior["gap_mean"] >= -1e-10
     assert (tmp_path / "bench_guides.json").is_file()
