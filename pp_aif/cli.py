@@ -74,7 +74,7 @@ INFERENCE_SCHEMES = ("exact", "fpi", "vmp", "mmp", "mean_field", "structured")
 #: how agents plan (``pp_aif.agent.PLANNERS``; a test holds the two equal)
 PLANNERS = ("open_loop", "sophisticated")
 #: the fitting methods (``pp_aif.fitting.fit.METHODS``; a test holds the two equal)
-FIT_METHODS = ("nuts", "svi", "map", "grid")
+FIT_METHODS = ("nuts", "svi", "map", "grid", "amortised")
 
 
 def _did_you_mean(given: str, known) -> str:
@@ -462,6 +462,53 @@ def _check_fit_arguments(
         )
 
 
+def train_command(
+    task_name: str,
+    params: str,
+    out: Path,
+    *,
+    simulations: int,
+    trials: int,
+    min_trials: int,
+    epochs: int,
+    flow: str,
+    seed: int,
+) -> int:
+    """Train a posterior estimator, printing its progress and validation loss, and write it
+    atomically to ``out``."""
+    from pp_aif.fitting.amortised import EstimatorSettings
+    from pp_aif.fitting.training import train_estimator
+
+    names = _fit_parameters(params)
+    settings = EstimatorSettings(
+        simulations=simulations,
+        trials=trials,
+        min_trials=min_trials,
+        epochs=epochs,
+        flow=flow,
+        seed=seed,
+    )  # fmt: skip (checked before anything runs)
+    task = _load_task(task_name)
+    print(
+        f"pp_aif train: a posterior estimator of {', '.join(names)} for '{task.name}': "
+        f"{simulations} simulated subjects of {min_trials}-{trials} trials, seed {seed}"
+    )
+    start = time.perf_counter()
+    estimator, record = train_estimator(
+        task, names, settings, progress=lambda line: print(line, flush=True)
+    )
+    path = _wrote(estimator.save(out))
+    best = min(record["validation_loss"])
+    print(
+        f"trained in {time.perf_counter() - start:.0f} s (simulating "
+        f"{record['seconds_simulating']:.0f} s); best validation loss {best:.4f} nats at "
+        f"epoch {record['best_epoch']}"
+    )
+    print(f"estimator: {path}  (pp-aif fit {task_name} DATA --params {','.join(names)} "
+          f"--method amortised --estimator {path})")  # fmt: skip
+    return 0
+
+
 def _with_inductive(task, settings, epsilon: float | None):
     """The settings with inductive planning at ``epsilon`` (None: as they are); a task without
     intended states is refused before anything runs."""
@@ -503,6 +550,7 @@ def fit_command(
     workers: int | None = None,
     planning: str | None = None,
     inductive: float | None = None,
+    estimator: Path | None = None,
 ) -> int:
     """Fit, print the ArviZ summary and the warnings in words, write the InferenceData
     atomically: to a temporary file beside ``out``, read back and checked, renamed only once
@@ -529,6 +577,14 @@ def fit_command(
     _check_fit_arguments(
         names, method, out, hierarchical, chains, draws, warmup, steps, subjects_per_job, workers
     )
+    if (estimator is None) != (method != "amortised"):
+        raise ValueError(
+            "--estimator: --method amortised needs the file of a trained estimator (pp-aif train)"
+            if estimator is None
+            else "--estimator: only --method amortised takes an estimator"
+        )
+    if estimator is not None and not Path(estimator).is_file():
+        raise FileNotFoundError(f"--estimator: no file {estimator}")
     task = _load_task(task_name)
     if planning is not None or inductive is not None:  # the agents fitted plan this way
         settings = task.settings or AgentSettings()
@@ -559,6 +615,8 @@ def fit_command(
     arguments = dict(
         method=method, chains=chains, draws=draws, warmup=warmup, steps=steps, device=device
     )
+    if estimator is not None:  # every subject at once: no optimisation to spread over jobs
+        arguments["estimator"] = estimator
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -575,7 +633,7 @@ def fit_command(
                 )
 
         warnings.showwarning = now_or_later  # restored by catch_warnings
-        if hierarchical or N <= subjects_per_job:
+        if hierarchical or N <= subjects_per_job or method == "amortised":
             inference = fit(
                 task,
                 data,
@@ -961,7 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
         "--method",
         choices=FIT_METHODS,
         default="nuts",
-        help="nuts (default), svi, map, or grid (the exact posterior of 1-2 parameters)",
+        help="nuts (default), svi, map, grid (the exact posterior of 1-2 parameters), or "
+        "amortised (a trained estimator's draws: --estimator, pp-aif train)",
     )
     fit_parser.add_argument("--hierarchical", action="store_true", help="population model")
     fit_parser.add_argument(
@@ -1011,6 +1070,41 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path("out/fit.nc"),
         help="InferenceData file (default out/fit.nc)",
+    )
+    fit_parser.add_argument(
+        "--estimator",
+        type=Path,
+        default=None,
+        help="with --method amortised: the file of a posterior estimator trained for this task "
+        "and these parameters (pp-aif train)",
+    )
+    train_parser = commands.add_parser(
+        "train",
+        help="train a posterior estimator for amortised fits",
+        description="Train a neural posterior estimator of TASK's agents' parameters on "
+        "simulations drawn from fit's priors; `pp-aif fit TASK DATA --method amortised "
+        "--estimator FILE` then fits any number of subjects in seconds.",
+    )
+    train_parser.add_argument("task", help="task name (e.g. bandit) or task file")
+    train_parser.add_argument(
+        "--params", required=True, help="comma-separated parameters (as fit's --params)"
+    )
+    train_parser.add_argument(
+        "--simulations", type=int, default=20_000, help="simulated subjects (default 20000)"
+    )
+    train_parser.add_argument(
+        "--trials", type=int, default=60, help="the most trials a subject (default 60)"
+    )
+    train_parser.add_argument(
+        "--min-trials", type=int, default=20, help="the fewest trials a subject (default 20)"
+    )
+    train_parser.add_argument("--epochs", type=int, default=60, help="at most (default 60)")
+    train_parser.add_argument(
+        "--flow", choices=("zuko", "pyro"), default="zuko", help="the flow (default zuko)"
+    )
+    train_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train_parser.add_argument(
+        "--out", type=Path, required=True, help="the estimator's file, e.g. estimator.pt"
     )
     compare_parser = commands.add_parser("compare", help="rank fits; random-effects BMS")
     compare_parser.add_argument("fits", type=Path, nargs="+", help="InferenceData files (.nc)")
@@ -1065,6 +1159,19 @@ def main(argv: list[str] | None = None) -> int:
                 workers=arguments.workers,
                 planning=arguments.planning,
                 inductive=arguments.inductive,
+                estimator=arguments.estimator,
+            )
+        if arguments.command == "train":
+            return train_command(
+                arguments.task,
+                arguments.params,
+                arguments.out,
+                simulations=arguments.simulations,
+                trials=arguments.trials,
+                min_trials=arguments.min_trials,
+                epochs=arguments.epochs,
+                flow=arguments.flow,
+                seed=arguments.seed,
             )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)

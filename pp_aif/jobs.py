@@ -52,6 +52,7 @@ from typing import Any
 from pp_aif.atomic import RoundTripError, atomic_write, is_stale, write_netcdf
 
 __all__ = [
+    "content_digest",
     "DamagedResult",
     "DamagedResultWarning",
     "FanOutResults",
@@ -464,3 +465,67 @@ def _run_on_dask(pending, scheduler, workers, record, failures, announce=None) -
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def content_digest(*values) -> str:
+    """12 hexadecimal digits of SHA-256 over the contents of tensors, arrays, generative models,
+    dataclasses, Pyro distributions, mappings, sequences and plain values (what a fit depends
+    on), so that a change to any of them changes the job names."""
+    import dataclasses  # here: ``pp_aif.jobs`` itself imports neither torch nor numpy
+
+    import numpy as np
+    import torch
+
+    from pp_aif.spec import GenerativeModel
+
+    digest = hashlib.sha256()
+
+    def feed(value):
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            digest.update(f"array{value.dtype}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, GenerativeModel):
+            for name in ("A", "B", "C", "D", "E", "pA", "pB", "pD", "policies"):
+                digest.update(name.encode())
+                feed(getattr(value, name))
+            steps = value.step_policies  # a task's own policy set per step
+            if steps is not None:
+                digest.update(b"step_policies")
+                feed(list(steps))
+            if value.H is not None:  # the intended states of inductive planning
+                digest.update(b"H")
+                feed(list(value.H))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            digest.update(type(value).__name__.encode())
+            for f in dataclasses.fields(value):
+                digest.update(f.name.encode())
+                feed(getattr(value, f.name))
+        elif isinstance(value, torch.distributions.Distribution):
+            digest.update(type(value).__name__.encode())
+            for name in sorted(value.arg_constraints):
+                if name in value.__dict__:
+                    feed(getattr(value, name))
+            feed(getattr(value, "transforms", None) and [repr(t) for t in value.transforms])
+            feed(getattr(value, "base_dist", None))
+        elif isinstance(value, Mapping):
+            for k in sorted(value, key=str):
+                digest.update(repr(k).encode())
+                feed(value[k])
+        elif isinstance(value, list | tuple):
+            digest.update(f"seq{len(value)}".encode())
+            for v in value:
+                feed(v)
+        elif value is None or isinstance(value, bool | int | float | str | Path):
+            digest.update(repr(value).encode())
+        elif (hasattr(value, "__dict__") or hasattr(value, "__slots__")) and (
+            " at 0x" not in repr(value)  # a repr with an address differs from run to run
+        ):
+            digest.update(repr(value).encode())
+        else:
+            raise TypeError(f"content_digest: cannot digest a {type(value).__name__}")
+
+    for value in values:
+        feed(value)
+    return digest.hexdigest()[:12]

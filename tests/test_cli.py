@@ -477,3 +477,30 @@ def test_simulate_inductive_agents_and_a_task_without_intended_states(tmp_path, 
     )
     assert main(["simulate", "maze", "--inductive", "2", "--out", str(tmp_path)]) == 2
     assert "inductive_epsilon" in capsys.readouterr().err
+
+
+def test_train_then_fit_amortised(tmp_path, capsys, choices_csv):
+    """``pp-aif train`` shows its progress and validation loss and writes the estimator;
+    ``fit --method amortised --estimator`` uses it; a wrong or missing estimator is one line."""
+    import arviz as az
+
+    estimator = tmp_path / "tmaze.pt"
+    train = ["train", "tmaze", "--params", "alpha", "--simulations", "60", "--trials", "6"]
+    train += ["--min-trials", "2", "--epochs", "2", "--out", str(estimator)]
+    assert main(train) == 0
+    output = capsys.readouterr().out
+    assert "pp_aif train: a posterior estimator of alpha for 'tmaze'" in output
+    assert "epoch 2/2: loss" in output and "validation" in output
+    assert f"estimator: {estimator}" in output
+    out = tmp_path / "fit.nc"
+    fit = ["fit", "tmaze", str(choices_csv), "--params", "alpha", "--method", "amortised"]
+    assert main([*fit, "--estimator", str(estimator), "--draws", "30", "--out", str(out)]) == 0
+    assert az.from_netcdf(out).posterior["alpha"].shape == (1, 30, 2)
+    capsys.readouterr()
+    assert main([*fit, "--out", str(tmp_path / "x.nc")]) == 2
+    assert "--method amortised needs the file of a trained estimator" in capsys.readouterr().err
+    wrong = [*fit[:4], "alpha,learning_rate", *fit[5:], "--estimator", str(estimator)]
+    assert main([*wrong, "--out", str(tmp_path / "y.nc")]) == 2
+    assert "estimator: trained for parameters ['alpha']" in capsys.readouterr().err
+    assert main([*fit, "--estimator", str(tmp_path / "none.pt")]) == 2
+    assert "no file" in capsys.readouterr().err

@@ -17,11 +17,9 @@ found done in the store.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import inspect
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import arviz as az
@@ -32,72 +30,13 @@ import xarray as xr
 from pp_aif.data import BehaviourData
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting.fit import _check_arguments, fit
-from pp_aif.jobs import Job, JobStore, fan_out, job_name
+from pp_aif.jobs import Job, JobStore, content_digest, fan_out, job_name
 from pp_aif.simulation import SETTING_ATTRIBUTES
 
 __all__ = ["fit_subjects", "concat_subjects", "content_digest"]
 
 _ADDITIVE = ("seconds", "gradients", "elbo", "log_density")  # over independent groups
 _PER_SUBJECT = ("log_evidence",)
-
-
-def content_digest(*values) -> str:
-    """12 hexadecimal digits of SHA-256 over the contents of tensors, arrays, generative models,
-    dataclasses, Pyro distributions, mappings, sequences and plain values (what a fit depends
-    on), so that a change to any of them changes the job names."""
-    from pp_aif.spec import GenerativeModel
-
-    digest = hashlib.sha256()
-
-    def feed(value):
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().numpy()
-        if isinstance(value, np.ndarray):
-            digest.update(f"array{value.dtype}{value.shape}".encode())
-            digest.update(np.ascontiguousarray(value).tobytes())
-        elif isinstance(value, GenerativeModel):
-            for name in ("A", "B", "C", "D", "E", "pA", "pB", "pD", "policies"):
-                digest.update(name.encode())
-                feed(getattr(value, name))
-            steps = value.step_policies  # a task's own policy set per step
-            if steps is not None:
-                digest.update(b"step_policies")
-                feed(list(steps))
-            if value.H is not None:  # the intended states of inductive planning
-                digest.update(b"H")
-                feed(list(value.H))
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            digest.update(type(value).__name__.encode())
-            for f in dataclasses.fields(value):
-                digest.update(f.name.encode())
-                feed(getattr(value, f.name))
-        elif isinstance(value, torch.distributions.Distribution):
-            digest.update(type(value).__name__.encode())
-            for name in sorted(value.arg_constraints):
-                if name in value.__dict__:
-                    feed(getattr(value, name))
-            feed(getattr(value, "transforms", None) and [repr(t) for t in value.transforms])
-            feed(getattr(value, "base_dist", None))
-        elif isinstance(value, Mapping):
-            for k in sorted(value, key=str):
-                digest.update(repr(k).encode())
-                feed(value[k])
-        elif isinstance(value, list | tuple):
-            digest.update(f"seq{len(value)}".encode())
-            for v in value:
-                feed(v)
-        elif value is None or isinstance(value, bool | int | float | str | Path):
-            digest.update(repr(value).encode())
-        elif (hasattr(value, "__dict__") or hasattr(value, "__slots__")) and (
-            " at 0x" not in repr(value)  # a repr with an address differs from run to run
-        ):
-            digest.update(repr(value).encode())
-        else:
-            raise TypeError(f"content_digest: cannot digest a {type(value).__name__}")
-
-    for value in values:
-        feed(value)
-    return digest.hexdigest()[:12]
 
 
 def _fit_group(task, data, params, priors, fit_kwargs, threads):

@@ -57,7 +57,7 @@ __all__ = [
     "LongFitWarning",
 ]
 
-METHODS = ("nuts", "svi", "map", "grid")
+METHODS = ("nuts", "svi", "map", "grid", "amortised")
 
 
 def prior_draws(
@@ -92,6 +92,7 @@ def fit(
     grid_points: int = 81,
     width: float = 8.0,
     device=None,
+    estimator=None,
 ) -> az.InferenceData:
     """Fit the agent's parameters to each subject's actions.
 
@@ -108,9 +109,19 @@ def fit(
     Laplace standard deviations around each subject's mode), from which ``draws`` draws are
     taken (a grid cell by its posterior mass, then a uniform point within the cell); device :
     compute the likelihood there (e.g. "cuda"; default: where the task's model is; NUTS's own
-    bookkeeping stays on the CPU, and the InferenceData holds numpy arrays either way).
+    bookkeeping stays on the CPU, and the InferenceData holds numpy arrays either way);
+    estimator : method "amortised", a trained ``PosteriorEstimator`` or the path of one
+    (``pp_aif.fitting.amortised.train_estimator``, ``pp-aif train``): ``draws`` draws per
+    subject from its q(theta | the subject's data), one "chain"; refused for another task,
+    agent, parameters or priors, or more trials than it was trained on.
     """
     _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps)
+    if (estimator is None) != (method != "amortised"):
+        raise ValueError(
+            "estimator: method 'amortised' needs a trained estimator (estimator=...)"
+            if estimator is None
+            else f"estimator: only method 'amortised' takes an estimator, not {method!r}"
+        )
     settings = settings or task.settings or AgentSettings()
     if device is not None:
         if method == "grid":
@@ -149,6 +160,9 @@ def fit(
                 program, 1, steps, learning_rate, seed, progress, pyro.infer.autoguide.AutoDelta
             )
             stats = {"diverging": np.zeros((1, 1), dtype=bool)}
+        elif method == "amortised":
+            sites, extra = _run_amortised(estimator, task, data, params, priors, settings, draws)
+            stats = {"diverging": np.zeros((1, draws), dtype=bool)}
         else:
             sites, extra = _run_grid(likelihood, priors, draws, grid_points, width, seed)
             stats = {"diverging": np.zeros((1, draws), dtype=bool)}
@@ -342,6 +356,11 @@ def _check_arguments(task, data, params, method, hierarchical, chains, draws, wa
         raise ValueError(f"params: {unknown or 'none'}; choose from {PARAMETERS}")
     if len(set(params)) != len(params):
         raise ValueError(f"params: {list(params)} names a parameter twice")
+    if method == "amortised" and hierarchical:
+        raise ValueError(
+            "method: 'amortised' estimates each subject's posterior on its own; a population "
+            "model needs 'nuts' or 'svi'"
+        )
     if method == "map" and hierarchical:
         raise ValueError(
             "method: 'map' with hierarchical=True has no useful mode (the joint density grows "
@@ -501,6 +520,23 @@ def _run_svi(program, draws, steps, learning_rate, seed, progress, guide_class=N
     sites = {name: torch.stack([s[name] for s in samples], 0)[None].cpu() for name in samples[0]}
     key = "log_density" if guide_class is autoguide.AutoDelta else "elbo"
     return sites, {key: -final}
+
+
+def _run_amortised(estimator, task, data, params, priors, settings, draws):
+    """Draws from a trained posterior estimator: ({name: (1, draws, N)}, attrs)."""
+    from pp_aif.fitting.amortised import PosteriorEstimator, estimator_draws
+
+    source = ""
+    if not isinstance(estimator, PosteriorEstimator):
+        source = str(estimator)
+        estimator = PosteriorEstimator.load(estimator)
+    values = estimator_draws(estimator, task, data, params, priors, settings, draws)
+    sites = {name: torch.as_tensor(value) for name, value in values.items()}
+    return sites, {
+        "estimator": source,
+        "estimator_max_trials": estimator.shapes["max_trials"],
+        "estimator_flow": estimator.settings.flow,
+    }
 
 
 def _run_grid(likelihood, priors, draws, points, width, seed):

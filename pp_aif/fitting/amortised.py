@@ -1,0 +1,301 @@
+"""Amortised fitting: a neural posterior estimator of an agent's parameters from one subject's
+observations and choices, trained once on simulations of the batched agent (neural posterior
+estimation; Papamakarios & Murray 2016, Greenberg et al. 2019; Radev et al. 2020, BayesFlow).
+
+Dimension symbols: N subjects, K trials, T steps, M modalities (O_m outcomes), F factors (U_f
+controls), d fitted parameters, H hidden units.
+
+The estimator q(theta | x) is a conditional normalising flow over the fitted parameters on their
+unconstrained scale (u = link(theta), ``pp_aif.parameters.LINKS``; standardised by the training
+simulations' mean and sd), conditioned on a summary of the subject's data:
+
+- each trial is coded as the one-hot outcomes of its T steps and the one-hot controls of its
+  T-1 moves, mapped by a linear layer and a ReLU to H features;
+- a GRU runs over the subject's present trials in order (absent trials are left out, as the
+  likelihood lets them teach nothing, so a subject with trials missing is a subject who did
+  fewer trials), and its last state with ln(number of trials) is the summary.
+
+The flow is zuko's neural spline flow (``zuko.flows.NSF``) or Pyro's conditional spline
+autoregressive flow (``flow="pyro"``); docs/benchmarks.md records the measurement that chose the
+default. Training draws ``simulations`` subjects from the priors (``fit``'s, the same
+``default_priors``), simulates each with its own parameters for a number of trials drawn
+between ``min_trials`` and ``trials`` (``fitting.simulate_subjects``), and maximises
+ln q(theta | x) by Adam, keeping the state of the best validation loss
+(``pp_aif.fitting.training.train_estimator``, apart so that this module, which ``fit`` reads
+estimators with, imports nothing that imports ``fit``).
+
+A saved estimator records the task (its name and a digest of its model and settings), the
+priors (a digest and their description), the parameters and the most trials it was trained on;
+``fit(method="amortised", estimator=...)`` refuses it for anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from pp_aif.agent import AgentSettings
+from pp_aif.atomic import atomic_write
+from pp_aif.errors import DataError
+from pp_aif.jobs import content_digest
+from pp_aif.parameters import LINKS, chosen_priors
+from pp_aif.validation import check_integer, check_number
+
+__all__ = [
+    "FLOWS",
+    "EstimatorSettings",
+    "PosteriorEstimator",
+    "estimator_draws",
+    "task_signature",
+]
+
+FLOWS = ("zuko", "pyro")
+_FORMAT = "pp_aif.posterior_estimator/1"
+
+
+def task_signature(task, settings: AgentSettings | None, params, priors: dict | None) -> dict:
+    """What an estimator is trained for: the task's name, digests of its model and of the
+    agent's settings, the parameters, and the priors (digest and description)."""
+    settings = settings or task.settings or AgentSettings()
+    chosen = chosen_priors(params, priors)
+    return {
+        "task": task.name,
+        "model": content_digest(task.model),
+        "settings": content_digest(settings),
+        "params": list(params),
+        "priors": content_digest(chosen),
+        "prior_description": {name: repr(prior) for name, prior in chosen.items()},
+    }
+
+
+class _Encoder(nn.Module):
+    """(observations (B, K, T, M), actions (B, K, T-1, F), present (B, K)) -> (B, H + 1)."""
+
+    def __init__(self, num_outcomes, num_controls, T: int, hidden: int):
+        super().__init__()
+        self.num_outcomes, self.num_controls = list(num_outcomes), list(num_controls)
+        width = T * sum(self.num_outcomes) + (T - 1) * sum(self.num_controls)
+        self.trial = nn.Sequential(nn.Linear(width, hidden), nn.ReLU())
+        self.rnn = nn.GRU(hidden, hidden, batch_first=True)
+        self.hidden = hidden
+
+    def forward(self, observations: Tensor, actions: Tensor, present: Tensor) -> Tensor:
+        B, K = present.shape
+        parts = [
+            nn.functional.one_hot(observations[..., m].long(), size).float().flatten(-2)
+            for m, size in enumerate(self.num_outcomes)
+        ]
+        parts += [
+            nn.functional.one_hot(actions[..., f].long(), U).float().flatten(-2)
+            for f, U in enumerate(self.num_controls)
+        ]
+        features = self.trial(torch.cat(parts, -1))  # (B, K, H)
+        # the present trials first, in their order: absent ones are left out
+        order = torch.sort((~present).to(torch.int8), dim=1, stable=True).indices
+        features = torch.gather(features, 1, order[..., None].expand(-1, -1, self.hidden))
+        lengths = present.sum(1)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            features, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, last = self.rnn(packed)  # (1, B, H)
+        return torch.cat([last[0], torch.log(lengths.float())[:, None]], -1)
+
+
+class PosteriorEstimator(nn.Module):
+    """The trained estimator: ``draws(observations, actions, present, n)`` -> {name: (n, B)}
+    parameter draws on their natural scale (float64). See the module docstring."""
+
+    def __init__(self, signature: dict, shapes: dict, settings: EstimatorSettings):
+        super().__init__()
+        self.signature, self.shapes, self.settings = signature, shapes, settings
+        d = len(signature["params"])
+        self.encoder = _Encoder(
+            shapes["num_outcomes"], shapes["num_controls"], shapes["trial_length"],
+            settings.hidden,
+        )  # fmt: skip
+        context = settings.hidden + 1
+        if settings.flow == "zuko":
+            import zuko
+
+            self.flow = zuko.flows.NSF(
+                features=d, context=context, transforms=settings.transforms,
+                hidden_features=(settings.hidden, settings.hidden),
+            )  # fmt: skip
+        else:
+            import pyro.distributions.transforms as T
+
+            self.transforms = nn.ModuleList(
+                [
+                    T.conditional_spline_autoregressive(
+                        max(d, 2) if d == 1 else d,
+                        context,
+                        hidden_dims=[settings.hidden, settings.hidden],
+                    )  # fmt: skip
+                    for _ in range(settings.transforms)
+                ]
+            )
+        self.register_buffer("shift", torch.zeros(d))
+        self.register_buffer("scale", torch.ones(d))
+
+    def _distribution(self, context: Tensor):
+        if self.settings.flow == "zuko":
+            return self.flow(context)
+        import pyro.distributions as dist
+
+        d = len(self.signature["params"])
+        width = max(d, 2) if d == 1 else d  # Pyro's autoregressive nets need 2 dimensions
+        shape = (*context.shape[:-1], width)  # one base per subject, as the context
+        base = dist.Normal(torch.zeros(shape), torch.ones(shape)).to_event(1)
+        flow = dist.ConditionalTransformedDistribution(base, list(self.transforms))
+        return _Padded(flow.condition(context), d, width)
+
+    def log_prob(self, u: Tensor, observations, actions, present) -> Tensor:
+        """ln q(u | x) of standardised unconstrained parameters u (B, d): (B,)."""
+        context = self.encoder(observations, actions, present)
+        return self._distribution(context).log_prob(u)
+
+    def draws(self, observations, actions, present, n: int) -> dict[str, Tensor]:
+        """n draws of each subject's parameters: {name: (n, B)} float64."""
+        with torch.no_grad():
+            context = self.encoder(observations, actions, present)
+            u = self._distribution(context).sample((n,))  # (n, B, d)
+            u = u.double() * self.scale.double() + self.shift.double()
+        return {name: LINKS[name](u[..., i]) for i, name in enumerate(self.signature["params"])}
+
+    def check(self, signature: dict, num_trials: int) -> None:
+        """ValueError naming what differs where the estimator was trained for another task,
+        agent, parameters or priors, or for fewer trials than ``num_trials``."""
+        for key, what in (
+            ("task", "task"),
+            ("params", "parameters"),
+            ("model", "task model (A, B, C, D, E, counts, policies)"),
+            ("settings", "agent settings"),
+            ("priors", "priors"),
+        ):
+            if signature[key] != self.signature[key]:
+                theirs = self.signature.get(
+                    "prior_description" if key == "priors" else key, self.signature[key]
+                )
+                raise ValueError(
+                    f"estimator: trained for {what} {theirs}, not "
+                    f"{signature.get('prior_description' if key == 'priors' else key)}; train "
+                    "one for this fit (pp-aif train, or train_estimator)"
+                )
+        if num_trials > self.shapes["max_trials"]:
+            raise ValueError(
+                f"estimator: trained on at most {self.shapes['max_trials']} trials a subject, "
+                f"but the data have {num_trials}; train it with --trials {num_trials} or more"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the estimator to ``path``, whole or not at all (checked by reading it back)."""
+        saved = {
+            "format": _FORMAT,
+            "signature": self.signature,
+            "shapes": self.shapes,
+            "settings": asdict(self.settings),
+            "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        atomic_write(
+            path,
+            lambda p: torch.save(saved, p),
+            verify=lambda p: torch.load(p, map_location="cpu", weights_only=True),
+        )
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PosteriorEstimator:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"estimator: no file {path}")
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unreadable file is the same error
+            raise ValueError(f"estimator: {path} is not a saved estimator ({error})") from None
+        if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
+            raise ValueError(f"estimator: {path} is not a saved posterior estimator ({_FORMAT})")
+        estimator = cls(saved["signature"], saved["shapes"], EstimatorSettings(**saved["settings"]))
+        estimator.load_state_dict(saved["state"])
+        return estimator.eval()
+
+
+class _Padded:
+    """A d-dimensional view of a flow over max(d, 2) dimensions (the extra one a standard
+    normal the data never inform): for Pyro's autoregressive flows with d = 1."""
+
+    def __init__(self, flow, d: int, width: int):
+        self.flow, self.d, self.width = flow, d, width
+
+    def log_prob(self, u: Tensor) -> Tensor:
+        if self.width == self.d:
+            return self.flow.log_prob(u)
+        padded = torch.cat([u, torch.zeros(*u.shape[:-1], self.width - self.d)], -1)
+        return self.flow.log_prob(padded)
+
+    def sample(self, shape):
+        return self.flow.sample(shape)[..., : self.d]
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """How an estimator is trained.
+
+    simulations : subjects simulated from the priors; trials : the most trials a subject
+    (each simulated subject does between ``min_trials`` and ``trials``); hidden : H, the units
+    of the trial coder, the GRU and the flow's networks; transforms : the flow's layers; flow :
+    ``"zuko"`` or ``"pyro"``; epochs, batch_size, learning_rate : Adam's; patience : epochs
+    without a better validation loss before stopping; validation : the fraction held out.
+    """
+
+    simulations: int = 20_000
+    trials: int = 60
+    min_trials: int = 20
+    hidden: int = 64
+    transforms: int = 3
+    flow: str = "zuko"
+    epochs: int = 60
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    patience: int = 8
+    validation: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("simulations", "trials", "min_trials", "hidden", "transforms", "epochs"):
+            check_integer(name, getattr(self, name), minimum=1)
+        for name in ("batch_size", "patience"):
+            check_integer(name, getattr(self, name), minimum=1)
+        check_integer("seed", self.seed, minimum=0)
+        if self.min_trials > self.trials:
+            raise ValueError(f"min_trials: {self.min_trials} is more than trials {self.trials}")
+        if self.flow not in FLOWS:
+            raise ValueError(f"flow: {self.flow!r} is not one of {FLOWS}")
+        check_number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
+        check_number("validation", self.validation, minimum=0, exclusive_minimum=True)
+        if self.validation >= 1 or self.simulations * self.validation < 1:
+            raise ValueError(
+                f"validation: {self.validation} of {self.simulations} simulations leaves none "
+                "to train on or none to validate"
+            )
+
+
+def estimator_draws(estimator: PosteriorEstimator, task, data, params, priors, settings, draws):
+    """``fit(method="amortised")``'s draws: {name: (1, draws, N)} numpy, after the checks."""
+    estimator.check(task_signature(task, settings, params, priors), data.present.shape[1])
+    shapes = estimator.shapes
+    expected = [shapes["trial_length"], len(shapes["num_outcomes"])]
+    if list(data.observations.shape[2:]) != expected:
+        raise ValueError(
+            f"data: {list(data.observations.shape[2:])} steps and modalities; the estimator was "
+            f"trained on {expected}"
+        )
+    empty = ~data.present.any(1)
+    if empty.any():
+        raise DataError(
+            f"data: subject {data.subjects[int(empty.nonzero()[0])]!r} has no present trial"
+        )
+    values = estimator.draws(data.observations.cpu(), data.actions.cpu(), data.present.cpu(), draws)
+    return {name: value.numpy()[None] for name, value in values.items()}
