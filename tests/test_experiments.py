@@ -286,3 +286,23 @@ def test_calibration_smoke(tmp_path):
                 assert 0 <= values["uniformity_p"] <= 1
                 assert set(values["coverage"]) == {"0.5", "0.8", "0.9"}
     assert (tmp_path / "calibration.png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_amortised_fitting_smoke(tmp_path):
+    from experiments.amortised_fitting import Config as AmortisedConfig
+    from experiments.amortised_fitting import run as run_amortised
+
+    config = AmortisedConfig(
+        simulations=60, trials=5, min_trials=2, epochs=1, held_out=3, chains=1, warmup=10,
+        draws=10, amortised_draws=20, subjects_per_job=3, scheduler="inline",
+        speed_subjects=4, out=tmp_path,
+    )  # fmt: skip
+    results = run_amortised(config)
+    written = json.loads((tmp_path / "amortised_fitting.json").read_text())
+    assert set(written["flows"]) == {"zuko", "pyro"} and written["chosen_flow"] in written["flows"]
+    for row in written["held_out"]["parameters"].values():
+        assert len(row["sd_ratios"]) == 3 and all(r > 0 for r in row["sd_ratios"])
+    assert written["speed"]["without_pointwise"] > 0 and results["speed"]["subjects"] == 4
+    assert (tmp_path / "amortised_fitting.png").stat().st_size > 10_000
+    assert (tmp_path / "amortised_fitting_estimator.pt").is_file()

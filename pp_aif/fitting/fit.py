@@ -44,6 +44,7 @@ from pp_aif.fitting.replay import likelihood_for
 from pp_aif.parameters import LINKS, PARAMETERS, chosen_priors, default_priors
 from pp_aif.programs import behaviour, population_prior
 from pp_aif.simulation import settings_attributes
+from pp_aif.validation import check_flag
 
 __all__ = [
     "fit",
@@ -93,6 +94,7 @@ def fit(
     width: float = 8.0,
     device=None,
     estimator=None,
+    pointwise: bool = True,
 ) -> az.InferenceData:
     """Fit the agent's parameters to each subject's actions.
 
@@ -113,9 +115,13 @@ def fit(
     estimator : method "amortised", a trained ``PosteriorEstimator`` or the path of one
     (``pp_aif.fitting.amortised.train_estimator``, ``pp-aif train``): ``draws`` draws per
     subject from its q(theta | the subject's data), one "chain"; refused for another task,
-    agent, parameters or priors, or more trials than it was trained on.
+    agent, parameters or priors, or more trials than it was trained on; pointwise : compute
+    the log-likelihood of every subject's trials at every draw (the ``log_likelihood`` group,
+    which LOO and ``pp-aif compare`` need; for many subjects and draws it costs more than an
+    amortised fit itself), or leave the group out.
     """
     _check_arguments(task, data, params, method, hierarchical, chains, draws, warmup, steps)
+    check_flag("pointwise", pointwise)
     if (estimator is None) != (method != "amortised"):
         raise ValueError(
             "estimator: method 'amortised' needs a trained estimator (estimator=...)"
@@ -170,14 +176,18 @@ def fit(
     posterior = _posterior(sites, params, hierarchical, data.num_subjects)
     device_ = task.model.device
     theta = {name: torch.as_tensor(posterior[name], device=device_) for name in params}  # (C, D, N)
-    pointwise = _pointwise(likelihood, theta, data.present).cpu()
+    log_likelihood = (
+        {"actions": _pointwise(likelihood, theta, data.present).cpu().numpy()}
+        if pointwise
+        else None
+    )
     subjects = list(data.subjects)
     actions = data.actions.cpu().numpy()
     population = [f"{name}_{part}" for name in params for part in ("mu", "sigma")]
     inference = az.from_dict(
         posterior=posterior,
         sample_stats=stats,
-        log_likelihood={"actions": pointwise.numpy()},
+        log_likelihood=log_likelihood,
         observed_data={"actions": actions},
         constant_data={"present": data.present.cpu().numpy()},
         coords={

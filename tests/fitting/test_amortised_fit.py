@@ -55,6 +55,12 @@ def test_fit_gives_the_inference_data_of_the_other_methods(bandit, trained, data
     assert inference.attrs["method"] == "amortised"
     assert inference.log_likelihood["actions"].shape == (1, 40, 5, 6)
     assert list(inference.posterior.subject.values) == list(data.subjects)
+    quick = pp_aif.fit(
+        bandit, data, PARAMS, method="amortised", estimator=estimator, draws=40, pointwise=False
+    )
+    assert "log_likelihood" not in quick.groups() and quick.posterior["alpha"].shape == (1, 40, 5)
+    with pytest.raises(ValueError, match="pointwise: must be True or False"):
+        pp_aif.fit(bandit, data, PARAMS, method="amortised", estimator=estimator, pointwise=0)
 
 
 def test_absent_trials_are_trials_not_done(bandit, trained, data):
