@@ -57,7 +57,7 @@ class Config:
     epochs: int = 40
     flows: tuple[str, ...] = ("zuko", "pyro")
     held_out: int = 100
-    chains: int = 4
+    chains: int = 2
     warmup: int = 500
     draws: int = 500
     amortised_draws: int = 2000
