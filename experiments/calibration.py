@@ -228,7 +228,7 @@ def plot(results: dict, path: Path) -> None:
     band = results["band"]
     L = results["config"]["rank_draws"]
     figure, axes = plt.subplots(
-        len(tasks), len(params), figsize=(5.5 * len(params), 3.6 * len(tasks)),
+        len(tasks), len(params), figsize=(6 * len(params), 4.4 * len(tasks)),
         squeeze=False, constrained_layout=True,
     )  # fmt: skip
     z = np.asarray(band["z"])
@@ -251,7 +251,7 @@ def plot(results: dict, path: Path) -> None:
             axis.set_title(f"{task}: {parameter}")
             axis.set_xlabel(f"fractional rank of the truth among {L} posterior draws")
             axis.set_ylabel("ECDF - uniform CDF")
-            axis.legend(fontsize=7, loc="lower center")
+            axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
     save_figure(figure, path, dpi=110)
     plt.close(figure)
 

@@ -204,3 +204,22 @@ def test_guides_benchmark_smoke(tmp_path):
     assert (posterior["chain_start"], prior["chain_start"]) == ("posterior", "prior")
     assert abs(posterior["gap_max"]) < 1e-10 and prior["gap_mean"] >= -1e-10
     assert (tmp_path / "bench_guides.json").is_file()
+
+
+def test_amortised_benchmark_smoke(tmp_path):
+    import pp_aif
+    from benchmarks.bench_amortised import Config as AmortisedConfig
+    from benchmarks.bench_amortised import run as run_amortised
+    from pp_aif.fitting.training import train_estimator
+
+    estimator, _ = train_estimator(
+        pp_aif.load_task("bandit"), ("alpha",), simulations=40, trials=4, min_trials=2,
+        epochs=1, hidden=4, transforms=1,
+    )  # fmt: skip
+    path = estimator.save(tmp_path / "estimator.pt")
+    results = run_amortised(
+        AmortisedConfig(estimator=path, subjects=3, trials=4, draws=(5,), repeats=1, out=tmp_path)
+    )
+    assert [(row["draws"], row["pointwise"]) for row in results["rows"]] == [(5, False), (5, True)]
+    assert all(row["seconds"] > 0 for row in results["rows"])
+    assert (tmp_path / "bench_amortised.json").is_file()

@@ -89,7 +89,7 @@ def test_near_miss_names_get_did_you_mean(tmp_path, capsys, choices_csv):
             ["fit", "tmaze", str(choices_csv), "--method", "nut"],
             "pp-aif fit",
             "argument --method: invalid choice: 'nut' (did you mean 'nuts'?); choose from "
-            "'nuts', 'svi', 'map', 'grid'",
+            "'nuts', 'svi', 'map', 'grid', 'amortised'",
         ),
         (
             ["simulate", "tmaze", "--inference", "mmmp"],
@@ -101,7 +101,7 @@ def test_near_miss_names_get_did_you_mean(tmp_path, capsys, choices_csv):
             ["simulat", "tmaze"],
             "pp-aif",
             "argument command: invalid choice: 'simulat' (did you mean 'simulate'?); choose "
-            "from 'simulate', 'demo', 'fit', 'compare'",
+            "from 'simulate', 'demo', 'fit', 'train', 'compare'",
         ),
     ):
         with pytest.raises(SystemExit) as exit_status:
