@@ -358,3 +358,34 @@ def _first_difference(written, read):
         return None
     index = tuple(int(i) for i in np.argwhere(~equal)[0])
     return index, a[index].item(), b[index].item()
+
+
+def save_checkpoint(path: str | Path, value: dict, format_tag: str) -> Path:
+    """``torch.save`` of ``value`` with a ``"format"`` tag to ``path``, whole or not at all
+    (``atomic_write``, checked by reading it back): trained networks' files."""
+    import torch
+
+    saved = {"format": format_tag, **value}
+    atomic_write(
+        path,
+        lambda p: torch.save(saved, p),
+        verify=lambda p: torch.load(p, map_location="cpu", weights_only=True),
+    )
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, what: str, format_tag: str) -> dict:
+    """What ``save_checkpoint`` wrote with ``format_tag``: FileNotFoundError for no file, a
+    ValueError naming ``what`` for a file that is not one (unreadable, or another format)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file {path}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same error
+        raise ValueError(f"{what}: {path} is not a saved {what} ({error})") from None
+    if not isinstance(saved, dict) or saved.get("format") != format_tag:
+        raise ValueError(f"{what}: {path} is not a saved {what} ({format_tag})")
+    return saved

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from pp_aif.agent import AgentSettings
-from pp_aif.atomic import atomic_write
+from pp_aif.atomic import load_checkpoint, save_checkpoint
 from pp_aif.errors import DataError
 from pp_aif.jobs import content_digest
 from pp_aif.parameters import LINKS, chosen_priors
@@ -192,31 +192,20 @@ class PosteriorEstimator(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write the estimator to ``path``, whole or not at all (checked by reading it back)."""
-        saved = {
-            "format": _FORMAT,
-            "signature": self.signature,
-            "shapes": self.shapes,
-            "settings": asdict(self.settings),
-            "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
-        atomic_write(
+        return save_checkpoint(
             path,
-            lambda p: torch.save(saved, p),
-            verify=lambda p: torch.load(p, map_location="cpu", weights_only=True),
+            {
+                "signature": self.signature,
+                "shapes": self.shapes,
+                "settings": asdict(self.settings),
+                "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            },
+            _FORMAT,
         )
-        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> PosteriorEstimator:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"estimator: no file {path}")
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is the same error
-            raise ValueError(f"estimator: {path} is not a saved estimator ({error})") from None
-        if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
-            raise ValueError(f"estimator: {path} is not a saved posterior estimator ({_FORMAT})")
+        saved = load_checkpoint(path, "estimator", _FORMAT)
         estimator = cls(saved["signature"], saved["shapes"], EstimatorSettings(**saved["settings"]))
         estimator.load_state_dict(saved["state"])
         return estimator.eval()

@@ -50,7 +50,7 @@ import torch
 from pyro.infer import SVI, TraceEnum_ELBO
 from torch import Tensor, nn
 
-from pp_aif.atomic import atomic_write
+from pp_aif.atomic import load_checkpoint, save_checkpoint
 from pp_aif.inference.exact import exact_smoothing, run_forward_filter
 from pp_aif.inference.inputs import SchemeInputs, Sequences, prepare_sequences
 from pp_aif.inference.variational import LOG_ZERO, chain_beliefs, sample_chain
@@ -169,32 +169,21 @@ class AmortisedGuide(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write the guide (its model's signature, its size and weights) to ``path``, whole or
         not at all (``pp_aif.atomic.atomic_write``, checked by reading it back)."""
-        saved = {
-            "format": _FORMAT,
-            "signature": self.signature,
-            "hidden": self.hidden,
-            "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
-        atomic_write(
+        return save_checkpoint(
             path,
-            lambda p: torch.save(saved, p),
-            verify=lambda p: torch.load(p, map_location="cpu", weights_only=True),
+            {
+                "signature": self.signature,
+                "hidden": self.hidden,
+                "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            },
+            _FORMAT,
         )
-        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, model: GenerativeModel) -> AmortisedGuide:
         """The guide saved at ``path``, for ``model`` (ValueError for another model, or a file
         that is not a saved guide)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"guide: no file {path}")
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is the same error
-            raise ValueError(f"guide: {path} is not a saved amortised guide ({error})") from None
-        if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
-            raise ValueError(f"guide: {path} is not a saved amortised guide ({_FORMAT})")
+        saved = load_checkpoint(path, "amortised guide", _FORMAT)
         _check_signature(saved["signature"], model)
         built = cls(model, hidden=saved["hidden"])
         built.load_state_dict(saved["state"])
