@@ -241,7 +241,7 @@ def test_calibration_band_and_ranks():
     """The simultaneous band holds about 95% of uniform rank samples (its oracle: fresh
     simulations, another seed), the ranks of a true value among draws of its own posterior are
     uniform, and ranks of a biased posterior are not."""
-    from experiments.calibration import ecdf_band, ecdf_difference, ranks, uniformity_p_value
+    from pp_aif.fitting.calibration import ecdf_band, ecdf_difference, ranks, uniformity_p_value
 
     N, L = 200, 99
     _, lower, upper = ecdf_band(N, L, 2000, seed=0)
