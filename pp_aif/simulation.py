@@ -262,8 +262,9 @@ def simulate(
         tuple (model, environment, settings) has none unless given here).
     compile : run each agent step's inference and planning as one compiled graph
         (``agent.step(compiled=True)``, ``torch.compile``): the same trajectories for the same
-        seed, faster for long runs once compiled; the first trials pay the compilation (tens
-        of seconds per step of the trial). Off by default, so nothing compiles on the way to a
+        seed; the first trials pay the compilation (1-5 s a process on the development machine,
+        a graph per step of the trial and number of agents), and it gains only for long runs
+        of few agents (docs/benchmarks.md). Off by default, so nothing compiles on the way to a
         first result. For the exact scheme and open-loop planning with exact EFE (others are
         a ValueError).
 

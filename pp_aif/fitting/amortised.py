@@ -130,7 +130,7 @@ class PosteriorEstimator(nn.Module):
             self.transforms = nn.ModuleList(
                 [
                     T.conditional_spline_autoregressive(
-                        max(d, 2) if d == 1 else d,
+                        max(d, 2),  # Pyro's autoregressive networks need 2 dimensions
                         context,
                         hidden_dims=[settings.hidden, settings.hidden],
                     )  # fmt: skip
@@ -146,7 +146,7 @@ class PosteriorEstimator(nn.Module):
         import pyro.distributions as dist
 
         d = len(self.signature["params"])
-        width = max(d, 2) if d == 1 else d  # Pyro's autoregressive nets need 2 dimensions
+        width = max(d, 2)  # as the transforms were built
         shape = (*context.shape[:-1], width)  # one base per subject, as the context
         base = dist.Normal(torch.zeros(shape), torch.ones(shape)).to_event(1)
         flow = dist.ConditionalTransformedDistribution(base, list(self.transforms))
@@ -253,9 +253,8 @@ class EstimatorSettings:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("simulations", "trials", "min_trials", "hidden", "transforms", "epochs"):
-            check_integer(name, getattr(self, name), minimum=1)
-        for name in ("batch_size", "patience"):
+        positive = ("simulations", "trials", "min_trials", "hidden", "transforms", "epochs")
+        for name in (*positive, "batch_size", "patience"):
             check_integer(name, getattr(self, name), minimum=1)
         check_integer("seed", self.seed, minimum=0)
         if self.min_trials > self.trials:
@@ -272,19 +271,13 @@ class EstimatorSettings:
 
 
 def estimator_draws(estimator: PosteriorEstimator, task, data, params, priors, settings, draws):
-    """``fit(method="amortised")``'s draws: {name: (1, draws, N)} numpy, after the checks."""
+    """``fit(method="amortised")``'s draws: {name: (1, draws, N)} float64, after the checks."""
+    # (the data fit the task, checked by fit; the task is the estimator's, checked here)
     estimator.check(task_signature(task, settings, params, priors), data.present.shape[1])
-    shapes = estimator.shapes
-    expected = [shapes["trial_length"], len(shapes["num_outcomes"])]
-    if list(data.observations.shape[2:]) != expected:
-        raise ValueError(
-            f"data: {list(data.observations.shape[2:])} steps and modalities; the estimator was "
-            f"trained on {expected}"
-        )
     empty = ~data.present.any(1)
     if empty.any():
         raise DataError(
             f"data: subject {data.subjects[int(empty.nonzero()[0])]!r} has no present trial"
         )
     values = estimator.draws(data.observations.cpu(), data.actions.cpu(), data.present.cpu(), draws)
-    return {name: value.numpy()[None] for name, value in values.items()}
+    return {name: value[None] for name, value in values.items()}

@@ -540,8 +540,7 @@ def _run_amortised(estimator, task, data, params, priors, settings, draws):
     if not isinstance(estimator, PosteriorEstimator):
         source = str(estimator)
         estimator = PosteriorEstimator.load(estimator)
-    values = estimator_draws(estimator, task, data, params, priors, settings, draws)
-    sites = {name: torch.as_tensor(value) for name, value in values.items()}
+    sites = estimator_draws(estimator, task, data, params, priors, settings, draws)
     return sites, {
         "estimator": source,
         "estimator_max_trials": estimator.shapes["max_trials"],

@@ -232,17 +232,25 @@ def prepare(model: GenerativeModel, sequences: Sequences) -> Prepared:
     return Prepared(inputs, (states, pairs), log_transitions)
 
 
+def _logits(model, guide: AmortisedGuide, sequences: Sequences, prepared=None):
+    """(Prepared, init, trans): the chain's logits of the amortised guide on validated
+    sequences (``prepared`` from ``prepare``, made here if not given)."""
+    prepared = prepared if prepared is not None else prepare(model, sequences)
+    messages = guide(sequences.observations, sequences.actions)
+    init, trans = chain_logits(
+        model, prepared.inputs, prepared.supports, messages, prepared.log_transitions
+    )
+    return prepared, init, trans
+
+
 def _free_energy(model, guide: AmortisedGuide, sequences: Sequences, prepared=None):
     """(marginals F x (N, T, S_f), F (N,)) of the amortised guide on validated sequences."""
-    inputs, supports, log_transitions = (
-        prepared if prepared is not None else prepare(model, sequences)
-    )
-    messages = guide(sequences.observations, sequences.actions)
-    init, trans = chain_logits(model, inputs, supports, messages, log_transitions)
+    (inputs, _, log_transitions), init, trans = _logits(model, guide, sequences, prepared)
     T = sequences.observations.shape[1]
     return chain_beliefs(
-        model, init, trans if T > 1 else None, inputs.log_likelihood, list(inputs.transitions)
-    )
+        model, init, trans if T > 1 else None, inputs.log_likelihood, list(inputs.transitions),
+        log_transitions,
+    )  # fmt: skip
 
 
 def amortised_beliefs(model: GenerativeModel, guide: AmortisedGuide, sequences: Sequences):
@@ -264,10 +272,7 @@ def pyro_guide(guide: AmortisedGuide) -> Callable:
 
     def amortised(model, observations, actions, **_):
         pyro.module("amortised_guide", guide)
-        sequences = prepare_sequences(model, observations, actions)
-        inputs, supports, log_transitions = prepare(model, sequences)
-        messages = guide(sequences.observations, sequences.actions)
-        init, trans = chain_logits(model, inputs, supports, messages, log_transitions)
+        _, init, trans = _logits(model, guide, prepare_sequences(model, observations, actions))
         sample_chain(model, init, trans, batched=True)
 
     return amortised

@@ -517,10 +517,13 @@ def _read_guide(model, method, store, supports, sequences, transitions, log_like
     return chain_beliefs(model, init, trans, log_likelihood, transitions)
 
 
-def chain_beliefs(model, init, trans, log_likelihood, transitions) -> tuple[list[Tensor], Tensor]:
+def chain_beliefs(
+    model, init, trans, log_likelihood, transitions, log_transitions=None
+) -> tuple[list[Tensor], Tensor]:
     """(marginals F x (N, T, S_f), closed-form F (N,)) of the chain guide whose logits are init
     (N, K) and trans (N, T-1, K, K) (None for T = 1); log_likelihood (N, T, S_1..S_F) and
-    transitions F x (N, T-1, S_next, S_prev) are the sequences' (``SchemeInputs``)."""
+    transitions F x (N, T-1, S_next, S_prev) are the sequences' (``SchemeInputs``);
+    log_transitions, their ``joint_log_transitions``, is computed if not given."""
     N, T, K = init.shape[0], log_likelihood.shape[1], init.shape[-1]
     initial = torch.softmax(init, -1)
     if T > 1:
@@ -532,7 +535,7 @@ def chain_beliefs(model, init, trans, log_likelihood, transitions) -> tuple[list
         initial,
         conditionals,
         log_likelihood.reshape(N, T, K),
-        joint_log_transitions(transitions),
+        joint_log_transitions(transitions) if log_transitions is None else log_transitions,
         joint_log_initial(model.log_D),
         joint,
     )
