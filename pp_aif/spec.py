@@ -677,6 +677,18 @@ class GenerativeModel:
         """ln B[f] as (U_f, S_prev, S_next): Pyro's layout, next state last."""
         return tuple(torch.log(b).permute(2, 1, 0).contiguous() for b in self.B)
 
+    @computed_once
+    def learnable_initial_factors(self) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
+        """(the factors whose pD has more than one positive entry, and for each factor the one
+        state its D is certain of, None for those): a factor with one positive count keeps a
+        one-hot D whatever it learns. ((), ()) without pD."""
+        if self.pD is None:
+            return (), ()
+        certain = tuple(
+            None if int((p > 0).sum()) > 1 else int((p > 0).nonzero()[0]) for p in self.pD
+        )
+        return tuple(f for f, s in enumerate(certain) if s is None), certain
+
     def to(self, dtype: torch.dtype | None = None, device=None) -> GenerativeModel:
         """A copy with every array cast to ``dtype`` and moved to ``device``."""
 

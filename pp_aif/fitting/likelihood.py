@@ -55,8 +55,15 @@ from torch import Tensor
 
 from pp_aif.agent import AgentSettings, policies_at
 from pp_aif.errors import DataError
+from pp_aif.fitting.count_history import count_history
 from pp_aif.ops.contractions import outer
-from pp_aif.ops.efe import expected_free_energy_terms
+from pp_aif.ops.efe import (
+    EFETerms,
+    LinearEFE,
+    expected_free_energy_terms,
+    linear_efe,
+    linear_efe_terms,
+)
 from pp_aif.ops.hmm import (
     factor_marginals,
     forward_filter,
@@ -104,7 +111,9 @@ class PolicyValues:
     base, pragmatic : T-1 tensors (*b, N, K, P_t), the two parts of the policy score at each
         step with an action (score = base + c * pragmatic; see the module docstring);
     log_prior : T-1 tensors (P_t,), ln E; first_actions : T-1 tensors (P_t, F), each policy's
-    first control per factor; actions : int (N, K, T-1, F), the person's actions.
+    first control per factor; actions : int (N, K, T-1, F), the person's actions; safe : every
+    score is finite, every ln E too, and every control of every factor is some policy's first
+    (so the action probabilities need no guard against -inf).
     """
 
     base: list[Tensor]
@@ -113,6 +122,7 @@ class PolicyValues:
     first_actions: list[Tensor]
     actions: Tensor
     num_controls: tuple[int, ...]
+    safe: bool = False
 
 
 def _check_settings(model: GenerativeModel, settings: AgentSettings) -> None:
@@ -206,9 +216,97 @@ def _per_trial(array: Tensor, batch, K: int, num_factors: int) -> Tensor:
     return per_subject.expand(*batch, N, K, *event).reshape(-1, *event)
 
 
-def _policy_values(model, settings, arrays, initial, A=None) -> PolicyValues:
+@dataclass(frozen=True)
+class LinearPlan:
+    """A learner's policy values as linear maps of each trial's initial joint belief Q_0
+    (``linear_plan``), for agents whose A and B are fixed.
+
+    filters : (N, K, T, S, S), S = prod_f S_f: the filtered joint belief of step t of trial k is
+    filters[n, k, t] Q_0 normalised (the forward filter's products of diag(p(o_t | s)) and the
+    chosen B, each rescaled to a largest entry of 1); efe : T-1 ``LinearEFE`` maps, one per
+    step with an action; safe : ``PolicyValues.safe`` holds for the values of this plan (its
+    scores are finite by construction).
+    """
+
+    filters: Tensor
+    efe: list[LinearEFE]
+    safe: bool
+
+
+def linear_plan(
+    model: GenerativeModel, settings: AgentSettings, arrays, limit: int = 2**22
+) -> LinearPlan | None:
+    """The LinearPlan of the data's _trial_arrays, or None where it does not apply: a
+    preference of -inf, or maps of more than ``limit`` entries (the kernels are used then)."""
+    log_likelihood, transitions, actions = arrays
+    N, K, T = actions.shape[0], actions.shape[1], actions.shape[2] + 1
+    F = model.num_factors
+    S = math.prod(model.num_states)
+    if N * K * T * S * S > limit:
+        return None
+    efe, safe = [], True
+    for t in range(T - 1):
+        policies, log_prior = policies_at(model, settings, t, T)
+        safe = safe and bool(torch.isfinite(log_prior).all())
+        for f, U in enumerate(model.num_controls):
+            safe = safe and len(set(policies[:, 0, f].tolist())) == U
+        maps = linear_efe(
+            model.A,
+            model.transition_by_action,
+            log_preferences(model, t, policies.shape[1]),
+            policies,
+            limit=limit,
+        )
+        if maps is None:
+            return None
+        efe.append(maps)
+    flat = log_likelihood.reshape(N * K, T, S)
+    shift = flat.amax(-1, keepdim=True)
+    likelihood = torch.exp(flat - torch.where(torch.isfinite(shift), shift, 0.0))
+    step = torch.diag_embed(likelihood[:, 0])  # (N K, S, S)
+    filters = [step]
+    for t in range(1, T):
+        joint = outer(*[b[:, t - 1] for b in transitions], batch_dims=1)  # (NK, S1', S1, ..)
+        order = [0, *range(1, 2 * F, 2), *range(2, 2 * F + 1, 2)]
+        joint = joint.permute(order).reshape(N * K, S, S)
+        step = likelihood[:, t, :, None] * (joint @ step)
+        top = step.flatten(1).amax(-1)
+        filters.append(step / torch.where(top > 0, top, 1.0)[:, None, None])
+        step = filters[-1]
+    return LinearPlan(torch.stack(filters, 1).reshape(N, K, T, S, S), efe, safe)
+
+
+def _linear_scores(model, plan: LinearPlan, initial, batch, N, K):
+    """Each step's EFETerms (T-1 of them, each (b N K, P_t)) from the plan and each trial's
+    initial beliefs (F tensors (b N K, S_f)), or None where a filtered belief's normaliser is
+    too small for the linear filter (the kernels then recompute it in log space)."""
+    F = model.num_factors
+    start = outer(*initial, batch_dims=1).reshape(*batch, N, K, 1, -1, 1)
+    joint = (plan.filters @ start)[..., 0]  # (*b, N, K, T, S)
+    total = joint.sum(-1, keepdim=True)
+    if bool((total < _SMALLEST_NORMALISER).any()):
+        return None
+    joint = joint / total
+    if F > 1:
+        joint = joint.reshape(*joint.shape[:-1], *model.num_states)
+        factors = factor_marginals(joint, joint.dim() - F)
+        joint = outer(*factors, batch_dims=joint.dim() - F).flatten(-F)
+    size = math.prod(batch) * N * K
+    return [
+        linear_efe_terms(joint[..., t, :].reshape(size, -1), maps)
+        for t, maps in enumerate(plan.efe)
+    ]
+
+
+#: the forward filter's own threshold for leaving probability space (sqrt of the smallest
+#: normal float64)
+_SMALLEST_NORMALISER = math.sqrt(torch.finfo(torch.float64).tiny)
+
+
+def _policy_values(model, settings, arrays, initial, A=None, plan=None) -> PolicyValues:
     """Policy values from _trial_arrays; initial : F tensors (*b, N, K, S_f) or None (the
-    model's D); A : M tensors (*b, N, O_m, S..), the agents' own likelihoods, or None."""
+    model's D); A : M tensors (*b, N, O_m, S..), the agents' own likelihoods, or None; plan :
+    the data's LinearPlan (with A None), or None."""
     log_likelihood, transitions, actions = arrays
     N, K, T = actions.shape[0], actions.shape[1], actions.shape[2] + 1
     F = model.num_factors
@@ -217,36 +315,55 @@ def _policy_values(model, settings, arrays, initial, A=None) -> PolicyValues:
     shapes += [] if A is None else [A[0].shape[: -F - 2]]
     batch = torch.broadcast_shapes(*shapes)
     size = math.prod(batch) * N * K
-    log_likelihood = log_likelihood.expand(*batch, *log_likelihood.shape[-F - 2 :])
-    log_likelihood = log_likelihood.reshape(size, *log_likelihood.shape[-F - 1 :])
-    if batch:
-        transitions = [b.expand(*batch, *b.shape).reshape(size, *b.shape[1:]) for b in transitions]
     if initial is None:
         initial = [d.expand(size, -1) for d in model.D]
     else:
         initial = [d.expand(*batch, N, K, -1).reshape(size, d.shape[-1]) for d in initial]
-    # each trial's agent's own A: (b*N*K, O_m, S..)
-    likelihood = model.A if A is None else [_per_trial(a, batch, K, F) for a in A]
-    filtered = forward_filter(log_likelihood, transitions, initial).filtered
-    marginals = factor_marginals(filtered, 2)  # F tensors (b*N*K, T, S_f)
+    steps = (
+        None if plan is None or A is not None else _linear_scores(model, plan, initial, batch, N, K)
+    )
+    safe = steps is not None and plan.safe
+    if steps is None:
+        steps = _kernel_scores(model, settings, arrays, initial, A, batch, size)
     without_pragmatic = replace(settings.lesions, pragmatic=False)
     base, pragmatic, log_prior, first = [], [], [], []
-    for t in range(T - 1):  # each step has its own policy depth and (time-varying) preferences
+    for t, scores in enumerate(steps):
         policies, prior = policies_at(model, settings, t, T)
-        # the kernel itself: these beliefs are filtered marginals, valid by construction
-        scores = expected_free_energy_terms(
-            [q[:, t] for q in marginals],
-            likelihood,
-            model.transition_by_action,
-            log_preferences(model, t, policies.shape[1]),
-            policies,
-        )
         base.append(policy_score(scores, without_pragmatic).reshape(*batch, N, K, -1))
         part = -scores.pragmatic if settings.lesions.pragmatic else torch.zeros_like(scores.G)
         pragmatic.append(part.reshape(*batch, N, K, -1))
         log_prior.append(prior)
         first.append(policies[:, 0, :])
-    return PolicyValues(base, pragmatic, log_prior, first, actions, model.num_controls)
+    return PolicyValues(base, pragmatic, log_prior, first, actions, model.num_controls, safe)
+
+
+def _kernel_scores(model, settings, arrays, initial, A, batch, size) -> list[EFETerms]:
+    """Each step's EFETerms (b N K, P_t) by the forward filter and the EFE kernel."""
+    log_likelihood, transitions, actions = arrays
+    K, T = actions.shape[1], actions.shape[2] + 1
+    F = model.num_factors
+    log_likelihood = log_likelihood.expand(*batch, *log_likelihood.shape[-F - 2 :])
+    log_likelihood = log_likelihood.reshape(size, *log_likelihood.shape[-F - 1 :])
+    if batch:
+        transitions = [b.expand(*batch, *b.shape).reshape(size, *b.shape[1:]) for b in transitions]
+    # each trial's agent's own A: (b*N*K, O_m, S..)
+    likelihood = model.A if A is None else [_per_trial(a, batch, K, F) for a in A]
+    filtered = forward_filter(log_likelihood, transitions, initial).filtered
+    marginals = factor_marginals(filtered, 2)  # F tensors (b*N*K, T, S_f)
+    steps = []
+    for t in range(T - 1):  # each step has its own policy depth and (time-varying) preferences
+        policies, _ = policies_at(model, settings, t, T)
+        # the kernel itself: these beliefs are filtered marginals, valid by construction
+        steps.append(
+            expected_free_energy_terms(
+                [q[:, t] for q in marginals],
+                likelihood,
+                model.transition_by_action,
+                log_preferences(model, t, policies.shape[1]),
+                policies,
+            )
+        )
+    return steps
 
 
 def initial_state_evidence(
@@ -345,47 +462,37 @@ def learned_initial_beliefs(
     N, K = evidence.shape[-F - 2 : -F]
     dtype = evidence.dtype
     device = evidence.device
-    eta = torch.as_tensor(learning_rate, dtype=dtype, device=device)[..., None]  # (*b, N, 1)
-    omega = torch.as_tensor(forgetting, dtype=dtype, device=device)[..., None]
-    kappa = torch.as_tensor(concentration, dtype=dtype, device=device)[..., None]
-    batch = torch.broadcast_shapes(
-        eta.shape[:-2], omega.shape[:-2], kappa.shape[:-2], evidence.shape[: -F - 2]
-    )
-    learnable = [f for f, p in enumerate(model.pD) if int((p > 0).sum()) > 1]
-    fixed = {f: int((p > 0).nonzero()[0]) for f, p in enumerate(model.pD) if f not in learnable}
-    index = tuple(slice(None) if f in learnable else fixed[f] for f in range(F))
+    parameters = [
+        torch.as_tensor(x, dtype=dtype, device=device)
+        for x in (learning_rate, forgetting, concentration)
+    ]
+    batch = torch.broadcast_shapes(*[x.shape[:-1] for x in parameters], evidence.shape[: -F - 2])
+    learnable, certain = model.learnable_initial_factors
+    index = tuple(slice(None) if s is None else s for s in certain)
     evidence = evidence[(Ellipsis, *index)]  # (*e, N, K, S_l...)
     L = len(learnable)
     kept = (
-        torch.ones(N, K, 1, dtype=dtype, device=evidence.device)
+        torch.ones(N, K, dtype=dtype, device=device)
         if present is None
-        else present[..., None].to(dtype)
+        else present.to(dtype=dtype, device=device)
     )
-    counts = [(kappa * model.pD[f]).expand(*batch, N, -1) for f in learnable]
-    history: list[list[Tensor]] = [[] for _ in learnable]
-    for k in range(K):
-        for trials, p in zip(history, counts, strict=True):
-            trials.append(p)
-        if L == 0:
-            continue
-        joint = (counts[0] if L == 1 else outer(*counts, batch_dims=len(batch) + 1)) * (
-            evidence.select(-L - 1, k)
-        )
-        total = joint.flatten(-L).sum(-1)[..., None]  # (*b, N, 1)
-        step_eta, step_keep = eta * kept[:, k], 1.0 - omega * kept[:, k]
-        updated = []
-        for i, p in enumerate(counts):
-            others = [-L + j for j in range(L) if j != i]
-            marginal = joint.sum(others) if others else joint
-            updated.append(step_keep * p + step_eta * marginal / total)
-        counts = updated
+    history: list[Tensor] = []
+    if L:
+        B = math.prod(batch)
+        eta, omega, kappa = (x.expand(*batch, N).reshape(B, N) for x in parameters)
+        if evidence.dim() > L + 2:  # evidence that depends on the parameters (zeta)
+            evidence = evidence.expand(*batch, *evidence.shape[-L - 2 :])
+            evidence = evidence.reshape(B, *evidence.shape[-L - 2 :])
+        priors = [model.pD[f] for f in learnable]
+        history = count_history(eta, omega, kappa, evidence, priors, kept)
+        history = [h.reshape(*batch, N, K, -1) for h in history]
     beliefs = []
     for f in range(F):
         if f in learnable:
-            p = torch.stack(history[learnable.index(f)], -2)  # (*b, N, K, S_f)
+            p = history[learnable.index(f)]  # (*b, N, K, S_f)
             beliefs.append(p / p.sum(-1, keepdim=True))
         else:
-            one_hot = (model.pD[f] > 0).to(dtype)
+            one_hot = (model.pD[f] > 0).to(dtype)  # a factor its counts keep certain
             beliefs.append(one_hot.expand(*batch, N, K, -1))
     return beliefs
 
@@ -404,6 +511,18 @@ def action_log_probabilities(
     alpha = torch.as_tensor(alpha, dtype=dtype, device=device)[..., None, None]
     preference = torch.as_tensor(preference, dtype=dtype, device=device)[..., None, None]
     per_factor: list[list[Tensor]] = [[] for _ in values.num_controls]
+    if values.safe:  # the same numbers without the guards (a tenth of a fit's operations)
+        for base, pragmatic, log_prior, first in zip(
+            values.base, values.pragmatic, values.log_prior, values.first_actions, strict=True
+        ):
+            log_q = torch.log_softmax(log_prior - gamma * (base + preference * pragmatic), -1)
+            for f, U in enumerate(values.num_controls):
+                if U > 1:
+                    mask = first[:, f, None] == torch.arange(U, device=first.device)
+                    log_mask = torch.where(mask, 0.0, -torch.inf).to(log_q.dtype)  # (P, U)
+                    log_m = torch.logsumexp(log_q[..., :, None] + log_mask, -2)
+                    per_factor[f].append(torch.log_softmax(alpha * log_m, -1))
+        return [torch.stack(steps, -2) if steps else None for steps in per_factor]
     for base, pragmatic, log_prior, first in zip(
         values.base, values.pragmatic, values.log_prior, values.first_actions, strict=True
     ):
@@ -486,9 +605,11 @@ class BehaviourLikelihood:
         self.arrays = _trial_arrays(model, observations, actions)
         # the data's own checks (impossible trials) at zeta = 1: A_zeta has A's zeros
         self.evidence = None if model.pD is None else _checked_evidence(model, self.arrays, present)
-        self.static = None
+        self.static, self.plan = None, None
         if not learning and "likelihood_precision" not in params:
             self.static = self.values({})
+        elif "likelihood_precision" not in params:
+            self.plan = linear_plan(model, settings, self.arrays)
 
     def values(self, theta: dict) -> PolicyValues:
         """Policy values under theta (only its learning parameters and zeta matter here)."""
@@ -509,7 +630,7 @@ class BehaviourLikelihood:
             initial = learned_initial_beliefs(
                 self.model, evidence, rate, forget, scale, self.present
             )
-        return _policy_values(self.model, self.settings, arrays, initial, A)
+        return _policy_values(self.model, self.settings, arrays, initial, A, self.plan)
 
     def log_probabilities(self, theta: dict) -> list[Tensor | None]:
         """ln p(u_f,t = u | theta, history), as :func:`action_log_probabilities`."""

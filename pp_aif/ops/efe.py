@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from pp_aif.ops.contractions import outer
-from pp_aif.ops.numerics import entropy, xlogy
+from pp_aif.ops.numerics import entropy, entropy_terms, xlogy
 
 __all__ = [
     "EFETerms",
@@ -49,6 +49,9 @@ __all__ = [
     "batch_likelihoods",
     "batch_transitions",
     "policy_prefix_tree",
+    "LinearEFE",
+    "linear_efe",
+    "linear_efe_terms",
 ]
 
 #: SPM's floor inside ``spm_wnorm``: exp(-16).
@@ -348,6 +351,118 @@ def expected_free_energy_terms(
         epistemic=epistemic,
         pragmatic=pragmatic,
         novelty=novelty,
+    )
+
+
+class LinearEFE(NamedTuple):
+    """The expected free energy of fixed A, B and preferences as linear maps of the joint
+    belief Q (N, S), S = prod_f S_f (``linear_efe``): U distinct policy prefixes over all steps,
+    O = prod_m O_m joint outcomes, P policies.
+
+    outcomes : (R, S), the R <= U O rows (prefix, outcome) that some joint state can reach:
+    q(o | prefix) = outcomes Q; grouping : (R, P), 1 where the row's prefix starts the policy
+    (so that H[q(o | pi)] summed over the steps is (-y ln y) grouping, y = outcomes Q); linear :
+    (S, 2 P), the ambiguity and pragmatic value of each policy.
+    """
+
+    outcomes: Tensor
+    grouping: Tensor
+    linear: Tensor
+
+
+def linear_efe(
+    A: Sequence[Tensor],
+    transition_by_action: Sequence[Tensor],
+    log_preferences: Sequence[Tensor],
+    policies: Tensor,
+    *,
+    limit: int = 2**22,
+) -> LinearEFE | None:
+    """``expected_free_energy_terms`` of one shared A and B as linear maps of the joint belief:
+    a fast path for a likelihood that scores policies from thousands of beliefs per call.
+
+    The kernel propagates each factor's marginal, q(s_f,tau | pi) = B_f(u) q(s_f,tau-1), and
+    takes their product, so from a product belief Q = prod_f q_f every predicted joint state is
+    (prod_f B_f) Q, linear in Q; so are the predicted outcomes q(o | pi, tau), the ambiguity and
+    the pragmatic value, and only H[q(o | pi, tau)] is not. The maps are built here once, by
+    running the kernel's own recursion from each joint state; ``linear_efe_terms`` then needs
+    two matrix products and one entropy per call, whatever the horizon.
+
+    Returns None (use the kernel) where a preference is -inf (0 ln 0 needs the kernel's care)
+    or the maps would hold more than ``limit`` entries.
+    """
+    F = len(transition_by_action)
+    P, H, _ = policies.shape
+    joint_likelihood, entropy_given_state = _likelihood_quantities(A, F)
+    if joint_likelihood.shape[0] != 1 or entropy_given_state.shape[0] != 1:
+        return None  # one likelihood per belief
+    num_states = [b.shape[-1] for b in transition_by_action]
+    S, outcomes_joint = math.prod(num_states), joint_likelihood.shape[1]
+    tree = policy_prefix_tree(policies)
+    U = sum(level.actions.shape[0] for level in tree)
+    if U * outcomes_joint * (S + P) + 2 * P * S > limit:
+        return None
+    num_outcomes = [a.shape[-F - 1] for a in A]
+    M = len(A)
+    joint_preferences = [
+        sum(
+            log_preferences[m][tau].reshape(*[1] * m, num_outcomes[m], *[1] * (M - m - 1))
+            for m in range(M)
+        ).flatten()
+        for tau in range(H)
+    ]
+    if not all(bool(torch.isfinite(p).all()) for p in joint_preferences):
+        return None
+    dtype, device = joint_likelihood.dtype, joint_likelihood.device
+    # every joint state as a belief: F one-hot factor marginals (S, S_f)
+    index = torch.arange(S, device=device)
+    basis = []
+    for f in range(F):
+        stride = math.prod(num_states[f + 1 :])
+        basis.append(torch.nn.functional.one_hot((index // stride) % num_states[f], num_states[f]))
+    current = [q.to(dtype)[:, None, :] for q in basis]
+    transitions = batch_transitions(transition_by_action)
+    outcomes, membership = [], []
+    ambiguity = torch.zeros(S, P, dtype=dtype, device=device)
+    pragmatic = torch.zeros(S, P, dtype=dtype, device=device)
+    for tau, level in enumerate(tree):
+        previous = [q[:, level.parent] for q in current]
+        states = [
+            _predict(b, level.actions[:, f], q)
+            for f, (b, q) in enumerate(zip(transitions, previous, strict=True))
+        ]
+        flat_states = outer(*states, batch_dims=2).flatten(2)  # (S, U_tau, S)
+        predicted = flat_states @ joint_likelihood[0].T  # (S, U_tau, O)
+        ambiguity = ambiguity + _spread(flat_states @ entropy_given_state[0], level)
+        pragmatic = pragmatic + _spread(predicted @ joint_preferences[tau], level)
+        outcomes.append(predicted.permute(1, 2, 0).reshape(-1, S))  # (U_tau O, S)
+        inverse = level.inverse if level.inverse is not None else torch.arange(P, device=device)
+        count = level.actions.shape[0]
+        member = inverse[None, :] == torch.arange(count, device=device)[:, None]  # (U_tau, P)
+        membership.append(member.to(dtype).repeat_interleave(outcomes_joint, 0))  # (U_tau O, P)
+        current = states
+    outcomes, membership = torch.cat(outcomes), torch.cat(membership)
+    reachable = (outcomes > 0).any(-1)  # the others are 0 from every belief: -0 ln 0 = 0
+    return LinearEFE(
+        outcomes[reachable], membership[reachable], torch.cat([ambiguity, pragmatic], -1)
+    )
+
+
+def linear_efe_terms(joint_beliefs: Tensor, maps: LinearEFE) -> EFETerms:
+    """``expected_free_energy_terms`` from the joint beliefs (N, S) (the product of the factor
+    marginals) by the maps of ``linear_efe``: EFETerms, each (N, P)."""
+    P = maps.grouping.shape[1]
+    outcome_entropy = entropy_terms(joint_beliefs @ maps.outcomes.T) @ maps.grouping  # (N, P)
+    linear = joint_beliefs @ maps.linear
+    ambiguity, pragmatic = linear[..., :P], linear[..., P:]
+    risk = -outcome_entropy - pragmatic
+    return EFETerms(
+        G=risk + ambiguity,
+        risk=risk,
+        ambiguity=ambiguity,
+        epistemic=outcome_entropy - ambiguity,
+        pragmatic=pragmatic,
+        novelty=torch.zeros_like(ambiguity),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["xlogy", "entropy", "categorical", "logsumexp", "safe_log"]
+__all__ = ["xlogy", "entropy", "entropy_terms", "categorical", "logsumexp", "safe_log"]
 
 
 def xlogy(x: Tensor, y: Tensor) -> Tensor:
@@ -72,6 +72,30 @@ class _Entropy(torch.autograd.Function):
         positive = q > 0
         log_q = torch.log(torch.where(positive, q, 1.0))
         return torch.where(positive, -1.0 - log_q, 0.0) * grad[..., None]
+
+
+class _EntropyTerms(torch.autograd.Function):
+    """-q ln q elementwise (0 at q = 0), with the gradient of ``_Entropy``."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor) -> Tensor:
+        ctx.save_for_backward(q)
+        return torch.special.entr(q)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (q,) = ctx.saved_tensors
+        positive = q > 0
+        log_q = torch.log(torch.where(positive, q, 1.0))
+        return torch.where(positive, -1.0 - log_q, 0.0) * grad
+
+
+def entropy_terms(q: Tensor) -> Tensor:
+    """-q ln q elementwise, 0 at q = 0 with a zero gradient there (``entropy`` before its sum:
+    for entropies whose terms are summed by a matrix product)."""
+    if torch.is_grad_enabled() and q.requires_grad:
+        return _EntropyTerms.apply(q)
+    return torch.special.entr(q)
 
 
 def entropy(q: Tensor) -> Tensor:

@@ -5,6 +5,8 @@ is scaled), and its gradients reach every parameter (gradcheck)."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -92,19 +94,28 @@ def replayed(arrays, C, pD, policies, theta_n, observations, actions, present, l
     return out
 
 
+WITHOUT_ZETA = tuple(name for name in PARAMETERS if name != "likelihood_precision")
+
+
+@pytest.mark.parametrize("params", [PARAMETERS, WITHOUT_ZETA])
 @pytest.mark.parametrize("lesions", [Lesions(), Lesions(epistemic=False)])
-def test_learning_likelihood_equals_the_replayed_agent(case, lesions):
+def test_learning_likelihood_equals_the_replayed_agent(case, lesions, params):
+    """With zeta fitted, by the filter and the EFE kernel; without it, by the linear plan."""
     arrays, C, pD, model, observations, actions = case
     present = torch.ones(N, K, dtype=torch.bool)
     present[1, 1] = False  # a gap: that trial teaches subject 1 nothing
     likelihood = BehaviourLikelihood(
-        model, AgentSettings(lesions=lesions), observations, actions, PARAMETERS, present
+        model, AgentSettings(lesions=lesions), observations, actions, params, present
     )
-    theta = {name: torch.tensor(value, dtype=torch.float64) for name, value in THETA.items()}
+    assert (likelihood.plan is not None) == (params == WITHOUT_ZETA)
+    theta = {name: torch.tensor(THETA[name], dtype=torch.float64) for name in params}
     fast = likelihood(theta)
     assert fast.shape == (N, K, T - 1)
     for n in range(N):
         theta_n = {name: value[n] for name, value in THETA.items()}
+        theta_n["likelihood_precision"] = (
+            theta_n["likelihood_precision"] if params == PARAMETERS else 1.0
+        )
         expected = replayed(
             arrays,
             C,
@@ -117,6 +128,32 @@ def test_learning_likelihood_equals_the_replayed_agent(case, lesions):
             lesions,
         )
         assert_close(fast[n][present[n]], expected[present[n]])
+
+
+def test_the_linear_plan_is_the_filter_and_the_kernel(case, monkeypatch):
+    """The plan's likelihood and gradients against the same likelihood without it, and where a
+    filtered belief's normaliser is too small for it, the filter's (log-space) answer."""
+    _, _, _, model, observations, actions = case
+    likelihood = BehaviourLikelihood(model, AgentSettings(), observations, actions, WITHOUT_ZETA)
+    kernels = BehaviourLikelihood(model, AgentSettings(), observations, actions, WITHOUT_ZETA)
+    kernels.plan = None
+    draws = {
+        name: torch.tensor(THETA[name], dtype=torch.float64).expand(2, N).clone()
+        for name in WITHOUT_ZETA
+    }
+    for theta in (draws, {name: value[0] for name, value in draws.items()}):
+        inputs = {name: value.requires_grad_(True) for name, value in theta.items()}
+        fast, slow = likelihood(inputs), kernels(inputs)
+        assert likelihood.values(inputs).safe and not kernels.values(inputs).safe
+        assert_close(fast, slow)
+        weights = torch.rand(fast.shape, dtype=torch.float64)
+        got = torch.autograd.grad((fast * weights).sum(), list(inputs.values()))
+        want = torch.autograd.grad((slow * weights).sum(), list(inputs.values()))
+        assert_close(got, want)
+    fitting = importlib.import_module("pp_aif.fitting.likelihood")
+    monkeypatch.setattr(fitting, "_SMALLEST_NORMALISER", 2.0)  # every normaliser "too small"
+    assert not likelihood.values(draws).safe
+    assert_close(likelihood(draws), kernels(draws))
 
 
 def test_learning_likelihood_passes_gradcheck(case):

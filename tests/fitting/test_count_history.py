@@ -1,0 +1,78 @@
+"""The pD recursion in numpy with its adjoint written out (``pp_aif.fitting.count_history``)
+equals the same recursion in torch operations: values, gradients and second derivatives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pp_aif.fitting.count_history import _CountHistory, count_history, torch_count_history
+from tests.common import assert_close
+
+
+def _case(seed: int, num_states, B=3, N=2, K=7):
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(*shape):
+        return torch.rand(*shape, dtype=torch.float64, generator=generator)
+
+    eta = uniform(B, N).requires_grad_(True)
+    omega = (0.3 * uniform(B, N)).requires_grad_(True)
+    kappa = (0.5 + uniform(B, N)).requires_grad_(True)
+    evidence = uniform(N, K, *num_states)
+    kept = (uniform(N, K) > 0.3).to(torch.float64)  # absent trials teach nothing
+    priors = [0.2 + uniform(s) for s in num_states]
+    priors[0][0] = 0.0  # a structural zero stays one
+    return (eta, omega, kappa), evidence, priors, kept
+
+
+@pytest.mark.parametrize("num_states", [(3,), (2, 3)])
+def test_the_numpy_recursion_is_the_torch_one(num_states, monkeypatch):
+    parameters, evidence, priors, kept = _case(0, num_states)
+    calls = []
+    monkeypatch.setattr(
+        _CountHistory, "forward", staticmethod(_recorded(_CountHistory.forward, calls))
+    )
+    fast = count_history(*parameters, evidence, priors, kept)
+    assert calls, "the numpy recursion did not run"
+    slow = torch_count_history(*parameters, evidence, priors, kept)
+    assert_close(fast, slow)
+    assert all(bool((h[..., 0] == 0).all()) for h in fast[:1])  # the zero stays
+    weights = [torch.rand(h.shape, dtype=torch.float64) for h in fast]
+
+    def weighted(history):
+        return sum((h * w).sum() for h, w in zip(history, weights, strict=True))
+
+    got = torch.autograd.grad(weighted(fast), parameters)
+    want = torch.autograd.grad(weighted(slow), parameters)
+    assert_close(got, want)
+    assert all(bool((g.abs() > 0).all()) for g in got)
+
+
+def _recorded(forward, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    return wrapped
+
+
+@pytest.mark.parametrize("num_states", [(3,), (2, 3)])
+def test_first_and_second_derivatives_pass_gradcheck(num_states):
+    parameters, evidence, priors, kept = _case(1, num_states, B=2, N=1, K=4)
+
+    def history(*values):
+        return tuple(count_history(*values, evidence, priors, kept))
+
+    assert torch.autograd.gradcheck(history, parameters)
+    assert torch.autograd.gradgradcheck(history, parameters)
+
+
+def test_evidence_that_depends_on_the_parameters_takes_the_torch_recursion():
+    """(zeta sharpens A, so the evidence has a gradient of its own and a batch axis)"""
+    parameters, evidence, priors, kept = _case(2, (3,))
+    sharp = evidence.expand(3, *evidence.shape).clone().requires_grad_(True)
+    history = count_history(*parameters, sharp, priors, kept)
+    (gradient,) = torch.autograd.grad(history[0].sum(), sharp)
+    assert torch.isfinite(gradient).all() and (gradient.abs() > 0).any()
+    assert_close(history, torch_count_history(*parameters, sharp, priors, kept))
