@@ -40,7 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["count_history", "torch_count_history"]
+__all__ = [
+    "count_history",
+    "torch_count_history",
+    "numpy_history",
+    "numpy_adjoint",
+    "single_factor_tangents",
+]
 
 
 def _expand(vector, i: int, L: int):
@@ -87,27 +93,9 @@ class _CountHistory(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, eta, omega, kappa, evidence, kept, *priors):
-        L = len(priors)
         e, w, c = (x.detach().numpy() for x in (eta, omega, kappa))
-        lam, keep_mask = evidence.numpy(), kept.numpy()
         pD = [p.numpy() for p in priors]
-        K = keep_mask.shape[1]
-        keeps = 1.0 - w[..., None] * keep_mask  # (B, N, K)
-        rates = e[..., None] * keep_mask
-        if L == 1:  # the commonest case, without the general case's bookkeeping
-            history = [_single_factor_history(c[..., None] * pD[0], lam, keeps, rates)]
-        else:
-            history = [np.empty((*e.shape, K, p.shape[-1])) for p in pD]
-            counts = [c[..., None] * p for p in pD]
-            for k in range(K):
-                for h, p in zip(history, counts, strict=True):
-                    h[..., k, :] = p
-                joint = _joint(counts, lam[:, k], L)
-                total = joint.reshape(*joint.shape[:-L], -1).sum(-1)[..., None]
-                counts = [
-                    keeps[..., k, None] * p + rates[..., k, None] * _marginal(joint, i, L) / total
-                    for i, p in enumerate(counts)
-                ]
+        history = numpy_history(e, w, c, evidence.numpy(), kept.numpy(), pD)
         ctx.save_for_backward(eta, omega, kappa, evidence, kept, *priors)
         ctx.history = history
         return tuple(torch.from_numpy(h) for h in history)
@@ -126,26 +114,101 @@ class _CountHistory(torch.autograd.Function):
                 )
             back = [next(found) if x.requires_grad else None for x in (eta, omega, kappa)]
             return (*back, None, None, *[None] * len(priors))
-        L = len(priors)
-        history = ctx.history
         e, w = eta.detach().numpy(), omega.detach().numpy()
-        lam, keep_mask = evidence.numpy(), kept.numpy()
-        pD = [p.numpy() for p in priors]
         g = [None if x is None else x.numpy() for x in grads]
-        keeps = 1.0 - w[..., None] * keep_mask  # (B, N, K)
-        rates = e[..., None] * keep_mask
-        if L == 1:
-            adjoint, through_all = _single_factor_adjoint(history[0], lam, keeps, rates, g[0])
-        else:
-            adjoint, through_all = _adjoint(history, lam, keeps, rates, g)
-        d_omega = -(keep_mask * through_all[0]).sum(-1)
-        d_eta = (keep_mask * through_all[1]).sum(-1)
-        d_kappa = sum((a * p).sum(-1) for a, p in zip(adjoint, pD, strict=True))
+        pD = [p.numpy() for p in priors]
+        found = numpy_adjoint(ctx.history, g, e, w, evidence.numpy(), kept.numpy(), pD)
         back = [
             torch.from_numpy(np.asarray(d)) if x.requires_grad else None
-            for d, x in zip((d_eta, d_omega, d_kappa), (eta, omega, kappa), strict=True)
+            for d, x in zip(found, (eta, omega, kappa), strict=True)
         ]
         return (*back, None, None, *[None] * len(priors))
+
+
+def numpy_history(eta, omega, kappa, evidence, kept, priors) -> list[np.ndarray]:
+    """``torch_count_history`` in numpy: L arrays (B, N, K, S_i) from eta, omega, kappa (B, N),
+    evidence (N, K, S_1..S_L), kept (N, K) and priors L arrays (S_i,)."""
+    L = len(priors)
+    K = kept.shape[1]
+    keeps = 1.0 - omega[..., None] * kept  # (B, N, K)
+    rates = eta[..., None] * kept
+    if L == 1:  # the commonest case, without the general case's bookkeeping
+        return [_single_factor_history(kappa[..., None] * priors[0], evidence, keeps, rates)]
+    history = [np.empty((*eta.shape, K, p.shape[-1])) for p in priors]
+    counts = [kappa[..., None] * p for p in priors]
+    for k in range(K):
+        for h, p in zip(history, counts, strict=True):
+            h[..., k, :] = p
+        joint = _joint(counts, evidence[:, k], L)
+        total = joint.reshape(*joint.shape[:-L], -1).sum(-1)[..., None]
+        counts = [
+            keeps[..., k, None] * p + rates[..., k, None] * _marginal(joint, i, L) / total
+            for i, p in enumerate(counts)
+        ]
+    return history
+
+
+def single_factor_tangents(eta, omega, kappa, evidence, kept, prior, wanted):
+    """One learnable factor's history (B, N, K, S) and its derivatives in forward mode: (D, B,
+    N, K, S) for the D of (eta, omega, kappa) that ``wanted`` flags. Then a gradient is a sum of
+    products, with no backward loop: the tangents ride along the forward recursion,
+
+        dJ = dp lambda;  dr = (dJ - r sum dJ) / Z;  dp' = keep dp + rate dr
+             (+ kept r for eta, - kept p for omega; dp_0 = pD for kappa),
+
+    with p and its tangents stacked, so that a step is one set of operations for all of them
+    (cheaper than the forward pass and the adjoint's backward loop together)."""
+    add = np.add.reduce
+    D = sum(wanted)
+    if D == 0:
+        keeps, rates = 1.0 - omega[..., None] * kept, eta[..., None] * kept
+        history = _single_factor_history(kappa[..., None] * prior, evidence, keeps, rates)
+        return history, history[None, :0]
+    lam_t = np.ascontiguousarray(np.moveaxis(evidence, 1, 0))  # (K, N, S)
+    K = lam_t.shape[0]
+    keep_t = np.ascontiguousarray((1.0 - omega[..., None] * kept).transpose(2, 0, 1))[..., None]
+    rate_t = np.ascontiguousarray((eta[..., None] * kept).transpose(2, 0, 1))[..., None]
+    kept_t = np.ascontiguousarray(kept.T)[:, :, None]  # (K, N, 1)
+    names = [name for name, w in zip(("eta", "omega", "kappa"), wanted, strict=True) if w]
+    slots = {name: i for i, name in enumerate(names, 1)}  # each tangent's place after p
+    state = np.zeros((1 + D, *eta.shape, prior.shape[-1]))
+    state[0] = kappa[..., None] * prior
+    if "kappa" in slots:
+        state[slots["kappa"]] = prior
+    at_eta, at_omega = slots.get("eta"), slots.get("omega")
+    history = np.empty((K, *state.shape))
+    ratio = np.empty_like(state)
+    for k in range(K):
+        history[k] = state
+        joint = state * lam_t[k]
+        totals = add(joint, -1)[..., None]
+        total = totals[0]
+        r = joint[0] / total
+        ratio[0] = r
+        ratio[1:] = (joint[1:] - r * totals[1:]) / total
+        forgotten = None if at_omega is None else kept_t[k] * state[0]
+        state = keep_t[k] * state + rate_t[k] * ratio
+        if at_eta is not None:
+            state[at_eta] += kept_t[k] * r
+        if forgotten is not None:
+            state[at_omega] -= forgotten
+    history = np.moveaxis(history, 0, -2)  # (1 + D, B, N, K, S)
+    return history[0], history[1:]
+
+
+def numpy_adjoint(history, grads, eta, omega, evidence, kept, priors):
+    """(dL/d eta, dL/d omega, dL/d kappa), each (B, N), from dL/dhistory (L arrays like
+    ``numpy_history``'s, None for none) by the adjoint of the module docstring."""
+    keeps = 1.0 - omega[..., None] * kept  # (B, N, K)
+    rates = eta[..., None] * kept
+    if len(priors) == 1:
+        adjoint, dots = _single_factor_adjoint(history[0], evidence, keeps, rates, grads[0])
+    else:
+        adjoint, dots = _adjoint(history, evidence, keeps, rates, grads)
+    d_omega = -(kept * dots[0]).sum(-1)
+    d_eta = (kept * dots[1]).sum(-1)
+    d_kappa = sum((a * p).sum(-1) for a, p in zip(adjoint, priors, strict=True))
+    return d_eta, d_omega, d_kappa
 
 
 def _single_factor_history(counts, lam, keeps, rates):

@@ -244,3 +244,5 @@ class CountsLikelihood:
     def __call__(self, theta: dict) -> Tensor:
         """ln p(u_t | theta, history) of the person's actions: (*b, N, K, T-1)."""
         return action_log_likelihood(self.values(theta), *self._precisions(theta))
+
+    chosen_log_likelihood = __call__

@@ -50,12 +50,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from pp_aif.agent import AgentSettings, policies_at
 from pp_aif.errors import DataError
 from pp_aif.fitting.count_history import count_history
+from pp_aif.fitting.plan_likelihood import (
+    PlanConstants,
+    numpy_value_and_gradient,
+    plan_log_likelihood,
+)
 from pp_aif.ops.contractions import outer
 from pp_aif.ops.efe import (
     EFETerms,
@@ -566,6 +572,10 @@ def action_log_likelihood(values: PolicyValues, gamma, alpha, preference=1.0) ->
     return total
 
 
+#: the fused likelihood's parameters, in its order
+_FUSED_ORDER = (*LEARNING_PARAMETERS, "gamma", "alpha", "preference")
+
+
 class BehaviourLikelihood:
     """The action likelihood of a data set as a function of the fitted parameters.
 
@@ -610,6 +620,15 @@ class BehaviourLikelihood:
             self.static = self.values({})
         elif "likelihood_precision" not in params:
             self.plan = linear_plan(model, settings, self.arrays)
+        # the plan's likelihood in numpy with its adjoint (``plan_likelihood``), on the CPU
+        self.fused = None
+        if (
+            self.plan is not None
+            and self.plan.safe
+            and model.device.type == "cpu"
+            and model.dtype == torch.float64
+        ):
+            self.fused = PlanConstants(model, settings, self.plan, self.evidence, actions, present)
 
     def values(self, theta: dict) -> PolicyValues:
         """Policy values under theta (only its learning parameters and zeta matter here)."""
@@ -639,14 +658,61 @@ class BehaviourLikelihood:
         )
         return action_log_probabilities(self.values(theta), gamma, alpha, preference)
 
+    def chosen_log_likelihood(self, theta: dict) -> Tensor:
+        """ln p(u_t | theta, history) of the person's actions, (*b, N, K, T-1), without
+        ``__call__``'s check of undetermined choices (the potential of NUTS calls it)."""
+        if self.fused is None:
+            gamma, alpha, preference = (
+                theta.get(name, self.defaults[name]) for name in ("gamma", "alpha", "preference")
+            )
+            return action_log_likelihood(self.values(theta), gamma, alpha, preference)
+        N, K, T1 = self.actions.shape[:3]
+        given = [theta.get(name) for name in _FUSED_ORDER]
+        shape = torch.broadcast_shapes(*[v.shape for v in given if isinstance(v, Tensor)], (N,))
+        batch = shape[:-1]
+        B = math.prod(batch)
+        flat = []
+        for name, value in zip(_FUSED_ORDER, given, strict=True):
+            if value is None:  # a setting: a constant
+                flat.append(torch.full((B, N), self.defaults[name], dtype=torch.float64))
+            elif isinstance(value, Tensor) and value.shape == (B, N):
+                flat.append(value)  # (the potential's layout: no copy, no view)
+            else:
+                value = torch.as_tensor(value, dtype=torch.float64)
+                flat.append(value.expand(shape).reshape(B, N))
+        value = plan_log_likelihood(self.fused, flat, self._torch_path)
+        return value.reshape(*batch, N, K, T1)
+
+    def numpy_value_and_gradient(self, theta: dict, present: np.ndarray | None):
+        """(sum of ln p of the present chosen actions (B, N), {name: its gradient (B, N)}) for
+        theta {name: (B, N) numpy}, in numpy (the fused plan), or None where there is no fused
+        plan or it declines the point. present : float (N, K) or None."""
+        if self.fused is None:
+            return None
+        first = next(iter(theta.values()))
+        values = [
+            theta[name] if name in theta else np.full(first.shape, self.defaults[name])
+            for name in _FUSED_ORDER
+        ]
+        N, K, T1 = self.actions.shape[:3]
+        weights = np.ones((N, K, T1)) if present is None else np.repeat(present[..., None], T1, -1)
+        wanted = [name in theta for name in _FUSED_ORDER]
+        found = numpy_value_and_gradient(self.fused, values, wanted, weights)
+        if found is None:
+            return None
+        total, gradients = found
+        return total, dict(zip(_FUSED_ORDER, gradients, strict=True))
+
+    def _torch_path(self, *theta: Tensor) -> Tensor:
+        """``chosen_log_likelihood`` in torch operations, theta in ``_FUSED_ORDER``."""
+        named = dict(zip(_FUSED_ORDER, theta, strict=True))
+        values = self.values(named)
+        return action_log_likelihood(values, named["gamma"], named["alpha"], named["preference"])
+
     def __call__(self, theta: dict) -> Tensor:
-        gamma, alpha, preference = (
-            theta.get(name, self.defaults[name]) for name in ("gamma", "alpha", "preference")
-        )
-        values = self.values(theta)
-        value = action_log_likelihood(values, gamma, alpha, preference)
+        value = self.chosen_log_likelihood(theta)
         if torch.isnan(value.detach()).any():
-            self._raise_undetermined(values)
+            self._raise_undetermined(self.values(theta))
         return value
 
     def _raise_undetermined(self, values: PolicyValues) -> None:

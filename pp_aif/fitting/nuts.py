@@ -403,7 +403,14 @@ def nuts(
 
 def _evaluate(potential, z: np.ndarray, like: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """U(z) (B,) and its gradient (B, d), computed in the dtype and on the device of ``like``;
-    non-finite values give U = inf and a zero gradient."""
+    non-finite values give U = inf and a zero gradient. A potential with a
+    ``value_and_gradient(z)`` method (numpy in, (U, gradient) or None out) is asked that first."""
+    direct = getattr(potential, "value_and_gradient", None)
+    found = None if direct is None else direct(z)
+    if found is not None:
+        U, g = found
+        finite = np.isfinite(U) & np.isfinite(g).all(-1)
+        return np.where(finite, U, np.inf), np.where(finite[:, None], g, 0.0)
     with torch.enable_grad():
         x = torch.as_tensor(z, dtype=like.dtype, device=like.device).requires_grad_(True)
         U = potential(x)

@@ -342,3 +342,5 @@ class ReplayLikelihood:
             total = torch.zeros(N, K, T - 1, dtype=self.model.dtype, device=self.model.device)
         valid = self._valid[..., None, None]
         return torch.where(valid, total, -torch.inf)
+
+    chosen_log_likelihood = __call__

@@ -131,29 +131,60 @@ def test_learning_likelihood_equals_the_replayed_agent(case, lesions, params):
 
 
 def test_the_linear_plan_is_the_filter_and_the_kernel(case, monkeypatch):
-    """The plan's likelihood and gradients against the same likelihood without it, and where a
-    filtered belief's normaliser is too small for it, the filter's (log-space) answer."""
+    """Three routes to one likelihood: the plan in numpy with its adjoint (the default on the
+    CPU), the plan in torch operations, and the filter with the EFE kernel; values and
+    gradients, for a batch of draws and for one. Where a filtered belief's normaliser is too
+    small for the plan, each falls back to the next."""
     _, _, _, model, observations, actions = case
-    likelihood = BehaviourLikelihood(model, AgentSettings(), observations, actions, WITHOUT_ZETA)
-    kernels = BehaviourLikelihood(model, AgentSettings(), observations, actions, WITHOUT_ZETA)
-    kernels.plan = None
+    routes = [
+        BehaviourLikelihood(model, AgentSettings(), observations, actions, WITHOUT_ZETA)
+        for _ in range(3)
+    ]
+    fused, torch_plan, kernels = routes
+    assert fused.fused is not None
+    torch_plan.fused = None
+    kernels.fused, kernels.plan = None, None
     draws = {
         name: torch.tensor(THETA[name], dtype=torch.float64).expand(2, N).clone()
         for name in WITHOUT_ZETA
     }
     for theta in (draws, {name: value[0] for name, value in draws.items()}):
         inputs = {name: value.requires_grad_(True) for name, value in theta.items()}
-        fast, slow = likelihood(inputs), kernels(inputs)
-        assert likelihood.values(inputs).safe and not kernels.values(inputs).safe
-        assert_close(fast, slow)
-        weights = torch.rand(fast.shape, dtype=torch.float64)
-        got = torch.autograd.grad((fast * weights).sum(), list(inputs.values()))
-        want = torch.autograd.grad((slow * weights).sum(), list(inputs.values()))
-        assert_close(got, want)
-    fitting = importlib.import_module("pp_aif.fitting.likelihood")
-    monkeypatch.setattr(fitting, "_SMALLEST_NORMALISER", 2.0)  # every normaliser "too small"
-    assert not likelihood.values(draws).safe
-    assert_close(likelihood(draws), kernels(draws))
+        assert torch_plan.values(inputs).safe and not kernels.values(inputs).safe
+        expected = kernels(inputs)
+        weights = torch.rand(expected.shape, dtype=torch.float64)
+        want = torch.autograd.grad((expected * weights).sum(), list(inputs.values()))
+        for route in (fused, torch_plan):
+            value = route(inputs)
+            assert_close(value, expected)
+            got = torch.autograd.grad((value * weights).sum(), list(inputs.values()))
+            assert_close(got, want)
+    for module in ("pp_aif.fitting.likelihood", "pp_aif.fitting.plan_likelihood"):
+        # every normaliser "too small": the plan's routes fall back
+        monkeypatch.setattr(importlib.import_module(module), "_SMALLEST_NORMALISER", 2.0)
+    assert not torch_plan.values(draws).safe
+    inputs = {name: value.requires_grad_(True) for name, value in draws.items()}
+    for route in (fused, torch_plan):
+        assert_close(route(inputs), kernels(inputs))
+        got = torch.autograd.grad(route(inputs).sum(), list(inputs.values()))
+        assert_close(got, torch.autograd.grad(kernels(inputs).sum(), list(inputs.values())))
+
+
+def test_the_fused_plan_has_first_and_second_derivatives(case):
+    """gradcheck through the adjoint; gradgradcheck through the torch route it falls back to
+    for a differentiable backward (the grid's Laplace approximation)."""
+    _, _, _, model, observations, actions = case
+    likelihood = BehaviourLikelihood(model, AgentSettings(), observations, actions, WITHOUT_ZETA)
+    assert likelihood.fused is not None
+    inputs = tuple(
+        torch.tensor(THETA[name], dtype=torch.float64, requires_grad=True) for name in WITHOUT_ZETA
+    )
+
+    def total(*values):
+        return likelihood(dict(zip(WITHOUT_ZETA, values, strict=True))).sum((-1, -2))
+
+    assert torch.autograd.gradcheck(total, inputs)
+    assert torch.autograd.gradgradcheck(total, inputs)
 
 
 def test_learning_likelihood_passes_gradcheck(case):

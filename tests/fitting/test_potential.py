@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,3 +126,33 @@ def test_a_long_fit_is_announced(monkeypatch):
     monkeypatch.setattr(fitting, "LONG_FIT_SECONDS", 0.0)
     with pytest.warns(fitting.LongFitWarning, match=r"will take about .* minutes"):
         fit(task, data, ("alpha",), chains=2, draws=5, warmup=5, seed=0)
+
+
+@pytest.mark.parametrize("absent", [False, True])
+def test_the_numpy_potential_is_the_torch_one(absent):
+    """``per_subject_value_and_gradient`` (what NUTS calls for a pD learner at the default
+    priors) against ``per_subject`` and autograd: values and gradients, forgetting (a sigmoid
+    site) included, and a wild point non-finite in both."""
+    task, data = _data("tmaze", absent)
+    params = CASES["tmaze"]
+    likelihood, program = behavioural_program(task, data, params, None, task.settings)
+    direct = BehaviourPotential(
+        program,
+        likelihood,
+        priors=chosen_priors(params),
+        present=data.present,
+        hierarchical=False,
+        links=LINKS,
+    )
+    z = direct.initial(5, torch.Generator().manual_seed(3))
+    found = direct.per_subject_value_and_gradient(z.numpy())
+    assert found is not None, "the numpy route does not apply"
+    value, gradient = found
+    x = z.clone().requires_grad_(True)
+    expected = direct.per_subject(x)
+    (expected_gradient,) = torch.autograd.grad(expected.sum(), x)
+    assert_close(value, expected)
+    assert_close(gradient, expected_gradient)
+    wild = torch.full((2, direct.dimension), -1000.0, dtype=torch.float64)
+    value, _ = direct.per_subject_value_and_gradient(wild.numpy())
+    assert not torch.isfinite(direct.per_subject(wild)).any() and not np.isfinite(value).any()
