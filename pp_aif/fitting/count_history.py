@@ -148,9 +148,10 @@ def numpy_history(eta, omega, kappa, evidence, kept, priors) -> list[np.ndarray]
     return history
 
 
-def single_factor_tangents(eta, omega, kappa, evidence, kept, prior, wanted):
+def single_factor_tangents(eta, omega, kappa, evidence_t, kept, prior, wanted):
     """One learnable factor's history (B, N, K, S) and its derivatives in forward mode: (D, B,
-    N, K, S) for the D of (eta, omega, kappa) that ``wanted`` flags. Then a gradient is a sum of
+    N, K, S) for the D of (eta, omega, kappa) that ``wanted`` flags; the evidence trial-major,
+    evidence_t (K, N, S). Then a gradient is a sum of
     products, with no backward loop: the tangents ride along the forward recursion,
 
         dJ = dp lambda;  dr = (dJ - r sum dJ) / Z;  dp' = keep dp + rate dr
@@ -162,9 +163,10 @@ def single_factor_tangents(eta, omega, kappa, evidence, kept, prior, wanted):
     D = sum(wanted)
     if D == 0:
         keeps, rates = 1.0 - omega[..., None] * kept, eta[..., None] * kept
+        evidence = np.moveaxis(evidence_t, 0, 1)
         history = _single_factor_history(kappa[..., None] * prior, evidence, keeps, rates)
         return history, history[None, :0]
-    lam_t = np.ascontiguousarray(np.moveaxis(evidence, 1, 0))  # (K, N, S)
+    lam_t = evidence_t  # (K, N, S)
     K = lam_t.shape[0]
     keep_t = np.ascontiguousarray((1.0 - omega[..., None] * kept).transpose(2, 0, 1))[..., None]
     rate_t = np.ascontiguousarray((eta[..., None] * kept).transpose(2, 0, 1))[..., None]
@@ -177,19 +179,20 @@ def single_factor_tangents(eta, omega, kappa, evidence, kept, prior, wanted):
         state[slots["kappa"]] = prior
     at_eta, at_omega = slots.get("eta"), slots.get("omega")
     history = np.empty((K, *state.shape))
-    ratio = np.empty_like(state)
+    remembers = at_omega is None and not omega.any()  # keep = 1: nothing to multiply
+    every = bool(kept.all())  # kept = 1: eta's own term is r itself
     for k in range(K):
         history[k] = state
         joint = state * lam_t[k]
         totals = add(joint, -1)[..., None]
-        total = totals[0]
+        total = totals[0].copy()
+        totals[0] = 0.0  # so that one expression gives r (row 0) and each dr (the others)
         r = joint[0] / total
-        ratio[0] = r
-        ratio[1:] = (joint[1:] - r * totals[1:]) / total
+        ratio = (joint - r * totals) / total
         forgotten = None if at_omega is None else kept_t[k] * state[0]
-        state = keep_t[k] * state + rate_t[k] * ratio
+        state = state + rate_t[k] * ratio if remembers else keep_t[k] * state + rate_t[k] * ratio
         if at_eta is not None:
-            state[at_eta] += kept_t[k] * r
+            state[at_eta] += r if every else kept_t[k] * r
         if forgotten is not None:
             state[at_omega] -= forgotten
     history = np.moveaxis(history, 0, -2)  # (1 + D, B, N, K, S)

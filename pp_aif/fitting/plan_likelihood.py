@@ -44,60 +44,86 @@ from pp_aif.fitting.count_history import numpy_adjoint, numpy_history, single_fa
 __all__ = ["PlanConstants", "plan_log_likelihood"]
 
 
+def _block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
+    """The matrices side by side on the diagonal of one (sum rows, sum columns)."""
+    out = np.zeros((sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)))
+    r = c = 0
+    for b in blocks:
+        out[r : r + b.shape[0], c : c + b.shape[1]] = b
+        r, c = r + b.shape[0], c + b.shape[1]
+    return out
+
+
 class PlanConstants:
     """What the fused likelihood reads from the data, the model and the plan, as numpy arrays.
 
-    filters (N, K, T1, S, S); steps: per step (W (R, S), G (R, P), L (S, 2P), ln E (P,),
-    per factor with a choice (its index, log mask (P, U): 0 where the policy starts with u,
-    -inf elsewhere)); actions (N, K, T1, F); kept (N, K); evidence (N, K, S_l..) of the
-    learnable factors; priors: their pD; num_states, learnable (factor indices), certain
-    (one-hot D of the other factors, or None); epistemic, pragmatic: the lesions.
+    The T1 steps of a trial are laid side by side, so that each operation covers all of them:
+    a row's beliefs are (T1 S) wide, and the steps' maps are block diagonal.
+
+    columns : the joint states the learnable factors range over (the others certain), in the
+    order of their outer product; filters (N, K, T1, S, L) = the plan's filters at those
+    columns; W (T1 S, R), G (R, P), L (T1 S, 2 P): the steps' ``LinearEFE`` maps (P = sum_t
+    P_t policies); log_prior (P,); starts (T1,), each step's first policy, and step (P,), each
+    policy's step; member[f] (P, T1 U_f), 1 where the policy starts with u at its step, for the
+    factors with a choice; marginal (S, sum S_f) and spread (sum S_f, F S): the factor marginals
+    of a joint and each marginal back over the joint; actions (N, K, T1, F); kept (N, K);
+    evidence_t (K, N, S_l..), the learnable factors' evidence trial-major; priors: their pD.
     """
 
     def __init__(self, model, settings, plan, evidence, actions, present):
         N, K, T1 = actions.shape[:3]
-        self.filters = plan.filters[:, :, :T1].numpy()
-        self.steps = []
-        for t, maps in enumerate(plan.efe):
-            policies, log_prior = policies_at(model, settings, t, T1 + 1)
-            first = policies[:, 0, :].numpy()
-            self.steps.append(
-                {
-                    "W": maps.outcomes.numpy(),
-                    "G": maps.grouping.numpy(),
-                    "L": maps.linear.numpy(),
-                    "P": maps.grouping.shape[1],
-                    "log_prior": log_prior.numpy(),
-                    "choices": [
-                        (f, (first[:, f, None] == np.arange(U)).astype(np.float64))
-                        for f, U in enumerate(model.num_controls)
-                        if U > 1
-                    ],
-                }
-            )
-        self.actions = actions.numpy()
-        self._chosen = {}
-        self.kept = np.ones((N, K)) if present is None else present.numpy().astype(np.float64)
+        F, num_states = model.num_factors, tuple(model.num_states)
+        S = math.prod(num_states)
         learnable, certain = model.learnable_initial_factors
-        self.learnable = learnable
-        self.num_states = tuple(model.num_states)
-        self.certain = [
-            None if s is None else np.eye(S)[s]
-            for s, S in zip(certain, self.num_states, strict=True)
-        ]
+        self.learnable, self.num_states, self.T1 = learnable, num_states, T1
+        grid = np.arange(S).reshape(num_states)
+        self.columns = grid[tuple(slice(None) if c is None else c for c in certain)].reshape(-1)
+        self.filters = np.ascontiguousarray(plan.filters[:, :, :T1].numpy()[..., self.columns])
+        policies = [policies_at(model, settings, t, T1 + 1) for t in range(T1)]
+        counts = [m.grouping.shape[1] for m in plan.efe]
+        self.W = _block_diagonal([m.outcomes.numpy().T for m in plan.efe])
+        self.G = _block_diagonal([m.grouping.numpy() for m in plan.efe])
+        halves = [np.split(m.linear.numpy(), 2, 1) for m in plan.efe]  # ambiguity, pragmatic
+        self.L = np.concatenate([_block_diagonal([h[i] for h in halves]) for i in (0, 1)], 1)
+        self.P = sum(counts)
+        self.log_prior = np.concatenate([prior.numpy() for _, prior in policies])
+        self.starts = np.cumsum([0, *counts[:-1]])
+        self.step = np.repeat(np.arange(T1), counts)
+        self.member = {}
+        for f, U in enumerate(model.num_controls):
+            if U > 1:
+                self.member[f] = _block_diagonal(
+                    [
+                        (pi[:, 0, f, None].numpy() == np.arange(U)).astype(float)
+                        for pi, _ in policies
+                    ]
+                )
+        self.F = F
+        self.marginal = np.concatenate(
+            [(grid.reshape(-1)[:, None] // math.prod(num_states[f + 1 :]) % num_states[f]
+              == np.arange(num_states[f])).astype(float) for f in range(F)], 1
+        )  # fmt: skip
+        self.spread = _block_diagonal(
+            [self.marginal[:, sum(num_states[:f]) : sum(num_states[: f + 1])].T for f in range(F)]
+        )
+        self.actions = actions.numpy()
+        self.kept = np.ones((N, K)) if present is None else present.numpy().astype(np.float64)
         index = tuple(slice(None) if s is None else s for s in certain)
         self.evidence = evidence[(Ellipsis, *index)].numpy()
+        self.evidence_t = np.ascontiguousarray(np.moveaxis(self.evidence, 1, 0))
         self.priors = [model.pD[f].numpy() for f in learnable]
         self.epistemic = settings.lesions.epistemic
         self.pragmatic = settings.lesions.pragmatic
+        self._chosen = {}
 
-    def chosen(self, B: int, t: int, f: int) -> np.ndarray:
-        """The chosen controls of factor f at step t for B copies of the data's rows:
-        int (B N K,)."""
-        key = (B, t, f)
-        if key not in self._chosen:
-            self._chosen[key] = np.tile(self.actions[:, :, t, f].reshape(-1), B)
-        return self._chosen[key]
+    def chosen(self, B: int, f: int) -> np.ndarray:
+        """Where the chosen controls of factor f lie in a row's (T1 U_f) action values, for B
+        copies of the data's rows: int (B N K, T1)."""
+        if (B, f) not in self._chosen:
+            U = self.member[f].shape[1] // self.T1
+            at = self.actions[..., f].reshape(-1, self.T1) + U * np.arange(self.T1)
+            self._chosen[(B, f)] = np.tile(at, (B, 1))
+        return self._chosen[(B, f)]
 
 
 def _rows(x: np.ndarray, K: int) -> np.ndarray:
@@ -113,112 +139,89 @@ def _outer(factors: list[np.ndarray]) -> np.ndarray:
     return joint
 
 
-def _split(array: np.ndarray, num_states, f: int) -> np.ndarray:
-    """A flattened joint (..., S) as (..., before f, S_f, after f)."""
-    before, after = math.prod(num_states[:f]), math.prod(num_states[f + 1 :])
-    return array.reshape(*array.shape[:-1], before, num_states[f], after)
-
-
-def _marginals(joint: np.ndarray, num_states) -> list[np.ndarray]:
-    """Each factor's marginal (..., S_f) of a flattened joint (..., S)."""
-    add = np.add.reduce
-    return [add(add(_split(joint, num_states, f), -1), -2) for f in range(len(num_states))]
-
-
-def _outer_backward(grad: np.ndarray, factors: list[np.ndarray], num_states, wanted) -> list:
-    """d/dx_f of sum(grad * _outer(factors)) for f in ``wanted``: (..., S_f) each."""
-    add = np.add.reduce
+def _outer_backward(grad: np.ndarray, factors: list[np.ndarray]) -> list[np.ndarray]:
+    """d/dx_f of sum(grad * _outer(factors)), (..., S_f) each."""
+    sizes = [x.shape[-1] for x in factors]
     out = []
-    for f in wanted:
-        weighted = _split(grad, num_states, f)
+    for f in range(len(factors)):
+        before, after = math.prod(sizes[:f]), math.prod(sizes[f + 1 :])
+        weighted = grad.reshape(*grad.shape[:-1], before, sizes[f], after)
         if f > 0:
             weighted = weighted * _outer(factors[:f])[..., :, None, None]
-        if f < len(num_states) - 1:
+        if f < len(factors) - 1:
             weighted = weighted * _outer(factors[f + 1 :])[..., None, None, :]
-        out.append(add(add(weighted, -1), -2))
+        out.append(np.add.reduce(np.add.reduce(weighted, -1), -2))
     return out
 
 
-def _marginals_backward(parts: list[np.ndarray], num_states) -> np.ndarray:
-    """The gradient of a flattened joint (..., S) from its marginals' gradients (..., S_f)."""
-    total = np.zeros((*parts[0].shape[:-1], math.prod(num_states)))
-    for f, part in enumerate(parts):
-        _split(total, num_states, f)[...] += part[..., None, :, None]
-    return total
+def _segments(x: np.ndarray, const: PlanConstants) -> np.ndarray:
+    """log_softmax of (rows, P) within each step's policies."""
+    shifted = x - np.maximum.reduceat(x, const.starts, 1)[:, const.step]
+    return shifted - np.log(np.add.reduceat(np.exp(shifted), const.starts, 1))[:, const.step]
 
 
 def _forward(const: PlanConstants, theta: list[np.ndarray], wanted=(False,) * 3):
     """(ln p of the chosen actions (B, N, K, T1), what the adjoint needs), or None where a
-    filtered normaliser is below the filter's threshold for leaving probability space.
+    filtered normaliser is below the filter's threshold for leaving probability space or an
+    action's probability under q(pi) is too small for probability space.
     wanted: which of (eta, omega, kappa) the adjoint will differentiate (with one learnable
     factor, their tangents are carried forward)."""
     eta, omega, kappa, gamma, alpha, c = theta
     B, N = eta.shape
     K, T1 = const.filters.shape[1:3]
-    S = const.filters.shape[-1]
+    S = len(const.marginal)
     tangents = None
     if len(const.priors) == 1:
-        found = single_factor_tangents(
-            eta, omega, kappa, const.evidence, const.kept, const.priors[0], wanted
+        history, tangents = single_factor_tangents(
+            eta, omega, kappa, const.evidence_t, const.kept, const.priors[0], wanted
         )
-        history, tangents = [found[0]], found[1]
+        history = [history]
     elif const.priors:
         history = numpy_history(eta, omega, kappa, const.evidence, const.kept, const.priors)
     else:
-        history = []
+        history = [np.ones((B, N, K, 1))]
     totals = [np.add.reduce(h, -1)[..., None] for h in history]
     beliefs = [h / z for h, z in zip(history, totals, strict=True)]
-    factors = []
-    for f, one_hot in enumerate(const.certain):
-        if one_hot is None:
-            factors.append(beliefs[const.learnable.index(f)])
-        else:
-            factors.append(np.broadcast_to(one_hot, (B, N, K, one_hot.shape[0])))
-    start = _outer(factors)  # (B, N, K, S)
+    start = _outer(beliefs)  # (B, N, K, L): over the learnable factors' joint states
     unnormalised = (const.filters @ start[:, :, :, None, :, None])[..., 0]  # (B, N, K, T1, S)
     normaliser = np.add.reduce(unnormalised, -1)[..., None]
     if normaliser.min() < _SMALLEST_NORMALISER:
         return None
     filtered = unnormalised / normaliser
-    F = len(const.num_states)
-    marginals = _marginals(filtered, const.num_states) if F > 1 else None
-    belief = _outer(marginals) if F > 1 else filtered  # (B, N, K, T1, S)
     rows = B * N * K
-    gamma_r = _rows(gamma, K)
-    alpha_r = _rows(alpha, K)
-    c_r = _rows(c, K)
+    if const.F > 1:  # the product of the factor marginals, by two products with 0/1 matrices
+        spread = ((filtered @ const.marginal) @ const.spread).reshape(B, N, K, T1, const.F, S)
+        belief = np.multiply.reduce(spread, -2)
+    else:
+        spread, belief = None, filtered
+    X = belief.reshape(rows, T1 * S)
+    y = X @ const.W  # (rows, R): every step's predicted outcomes
+    positive = y > 0
+    log_y = np.log(np.where(positive, y, 1.0))
+    entropy = (-y * log_y) @ const.G  # (rows, P)
+    linear = X @ const.L
+    P = const.P
+    base = linear[:, :P] - entropy if const.epistemic else np.zeros_like(entropy)
+    part = -linear[:, P:] if const.pragmatic else np.zeros_like(entropy)
+    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
+    score = base + c_r * part
+    log_q = _segments(const.log_prior - gamma_r * score, const)
+    q = np.exp(log_q)
     total = np.zeros((rows, T1))
-    cache = []
-    for t, step in enumerate(const.steps):
-        X = belief[:, :, :, t].reshape(rows, S)
-        y = X @ step["W"].T  # (rows, R)
-        positive = y > 0
-        log_y = np.log(np.where(positive, y, 1.0))
-        entropy = (-y * log_y) @ step["G"]  # (rows, P)
-        P = step["P"]
-        linear = X @ step["L"]
-        ambiguity, pragmatic = linear[:, :P], linear[:, P:]
-        base = ambiguity - entropy if const.epistemic else np.zeros_like(entropy)
-        part = -pragmatic if const.pragmatic else np.zeros_like(entropy)
-        score = base + c_r * part
-        logits = step["log_prior"] - gamma_r * score
-        log_q = logits - logits.max(-1, keepdims=True)
-        log_q = log_q - np.log(np.add.reduce(np.exp(log_q), -1))[:, None]
-        q = np.exp(log_q)
-        per_factor = []
-        for f, member in step["choices"]:
-            marginal = q @ member  # (rows, U): q of the policies that start with each u
-            if marginal.min() < _SMALLEST_MARGINAL:  # (an action of q(pi) ~ e^-576 or less)
-                return None
-            log_m = np.log(marginal)
-            scaled = alpha_r * log_m
-            scaled = scaled - scaled.max(-1, keepdims=True)
-            log_p = scaled - np.log(np.add.reduce(np.exp(scaled), -1))[:, None]
-            chosen = const.chosen(B, t, f)
-            total[:, t] += log_p[np.arange(rows), chosen]
-            per_factor.append((member, chosen, log_m, marginal, np.exp(log_p)))
-        cache.append((X, positive, log_y, part, score, q, per_factor))
-    state = (history, tangents, totals, beliefs, factors, normaliser, filtered, marginals, cache)
+    per_factor = []
+    for f, member in const.member.items():
+        marginal = q @ member  # (rows, T1 U): each step's actions' q
+        if marginal.min() < _SMALLEST_MARGINAL:  # (an action of q(pi) ~ e^-576 or less)
+            return None
+        log_m = np.log(marginal)
+        scaled = (alpha_r * log_m).reshape(rows, T1, -1)
+        scaled = scaled - scaled.max(-1, keepdims=True)
+        log_p = (scaled - np.log(np.add.reduce(np.exp(scaled), -1))[..., None]).reshape(rows, -1)
+        chosen = const.chosen(B, f)
+        total += np.take_along_axis(log_p, chosen, 1)
+        per_factor.append((member, chosen, log_m, marginal, np.exp(log_p)))
+    state = (history, tangents, totals, beliefs, normaliser, filtered, spread, X, positive)
+    state += (log_y, part, score, q, per_factor)
     return total.reshape(B, N, K, T1), state
 
 
@@ -227,54 +230,51 @@ def _backward(const: PlanConstants, theta, state, grad: np.ndarray, wanted=(True
     eta, omega, kappa, gamma, alpha, c = theta
     B, N = eta.shape
     K, T1 = const.filters.shape[1:3]
-    S = const.filters.shape[-1]
+    S = len(const.marginal)
     rows = B * N * K
-    history, tangents, totals, beliefs, factors, normaliser, filtered, marginals, cache = state
-    gamma_r = _rows(gamma, K)
-    alpha_r = _rows(alpha, K)
-    c_r = _rows(c, K)
-    flat = grad.reshape(rows, T1)
-    d_gamma, d_alpha, d_c = np.zeros(rows), np.zeros(rows), np.zeros(rows)
-    d_belief = np.zeros((B, N, K, T1, S))
-    for t, step in enumerate(const.steps):
-        X, positive, log_y, part, score, q, per_factor = cache[t]
-        g = flat[:, t : t + 1]
-        d_log_q = np.zeros_like(q)
-        for member, chosen, log_m, marginal, p in per_factor:
-            d_scaled = -g * p
-            d_scaled[np.arange(rows), chosen] += g[:, 0]
-            d_alpha += np.add.reduce(d_scaled * log_m, -1)
-            # d ln m(u) / d ln q(pi) = q(pi) / m(u) for the policies that start with u
-            d_log_q += q * ((alpha_r * d_scaled / marginal) @ member.T)
-        d_logits = d_log_q - q * np.add.reduce(d_log_q, -1)[:, None]
-        d_gamma -= np.add.reduce(d_logits * score, -1)
-        d_score = -gamma_r * d_logits
-        d_c += np.add.reduce(d_score * part, -1)
-        P = step["P"]
-        d_linear = np.zeros((rows, 2 * P))
-        d_X = np.zeros((rows, S))
-        if const.epistemic:
-            d_linear[:, :P] = d_score  # ambiguity
-            d_y = np.where(positive, -1.0 - log_y, 0.0) * (-d_score @ step["G"].T)
-            d_X += d_y @ step["W"]
-        if const.pragmatic:
-            d_linear[:, P:] = -c_r * d_score
-        d_X += d_linear @ step["L"].T
-        d_belief[:, :, :, t] = d_X.reshape(B, N, K, S)
-    if marginals is not None:  # through the product of the marginals
-        parts = _outer_backward(d_belief, marginals, const.num_states, range(len(marginals)))
-        d_filtered = _marginals_backward(parts, const.num_states)
+    history, tangents, totals, beliefs, normaliser, filtered, spread, X, positive = state[:9]
+    log_y, part, score, q, per_factor = state[9:]
+    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
+    g = grad.reshape(rows, T1)
+    d_alpha = np.zeros(rows)
+    d_log_q = np.zeros_like(q)
+    for member, chosen, log_m, marginal, p in per_factor:
+        d_scaled = -(p.reshape(rows, T1, -1) * g[..., None]).reshape(rows, -1)
+        np.put_along_axis(d_scaled, chosen, np.take_along_axis(d_scaled, chosen, 1) + g, 1)
+        d_alpha += np.add.reduce(d_scaled * log_m, -1)
+        # d ln m(u) / d ln q(pi) = q(pi) / m(u) for the policies that start with u
+        d_log_q += q * ((alpha_r * d_scaled / marginal) @ member.T)
+    d_logits = d_log_q - q * np.add.reduceat(d_log_q, const.starts, 1)[:, const.step]
+    d_gamma = -np.add.reduce(d_logits * score, -1)
+    d_score = -gamma_r * d_logits
+    d_c = np.add.reduce(d_score * part, -1)
+    P = const.P
+    d_linear = np.zeros((rows, 2 * P))
+    d_X = np.zeros((rows, T1 * S))
+    if const.epistemic:
+        d_linear[:, :P] = d_score  # ambiguity
+        d_X += (np.where(positive, -1.0 - log_y, 0.0) * (-d_score @ const.G.T)) @ const.W.T
+    if const.pragmatic:
+        d_linear[:, P:] = -c_r * d_score
+    d_X += d_linear @ const.L.T
+    d_belief = d_X.reshape(B, N, K, T1, S)
+    if spread is not None:  # through the product of the marginals
+        others = np.empty_like(spread)
+        for f in range(const.F):
+            others[..., f, :] = np.multiply.reduce(np.delete(spread, f, -2), -2)
+        d_spread = (d_belief[..., None, :] * others).reshape(*d_belief.shape[:-1], -1)
+        d_filtered = (d_spread @ const.spread.T) @ const.marginal.T
     else:
         d_filtered = d_belief
     d_unnormalised = (d_filtered - np.add.reduce(d_filtered * filtered, -1)[..., None]) / normaliser
-    # filters^T: (N, K, T1, S, S) -> the start's gradient (B, N, K, S)
+    # the filters^T: the start's gradient (B, N, K, L)
     d_start = np.add.reduce(
         (np.swapaxes(const.filters, -1, -2) @ d_unnormalised[..., None])[..., 0], -2
     )
     zeros = np.zeros((B, N))
     d_eta = d_omega = d_kappa = zeros
     if const.priors:
-        d_beliefs = _outer_backward(d_start, factors, const.num_states, const.learnable)
+        d_beliefs = _outer_backward(d_start, beliefs) if len(beliefs) > 1 else [d_start]
         d_history = [
             (d - np.add.reduce(d * b, -1)[..., None]) / z
             for d, b, z in zip(d_beliefs, beliefs, totals, strict=True)

@@ -3,10 +3,18 @@ equals the same recursion in torch operations: values, gradients and second deri
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from pp_aif.fitting.count_history import _CountHistory, count_history, torch_count_history
+from pp_aif.fitting.count_history import (
+    _CountHistory,
+    count_history,
+    numpy_adjoint,
+    numpy_history,
+    single_factor_tangents,
+    torch_count_history,
+)
 from tests.common import assert_close
 
 
@@ -76,3 +84,29 @@ def test_evidence_that_depends_on_the_parameters_takes_the_torch_recursion():
     (gradient,) = torch.autograd.grad(history[0].sum(), sharp)
     assert torch.isfinite(gradient).all() and (gradient.abs() > 0).any()
     assert_close(history, torch_count_history(*parameters, sharp, priors, kept))
+
+
+@pytest.mark.parametrize("forgets", [False, True])
+@pytest.mark.parametrize("gaps", [False, True])
+@pytest.mark.parametrize("wanted", [(True, False, False), (True, True, True), (False, True, True)])
+def test_forward_mode_tangents_are_the_adjoints_gradients(forgets, gaps, wanted):
+    """``single_factor_tangents`` (the fused likelihood's recursion) against the adjoint: the
+    same history and the same gradient, with and without forgetting and absent trials."""
+    parameters, evidence, priors, kept = _case(3, (3,))
+    eta, omega, kappa = (x.detach().numpy() for x in parameters)
+    if not forgets:
+        omega = np.zeros_like(omega)
+    kept = kept.numpy() if gaps else np.ones(kept.shape)
+    lam, prior = evidence.numpy(), priors[0].numpy()
+    history, tangents = single_factor_tangents(
+        eta, omega, kappa, np.ascontiguousarray(np.moveaxis(lam, 1, 0)), kept, prior, wanted
+    )
+    (expected,) = numpy_history(eta, omega, kappa, lam, kept, [prior])
+    assert_close(history, expected)
+    weights = np.random.default_rng(0).random(history.shape)
+    adjoint = numpy_adjoint([expected], [weights], eta, omega, lam, kept, [prior])
+    found = iter(tangents)
+    for flag, gradient in zip(wanted, adjoint, strict=True):
+        if flag:
+            assert_close((weights * next(found)).sum((-1, -2)), gradient)
+    assert next(found, None) is None
