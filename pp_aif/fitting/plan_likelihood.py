@@ -54,6 +54,81 @@ def _block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+class ActionLayout:
+    """The policies of a trial's T1 steps side by side, for the action probabilities of every
+    step at once: P = sum_t P_t policies; log_prior (P,); starts (T1,), each step's first
+    policy, and step (P,), each policy's step; member[f] (P, T1 U_f), 1 where the policy starts
+    with u at its step, for the factors with a choice; actions (N, K, T1, F)."""
+
+    def __init__(self, model, settings, actions: np.ndarray):
+        T1 = actions.shape[2]
+        policies = [policies_at(model, settings, t, T1 + 1) for t in range(T1)]
+        counts = [pi.shape[0] for pi, _ in policies]
+        self.T1, self.P, self.actions = T1, sum(counts), actions
+        self.log_prior = np.concatenate([prior.numpy() for _, prior in policies])
+        self.starts = np.cumsum([0, *counts[:-1]])
+        self.step = np.repeat(np.arange(T1), counts)
+        self.member = {}
+        for f, U in enumerate(model.num_controls):
+            if U > 1:
+                self.member[f] = _block_diagonal(
+                    [
+                        (pi[:, 0, f, None].numpy() == np.arange(U)).astype(float)
+                        for pi, _ in policies
+                    ]
+                )
+        self._chosen = {}
+
+    def chosen(self, B: int, f: int) -> np.ndarray:
+        """Where the chosen controls of factor f lie in a row's (T1 U_f) action values, for B
+        copies of the data's rows: int (B N K, T1)."""
+        if (B, f) not in self._chosen:
+            U = self.member[f].shape[1] // self.T1
+            at = self.actions[..., f].reshape(-1, self.T1) + U * np.arange(self.T1)
+            self._chosen[(B, f)] = np.tile(at, (B, 1))
+        return self._chosen[(B, f)]
+
+
+def actions_forward(layout: ActionLayout, score, gamma_r, alpha_r, B: int):
+    """ln p of the chosen actions (rows, T1) from the policies' scores (rows, P) and the rows'
+    precisions (rows, 1): q(pi) = softmax(ln E - gamma score) per step, m_f(u) its marginal over
+    the first actions, ln p = log_softmax(alpha ln m_f). (total, cache) or None where an action's
+    q is too small for probability space."""
+    rows = score.shape[0]
+    log_q = _segments(layout.log_prior - gamma_r * score, layout)
+    q = np.exp(log_q)
+    total = np.zeros((rows, layout.T1))
+    per_factor = []
+    for f, member in layout.member.items():
+        marginal = q @ member  # (rows, T1 U): each step's actions' q
+        if marginal.min() < _SMALLEST_MARGINAL:  # (an action of q(pi) ~ e^-576 or less)
+            return None
+        log_m = np.log(marginal)
+        scaled = (alpha_r * log_m).reshape(rows, layout.T1, -1)
+        scaled = scaled - scaled.max(-1, keepdims=True)
+        log_p = (scaled - np.log(np.add.reduce(np.exp(scaled), -1))[..., None]).reshape(rows, -1)
+        chosen = layout.chosen(B, f)
+        total += np.take_along_axis(log_p, chosen, 1)
+        per_factor.append((member, chosen, log_m, marginal, np.exp(log_p)))
+    return total, (score, q, per_factor)
+
+
+def actions_backward(layout: ActionLayout, cache, g, gamma_r, alpha_r):
+    """(d score (rows, P), d gamma (rows,), d alpha (rows,)) from d total (rows, T1)."""
+    score, q, per_factor = cache
+    rows, T1 = g.shape
+    d_alpha = np.zeros(rows)
+    d_log_q = np.zeros_like(q)
+    for member, chosen, log_m, marginal, p in per_factor:
+        d_scaled = -(p.reshape(rows, T1, -1) * g[..., None]).reshape(rows, -1)
+        np.put_along_axis(d_scaled, chosen, np.take_along_axis(d_scaled, chosen, 1) + g, 1)
+        d_alpha += np.add.reduce(d_scaled * log_m, -1)
+        # d ln m(u) / d ln q(pi) = q(pi) / m(u) for the policies that start with u
+        d_log_q += q * ((alpha_r * d_scaled / marginal) @ member.T)
+    d_logits = d_log_q - q * np.add.reduceat(d_log_q, layout.starts, 1)[:, layout.step]
+    return -gamma_r * d_logits, -np.add.reduce(d_logits * score, -1), d_alpha
+
+
 class PlanConstants:
     """What the fused likelihood reads from the data, the model and the plan, as numpy arrays.
 
@@ -79,25 +154,12 @@ class PlanConstants:
         grid = np.arange(S).reshape(num_states)
         self.columns = grid[tuple(slice(None) if c is None else c for c in certain)].reshape(-1)
         self.filters = np.ascontiguousarray(plan.filters[:, :, :T1].numpy()[..., self.columns])
-        policies = [policies_at(model, settings, t, T1 + 1) for t in range(T1)]
-        counts = [m.grouping.shape[1] for m in plan.efe]
+        self.layout = ActionLayout(model, settings, actions.numpy())
         self.W = _block_diagonal([m.outcomes.numpy().T for m in plan.efe])
         self.G = _block_diagonal([m.grouping.numpy() for m in plan.efe])
         halves = [np.split(m.linear.numpy(), 2, 1) for m in plan.efe]  # ambiguity, pragmatic
         self.L = np.concatenate([_block_diagonal([h[i] for h in halves]) for i in (0, 1)], 1)
-        self.P = sum(counts)
-        self.log_prior = np.concatenate([prior.numpy() for _, prior in policies])
-        self.starts = np.cumsum([0, *counts[:-1]])
-        self.step = np.repeat(np.arange(T1), counts)
-        self.member = {}
-        for f, U in enumerate(model.num_controls):
-            if U > 1:
-                self.member[f] = _block_diagonal(
-                    [
-                        (pi[:, 0, f, None].numpy() == np.arange(U)).astype(float)
-                        for pi, _ in policies
-                    ]
-                )
+        self.P = self.layout.P
         self.F = F
         self.marginal = np.concatenate(
             [(grid.reshape(-1)[:, None] // math.prod(num_states[f + 1 :]) % num_states[f]
@@ -106,7 +168,6 @@ class PlanConstants:
         self.spread = _block_diagonal(
             [self.marginal[:, sum(num_states[:f]) : sum(num_states[: f + 1])].T for f in range(F)]
         )
-        self.actions = actions.numpy()
         self.kept = np.ones((N, K)) if present is None else present.numpy().astype(np.float64)
         index = tuple(slice(None) if s is None else s for s in certain)
         self.evidence = evidence[(Ellipsis, *index)].numpy()
@@ -114,16 +175,6 @@ class PlanConstants:
         self.priors = [model.pD[f].numpy() for f in learnable]
         self.epistemic = settings.lesions.epistemic
         self.pragmatic = settings.lesions.pragmatic
-        self._chosen = {}
-
-    def chosen(self, B: int, f: int) -> np.ndarray:
-        """Where the chosen controls of factor f lie in a row's (T1 U_f) action values, for B
-        copies of the data's rows: int (B N K, T1)."""
-        if (B, f) not in self._chosen:
-            U = self.member[f].shape[1] // self.T1
-            at = self.actions[..., f].reshape(-1, self.T1) + U * np.arange(self.T1)
-            self._chosen[(B, f)] = np.tile(at, (B, 1))
-        return self._chosen[(B, f)]
 
 
 def _rows(x: np.ndarray, K: int) -> np.ndarray:
@@ -154,7 +205,7 @@ def _outer_backward(grad: np.ndarray, factors: list[np.ndarray]) -> list[np.ndar
     return out
 
 
-def _segments(x: np.ndarray, const: PlanConstants) -> np.ndarray:
+def _segments(x: np.ndarray, const) -> np.ndarray:
     """log_softmax of (rows, P) within each step's policies."""
     shifted = x - np.maximum.reduceat(x, const.starts, 1)[:, const.step]
     return shifted - np.log(np.add.reduceat(np.exp(shifted), const.starts, 1))[:, const.step]
@@ -204,24 +255,12 @@ def _forward(const: PlanConstants, theta: list[np.ndarray], wanted=(False,) * 3)
     base = linear[:, :P] - entropy if const.epistemic else np.zeros_like(entropy)
     part = -linear[:, P:] if const.pragmatic else np.zeros_like(entropy)
     c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
-    score = base + c_r * part
-    log_q = _segments(const.log_prior - gamma_r * score, const)
-    q = np.exp(log_q)
-    total = np.zeros((rows, T1))
-    per_factor = []
-    for f, member in const.member.items():
-        marginal = q @ member  # (rows, T1 U): each step's actions' q
-        if marginal.min() < _SMALLEST_MARGINAL:  # (an action of q(pi) ~ e^-576 or less)
-            return None
-        log_m = np.log(marginal)
-        scaled = (alpha_r * log_m).reshape(rows, T1, -1)
-        scaled = scaled - scaled.max(-1, keepdims=True)
-        log_p = (scaled - np.log(np.add.reduce(np.exp(scaled), -1))[..., None]).reshape(rows, -1)
-        chosen = const.chosen(B, f)
-        total += np.take_along_axis(log_p, chosen, 1)
-        per_factor.append((member, chosen, log_m, marginal, np.exp(log_p)))
+    found = actions_forward(const.layout, base + c_r * part, gamma_r, alpha_r, B)
+    if found is None:
+        return None
+    total, actions = found
     state = (history, tangents, totals, beliefs, normaliser, filtered, spread, X, positive)
-    state += (log_y, part, score, q, per_factor)
+    state += (log_y, part, actions)
     return total.reshape(B, N, K, T1), state
 
 
@@ -233,20 +272,11 @@ def _backward(const: PlanConstants, theta, state, grad: np.ndarray, wanted=(True
     S = len(const.marginal)
     rows = B * N * K
     history, tangents, totals, beliefs, normaliser, filtered, spread, X, positive = state[:9]
-    log_y, part, score, q, per_factor = state[9:]
+    log_y, part, actions = state[9:]
     c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
-    g = grad.reshape(rows, T1)
-    d_alpha = np.zeros(rows)
-    d_log_q = np.zeros_like(q)
-    for member, chosen, log_m, marginal, p in per_factor:
-        d_scaled = -(p.reshape(rows, T1, -1) * g[..., None]).reshape(rows, -1)
-        np.put_along_axis(d_scaled, chosen, np.take_along_axis(d_scaled, chosen, 1) + g, 1)
-        d_alpha += np.add.reduce(d_scaled * log_m, -1)
-        # d ln m(u) / d ln q(pi) = q(pi) / m(u) for the policies that start with u
-        d_log_q += q * ((alpha_r * d_scaled / marginal) @ member.T)
-    d_logits = d_log_q - q * np.add.reduceat(d_log_q, const.starts, 1)[:, const.step]
-    d_gamma = -np.add.reduce(d_logits * score, -1)
-    d_score = -gamma_r * d_logits
+    d_score, d_gamma, d_alpha = actions_backward(
+        const.layout, actions, grad.reshape(rows, T1), gamma_r, alpha_r
+    )
     d_c = np.add.reduce(d_score * part, -1)
     P = const.P
     d_linear = np.zeros((rows, 2 * P))

@@ -52,6 +52,7 @@ __all__ = [
     "LinearEFE",
     "linear_efe",
     "linear_efe_terms",
+    "predictions_from_each_state",
 ]
 
 #: SPM's floor inside ``spm_wnorm``: exp(-16).
@@ -413,39 +414,54 @@ def linear_efe(
     ]
     if not all(bool(torch.isfinite(p).all()) for p in joint_preferences):
         return None
-    dtype, device = joint_likelihood.dtype, joint_likelihood.device
-    # every joint state as a belief: F one-hot factor marginals (S, S_f)
-    index = torch.arange(S, device=device)
-    basis = []
-    for f in range(F):
-        stride = math.prod(num_states[f + 1 :])
-        basis.append(torch.nn.functional.one_hot((index // stride) % num_states[f], num_states[f]))
-    current = [q.to(dtype)[:, None, :] for q in basis]
-    transitions = batch_transitions(transition_by_action)
+    predictions = predictions_from_each_state(transition_by_action, policies)
     outcomes, membership = [], []
-    ambiguity = torch.zeros(S, P, dtype=dtype, device=device)
-    pragmatic = torch.zeros(S, P, dtype=dtype, device=device)
-    for tau, level in enumerate(tree):
-        previous = [q[:, level.parent] for q in current]
-        states = [
-            _predict(b, level.actions[:, f], q)
-            for f, (b, q) in enumerate(zip(transitions, previous, strict=True))
-        ]
-        flat_states = outer(*states, batch_dims=2).flatten(2)  # (S, U_tau, S)
+    ambiguity = torch.zeros(S, P, dtype=joint_likelihood.dtype, device=joint_likelihood.device)
+    pragmatic = torch.zeros_like(ambiguity)
+    for tau, (flat_states, member) in enumerate(predictions):
         predicted = flat_states @ joint_likelihood[0].T  # (S, U_tau, O)
-        ambiguity = ambiguity + _spread(flat_states @ entropy_given_state[0], level)
-        pragmatic = pragmatic + _spread(predicted @ joint_preferences[tau], level)
+        ambiguity = ambiguity + (flat_states @ entropy_given_state[0]) @ member
+        pragmatic = pragmatic + (predicted @ joint_preferences[tau]) @ member
         outcomes.append(predicted.permute(1, 2, 0).reshape(-1, S))  # (U_tau O, S)
-        inverse = level.inverse if level.inverse is not None else torch.arange(P, device=device)
-        count = level.actions.shape[0]
-        member = inverse[None, :] == torch.arange(count, device=device)[:, None]  # (U_tau, P)
-        membership.append(member.to(dtype).repeat_interleave(outcomes_joint, 0))  # (U_tau O, P)
-        current = states
+        membership.append(member.repeat_interleave(outcomes_joint, 0))  # (U_tau O, P)
     outcomes, membership = torch.cat(outcomes), torch.cat(membership)
     reachable = (outcomes > 0).any(-1)  # the others are 0 from every belief: -0 ln 0 = 0
     return LinearEFE(
         outcomes[reachable], membership[reachable], torch.cat([ambiguity, pragmatic], -1)
     )
+
+
+def predictions_from_each_state(
+    transition_by_action: Sequence[Tensor], policies: Tensor
+) -> list[tuple[Tensor, Tensor]]:
+    """The kernel's predicted joint states from each joint state as the belief, per step of
+    the policies' prefix tree: H tuples (states (S, U_tau, S): from state s, prefix u; and
+    membership (U_tau, P), 1 where the prefix starts the policy). With the factors' marginals
+    propagated one by one and multiplied, as ``expected_free_energy_terms`` does."""
+    num_states = [b.shape[-1] for b in transition_by_action]
+    S, P = math.prod(num_states), policies.shape[0]
+    dtype, device = transition_by_action[0].dtype, transition_by_action[0].device
+    index = torch.arange(S, device=device)
+    current = []  # every joint state as a belief: F one-hot factor marginals (S, 1, S_f)
+    for f, size in enumerate(num_states):
+        stride = math.prod(num_states[f + 1 :])
+        current.append(
+            torch.nn.functional.one_hot((index // stride) % size, size).to(dtype)[:, None]
+        )
+    transitions = batch_transitions(transition_by_action)
+    out = []
+    for level in policy_prefix_tree(policies):
+        previous = [q[:, level.parent] for q in current]
+        states = [
+            _predict(b, level.actions[:, f], q)
+            for f, (b, q) in enumerate(zip(transitions, previous, strict=True))
+        ]
+        inverse = level.inverse if level.inverse is not None else torch.arange(P, device=device)
+        count = level.actions.shape[0]
+        member = inverse[None, :] == torch.arange(count, device=device)[:, None]
+        out.append((outer(*states, batch_dims=2).flatten(2), member.to(dtype)))
+        current = states
+    return out
 
 
 def linear_efe_terms(joint_beliefs: Tensor, maps: LinearEFE) -> EFETerms:
