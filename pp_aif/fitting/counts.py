@@ -33,17 +33,20 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from pp_aif.agent import AgentSettings, policies_at
 from pp_aif.errors import DataError
+from pp_aif.fitting.counts_fused import CountsConstants, counts_value_and_gradient
 from pp_aif.fitting.likelihood import (
     PolicyValues,
     action_log_likelihood,
     action_log_probabilities,
     parameter_defaults,
 )
+from pp_aif.fitting.plan_likelihood import fused_value_and_gradient
 from pp_aif.ops.dirichlet import observation_counts, transition_counts
 from pp_aif.ops.hmm import (
     factor_marginals,
@@ -52,13 +55,33 @@ from pp_aif.ops.hmm import (
     select_transitions,
     smooth,
 )
-from pp_aif.planning.efe import policy_scores
+from pp_aif.planning.efe import log_preferences, policy_scores
 from pp_aif.planning.policies import policy_score
 from pp_aif.spec import GenerativeModel
 
 __all__ = ["CountsLikelihood", "COUNTS_PARAMETERS", "observed_states"]
 
 COUNTS_PARAMETERS = ("gamma", "alpha", "preference", "learning_rate", "forgetting", "concentration")
+
+
+def _fusable(model: GenerativeModel, settings: AgentSettings, T: int) -> bool:
+    """Whether ``counts_fused`` computes this agent's likelihood: a learner of pA only, on the
+    CPU in float64, finite preferences (0 ln 0 needs the kernel's care), and every control of
+    every step some policy's first under a finite ln E (no action of probability 0)."""
+    if model.pB is not None or model.device.type != "cpu" or model.dtype != torch.float64:
+        return False
+    for t in range(T - 1):
+        policies, log_prior = policies_at(model, settings, t, T)
+        if not bool(torch.isfinite(log_prior).all()):
+            return False
+        if not all(
+            bool(torch.isfinite(p).all()) for p in log_preferences(model, t, policies.shape[1])
+        ):
+            return False
+        for f, U in enumerate(model.num_controls):
+            if len(set(policies[:, 0, f].tolist())) != U:
+                return False
+    return True
 
 
 def _normalised(counts, axis):
@@ -171,6 +194,8 @@ class CountsLikelihood:
         self.before = before
         earlier = torch.tril(torch.ones(K, K, dtype=model.dtype, device=model.device), -1)
         self.earlier = earlier[None] * mask[:, None, :]  # (N, K, J)
+        # the likelihood in numpy with its gradient (``counts_fused``), for NUTS on the CPU
+        self.fused = CountsConstants(self) if _fusable(model, settings, T) else None
 
     def _column(self, theta: dict, name: str, shape) -> Tensor:
         value = theta.get(name, self.defaults[name])
@@ -233,6 +258,14 @@ class CountsLikelihood:
             log_prior.append(prior)
             first.append(policies[:, 0, :])
         return PolicyValues(base, pragmatic, log_prior, first, self.actions, model.num_controls)
+
+    def numpy_value_and_gradient(self, theta: dict, present: np.ndarray | None):
+        """As ``BehaviourLikelihood.numpy_value_and_gradient``, by ``counts_fused``."""
+        if self.fused is None:
+            return None
+        return fused_value_and_gradient(
+            counts_value_and_gradient, self.fused, self.defaults, self.actions.shape, theta, present
+        )
 
     def _precisions(self, theta):
         return (theta.get(n, self.defaults[n]) for n in ("gamma", "alpha", "preference"))

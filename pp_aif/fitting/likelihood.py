@@ -58,7 +58,9 @@ from pp_aif.agent import AgentSettings, policies_at
 from pp_aif.errors import DataError
 from pp_aif.fitting.count_history import count_history
 from pp_aif.fitting.plan_likelihood import (
+    FUSED_ORDER,
     PlanConstants,
+    fused_value_and_gradient,
     numpy_value_and_gradient,
     plan_log_likelihood,
 )
@@ -572,10 +574,6 @@ def action_log_likelihood(values: PolicyValues, gamma, alpha, preference=1.0) ->
     return total
 
 
-#: the fused likelihood's parameters, in its order
-_FUSED_ORDER = (*LEARNING_PARAMETERS, "gamma", "alpha", "preference")
-
-
 class BehaviourLikelihood:
     """The action likelihood of a data set as a function of the fitted parameters.
 
@@ -667,12 +665,12 @@ class BehaviourLikelihood:
             )
             return action_log_likelihood(self.values(theta), gamma, alpha, preference)
         N, K, T1 = self.actions.shape[:3]
-        given = [theta.get(name) for name in _FUSED_ORDER]
+        given = [theta.get(name) for name in FUSED_ORDER]
         shape = torch.broadcast_shapes(*[v.shape for v in given if isinstance(v, Tensor)], (N,))
         batch = shape[:-1]
         B = math.prod(batch)
         flat = []
-        for name, value in zip(_FUSED_ORDER, given, strict=True):
+        for name, value in zip(FUSED_ORDER, given, strict=True):
             if value is None:  # a setting: a constant
                 flat.append(torch.full((B, N), self.defaults[name], dtype=torch.float64))
             elif isinstance(value, Tensor) and value.shape == (B, N):
@@ -689,23 +687,13 @@ class BehaviourLikelihood:
         plan or it declines the point. present : float (N, K) or None."""
         if self.fused is None:
             return None
-        first = next(iter(theta.values()))
-        values = [
-            theta[name] if name in theta else np.full(first.shape, self.defaults[name])
-            for name in _FUSED_ORDER
-        ]
-        N, K, T1 = self.actions.shape[:3]
-        weights = np.ones((N, K, T1)) if present is None else np.repeat(present[..., None], T1, -1)
-        wanted = [name in theta for name in _FUSED_ORDER]
-        found = numpy_value_and_gradient(self.fused, values, wanted, weights)
-        if found is None:
-            return None
-        total, gradients = found
-        return total, dict(zip(_FUSED_ORDER, gradients, strict=True))
+        return fused_value_and_gradient(
+            numpy_value_and_gradient, self.fused, self.defaults, self.actions.shape, theta, present
+        )
 
     def _torch_path(self, *theta: Tensor) -> Tensor:
-        """``chosen_log_likelihood`` in torch operations, theta in ``_FUSED_ORDER``."""
-        named = dict(zip(_FUSED_ORDER, theta, strict=True))
+        """``chosen_log_likelihood`` in torch operations, theta in ``FUSED_ORDER``."""
+        named = dict(zip(FUSED_ORDER, theta, strict=True))
         values = self.values(named)
         return action_log_likelihood(values, named["gamma"], named["alpha"], named["preference"])
 

@@ -391,6 +391,30 @@ def numpy_value_and_gradient(
     )
 
 
+#: the fused likelihoods' parameters, in their order
+FUSED_ORDER = ("learning_rate", "forgetting", "concentration", "gamma", "alpha", "preference")
+
+
+def fused_value_and_gradient(route, const, defaults: dict, actions_shape, theta: dict, present):
+    """(sum of ln p of the present chosen actions (B, N), {name: its gradient (B, N)}) for
+    theta {name: (B, N) numpy} by a fused route (``numpy_value_and_gradient`` here, or
+    ``counts_fused.counts_value_and_gradient``), the other parameters at ``defaults``; None
+    where the route declines the point. present : float (N, K) or None."""
+    first = next(iter(theta.values()))
+    values = [
+        theta[name] if name in theta else np.full(first.shape, defaults[name])
+        for name in FUSED_ORDER
+    ]
+    N, K, T1 = actions_shape[:3]
+    weights = np.ones((N, K, T1)) if present is None else np.repeat(present[..., None], T1, -1)
+    wanted = [name in theta for name in FUSED_ORDER]
+    found = route(const, values, wanted, weights)
+    if found is None:
+        return None
+    total, gradients = found
+    return total, dict(zip(FUSED_ORDER, gradients, strict=True))
+
+
 def plan_log_likelihood(
     const: PlanConstants, theta: list[Tensor], torch_path: Callable[..., Tensor]
 ) -> Tensor:

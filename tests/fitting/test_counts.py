@@ -10,6 +10,7 @@ import torch
 
 import pp_aif
 from pp_aif.agent import AgentSettings
+from pp_aif.data import BehaviourData, long_format
 from pp_aif.fitting.counts import COUNTS_PARAMETERS, CountsLikelihood
 from pp_aif.fitting.replay import ReplayLikelihood, likelihood_for
 from pp_aif.planning import Lesions
@@ -107,3 +108,57 @@ def test_the_bandit_takes_the_count_recursion():
     actions = torch.as_tensor(record["action"].values[..., :-1, :])
     chosen = likelihood_for(task.model, task.settings, observations, actions, ("alpha",))
     assert isinstance(chosen, CountsLikelihood)
+
+
+def _pA_learner(rng):
+    """``_seen_states_case`` without pB: a learner of pA only, its B stochastic (so that a
+    policy's predictions are spread over states)."""
+    model, observations, actions = _seen_states_case(rng)
+    model = pp_aif.GenerativeModel(
+        [a.numpy() for a in model.A],
+        [b.numpy() for b in model.B],
+        C=[c.numpy() for c in model.C],
+        D=[d.numpy() for d in model.D],
+        pA=[p.numpy() for p in model.pA],
+        policies=model.policies,
+    )
+    return model, observations, actions
+
+
+def _bandit():
+    task = pp_aif.load_task("bandit")
+    record = pp_aif.simulate(task, N, K, seed=3)
+    data = BehaviourData.read(long_format(record, task), task)
+    return task.model, data.observations, data.actions
+
+
+@pytest.mark.parametrize("lesions", [Lesions(), Lesions(novelty=False, epistemic=False)])
+@pytest.mark.parametrize("case", ["stochastic B", "bandit"])
+@pytest.mark.parametrize("names", [COUNTS_PARAMETERS, ("alpha", "learning_rate", "preference")])
+def test_the_fused_counts_are_the_torch_counts(rng, lesions, case, names):
+    """``numpy_value_and_gradient`` (NUTS's route) against the torch likelihood and autograd:
+    the summed log-likelihood of the present trials and its gradient in every parameter; the
+    bandit through the path for certain predictions, with and without forgetting."""
+    model, observations, actions = _pA_learner(rng) if case == "stochastic B" else _bandit()
+    present = torch.ones(N, K, dtype=torch.bool)
+    present[1, 1] = False
+    likelihood = CountsLikelihood(
+        model, AgentSettings(lesions=lesions), observations, actions, names, present
+    )
+    assert likelihood.fused is not None
+    assert likelihood.fused.certain == (case == "bandit")
+    theta = {
+        name: torch.tensor(THETA[name], dtype=torch.float64).expand(2, N).clone() for name in names
+    }
+    found = likelihood.numpy_value_and_gradient(
+        {name: value.numpy() for name, value in theta.items()}, present.numpy().astype(float)
+    )
+    assert found is not None
+    value, gradients = found
+    inputs = {name: value.requires_grad_(True) for name, value in theta.items()}
+    expected = torch.where(present[..., None], likelihood(inputs), 0.0).sum((-1, -2))
+    assert_close(value, expected)
+    for name, gradient in zip(
+        names, torch.autograd.grad(expected.sum(), list(inputs.values())), strict=True
+    ):
+        assert_close(gradients[name], gradient, msg=name)

@@ -1,0 +1,387 @@
+"""The likelihood of agents that learn pA where they see their states, in numpy, with its
+gradient by hand: the count recursion's fast path (``CountsLikelihood``) for NUTS.
+
+Dimension symbols: B parameter rows (draws x chains), N subjects, K trials, T1 steps with an
+action, S joint states, M modalities (O_m outcomes, O = prod_m O_m joint), U policy prefixes
+of all steps (``predictions_from_each_state``), P policies of all steps side by side.
+
+As ``pp_aif.fitting.plan_likelihood`` for the pD learner: NUTS calls the potential thousands
+of times with a handful of rows, and as torch operations with autograd the bandit's likelihood
+(100 trials) was some 800 operations a call; the same arithmetic in numpy, its derivatives
+written out, is a few dozen. Every quantity is ``CountsLikelihood``'s (tested equal to 1e-10,
+gradients too). Where the agent sees its states, each step's belief is the data's, and the
+predicted joint states of every prefix are fixed: X (N, K, U, S). Per trial,
+
+    pA_k     = kappa decay_k pA_0 + sum_{j<k} w_kj c_j           (only where pA_0 > 0)
+               w_kj = eta (1 - omega)^(m_k - m_j - 1), decay_k = (1 - omega)^m_k
+    A_k      = pA_k normalised;  W_k = wnorm(pA_k) where pA_0 > 0   (SPM's spm_wnorm)
+    y        = X prod_m A_m,k  (the joint outcome of each prefix);  a_m = X A_m,k; w_m = X W_m,k
+    per prefix: entropy H[y], ambiguity X . sum_m H[A_m,k(. | s)], pragmatic sum_m a_m . ln p~_m,
+               novelty -sum_m a_m . w_m; each summed into its policies (grouping)
+    score    = -(H - ambiguity) [epistemic] - novelty [novelty] + c (-pragmatic) [pragmatic]
+
+then the action probabilities of ``plan_likelihood.actions_forward``. The counts' derivatives
+in eta, omega and kappa are carried forward (they are closed forms in each), so the gradient
+needs no pass over the trials.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pp_aif.fitting.plan_likelihood import (
+    ActionLayout,
+    _block_diagonal,
+    _rows,
+    actions_backward,
+    actions_forward,
+)
+from pp_aif.ops.contractions import outer
+from pp_aif.ops.efe import WNORM_FLOOR, predictions_from_each_state
+from pp_aif.planning.efe import log_preferences
+
+__all__ = ["CountsConstants", "counts_value_and_gradient"]
+
+
+class CountsConstants:
+    """What the fused count likelihood reads from a ``CountsLikelihood`` (a learner of pA
+    only), as numpy arrays: X (N, K, U, S), grouping (U, P), each prefix's ln p~_m (U, O_m),
+    the counts c_m (N, J, O_m S), their running sums (N, K, O_m S) without forgetting, pA_0
+    (O_m S,), the present trials before each (N, K) and which are earlier (N, K, J)."""
+
+    def __init__(self, likelihood):
+        model, settings = likelihood.model, likelihood.settings
+        N, K, T = likelihood.observations.shape[:3]
+        T1 = T - 1
+        self.layout = ActionLayout(model, settings, likelihood.actions.numpy())
+        self.num_outcomes = tuple(model.num_outcomes)
+        S = math.prod(model.num_states)
+        beliefs = outer(*likelihood.marginals, batch_dims=3).reshape(N, K, T, S)
+        states, groups, preferences = [], [], [[] for _ in self.num_outcomes]
+        for t in range(T1):
+            policies = self._policies(model, settings, t, T)
+            predictions = predictions_from_each_state(model.transition_by_action, policies)
+            lp = log_preferences(model, t, policies.shape[1])
+            members = []
+            for tau, (predicted, member) in enumerate(predictions):
+                # each row's prediction from its own belief: (N, K, U_tau, S)
+                flat = predicted.reshape(S, -1)
+                states.append((beliefs[:, :, t] @ flat).reshape(N, K, member.shape[0], S))
+                members.append(member)
+                for m, log_p in enumerate(lp):
+                    preferences[m].append(log_p[tau].expand(member.shape[0], -1))
+            groups.append(np.concatenate([x.numpy() for x in members]))
+        self.X = np.ascontiguousarray(np.concatenate([x.numpy() for x in states], 2))
+        self.grouping = _block_diagonal(groups)
+        self.preferences = [np.concatenate([x.numpy() for x in p]) for p in preferences]
+        self.initial = [p.reshape(p.shape[0], -1).numpy() for p in model.pA]  # (O_m, S)
+        self.learned = [p > 0 for p in self.initial]
+        self.counts = [
+            c.reshape(N, K, -1).numpy() for c in likelihood.counts["pA"]
+        ]  # (N, J, O_m S), absent trials 0
+        self.before = likelihood.before.numpy()  # (N, K)
+        self.earlier = likelihood.earlier.numpy()  # (N, K, J)
+        self.exponent = (self.before[:, :, None] - self.before[:, None, :] - 1) * self.earlier
+        self.running = [np.einsum("nkj,nje->nke", self.earlier, c) for c in self.counts]
+        # every prefix predicts one state for sure (deterministic B), under one preference per
+        # modality: then y is a product, H[y] = ambiguity (no epistemic value), and every term
+        # is a per-state quantity of A picked by the prefix's state (``_forward_certain``)
+        self.certain = bool(
+            np.isclose(self.X.max(-1), 1.0).all() and ((self.X > 0).sum(-1) == 1).all()
+        ) and all(bool((p == p[:1]).all()) for p in self.preferences)
+        self.epistemic = settings.lesions.epistemic
+        self.pragmatic = settings.lesions.pragmatic
+        self.novelty = settings.lesions.novelty
+
+    @staticmethod
+    def _policies(model, settings, t, T):
+        from pp_aif.agent import policies_at
+
+        return policies_at(model, settings, t, T)[0]
+
+
+def _learned_counts(const: CountsConstants, eta, omega, kappa, wanted):
+    """Each trial's pA_m (B, N, K, O_m S) and its tangents in the wanted of (eta, omega,
+    kappa): M lists of (B, N, K, O_m S)."""
+    remembers = not wanted[1] and not omega.any()
+    out = []
+    if remembers:  # no forgetting: the running sums of the data's counts
+        for p0, learned, running in zip(const.initial, const.learned, const.running, strict=True):
+            flat, mask = p0.reshape(-1), learned.reshape(-1)
+            start = kappa[..., None, None] * flat
+            value = np.where(mask, start + eta[..., None, None] * running, flat)
+            tangents = []
+            if wanted[0]:
+                tangents.append(np.broadcast_to(np.where(mask, running, 0.0), value.shape))
+            if wanted[2]:
+                tangents.append(np.broadcast_to(np.where(mask, flat, 0.0), value.shape))
+            out.append((value, tangents))
+        return out
+    log_keep = np.log1p(-omega)[..., None, None]  # (B, N, 1, 1)
+    weights = np.exp(const.exponent * log_keep) * const.earlier  # (B, N, K, J), without eta
+    decay = np.exp(const.before * log_keep[..., 0])  # (B, N, K)
+    slope = -1.0 / (1.0 - omega)  # d ln(1 - omega) / d omega
+    for p0, learned, counts in zip(const.initial, const.learned, const.counts, strict=True):
+        flat, mask = p0.reshape(-1), learned.reshape(-1)
+        added = np.einsum("bnkj,nje->bnke", weights, counts)
+        start = (decay * kappa[..., None])[..., None] * flat
+        value = np.where(mask, start + eta[..., None, None] * added, flat)
+        tangents = []
+        if wanted[0]:
+            tangents.append(np.where(mask, added, 0.0))
+        if wanted[1]:
+            moved = np.einsum("bnkj,nje->bnke", weights * const.exponent, counts)
+            d = slope[..., None, None] * (
+                const.before[..., None] * start + eta[..., None, None] * moved
+            )
+            tangents.append(np.where(mask, d, 0.0))
+        if wanted[2]:
+            tangents.append(np.where(mask, (decay[..., None] * flat), 0.0))
+        out.append((value, tangents))
+    return out
+
+
+def _entropy_terms(x):
+    positive = x > 0
+    log_x = np.log(np.where(positive, x, 1.0))
+    return -x * log_x, np.where(positive, -1.0 - log_x, 0.0)
+
+
+def _normalised(const: CountsConstants, learned, B, N, K, S):
+    """A_m and W_m (B, N, K, O_m, S) from the learned counts, with (sum_o pA, pA + floor)."""
+    A, W, shapes = [], [], []
+    for (pA, _), outcomes, mask in zip(learned, const.num_outcomes, const.learned, strict=True):
+        p = pA.reshape(B, N, K, outcomes, S)
+        total = np.add.reduce(p, -2)[..., None, :]
+        A.append(p / total)
+        shifted = p + WNORM_FLOOR
+        W.append((1.0 / np.add.reduce(shifted, -2)[..., None, :] - 1.0 / shifted) * mask)
+        shapes.append((total, shifted))
+    return A, W, shapes
+
+
+def _forward_certain(const: CountsConstants, theta, wanted):
+    """``_forward`` where every prefix predicts one state (``CountsConstants.certain``)."""
+    eta, omega, kappa, gamma, alpha, c = theta
+    B, N = eta.shape
+    K, U, S = const.X.shape[1:]
+    rows = B * N * K
+    learned = _learned_counts(const, eta, omega, kappa, wanted)
+    A, W, shapes = _normalised(const, learned, B, N, K, S)
+    column_entropy, slope_A = zip(*[_entropy_terms(a) for a in A], strict=True)
+    per_state = np.stack(
+        [
+            sum(np.add.reduce(e, -2) for e in column_entropy),  # ambiguity
+            sum(lp[0] @ a for lp, a in zip(const.preferences, A, strict=True)),  # pragmatic
+            -sum(np.add.reduce(a * w, -2) for a, w in zip(A, W, strict=True)),  # novelty
+        ],
+        -1,
+    )  # (B, N, K, S, 3)
+    parts = np.swapaxes(const.X @ per_state, -1, -2) @ const.grouping  # (B, N, K, 3, P)
+    parts = parts.reshape(rows, 3, -1)
+    base = np.zeros_like(parts[:, 0])  # (H[y] - ambiguity = 0: no epistemic value)
+    if const.novelty:
+        base = base - parts[:, 2]
+    part = -parts[:, 1] if const.pragmatic else np.zeros_like(base)
+    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
+    found = actions_forward(const.layout, base + c_r * part, gamma_r, alpha_r, B)
+    if found is None:
+        return None
+    total, actions = found
+    return total.reshape(B, N, K, -1), (learned, A, W, shapes, slope_A, part, actions)
+
+
+def _backward_certain(const: CountsConstants, theta, state, grad, wanted):
+    eta, omega, kappa, gamma, alpha, c = theta
+    B, N = eta.shape
+    K, U, S = const.X.shape[1:]
+    rows = B * N * K
+    learned, A, W, shapes, slope_A, part, actions = state
+    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
+    d_score, d_gamma, d_alpha = actions_backward(
+        const.layout, actions, grad.reshape(rows, -1), gamma_r, alpha_r
+    )
+    d_c = np.add.reduce(d_score * part, -1)
+    d_parts = np.zeros((rows, 3, d_score.shape[1]))
+    if const.novelty:
+        d_parts[:, 2] = -d_score
+    if const.pragmatic:
+        d_parts[:, 1] = -c_r * d_score
+    d_prefix = (d_parts @ const.grouping.T).reshape(B, N, K, 3, U)
+    d_state = np.swapaxes(np.swapaxes(const.X, -1, -2) @ np.swapaxes(d_prefix, -1, -2), -1, -2)
+    d_ambiguity, d_pragmatic, d_novelty = np.moveaxis(d_state, -2, 0)  # (B, N, K, S) each
+    d_A, d_W = [], []
+    for m, (lp, a, w) in enumerate(zip(const.preferences, A, W, strict=True)):
+        d_A.append(
+            d_ambiguity[..., None, :] * slope_A[m]
+            + d_pragmatic[..., None, :] * lp[0][:, None]
+            - d_novelty[..., None, :] * w
+        )
+        d_W.append(-d_novelty[..., None, :] * a)
+    d_theta = _counts_backward(const, learned, A, shapes, d_A, d_W, wanted, B, N, K)
+
+    def per_subject(x):
+        return x.reshape(B, N, K).sum(-1)
+
+    return (*d_theta, per_subject(d_gamma), per_subject(d_alpha), per_subject(d_c))
+
+
+def _counts_backward(const, learned, A, shapes, d_A, d_W, wanted, B, N, K):
+    """d eta, d omega, d kappa (B, N) from the gradients of A_m and W_m."""
+    zeros = np.zeros((B, N))
+    d_theta = [zeros, zeros, zeros]
+    for m, ((_, tangents), (total, shifted)) in enumerate(zip(learned, shapes, strict=True)):
+        d_w = d_W[m] * const.learned[m]
+        d_pA = d_w / shifted**2 - np.add.reduce(d_w, -2)[..., None, :] / (
+            np.add.reduce(shifted, -2)[..., None, :] ** 2
+        )
+        d_pA = d_pA + (d_A[m] - np.add.reduce(d_A[m] * A[m], -2)[..., None, :]) / total
+        d_flat = d_pA.reshape(B, N, K, -1)
+        found = iter(tangents)
+        for j, flag in enumerate(wanted):
+            if flag:
+                d_theta[j] = d_theta[j] + np.add.reduce(d_flat * next(found), (-1, -2))
+    return d_theta
+
+
+def _forward(const: CountsConstants, theta, wanted):
+    eta, omega, kappa, gamma, alpha, c = theta
+    B, N = eta.shape
+    K, U, S = const.X.shape[1:]
+    rows = B * N * K
+    learned = _learned_counts(const, eta, omega, kappa, wanted)
+    A, W, shapes = [], [], []
+    for (pA, _), outcomes in zip(learned, const.num_outcomes, strict=True):
+        p = pA.reshape(B, N, K, outcomes, S)
+        total = np.add.reduce(p, -2)[..., None, :]
+        A.append(p / total)
+        shifted = p + WNORM_FLOOR
+        W.append(1.0 / np.add.reduce(shifted, -2)[..., None, :] - 1.0 / shifted)
+        shapes.append((total, shifted))
+    W = [w * m.reshape(w.shape[-2:]) for w, m in zip(W, const.learned, strict=True)]
+    joint = A[0]
+    for a in A[1:]:  # prod_m A_m over the joint outcome: (B, N, K, O, S)
+        joint = (joint[..., :, None, :] * a[..., None, :, :]).reshape(B, N, K, -1, S)
+    X = const.X
+    y = X @ np.swapaxes(joint, -1, -2)  # (B, N, K, U, O)
+    entropy_y, slope_y = _entropy_terms(y)
+    entropy = np.add.reduce(entropy_y, -1)  # (B, N, K, U)
+    column_entropy, slope_A = zip(*[_entropy_terms(a) for a in A], strict=True)
+    per_state = sum(np.add.reduce(e, -2) for e in column_entropy)  # (B, N, K, S)
+    ambiguity = (X @ per_state[..., None])[..., 0]
+    predicted = [X @ np.swapaxes(a, -1, -2) for a in A]  # (B, N, K, U, O_m)
+    weighted = [X @ np.swapaxes(w, -1, -2) for w in W]
+    pragmatic = sum(
+        np.add.reduce(p * lp, -1) for p, lp in zip(predicted, const.preferences, strict=True)
+    )
+    novelty = -sum(np.add.reduce(p * w, -1) for p, w in zip(predicted, weighted, strict=True))
+    parts = np.stack([entropy, ambiguity, pragmatic, novelty], -2) @ const.grouping
+    parts = parts.reshape(rows, 4, -1)  # (rows, 4, P)
+    base = np.zeros_like(parts[:, 0])
+    if const.epistemic:
+        base = base - (parts[:, 0] - parts[:, 1])
+    if const.novelty:
+        base = base - parts[:, 3]
+    part = -parts[:, 2] if const.pragmatic else np.zeros_like(base)
+    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
+    found = actions_forward(const.layout, base + c_r * part, gamma_r, alpha_r, B)
+    if found is None:
+        return None
+    total, actions = found
+    state = (learned, A, W, shapes, joint, slope_y, slope_A, predicted, weighted, part, actions)
+    return total.reshape(B, N, K, -1), state
+
+
+def _backward(const: CountsConstants, theta, state, grad, wanted):
+    eta, omega, kappa, gamma, alpha, c = theta
+    B, N = eta.shape
+    K, U, S = const.X.shape[1:]
+    rows = B * N * K
+    learned, A, W, shapes, joint, slope_y, slope_A, predicted, weighted, part, actions = state
+    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
+    d_score, d_gamma, d_alpha = actions_backward(
+        const.layout, actions, grad.reshape(rows, -1), gamma_r, alpha_r
+    )
+    d_c = np.add.reduce(d_score * part, -1)
+    d_parts = np.zeros((rows, 4, d_score.shape[1]))
+    if const.epistemic:
+        d_parts[:, 0], d_parts[:, 1] = -d_score, d_score
+    if const.novelty:
+        d_parts[:, 3] = -d_score
+    if const.pragmatic:
+        d_parts[:, 2] = -c_r * d_score
+    d_prefix = (d_parts @ const.grouping.T).reshape(B, N, K, 4, U)
+    d_entropy, d_ambiguity, d_pragmatic, d_novelty = np.moveaxis(d_prefix, -2, 0)
+    X = const.X
+    Xt = np.swapaxes(X, -1, -2)  # (N, K, S, U)
+    d_y = d_entropy[..., None] * slope_y  # (B, N, K, U, O)
+    d_joint = np.swapaxes(d_y, -1, -2) @ X  # (B, N, K, O, S)
+    d_A = _joint_backward(d_joint, A)
+    d_per_state = (Xt @ d_ambiguity[..., None])[..., 0]  # (B, N, K, S)
+    d_W = []
+    for m, (lp, p, w) in enumerate(zip(const.preferences, predicted, weighted, strict=True)):
+        d_A[m] = d_A[m] + d_per_state[..., None, :] * slope_A[m]
+        d_predicted = d_pragmatic[..., None] * lp - d_novelty[..., None] * w
+        d_A[m] = d_A[m] + np.swapaxes(d_predicted, -1, -2) @ X
+        d_W.append(np.swapaxes(-d_novelty[..., None] * p, -1, -2) @ X)
+    zeros = np.zeros((B, N))
+    d_theta = [zeros, zeros, zeros]
+    for m, ((_, tangents), (total, shifted)) in enumerate(zip(learned, shapes, strict=True)):
+        d_w = d_W[m] * const.learned[m].reshape(shifted.shape[-2:])
+        d_pA = d_w / shifted**2 - np.add.reduce(d_w, -2)[..., None, :] / (
+            np.add.reduce(shifted, -2)[..., None, :] ** 2
+        )
+        d_pA = d_pA + (d_A[m] - np.add.reduce(d_A[m] * A[m], -2)[..., None, :]) / total
+        d_flat = d_pA.reshape(B, N, K, -1)
+        found = iter(tangents)
+        for j, flag in enumerate(wanted):
+            if flag:
+                d_theta[j] = d_theta[j] + np.add.reduce(d_flat * next(found), (-1, -2))
+
+    def per_subject(x):
+        return x.reshape(B, N, K).sum(-1)
+
+    return (*d_theta, per_subject(d_gamma), per_subject(d_alpha), per_subject(d_c))
+
+
+def _joint_backward(d_joint, A):
+    """The gradient of each A_m (..., O_m, S) from that of their product over the joint
+    outcome (..., O, S)."""
+    sizes = [a.shape[-2] for a in A]
+    S = A[0].shape[-1]
+    shaped = d_joint.reshape(*d_joint.shape[:-2], *sizes, S)
+    M = len(A)
+    out = []
+    for m in range(M):
+        weighted = shaped
+        for g, a in enumerate(A):
+            if g != m:
+                weighted = weighted * a.reshape(
+                    *a.shape[:-2], *[1] * g, sizes[g], *[1] * (M - g - 1), S
+                )
+        others = tuple(-M - 1 + g for g in range(M) if g != m)
+        out.append(np.add.reduce(weighted, others) if others else weighted)
+    return out
+
+
+def counts_value_and_gradient(const: CountsConstants, theta, wanted, weights):
+    """As ``plan_likelihood.numpy_value_and_gradient``, for the count likelihood: (B, N) and
+    the 6 gradients, or None where an action's probability is too small for probability
+    space."""
+    return _value_and_gradient(const, theta, wanted, weights)
+
+
+def _value_and_gradient(const: CountsConstants, theta, wanted, weights):
+    forward, backward = (
+        (_forward_certain, _backward_certain) if const.certain else (_forward, _backward)
+    )
+    found = forward(const, theta, tuple(wanted[:3]))
+    if found is None:
+        return None
+    value, state = found
+    grad = np.broadcast_to(weights, value.shape)
+    return np.add.reduce(value * grad, (-1, -2)), list(
+        backward(const, theta, state, grad, tuple(wanted[:3]))
+    )
