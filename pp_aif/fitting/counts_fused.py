@@ -35,6 +35,7 @@ from pp_aif.fitting.plan_likelihood import (
     ActionLayout,
     _block_diagonal,
     _rows,
+    _sum_last,
     actions_backward,
     actions_forward,
 )
@@ -76,11 +77,13 @@ class CountsConstants:
         self.X = np.ascontiguousarray(np.concatenate([x.numpy() for x in states], 2))
         self.grouping = _block_diagonal(groups)
         self.preferences = [np.concatenate([x.numpy() for x in p]) for p in preferences]
-        self.initial = [p.reshape(p.shape[0], -1).numpy() for p in model.pA]  # (O_m, S)
+        # the counts state-major, (S, O_m): each state's outcomes last, where numpy sums fast
+        self.initial = [p.reshape(p.shape[0], -1).T.numpy() for p in model.pA]  # (S, O_m)
         self.learned = [p > 0 for p in self.initial]
         self.counts = [
-            c.reshape(N, K, -1).numpy() for c in likelihood.counts["pA"]
-        ]  # (N, J, O_m S), absent trials 0
+            c.reshape(N, K, c.shape[2], -1).transpose(2, 3).reshape(N, K, -1).numpy()
+            for c in likelihood.counts["pA"]
+        ]  # (N, J, S O_m), absent trials 0
         self.before = likelihood.before.numpy()  # (N, K)
         self.earlier = likelihood.earlier.numpy()  # (N, K, J)
         self.exponent = (self.before[:, :, None] - self.before[:, None, :] - 1) * self.earlier
@@ -103,8 +106,8 @@ class CountsConstants:
 
 
 def _learned_counts(const: CountsConstants, eta, omega, kappa, wanted):
-    """Each trial's pA_m (B, N, K, O_m S) and its tangents in the wanted of (eta, omega,
-    kappa): M lists of (B, N, K, O_m S)."""
+    """Each trial's pA_m (B, N, K, S O_m) and its tangents in the wanted of (eta, omega,
+    kappa): M lists of (B, N, K, S O_m)."""
     remembers = not wanted[1] and not omega.any()
     out = []
     if remembers:  # no forgetting: the running sums of the data's counts
@@ -150,16 +153,36 @@ def _entropy_terms(x):
 
 
 def _normalised(const: CountsConstants, learned, B, N, K, S):
-    """A_m and W_m (B, N, K, O_m, S) from the learned counts, with (sum_o pA, pA + floor)."""
+    """A_m and W_m (B, N, K, S, O_m), state-major, from the learned counts, with what their
+    derivatives need (1 / sum_o pA, 1 / (pA + floor), 1 / sum_o (pA + floor))."""
     A, W, shapes = [], [], []
     for (pA, _), outcomes, mask in zip(learned, const.num_outcomes, const.learned, strict=True):
-        p = pA.reshape(B, N, K, outcomes, S)
-        total = np.add.reduce(p, -2)[..., None, :]
-        A.append(p / total)
-        shifted = p + WNORM_FLOOR
-        W.append((1.0 / np.add.reduce(shifted, -2)[..., None, :] - 1.0 / shifted) * mask)
-        shapes.append((total, shifted))
+        p = pA.reshape(B, N, K, S, outcomes)
+        inverse_total = 1.0 / _sum_last(p)[..., None]
+        A.append(p * inverse_total)
+        inverse = 1.0 / (p + WNORM_FLOOR)
+        inverse_sum = 1.0 / _sum_last(p + WNORM_FLOOR)[..., None]
+        W.append((inverse_sum - inverse) * mask)
+        shapes.append((inverse_total, inverse, inverse_sum))
     return A, W, shapes
+
+
+def _counts_backward(const, learned, A, shapes, d_A, d_W, wanted, B, N, K):
+    """d eta, d omega, d kappa (B, N) from the gradients of A_m and W_m (B, N, K, S, O_m)."""
+    zeros = np.zeros((B, N))
+    d_theta = [zeros, zeros, zeros]
+    for m, ((_, tangents), (inverse_total, inverse, inverse_sum)) in enumerate(
+        zip(learned, shapes, strict=True)
+    ):
+        d_w = d_W[m] * const.learned[m]
+        d_pA = d_w * inverse**2 - _sum_last(d_w)[..., None] * inverse_sum**2
+        d_pA += (d_A[m] - _sum_last(d_A[m] * A[m])[..., None]) * inverse_total
+        d_flat = d_pA.reshape(B, N, K, -1)
+        found = iter(tangents)
+        for j, flag in enumerate(wanted):
+            if flag:
+                d_theta[j] = d_theta[j] + _sum_last(d_flat * next(found), 2)
+    return d_theta
 
 
 def _forward_certain(const: CountsConstants, theta, wanted):
@@ -173,9 +196,9 @@ def _forward_certain(const: CountsConstants, theta, wanted):
     column_entropy, slope_A = zip(*[_entropy_terms(a) for a in A], strict=True)
     per_state = np.stack(
         [
-            sum(np.add.reduce(e, -2) for e in column_entropy),  # ambiguity
-            sum(lp[0] @ a for lp, a in zip(const.preferences, A, strict=True)),  # pragmatic
-            -sum(np.add.reduce(a * w, -2) for a, w in zip(A, W, strict=True)),  # novelty
+            sum(_sum_last(e) for e in column_entropy),  # ambiguity
+            sum(a @ lp[0] for lp, a in zip(const.preferences, A, strict=True)),  # pragmatic
+            -sum(_sum_last(a * w) for a, w in zip(A, W, strict=True)),  # novelty
         ],
         -1,
     )  # (B, N, K, S, 3)
@@ -203,7 +226,7 @@ def _backward_certain(const: CountsConstants, theta, state, grad, wanted):
     d_score, d_gamma, d_alpha = actions_backward(
         const.layout, actions, grad.reshape(rows, -1), gamma_r, alpha_r
     )
-    d_c = np.add.reduce(d_score * part, -1)
+    d_c = _sum_last(d_score * part)
     d_parts = np.zeros((rows, 3, d_score.shape[1]))
     if const.novelty:
         d_parts[:, 2] = -d_score
@@ -211,15 +234,12 @@ def _backward_certain(const: CountsConstants, theta, state, grad, wanted):
         d_parts[:, 1] = -c_r * d_score
     d_prefix = (d_parts @ const.grouping.T).reshape(B, N, K, 3, U)
     d_state = np.swapaxes(np.swapaxes(const.X, -1, -2) @ np.swapaxes(d_prefix, -1, -2), -1, -2)
-    d_ambiguity, d_pragmatic, d_novelty = np.moveaxis(d_state, -2, 0)  # (B, N, K, S) each
-    d_A, d_W = [], []
-    for m, (lp, a, w) in enumerate(zip(const.preferences, A, W, strict=True)):
-        d_A.append(
-            d_ambiguity[..., None, :] * slope_A[m]
-            + d_pragmatic[..., None, :] * lp[0][:, None]
-            - d_novelty[..., None, :] * w
-        )
-        d_W.append(-d_novelty[..., None, :] * a)
+    d_ambiguity, d_pragmatic, d_novelty = (x[..., None] for x in np.moveaxis(d_state, -2, 0))
+    d_A = [
+        d_ambiguity * slope + d_pragmatic * lp[0] - d_novelty * w
+        for lp, w, slope in zip(const.preferences, W, slope_A, strict=True)
+    ]
+    d_W = [-d_novelty * a for a in A]
     d_theta = _counts_backward(const, learned, A, shapes, d_A, d_W, wanted, B, N, K)
 
     def per_subject(x):
@@ -228,55 +248,27 @@ def _backward_certain(const: CountsConstants, theta, state, grad, wanted):
     return (*d_theta, per_subject(d_gamma), per_subject(d_alpha), per_subject(d_c))
 
 
-def _counts_backward(const, learned, A, shapes, d_A, d_W, wanted, B, N, K):
-    """d eta, d omega, d kappa (B, N) from the gradients of A_m and W_m."""
-    zeros = np.zeros((B, N))
-    d_theta = [zeros, zeros, zeros]
-    for m, ((_, tangents), (total, shifted)) in enumerate(zip(learned, shapes, strict=True)):
-        d_w = d_W[m] * const.learned[m]
-        d_pA = d_w / shifted**2 - np.add.reduce(d_w, -2)[..., None, :] / (
-            np.add.reduce(shifted, -2)[..., None, :] ** 2
-        )
-        d_pA = d_pA + (d_A[m] - np.add.reduce(d_A[m] * A[m], -2)[..., None, :]) / total
-        d_flat = d_pA.reshape(B, N, K, -1)
-        found = iter(tangents)
-        for j, flag in enumerate(wanted):
-            if flag:
-                d_theta[j] = d_theta[j] + np.add.reduce(d_flat * next(found), (-1, -2))
-    return d_theta
-
-
 def _forward(const: CountsConstants, theta, wanted):
     eta, omega, kappa, gamma, alpha, c = theta
     B, N = eta.shape
     K, U, S = const.X.shape[1:]
     rows = B * N * K
     learned = _learned_counts(const, eta, omega, kappa, wanted)
-    A, W, shapes = [], [], []
-    for (pA, _), outcomes in zip(learned, const.num_outcomes, strict=True):
-        p = pA.reshape(B, N, K, outcomes, S)
-        total = np.add.reduce(p, -2)[..., None, :]
-        A.append(p / total)
-        shifted = p + WNORM_FLOOR
-        W.append(1.0 / np.add.reduce(shifted, -2)[..., None, :] - 1.0 / shifted)
-        shapes.append((total, shifted))
-    W = [w * m.reshape(w.shape[-2:]) for w, m in zip(W, const.learned, strict=True)]
+    A, W, shapes = _normalised(const, learned, B, N, K, S)
     joint = A[0]
-    for a in A[1:]:  # prod_m A_m over the joint outcome: (B, N, K, O, S)
-        joint = (joint[..., :, None, :] * a[..., None, :, :]).reshape(B, N, K, -1, S)
+    for a in A[1:]:  # prod_m A_m over the joint outcome: (B, N, K, S, O)
+        joint = (joint[..., :, None] * a[..., None, :]).reshape(B, N, K, S, -1)
     X = const.X
-    y = X @ np.swapaxes(joint, -1, -2)  # (B, N, K, U, O)
+    y = X @ joint  # (B, N, K, U, O)
     entropy_y, slope_y = _entropy_terms(y)
-    entropy = np.add.reduce(entropy_y, -1)  # (B, N, K, U)
+    entropy = _sum_last(entropy_y)  # (B, N, K, U)
     column_entropy, slope_A = zip(*[_entropy_terms(a) for a in A], strict=True)
-    per_state = sum(np.add.reduce(e, -2) for e in column_entropy)  # (B, N, K, S)
+    per_state = sum(_sum_last(e) for e in column_entropy)  # (B, N, K, S)
     ambiguity = (X @ per_state[..., None])[..., 0]
-    predicted = [X @ np.swapaxes(a, -1, -2) for a in A]  # (B, N, K, U, O_m)
-    weighted = [X @ np.swapaxes(w, -1, -2) for w in W]
-    pragmatic = sum(
-        np.add.reduce(p * lp, -1) for p, lp in zip(predicted, const.preferences, strict=True)
-    )
-    novelty = -sum(np.add.reduce(p * w, -1) for p, w in zip(predicted, weighted, strict=True))
+    predicted = [X @ a for a in A]  # (B, N, K, U, O_m)
+    weighted = [X @ w for w in W]
+    pragmatic = sum(_sum_last(p * lp) for p, lp in zip(predicted, const.preferences, strict=True))
+    novelty = -sum(_sum_last(p * w) for p, w in zip(predicted, weighted, strict=True))
     parts = np.stack([entropy, ambiguity, pragmatic, novelty], -2) @ const.grouping
     parts = parts.reshape(rows, 4, -1)  # (rows, 4, P)
     base = np.zeros_like(parts[:, 0])
@@ -290,7 +282,7 @@ def _forward(const: CountsConstants, theta, wanted):
     if found is None:
         return None
     total, actions = found
-    state = (learned, A, W, shapes, joint, slope_y, slope_A, predicted, weighted, part, actions)
+    state = (learned, A, W, shapes, slope_y, slope_A, predicted, weighted, part, actions)
     return total.reshape(B, N, K, -1), state
 
 
@@ -299,12 +291,12 @@ def _backward(const: CountsConstants, theta, state, grad, wanted):
     B, N = eta.shape
     K, U, S = const.X.shape[1:]
     rows = B * N * K
-    learned, A, W, shapes, joint, slope_y, slope_A, predicted, weighted, part, actions = state
+    learned, A, W, shapes, slope_y, slope_A, predicted, weighted, part, actions = state
     c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
     d_score, d_gamma, d_alpha = actions_backward(
         const.layout, actions, grad.reshape(rows, -1), gamma_r, alpha_r
     )
-    d_c = np.add.reduce(d_score * part, -1)
+    d_c = _sum_last(d_score * part)
     d_parts = np.zeros((rows, 4, d_score.shape[1]))
     if const.epistemic:
         d_parts[:, 0], d_parts[:, 1] = -d_score, d_score
@@ -314,31 +306,16 @@ def _backward(const: CountsConstants, theta, state, grad, wanted):
         d_parts[:, 2] = -c_r * d_score
     d_prefix = (d_parts @ const.grouping.T).reshape(B, N, K, 4, U)
     d_entropy, d_ambiguity, d_pragmatic, d_novelty = np.moveaxis(d_prefix, -2, 0)
-    X = const.X
-    Xt = np.swapaxes(X, -1, -2)  # (N, K, S, U)
-    d_y = d_entropy[..., None] * slope_y  # (B, N, K, U, O)
-    d_joint = np.swapaxes(d_y, -1, -2) @ X  # (B, N, K, O, S)
+    Xt = np.swapaxes(const.X, -1, -2)  # (N, K, S, U)
+    d_joint = Xt @ (d_entropy[..., None] * slope_y)  # (B, N, K, S, O)
     d_A = _joint_backward(d_joint, A)
     d_per_state = (Xt @ d_ambiguity[..., None])[..., 0]  # (B, N, K, S)
     d_W = []
     for m, (lp, p, w) in enumerate(zip(const.preferences, predicted, weighted, strict=True)):
-        d_A[m] = d_A[m] + d_per_state[..., None, :] * slope_A[m]
         d_predicted = d_pragmatic[..., None] * lp - d_novelty[..., None] * w
-        d_A[m] = d_A[m] + np.swapaxes(d_predicted, -1, -2) @ X
-        d_W.append(np.swapaxes(-d_novelty[..., None] * p, -1, -2) @ X)
-    zeros = np.zeros((B, N))
-    d_theta = [zeros, zeros, zeros]
-    for m, ((_, tangents), (total, shifted)) in enumerate(zip(learned, shapes, strict=True)):
-        d_w = d_W[m] * const.learned[m].reshape(shifted.shape[-2:])
-        d_pA = d_w / shifted**2 - np.add.reduce(d_w, -2)[..., None, :] / (
-            np.add.reduce(shifted, -2)[..., None, :] ** 2
-        )
-        d_pA = d_pA + (d_A[m] - np.add.reduce(d_A[m] * A[m], -2)[..., None, :]) / total
-        d_flat = d_pA.reshape(B, N, K, -1)
-        found = iter(tangents)
-        for j, flag in enumerate(wanted):
-            if flag:
-                d_theta[j] = d_theta[j] + np.add.reduce(d_flat * next(found), (-1, -2))
+        d_A[m] = d_A[m] + d_per_state[..., None] * slope_A[m] + Xt @ d_predicted
+        d_W.append(Xt @ (-d_novelty[..., None] * p))
+    d_theta = _counts_backward(const, learned, A, shapes, d_A, d_W, wanted, B, N, K)
 
     def per_subject(x):
         return x.reshape(B, N, K).sum(-1)
@@ -347,21 +324,20 @@ def _backward(const: CountsConstants, theta, state, grad, wanted):
 
 
 def _joint_backward(d_joint, A):
-    """The gradient of each A_m (..., O_m, S) from that of their product over the joint
-    outcome (..., O, S)."""
-    sizes = [a.shape[-2] for a in A]
-    S = A[0].shape[-1]
-    shaped = d_joint.reshape(*d_joint.shape[:-2], *sizes, S)
+    """The gradient of each A_m (..., S, O_m) from that of their product over the joint
+    outcome (..., S, O)."""
+    sizes = [a.shape[-1] for a in A]
     M = len(A)
+    shaped = d_joint.reshape(*d_joint.shape[:-1], *sizes)
     out = []
     for m in range(M):
         weighted = shaped
         for g, a in enumerate(A):
             if g != m:
                 weighted = weighted * a.reshape(
-                    *a.shape[:-2], *[1] * g, sizes[g], *[1] * (M - g - 1), S
+                    *a.shape[:-1], *[1] * g, sizes[g], *[1] * (M - g - 1)
                 )
-        others = tuple(-M - 1 + g for g in range(M) if g != m)
+        others = tuple(-M + g for g in range(M) if g != m)
         out.append(np.add.reduce(weighted, others) if others else weighted)
     return out
 
@@ -382,6 +358,4 @@ def _value_and_gradient(const: CountsConstants, theta, wanted, weights):
         return None
     value, state = found
     grad = np.broadcast_to(weights, value.shape)
-    return np.add.reduce(value * grad, (-1, -2)), list(
-        backward(const, theta, state, grad, tuple(wanted[:3]))
-    )
+    return _sum_last(value * grad, 2), list(backward(const, theta, state, grad, tuple(wanted[:3])))
