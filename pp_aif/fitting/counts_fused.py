@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from pp_aif.agent import policies_at
 from pp_aif.fitting.plan_likelihood import (
     ActionLayout,
     _block_diagonal,
@@ -62,7 +63,7 @@ class CountsConstants:
         beliefs = outer(*likelihood.marginals, batch_dims=3).reshape(N, K, T, S)
         states, groups, preferences = [], [], [[] for _ in self.num_outcomes]
         for t in range(T1):
-            policies = self._policies(model, settings, t, T)
+            policies, _ = policies_at(model, settings, t, T)
             predictions = predictions_from_each_state(model.transition_by_action, policies)
             lp = log_preferences(model, t, policies.shape[1])
             members = []
@@ -88,6 +89,10 @@ class CountsConstants:
         self.earlier = likelihood.earlier.numpy()  # (N, K, J)
         self.exponent = (self.before[:, :, None] - self.before[:, None, :] - 1) * self.earlier
         self.running = [np.einsum("nkj,nje->nke", self.earlier, c) for c in self.counts]
+        # (the data's counts are 0 where pA_0 is: an outcome the model forbids is refused)
+        self.running = [
+            np.where(m.reshape(-1), r, 0.0) for m, r in zip(self.learned, self.running, strict=True)
+        ]
         # every prefix predicts one state for sure (deterministic B), under one preference per
         # modality: then y is a product, H[y] = ambiguity (no epistemic value), and every term
         # is a per-state quantity of A picked by the prefix's state (``_forward_certain``)
@@ -98,12 +103,6 @@ class CountsConstants:
         self.pragmatic = settings.lesions.pragmatic
         self.novelty = settings.lesions.novelty
 
-    @staticmethod
-    def _policies(model, settings, t, T):
-        from pp_aif.agent import policies_at
-
-        return policies_at(model, settings, t, T)[0]
-
 
 def _learned_counts(const: CountsConstants, eta, omega, kappa, wanted):
     """Each trial's pA_m (B, N, K, S O_m) and its tangents in the wanted of (eta, omega,
@@ -111,15 +110,14 @@ def _learned_counts(const: CountsConstants, eta, omega, kappa, wanted):
     remembers = not wanted[1] and not omega.any()
     out = []
     if remembers:  # no forgetting: the running sums of the data's counts
-        for p0, learned, running in zip(const.initial, const.learned, const.running, strict=True):
-            flat, mask = p0.reshape(-1), learned.reshape(-1)
-            start = kappa[..., None, None] * flat
-            value = np.where(mask, start + eta[..., None, None] * running, flat)
+        for p0, running in zip(const.initial, const.running, strict=True):
+            flat = p0.reshape(-1)  # (0 where not learned, as are the running counts)
+            value = kappa[..., None, None] * flat + eta[..., None, None] * running
             tangents = []
             if wanted[0]:
-                tangents.append(np.broadcast_to(np.where(mask, running, 0.0), value.shape))
+                tangents.append(running)
             if wanted[2]:
-                tangents.append(np.broadcast_to(np.where(mask, flat, 0.0), value.shape))
+                tangents.append(flat)
             out.append((value, tangents))
         return out
     log_keep = np.log1p(-omega)[..., None, None]  # (B, N, 1, 1)

@@ -80,12 +80,13 @@ class ActionLayout:
         self._chosen = {}
 
     def chosen(self, B: int, f: int) -> np.ndarray:
-        """Where the chosen controls of factor f lie in a row's (T1 U_f) action values, for B
-        copies of the data's rows: int (B N K, T1)."""
+        """Where the chosen controls of factor f lie among the rows' (rows, T1 U_f) action
+        values flattened, for B copies of the data's rows: int (B N K, T1)."""
         if (B, f) not in self._chosen:
             U = self.member[f].shape[1] // self.T1
             at = self.actions[..., f].reshape(-1, self.T1) + U * np.arange(self.T1)
-            self._chosen[(B, f)] = np.tile(at, (B, 1))
+            at = np.tile(at, (B, 1))
+            self._chosen[(B, f)] = at + self.T1 * U * np.arange(at.shape[0])[:, None]
         return self._chosen[(B, f)]
 
 
@@ -108,7 +109,7 @@ def actions_forward(layout: ActionLayout, score, gamma_r, alpha_r, B: int):
         scaled = scaled - scaled.max(-1, keepdims=True)
         log_p = (scaled - np.log(_sum_last(np.exp(scaled)))[..., None]).reshape(rows, -1)
         chosen = layout.chosen(B, f)
-        total += np.take_along_axis(log_p, chosen, 1)
+        total += log_p.reshape(-1)[chosen]
         per_factor.append((member, chosen, log_m, marginal, np.exp(log_p)))
     return total, (score, q, per_factor)
 
@@ -121,11 +122,14 @@ def actions_backward(layout: ActionLayout, cache, g, gamma_r, alpha_r):
     d_log_q = np.zeros_like(q)
     for member, chosen, log_m, marginal, p in per_factor:
         d_scaled = -(p.reshape(rows, T1, -1) * g[..., None]).reshape(rows, -1)
-        np.put_along_axis(d_scaled, chosen, np.take_along_axis(d_scaled, chosen, 1) + g, 1)
+        d_scaled.reshape(-1)[chosen] += g  # (each row's chosen controls, once a step)
         d_alpha += _sum_last(d_scaled * log_m)
         # d ln m(u) / d ln q(pi) = q(pi) / m(u) for the policies that start with u
         d_log_q += q * ((alpha_r * d_scaled / marginal) @ member.T)
-    d_logits = d_log_q - q * np.add.reduceat(d_log_q, layout.starts, 1)[:, layout.step]
+    if len(layout.starts) == 1:
+        d_logits = d_log_q - q * _sum_last(d_log_q)[:, None]
+    else:
+        d_logits = d_log_q - q * np.add.reduceat(d_log_q, layout.starts, 1)[:, layout.step]
     return -gamma_r * d_logits, -_sum_last(d_logits * score), d_alpha
 
 
@@ -216,6 +220,9 @@ def _outer_backward(grad: np.ndarray, factors: list[np.ndarray]) -> list[np.ndar
 
 def _segments(x: np.ndarray, const) -> np.ndarray:
     """log_softmax of (rows, P) within each step's policies."""
+    if len(const.starts) == 1:  # one step
+        shifted = x - x.max(-1, keepdims=True)
+        return shifted - np.log(_sum_last(np.exp(shifted)))[:, None]
     shifted = x - np.maximum.reduceat(x, const.starts, 1)[:, const.step]
     return shifted - np.log(np.add.reduceat(np.exp(shifted), const.starts, 1))[:, const.step]
 
