@@ -49,6 +49,12 @@ __all__ = [
 ]
 
 
+#: numpy's warnings off inside the numpy routes: at a wild point of a trajectory or a Newton
+#: step (alpha = inf, a learning rate of e^-800) they give the torch route's non-finite
+#: values, which the sampler and the Laplace step treat as such, without a warning
+QUIET = {"invalid": "ignore", "divide": "ignore", "over": "ignore", "under": "ignore"}
+
+
 def _expand(vector, i: int, L: int):
     """(..., S_i) -> (..., 1.., S_i, ..1): factor i's axis among L state axes."""
     return vector.reshape(*vector.shape[:-1], *[1] * i, vector.shape[-1], *[1] * (L - i - 1))
@@ -95,7 +101,8 @@ class _CountHistory(torch.autograd.Function):
     def forward(ctx, eta, omega, kappa, evidence, kept, *priors):
         e, w, c = (x.detach().numpy() for x in (eta, omega, kappa))
         pD = [p.numpy() for p in priors]
-        history = numpy_history(e, w, c, evidence.numpy(), kept.numpy(), pD)
+        with np.errstate(**QUIET):
+            history = numpy_history(e, w, c, evidence.numpy(), kept.numpy(), pD)
         ctx.save_for_backward(eta, omega, kappa, evidence, kept, *priors)
         ctx.history = history
         return tuple(torch.from_numpy(h) for h in history)
@@ -117,7 +124,8 @@ class _CountHistory(torch.autograd.Function):
         e, w = eta.detach().numpy(), omega.detach().numpy()
         g = [None if x is None else x.numpy() for x in grads]
         pD = [p.numpy() for p in priors]
-        found = numpy_adjoint(ctx.history, g, e, w, evidence.numpy(), kept.numpy(), pD)
+        with np.errstate(**QUIET):
+            found = numpy_adjoint(ctx.history, g, e, w, evidence.numpy(), kept.numpy(), pD)
         back = [
             torch.from_numpy(np.asarray(d)) if x.requires_grad else None
             for d, x in zip(found, (eta, omega, kappa), strict=True)

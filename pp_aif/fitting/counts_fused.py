@@ -33,6 +33,7 @@ import numpy as np
 
 from pp_aif.agent import policies_at
 from pp_aif.fitting.plan_likelihood import (
+    QUIET,
     ActionLayout,
     _block_diagonal,
     _rows,
@@ -351,9 +352,11 @@ def _value_and_gradient(const: CountsConstants, theta, wanted, weights):
     forward, backward = (
         (_forward_certain, _backward_certain) if const.certain else (_forward, _backward)
     )
-    found = forward(const, theta, tuple(wanted[:3]))
-    if found is None:
-        return None
-    value, state = found
-    grad = np.broadcast_to(weights, value.shape)
-    return _sum_last(value * grad, 2), list(backward(const, theta, state, grad, tuple(wanted[:3])))
+    with np.errstate(**QUIET):
+        found = forward(const, theta, tuple(wanted[:3]))
+        if found is None:
+            return None
+        value, state = found
+        grad = np.broadcast_to(weights, value.shape)
+        gradients = backward(const, theta, state, grad, tuple(wanted[:3]))
+        return _sum_last(value * grad, 2), list(gradients)

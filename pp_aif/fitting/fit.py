@@ -40,6 +40,7 @@ from pp_aif.agent import AgentSettings
 from pp_aif.data import BehaviourData
 from pp_aif.errors import ConvergenceWarning, LongFitWarning
 from pp_aif.fitting.nuts import ProgramPotential, nuts
+from pp_aif.fitting.plan_likelihood import QUIET
 from pp_aif.fitting.replay import likelihood_for
 from pp_aif.parameters import LINKS, PARAMETERS, chosen_priors, default_priors
 from pp_aif.programs import behaviour, population_prior
@@ -326,7 +327,7 @@ class BehaviourPotential(ProgramPotential):
         density = (offset - precision * difference**2).reshape(C, n, -1).sum(1)  # (C, N)
         u = z.reshape(C, n, -1)
         theta, slopes, outside = {}, [], np.zeros(density.shape, dtype=bool)
-        with np.errstate(over="ignore"):
+        with np.errstate(**QUIET):  # a wild point: non-finite values, as torch gives them
             for i, ((name, *_), (forward, slope)) in enumerate(
                 zip(self.sites, transforms, strict=True)
             ):
@@ -338,11 +339,12 @@ class BehaviourPotential(ProgramPotential):
         if found is None:
             return None
         log_likelihood, gradients = found
-        value = -(density + log_likelihood)
-        gradient = 2.0 * precision * difference  # of -density
-        per_site = gradient.reshape(C, n, -1)
-        for i, (name, *_) in enumerate(self.sites):
-            per_site[:, i] -= gradients[name] * slopes[i]
+        with np.errstate(**QUIET):
+            value = -(density + log_likelihood)
+            gradient = 2.0 * precision * difference  # of -density
+            per_site = gradient.reshape(C, n, -1)
+            for i, (name, *_) in enumerate(self.sites):
+                per_site[:, i] -= gradients[name] * slopes[i]
         return np.where(outside, np.inf, value), gradient
 
     def _log_likelihood(self, theta: dict, z: Tensor) -> Tensor:

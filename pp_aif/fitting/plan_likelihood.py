@@ -39,7 +39,12 @@ import torch
 from torch import Tensor
 
 from pp_aif.agent import policies_at
-from pp_aif.fitting.count_history import numpy_adjoint, numpy_history, single_factor_tangents
+from pp_aif.fitting.count_history import (
+    QUIET,
+    numpy_adjoint,
+    numpy_history,
+    single_factor_tangents,
+)
 
 __all__ = ["PlanConstants", "plan_log_likelihood"]
 
@@ -353,7 +358,8 @@ class _PlanLikelihood(torch.autograd.Function):
     def forward(ctx, const, torch_path, *theta):
         values = [x.detach().numpy() for x in theta]
         ctx.wanted = tuple(ctx.needs_input_grad[2:5])  # (eta, omega, kappa)
-        found = _forward(const, values, ctx.wanted)
+        with np.errstate(**QUIET):
+            found = _forward(const, values, ctx.wanted)
         ctx.torch_path = torch_path
         ctx.save_for_backward(*theta)
         if found is None:  # the filter leaves probability space: the torch path, recorded
@@ -380,7 +386,8 @@ class _PlanLikelihood(torch.autograd.Function):
             leaves, output = ctx.recorded
             found = torch.autograd.grad(output, leaves, grad, allow_unused=True)
             return (None, None, *[g if w else None for g, w in zip(found, wanted, strict=True)])
-        found = _backward(ctx.const, ctx.values, ctx.state, grad.numpy(), ctx.wanted)
+        with np.errstate(**QUIET):
+            found = _backward(ctx.const, ctx.values, ctx.state, grad.numpy(), ctx.wanted)
         return (
             None,
             None,
@@ -397,12 +404,14 @@ def numpy_value_and_gradient(
     """sum over trials and steps of weights * ln p of the chosen actions, (B, N), and its
     gradient in each of theta's 6 parameters (zeros where not ``wanted``), all in numpy; None
     where the filter leaves probability space. weights : (N, K, T1), e.g. the present trials."""
-    found = _forward(const, theta, tuple(wanted[:3]))
-    if found is None:
-        return None
-    value, state = found
-    grad = np.broadcast_to(weights, value.shape)
-    return _sum_last(value * grad, 2), list(_backward(const, theta, state, grad, tuple(wanted[:3])))
+    with np.errstate(**QUIET):
+        found = _forward(const, theta, tuple(wanted[:3]))
+        if found is None:
+            return None
+        value, state = found
+        grad = np.broadcast_to(weights, value.shape)
+        gradients = _backward(const, theta, state, grad, tuple(wanted[:3]))
+        return _sum_last(value * grad, 2), list(gradients)
 
 
 #: the fused likelihoods' parameters, in their order

@@ -406,3 +406,22 @@ def test_a_choice_no_policy_can_score_is_named():
         likelihood({"alpha": torch.tensor([2.0], dtype=torch.float64)})
     with pytest.raises(ValueError, match=r"q\(pi\) is not finite at time step 0"):
         step(model, AgentSettings(), initial_state(model, 1), observations[0, 0, :1], num_steps=2)
+
+
+def test_wild_parameters_give_numbers_not_warnings(case):
+    """At a wild point of a trajectory or a Newton step (an overflowing learning rate, alpha of
+    1e308) the numpy routes give non-finite values as the torch route does, without numpy's
+    warnings (which the tests, and a user's warnings filter, would turn into errors)."""
+    _, _, _, model, observations, actions = case
+    likelihood = BehaviourLikelihood(model, AgentSettings(), observations, actions, WITHOUT_ZETA)
+    wild = {name: torch.full((2, N), 1e308, dtype=torch.float64) for name in WITHOUT_ZETA}
+    wild["forgetting"] = torch.full((2, N), 0.5, dtype=torch.float64)
+    inputs = {name: value.requires_grad_(True) for name, value in wild.items()}
+    value = likelihood.chosen_log_likelihood(inputs)
+    torch.autograd.grad(value.sum(), list(inputs.values()), allow_unused=True)
+    found = likelihood.numpy_value_and_gradient(
+        {name: x.detach().numpy() for name, x in wild.items()}, None
+    )
+    assert found is None or not np.isfinite(found[0]).all()
+    history = learned_initial_beliefs(model, likelihood.evidence, 1e308, 0.5, 1e308)
+    assert not all(bool(torch.isfinite(h).all()) for h in history)
