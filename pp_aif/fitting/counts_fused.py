@@ -33,13 +33,13 @@ import numpy as np
 
 from pp_aif.agent import policies_at
 from pp_aif.fitting.plan_likelihood import (
-    QUIET,
     ActionLayout,
     _block_diagonal,
     _rows,
     _sum_last,
     actions_backward,
     actions_forward,
+    weighted_value_and_gradient,
 )
 from pp_aif.ops.contractions import outer
 from pp_aif.ops.efe import WNORM_FLOOR, predictions_from_each_state
@@ -184,53 +184,86 @@ def _counts_backward(const, learned, A, shapes, d_A, d_W, wanted, B, N, K):
     return d_theta
 
 
-def _forward_certain(const: CountsConstants, theta, wanted):
-    """``_forward`` where every prefix predicts one state (``CountsConstants.certain``)."""
-    eta, omega, kappa, gamma, alpha, c = theta
+def _learned_arrays(const: CountsConstants, theta, wanted):
+    """What both paths start from: the rows' sizes, the learned counts with their tangents,
+    A_m and W_m, and each state's H[A_m(. | s)] summed over modalities with the slopes."""
+    eta, omega, kappa = theta[:3]
     B, N = eta.shape
     K, U, S = const.X.shape[1:]
-    rows = B * N * K
     learned = _learned_counts(const, eta, omega, kappa, wanted)
     A, W, shapes = _normalised(const, learned, B, N, K, S)
     column_entropy, slope_A = zip(*[_entropy_terms(a) for a in A], strict=True)
+    ambiguity = sum(_sum_last(e) for e in column_entropy)  # (B, N, K, S)
+    return (B, N, K, U, S), learned, A, W, shapes, ambiguity, slope_A
+
+
+def _scored(const: CountsConstants, theta, parts, sizes):
+    """ln p of the chosen actions (B, N, K, T1) from each policy's parts (rows, 4, P): H[y],
+    ambiguity, pragmatic value, novelty; or None (``actions_forward``). With the pragmatic
+    part of the score, and the actions' cache."""
+    gamma, alpha, c = theta[3:]
+    B, N, K = sizes[:3]
+    base = np.zeros_like(parts[:, 0])
+    if const.epistemic:
+        base = base - (parts[:, 0] - parts[:, 1])
+    if const.novelty:
+        base = base - parts[:, 3]
+    part = -parts[:, 2] if const.pragmatic else np.zeros_like(base)
+    found = actions_forward(
+        const.layout, base + _rows(c, K) * part, _rows(gamma, K), _rows(alpha, K), B
+    )
+    if found is None:
+        return None
+    total, actions = found
+    return total.reshape(B, N, K, -1), part, actions
+
+
+def _parts_backward(const: CountsConstants, theta, actions, part, grad, sizes):
+    """(d parts (rows, 4, P), and d gamma, d alpha, d c per subject (B, N)) from d ln p of
+    the chosen actions."""
+    gamma, alpha, c = theta[3:]
+    B, N, K = sizes[:3]
+    rows = B * N * K
+    d_score, d_gamma, d_alpha = actions_backward(
+        const.layout, actions, grad.reshape(rows, -1), _rows(gamma, K), _rows(alpha, K)
+    )
+    d_parts = np.zeros((rows, 4, d_score.shape[1]))
+    if const.epistemic:
+        d_parts[:, 0], d_parts[:, 1] = -d_score, d_score
+    if const.novelty:
+        d_parts[:, 3] = -d_score
+    if const.pragmatic:
+        d_parts[:, 2] = -_rows(c, K) * d_score
+    precisions = (d_gamma, d_alpha, _sum_last(d_score * part))
+    return d_parts, [x.reshape(B, N, K).sum(-1) for x in precisions]
+
+
+def _forward_certain(const: CountsConstants, theta, wanted):
+    """``_forward`` where every prefix predicts one state (``CountsConstants.certain``): each
+    term a per-state quantity picked by the prefix's state, and H[y] = ambiguity."""
+    sizes, learned, A, W, shapes, ambiguity, slope_A = _learned_arrays(const, theta, wanted)
+    B, N, K = sizes[:3]
     per_state = np.stack(
         [
-            sum(_sum_last(e) for e in column_entropy),  # ambiguity
+            ambiguity,
             sum(a @ lp[0] for lp, a in zip(const.preferences, A, strict=True)),  # pragmatic
             -sum(_sum_last(a * w) for a, w in zip(A, W, strict=True)),  # novelty
         ],
         -1,
     )  # (B, N, K, S, 3)
     parts = np.swapaxes(const.X @ per_state, -1, -2) @ const.grouping  # (B, N, K, 3, P)
-    parts = parts.reshape(rows, 3, -1)
-    base = np.zeros_like(parts[:, 0])  # (H[y] - ambiguity = 0: no epistemic value)
-    if const.novelty:
-        base = base - parts[:, 2]
-    part = -parts[:, 1] if const.pragmatic else np.zeros_like(base)
-    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
-    found = actions_forward(const.layout, base + c_r * part, gamma_r, alpha_r, B)
+    found = _scored(const, theta, parts.reshape(B * N * K, 3, -1)[:, [0, 0, 1, 2]], sizes)
     if found is None:
         return None
-    total, actions = found
-    return total.reshape(B, N, K, -1), (learned, A, W, shapes, slope_A, part, actions)
+    total, part, actions = found
+    return total, (sizes, learned, A, W, shapes, slope_A, part, actions)
 
 
 def _backward_certain(const: CountsConstants, theta, state, grad, wanted):
-    eta, omega, kappa, gamma, alpha, c = theta
-    B, N = eta.shape
-    K, U, S = const.X.shape[1:]
-    rows = B * N * K
-    learned, A, W, shapes, slope_A, part, actions = state
-    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
-    d_score, d_gamma, d_alpha = actions_backward(
-        const.layout, actions, grad.reshape(rows, -1), gamma_r, alpha_r
-    )
-    d_c = _sum_last(d_score * part)
-    d_parts = np.zeros((rows, 3, d_score.shape[1]))
-    if const.novelty:
-        d_parts[:, 2] = -d_score
-    if const.pragmatic:
-        d_parts[:, 1] = -c_r * d_score
+    sizes, learned, A, W, shapes, slope_A, part, actions = state
+    B, N, K, U = sizes[:4]
+    d_parts, precisions = _parts_backward(const, theta, actions, part, grad, sizes)
+    d_parts = np.stack([d_parts[:, 0] + d_parts[:, 1], d_parts[:, 2], d_parts[:, 3]], 1)
     d_prefix = (d_parts @ const.grouping.T).reshape(B, N, K, 3, U)
     d_state = np.swapaxes(np.swapaxes(const.X, -1, -2) @ np.swapaxes(d_prefix, -1, -2), -1, -2)
     d_ambiguity, d_pragmatic, d_novelty = (x[..., None] for x in np.moveaxis(d_state, -2, 0))
@@ -240,20 +273,12 @@ def _backward_certain(const: CountsConstants, theta, state, grad, wanted):
     ]
     d_W = [-d_novelty * a for a in A]
     d_theta = _counts_backward(const, learned, A, shapes, d_A, d_W, wanted, B, N, K)
-
-    def per_subject(x):
-        return x.reshape(B, N, K).sum(-1)
-
-    return (*d_theta, per_subject(d_gamma), per_subject(d_alpha), per_subject(d_c))
+    return (*d_theta, *precisions)
 
 
 def _forward(const: CountsConstants, theta, wanted):
-    eta, omega, kappa, gamma, alpha, c = theta
-    B, N = eta.shape
-    K, U, S = const.X.shape[1:]
-    rows = B * N * K
-    learned = _learned_counts(const, eta, omega, kappa, wanted)
-    A, W, shapes = _normalised(const, learned, B, N, K, S)
+    sizes, learned, A, W, shapes, per_state, slope_A = _learned_arrays(const, theta, wanted)
+    B, N, K, U, S = sizes
     joint = A[0]
     for a in A[1:]:  # prod_m A_m over the joint outcome: (B, N, K, S, O)
         joint = (joint[..., :, None] * a[..., None, :]).reshape(B, N, K, S, -1)
@@ -261,48 +286,35 @@ def _forward(const: CountsConstants, theta, wanted):
     y = X @ joint  # (B, N, K, U, O)
     entropy_y, slope_y = _entropy_terms(y)
     entropy = _sum_last(entropy_y)  # (B, N, K, U)
-    column_entropy, slope_A = zip(*[_entropy_terms(a) for a in A], strict=True)
-    per_state = sum(_sum_last(e) for e in column_entropy)  # (B, N, K, S)
     ambiguity = (X @ per_state[..., None])[..., 0]
     predicted = [X @ a for a in A]  # (B, N, K, U, O_m)
     weighted = [X @ w for w in W]
     pragmatic = sum(_sum_last(p * lp) for p, lp in zip(predicted, const.preferences, strict=True))
     novelty = -sum(_sum_last(p * w) for p, w in zip(predicted, weighted, strict=True))
     parts = np.stack([entropy, ambiguity, pragmatic, novelty], -2) @ const.grouping
-    parts = parts.reshape(rows, 4, -1)  # (rows, 4, P)
-    base = np.zeros_like(parts[:, 0])
-    if const.epistemic:
-        base = base - (parts[:, 0] - parts[:, 1])
-    if const.novelty:
-        base = base - parts[:, 3]
-    part = -parts[:, 2] if const.pragmatic else np.zeros_like(base)
-    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
-    found = actions_forward(const.layout, base + c_r * part, gamma_r, alpha_r, B)
+    found = _scored(const, theta, parts.reshape(B * N * K, 4, -1), sizes)
     if found is None:
         return None
-    total, actions = found
-    state = (learned, A, W, shapes, slope_y, slope_A, predicted, weighted, part, actions)
-    return total.reshape(B, N, K, -1), state
+    total, part, actions = found
+    return total, (
+        sizes,
+        learned,
+        A,
+        W,
+        shapes,
+        slope_y,
+        slope_A,
+        predicted,
+        weighted,
+        part,
+        actions,
+    )
 
 
 def _backward(const: CountsConstants, theta, state, grad, wanted):
-    eta, omega, kappa, gamma, alpha, c = theta
-    B, N = eta.shape
-    K, U, S = const.X.shape[1:]
-    rows = B * N * K
-    learned, A, W, shapes, slope_y, slope_A, predicted, weighted, part, actions = state
-    c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
-    d_score, d_gamma, d_alpha = actions_backward(
-        const.layout, actions, grad.reshape(rows, -1), gamma_r, alpha_r
-    )
-    d_c = _sum_last(d_score * part)
-    d_parts = np.zeros((rows, 4, d_score.shape[1]))
-    if const.epistemic:
-        d_parts[:, 0], d_parts[:, 1] = -d_score, d_score
-    if const.novelty:
-        d_parts[:, 3] = -d_score
-    if const.pragmatic:
-        d_parts[:, 2] = -c_r * d_score
+    sizes, learned, A, W, shapes, slope_y, slope_A, predicted, weighted, part, actions = state
+    B, N, K, U = sizes[:4]
+    d_parts, precisions = _parts_backward(const, theta, actions, part, grad, sizes)
     d_prefix = (d_parts @ const.grouping.T).reshape(B, N, K, 4, U)
     d_entropy, d_ambiguity, d_pragmatic, d_novelty = np.moveaxis(d_prefix, -2, 0)
     Xt = np.swapaxes(const.X, -1, -2)  # (N, K, S, U)
@@ -315,11 +327,7 @@ def _backward(const: CountsConstants, theta, state, grad, wanted):
         d_A[m] = d_A[m] + d_per_state[..., None] * slope_A[m] + Xt @ d_predicted
         d_W.append(Xt @ (-d_novelty[..., None] * p))
     d_theta = _counts_backward(const, learned, A, shapes, d_A, d_W, wanted, B, N, K)
-
-    def per_subject(x):
-        return x.reshape(B, N, K).sum(-1)
-
-    return (*d_theta, per_subject(d_gamma), per_subject(d_alpha), per_subject(d_c))
+    return (*d_theta, *precisions)
 
 
 def _joint_backward(d_joint, A):
@@ -352,11 +360,4 @@ def _value_and_gradient(const: CountsConstants, theta, wanted, weights):
     forward, backward = (
         (_forward_certain, _backward_certain) if const.certain else (_forward, _backward)
     )
-    with np.errstate(**QUIET):
-        found = forward(const, theta, tuple(wanted[:3]))
-        if found is None:
-            return None
-        value, state = found
-        grad = np.broadcast_to(weights, value.shape)
-        gradients = backward(const, theta, state, grad, tuple(wanted[:3]))
-        return _sum_last(value * grad, 2), list(gradients)
+    return weighted_value_and_gradient(forward, backward, const, theta, wanted, weights)

@@ -404,13 +404,19 @@ def numpy_value_and_gradient(
     """sum over trials and steps of weights * ln p of the chosen actions, (B, N), and its
     gradient in each of theta's 6 parameters (zeros where not ``wanted``), all in numpy; None
     where the filter leaves probability space. weights : (N, K, T1), e.g. the present trials."""
+    return weighted_value_and_gradient(_forward, _backward, const, theta, wanted, weights)
+
+
+def weighted_value_and_gradient(forward, backward, const, theta, wanted, weights):
+    """sum of weights * ln p of the chosen actions (B, N) and the 6 gradients, by a fused
+    route's forward and backward (numpy's warnings quiet); None where forward declines."""
     with np.errstate(**QUIET):
-        found = _forward(const, theta, tuple(wanted[:3]))
+        found = forward(const, theta, tuple(wanted[:3]))
         if found is None:
             return None
         value, state = found
         grad = np.broadcast_to(weights, value.shape)
-        gradients = _backward(const, theta, state, grad, tuple(wanted[:3]))
+        gradients = backward(const, theta, state, grad, tuple(wanted[:3]))
         return _sum_last(value * grad, 2), list(gradients)
 
 

@@ -103,11 +103,10 @@ def test_each_subject_has_its_own_chains():
     assert (again.posterior["alpha"].values == idata.posterior["alpha"].values).all()
 
 
-def test_a_wild_point_is_not_finite_and_no_error():
-    task, data = _data("bandit", False)
-    params = ("alpha", "learning_rate")
+def _direct(task, data, params) -> BehaviourPotential:
+    """The potential ``fit`` builds for one group of subjects without a population model."""
     likelihood, program = behavioural_program(task, data, params, None, task.settings)
-    direct = BehaviourPotential(
+    return BehaviourPotential(
         program,
         likelihood,
         priors=chosen_priors(params),
@@ -115,6 +114,10 @@ def test_a_wild_point_is_not_finite_and_no_error():
         hierarchical=False,
         links=LINKS,
     )
+
+
+def test_a_wild_point_is_not_finite_and_no_error():
+    direct = _direct(*_data("bandit", False), ("alpha", "learning_rate"))
     z = torch.full((2, direct.dimension), -1000.0, dtype=torch.float64)  # e^-1000 = 0
     assert not torch.isfinite(direct(z)).any()
 
@@ -133,17 +136,7 @@ def test_the_numpy_potential_is_the_torch_one(absent):
     """``per_subject_value_and_gradient`` (what NUTS calls for a pD learner at the default
     priors) against ``per_subject`` and autograd: values and gradients, forgetting (a sigmoid
     site) included, and a wild point non-finite in both."""
-    task, data = _data("tmaze", absent)
-    params = CASES["tmaze"]
-    likelihood, program = behavioural_program(task, data, params, None, task.settings)
-    direct = BehaviourPotential(
-        program,
-        likelihood,
-        priors=chosen_priors(params),
-        present=data.present,
-        hierarchical=False,
-        links=LINKS,
-    )
+    direct = _direct(*_data("tmaze", absent), CASES["tmaze"])
     z = direct.initial(5, torch.Generator().manual_seed(3))
     found = direct.per_subject_value_and_gradient(z.numpy())
     assert found is not None, "the numpy route does not apply"
