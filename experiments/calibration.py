@@ -50,6 +50,11 @@ import pp_aif  # noqa: E402
 from pp_aif.atomic import save_figure, write_json  # noqa: E402
 from pp_aif.data import BehaviourData, long_format  # noqa: E402
 from pp_aif.fitting import fit, prior_draws  # noqa: E402
+from pp_aif.fitting.amortised import (  # noqa: E402
+    EstimatorSettings,
+    PosteriorEstimator,
+    task_signature,
+)
 from pp_aif.fitting.calibration import (  # noqa: E402
     coverage,
     ecdf_band,
@@ -59,8 +64,9 @@ from pp_aif.fitting.calibration import (  # noqa: E402
 )
 from pp_aif.fitting.fanout import fit_subjects  # noqa: E402
 from pp_aif.fitting.predictive import simulate_subjects  # noqa: E402
+from pp_aif.fitting.training import train_estimator  # noqa: E402
 
-METHODS = ("nuts", "grid", "svi")
+METHODS = ("nuts", "grid", "svi", "amortised")
 
 
 @dataclass
@@ -77,6 +83,11 @@ class Config:
     warmup: int = 300
     draws: int = 300
     svi_steps: int = 2000
+    #: method "amortised": a posterior estimator per task trained on this many subjects from
+    #: the priors (each doing the task's trials), for this many epochs, kept beside the
+    #: results (``calibration_estimator_<task>.pt``) and reused when it matches
+    amortised_simulations: int = 20_000
+    amortised_epochs: int = 40
     #: the grid's points per axis (81 by default in ``fit``; 51 here: 2601 likelihood
     #: evaluations a subject, spaced 0.3 Laplace standard deviations apart)
     grid_points: int = 51
@@ -113,6 +124,11 @@ def fit_method(task, data, config: Config, method: str, name: str):
                 task, data, config.params, method="grid", draws=config.chains * config.draws,
                 seed=config.seed, grid_points=config.grid_points,
             )  # fmt: skip
+        elif method == "amortised":
+            inference = fit(
+                task, data, config.params, method="amortised", draws=config.chains * config.draws,
+                seed=config.seed, estimator=estimator_for(task, name.split("-")[0], data, config),
+            )  # fmt: skip
         else:
             inference = fit(
                 task, data, config.params, method="svi", steps=config.svi_steps,
@@ -121,6 +137,39 @@ def fit_method(task, data, config: Config, method: str, name: str):
     seconds = time.perf_counter() - start
     notes = sorted({str(w.message).splitlines()[0][:200] for w in caught})
     return inference, seconds, notes
+
+
+def estimator_for(task, name: str, data, config: Config):
+    """The task's posterior estimator: the one kept beside the results if it was trained for
+    this task, these parameters and priors and as many trials, else one trained now (on
+    subjects of exactly the data's trials, drawn from the same priors as the SBC's subjects)
+    and kept."""
+    trials = int(data.actions.shape[1])
+    path = config.out / f"calibration_estimator_{name}.pt"
+    wanted = (config.amortised_simulations, config.amortised_epochs, trials, trials, config.seed)
+    if path.exists():
+        estimator = PosteriorEstimator.load(path)
+        kept = estimator.settings
+        try:
+            estimator.check(task_signature(task, task.settings, config.params, None), trials)
+        except ValueError:  # another task, model, settings or priors: trained again
+            kept = None
+        if kept is not None and wanted == (
+            kept.simulations,
+            kept.epochs,
+            kept.trials,
+            kept.min_trials,
+            kept.seed,
+        ):
+            return estimator
+    print(f"{name}: training an estimator on {config.amortised_simulations} subjects", flush=True)
+    settings = EstimatorSettings(
+        simulations=config.amortised_simulations, trials=trials, min_trials=trials,
+        epochs=config.amortised_epochs, seed=config.seed,
+    )  # fmt: skip
+    estimator, _ = train_estimator(task, config.params, settings)
+    estimator.save(path)
+    return estimator
 
 
 def run(config: Config) -> dict:
@@ -214,7 +263,8 @@ def main(argv=None) -> None:
     defaults = Config()
     parser.add_argument("--tasks", default=",".join(defaults.tasks))
     parser.add_argument("--methods", default=",".join(defaults.methods))
-    for name in ("num_subjects", "chains", "warmup", "draws", "svi_steps", "grid_points", "seed"):
+    integers = ("num_subjects", "chains", "warmup", "draws", "svi_steps", "grid_points", "seed")
+    for name in (*integers, "amortised_simulations", "amortised_epochs"):
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
         )
@@ -232,6 +282,8 @@ def main(argv=None) -> None:
         draws=args.draws,
         svi_steps=args.svi_steps,
         grid_points=args.grid_points,
+        amortised_simulations=args.amortised_simulations,
+        amortised_epochs=args.amortised_epochs,
         seed=args.seed,
         subjects_per_job=args.subjects_per_job,
         scheduler=args.scheduler,

@@ -267,19 +267,30 @@ def test_calibration_band_and_ranks():
 
 @pytest.mark.integration
 def test_calibration_smoke(tmp_path):
+    import importlib
+
+    import pp_aif
     from experiments.calibration import Config as CalibrationConfig
     from experiments.calibration import run as run_calibration
+    from pp_aif.data import BehaviourData, long_format
 
     config = CalibrationConfig(
         num_subjects=4, trials={"tmaze": 3, "bandit": 4}, rank_draws=9, bins=5, chains=1,
         warmup=10, draws=10, svi_steps=20, subjects_per_job=2, scheduler="inline",
-        band_simulations=100, out=tmp_path,
+        band_simulations=100, amortised_simulations=40, amortised_epochs=1, out=tmp_path,
     )  # fmt: skip
     results = run_calibration(config)
     written = json.loads((tmp_path / "calibration.json").read_text())
     assert written["tasks"].keys() == results["tasks"].keys() == {"tmaze", "bandit"}
+    for name in ("tmaze", "bandit"):  # each task's estimator kept, and reused by a rerun
+        assert (tmp_path / f"calibration_estimator_{name}.pt").exists()
+    calibration = importlib.import_module("experiments.calibration")
+    task = pp_aif.load_task("bandit")
+    data = BehaviourData.read(long_format(pp_aif.simulate(task, 1, 4, seed=0), task), task)
+    kept = calibration.estimator_for(task, "bandit", data, config)
+    assert kept.settings.simulations == 40  # loaded, not trained again
     for task in written["tasks"].values():
-        assert set(task["methods"]) == {"nuts", "grid", "svi"}
+        assert set(task["methods"]) == {"nuts", "grid", "svi", "amortised"}
         for row in task["methods"].values():
             for values in row["parameters"].values():
                 assert len(values["ranks"]) == 4 and all(0 <= r <= 9 for r in values["ranks"])
