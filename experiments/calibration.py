@@ -22,8 +22,10 @@ Tasks: the T-maze, whose agent learns its context prior pD between trials (``tma
 3-armed bandit, whose agent learns its reward probabilities pA (``bandit``); parameters alpha
 (action precision) and learning_rate, so that every method, the grid's quadrature too, fits
 them. Methods: ``nuts`` (groups of ``subjects_per_job`` subjects as Dask jobs, resumable from
-``<out>/calibration.jobs/``), ``grid`` (the posterior by quadrature) and ``svi`` (a mean-field
-normal guide on the link scale).
+``<out>/calibration.jobs/``), ``grid`` (the posterior by quadrature), ``svi`` (a mean-field
+normal guide on the link scale) and ``amortised`` (a posterior estimator per task, trained on
+``amortised_simulations`` subjects from the same priors doing the same trials, kept as
+``<out>/calibration_estimator_<task>.pt`` and reused by a rerun).
 
 Run: ``python experiments/calibration.py --out experiments/results`` (JSON
 ``calibration.json``, figure ``calibration.png``).
