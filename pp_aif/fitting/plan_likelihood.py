@@ -7,8 +7,8 @@ R_t reachable (prefix, outcome) rows of step t's EFE maps.
 NUTS calls the potential thousands of times with a handful of rows, so a call's cost is the
 number of operations, not their size: as torch operations with autograd, the likelihood of
 SPM's T-maze learner (50 trials) was about 150 operations forward and as many backward, some
-5 ms. The same arithmetic in numpy, forward and its reverse-mode adjoint written out, costs a
-fraction of that (``docs/benchmarks.md``). Every quantity is the one of
+5 ms. The same arithmetic in numpy, forward and its reverse-mode adjoint written out, costs
+about 1.4 ms with the gradient for 4 chains (``docs/benchmarks.md``). Every quantity is the one of
 ``pp_aif.fitting.likelihood`` (``BehaviourLikelihood`` with its LinearPlan, and
 ``action_log_probabilities``), so the tests hold the two equal to 1e-10, gradients too.
 
@@ -147,11 +147,11 @@ class PlanConstants:
     columns : the joint states the learnable factors range over (the others certain), in the
     order of their outer product; filters (N, K, T1, S, L) = the plan's filters at those
     columns; W (T1 S, R), G (R, P), L (T1 S, 2 P): the steps' ``LinearEFE`` maps (P = sum_t
-    P_t policies); log_prior (P,); starts (T1,), each step's first policy, and step (P,), each
-    policy's step; member[f] (P, T1 U_f), 1 where the policy starts with u at its step, for the
-    factors with a choice; marginal (S, sum S_f) and spread (sum S_f, F S): the factor marginals
-    of a joint and each marginal back over the joint; actions (N, K, T1, F); kept (N, K);
-    evidence_t (K, N, S_l..), the learnable factors' evidence trial-major; priors: their pD.
+    P_t policies); layout: the steps' policies and the chosen actions (``ActionLayout``);
+    marginal (S, sum S_f) and spread (sum S_f, F S): the factor marginals of a joint and each
+    marginal back over the joint; kept (N, K); evidence (N, K, S_l..) and evidence_t
+    (K, N, S_l..), the learnable factors' evidence, trial-major in the second; priors: their
+    pD.
     """
 
     def __init__(self, model, settings, plan, evidence, actions, present):
