@@ -44,6 +44,7 @@ from pp_aif.fitting.likelihood import (
     PolicyValues,
     action_log_likelihood,
     action_log_probabilities,
+    every_action_possible,
     parameter_defaults,
 )
 from pp_aif.fitting.plan_likelihood import fused_value_and_gradient
@@ -71,17 +72,11 @@ def _fusable(model: GenerativeModel, settings: AgentSettings, T: int) -> bool:
     if model.pB is not None or model.device.type != "cpu" or model.dtype != torch.float64:
         return False
     for t in range(T - 1):
-        policies, log_prior = policies_at(model, settings, t, T)
-        if not bool(torch.isfinite(log_prior).all()):
+        policies, _ = policies_at(model, settings, t, T)
+        preferences = log_preferences(model, t, policies.shape[1])
+        if not all(bool(torch.isfinite(p).all()) for p in preferences):
             return False
-        if not all(
-            bool(torch.isfinite(p).all()) for p in log_preferences(model, t, policies.shape[1])
-        ):
-            return False
-        for f, U in enumerate(model.num_controls):
-            if len(set(policies[:, 0, f].tolist())) != U:
-                return False
-    return True
+    return every_action_possible(model, settings, T)
 
 
 def _normalised(counts, axis):

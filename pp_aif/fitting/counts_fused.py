@@ -30,11 +30,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.linalg import block_diag
 
 from pp_aif.agent import policies_at
 from pp_aif.fitting.plan_likelihood import (
     ActionLayout,
-    _block_diagonal,
     _rows,
     _sum_last,
     actions_backward,
@@ -50,9 +50,10 @@ __all__ = ["CountsConstants", "counts_value_and_gradient"]
 
 class CountsConstants:
     """What the fused count likelihood reads from a ``CountsLikelihood`` (a learner of pA
-    only), as numpy arrays: X (N, K, U, S), grouping (U, P), each prefix's ln p~_m (U, O_m),
-    the counts c_m (N, J, O_m S), their running sums (N, K, O_m S) without forgetting, pA_0
-    (O_m S,), the present trials before each (N, K) and which are earlier (N, K, J)."""
+    only), as numpy arrays: X (N, K, U, S), grouping (U, P), each prefix's ln p~_m (U, O_m);
+    state-major (each state's outcomes last): pA_0 (S, O_m) and where it is positive, the
+    counts c_m (N, J, S O_m) and their running sums (N, K, S O_m) without forgetting; the
+    present trials before each (N, K) and which are earlier (N, K, J)."""
 
     def __init__(self, likelihood):
         model, settings = likelihood.model, likelihood.settings
@@ -77,7 +78,7 @@ class CountsConstants:
                     preferences[m].append(log_p[tau].expand(member.shape[0], -1))
             groups.append(np.concatenate([x.numpy() for x in members]))
         self.X = np.ascontiguousarray(np.concatenate([x.numpy() for x in states], 2))
-        self.grouping = _block_diagonal(groups)
+        self.grouping = block_diag(*groups)
         self.preferences = [np.concatenate([x.numpy() for x in p]) for p in preferences]
         # the counts state-major, (S, O_m): each state's outcomes last, where numpy sums fast
         self.initial = [p.reshape(p.shape[0], -1).T.numpy() for p in model.pA]  # (S, O_m)

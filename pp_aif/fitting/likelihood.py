@@ -59,6 +59,7 @@ from pp_aif.errors import DataError
 from pp_aif.fitting.count_history import count_history
 from pp_aif.fitting.plan_likelihood import (
     FUSED_ORDER,
+    SMALLEST_NORMALISER,
     PlanConstants,
     fused_value_and_gradient,
     numpy_value_and_gradient,
@@ -241,6 +242,21 @@ class LinearPlan:
     safe: bool
 
 
+def every_action_possible(model: GenerativeModel, settings: AgentSettings, T: int) -> bool:
+    """Whether at every step with an action of a trial of T steps each control of each factor
+    starts some policy, and every ln E is finite: then no action has probability 0, and the
+    action probabilities need no guard against -inf (``PolicyValues.safe``, the fused
+    likelihoods)."""
+    for t in range(T - 1):
+        policies, log_prior = policies_at(model, settings, t, T)
+        if not bool(torch.isfinite(log_prior).all()):
+            return False
+        for f, U in enumerate(model.num_controls):
+            if len(set(policies[:, 0, f].tolist())) != U:
+                return False
+    return True
+
+
 def linear_plan(
     model: GenerativeModel, settings: AgentSettings, arrays, limit: int = 2**22
 ) -> LinearPlan | None:
@@ -252,12 +268,9 @@ def linear_plan(
     S = math.prod(model.num_states)
     if N * K * T * S * S > limit:
         return None
-    efe, safe = [], True
+    efe = []
     for t in range(T - 1):
-        policies, log_prior = policies_at(model, settings, t, T)
-        safe = safe and bool(torch.isfinite(log_prior).all())
-        for f, U in enumerate(model.num_controls):
-            safe = safe and len(set(policies[:, 0, f].tolist())) == U
+        policies, _ = policies_at(model, settings, t, T)
         maps = linear_efe(
             model.A,
             model.transition_by_action,
@@ -281,7 +294,11 @@ def linear_plan(
         top = step.flatten(1).amax(-1)
         filters.append(step / torch.where(top > 0, top, 1.0)[:, None, None])
         step = filters[-1]
-    return LinearPlan(torch.stack(filters, 1).reshape(N, K, T, S, S), efe, safe)
+    return LinearPlan(
+        torch.stack(filters, 1).reshape(N, K, T, S, S),
+        efe,
+        every_action_possible(model, settings, T),
+    )
 
 
 def _linear_scores(model, plan: LinearPlan, initial, batch, N, K):
@@ -292,7 +309,7 @@ def _linear_scores(model, plan: LinearPlan, initial, batch, N, K):
     start = outer(*initial, batch_dims=1).reshape(*batch, N, K, 1, -1, 1)
     joint = (plan.filters @ start)[..., 0]  # (*b, N, K, T, S)
     total = joint.sum(-1, keepdim=True)
-    if bool((total < _SMALLEST_NORMALISER).any()):
+    if bool((total < SMALLEST_NORMALISER).any()):
         return None
     joint = joint / total
     if F > 1:
@@ -304,11 +321,6 @@ def _linear_scores(model, plan: LinearPlan, initial, batch, N, K):
         linear_efe_terms(joint[..., t, :].reshape(size, -1), maps)
         for t, maps in enumerate(plan.efe)
     ]
-
-
-#: the forward filter's own threshold for leaving probability space (sqrt of the smallest
-#: normal float64)
-_SMALLEST_NORMALISER = math.sqrt(torch.finfo(torch.float64).tiny)
 
 
 def _policy_values(model, settings, arrays, initial, A=None, plan=None) -> PolicyValues:

@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy.linalg import block_diag
 from torch import Tensor
 
 from pp_aif.agent import policies_at
@@ -47,16 +48,6 @@ from pp_aif.fitting.count_history import (
 )
 
 __all__ = ["PlanConstants", "plan_log_likelihood"]
-
-
-def _block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
-    """The matrices side by side on the diagonal of one (sum rows, sum columns)."""
-    out = np.zeros((sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)))
-    r = c = 0
-    for b in blocks:
-        out[r : r + b.shape[0], c : c + b.shape[1]] = b
-        r, c = r + b.shape[0], c + b.shape[1]
-    return out
 
 
 class ActionLayout:
@@ -76,8 +67,8 @@ class ActionLayout:
         self.member = {}
         for f, U in enumerate(model.num_controls):
             if U > 1:
-                self.member[f] = _block_diagonal(
-                    [
+                self.member[f] = block_diag(
+                    *[
                         (pi[:, 0, f, None].numpy() == np.arange(U)).astype(float)
                         for pi, _ in policies
                     ]
@@ -144,14 +135,13 @@ class PlanConstants:
     The T1 steps of a trial are laid side by side, so that each operation covers all of them:
     a row's beliefs are (T1 S) wide, and the steps' maps are block diagonal.
 
-    columns : the joint states the learnable factors range over (the others certain), in the
-    order of their outer product; filters (N, K, T1, S, L) = the plan's filters at those
-    columns; W (T1 S, R), G (R, P), L (T1 S, 2 P): the steps' ``LinearEFE`` maps (P = sum_t
-    P_t policies); layout: the steps' policies and the chosen actions (``ActionLayout``);
-    marginal (S, sum S_f) and spread (sum S_f, F S): the factor marginals of a joint and each
-    marginal back over the joint; kept (N, K); evidence (N, K, S_l..) and evidence_t
-    (K, N, S_l..), the learnable factors' evidence, trial-major in the second; priors: their
-    pD.
+    filters (N, K, T1, S, L): the plan's filters at the L joint states the learnable factors
+    range over (the others certain), in the order of their outer product; W (T1 S, R),
+    G (R, P), L (T1 S, 2 P): the steps' ``LinearEFE`` maps (P = sum_t P_t policies); layout:
+    the steps' policies and the chosen actions (``ActionLayout``); marginal (S, sum S_f) and
+    spread (sum S_f, F S): the factor marginals of a joint and each marginal back over the
+    joint; kept (N, K); evidence (N, K, S_l..) and evidence_t (K, N, S_l..), the learnable
+    factors' evidence, trial-major in the second; priors: their pD.
     """
 
     def __init__(self, model, settings, plan, evidence, actions, present):
@@ -159,23 +149,22 @@ class PlanConstants:
         F, num_states = model.num_factors, tuple(model.num_states)
         S = math.prod(num_states)
         learnable, certain = model.learnable_initial_factors
-        self.learnable, self.num_states, self.T1 = learnable, num_states, T1
         grid = np.arange(S).reshape(num_states)
-        self.columns = grid[tuple(slice(None) if c is None else c for c in certain)].reshape(-1)
-        self.filters = np.ascontiguousarray(plan.filters[:, :, :T1].numpy()[..., self.columns])
+        columns = grid[tuple(slice(None) if c is None else c for c in certain)].reshape(-1)
+        self.filters = np.ascontiguousarray(plan.filters[:, :, :T1].numpy()[..., columns])
         self.layout = ActionLayout(model, settings, actions.numpy())
-        self.W = _block_diagonal([m.outcomes.numpy().T for m in plan.efe])
-        self.G = _block_diagonal([m.grouping.numpy() for m in plan.efe])
+        self.W = block_diag(*[m.outcomes.numpy().T for m in plan.efe])
+        self.G = block_diag(*[m.grouping.numpy() for m in plan.efe])
         halves = [np.split(m.linear.numpy(), 2, 1) for m in plan.efe]  # ambiguity, pragmatic
-        self.L = np.concatenate([_block_diagonal([h[i] for h in halves]) for i in (0, 1)], 1)
+        self.L = np.concatenate([block_diag(*[h[i] for h in halves]) for i in (0, 1)], 1)
         self.P = self.layout.P
         self.F = F
         self.marginal = np.concatenate(
             [(grid.reshape(-1)[:, None] // math.prod(num_states[f + 1 :]) % num_states[f]
               == np.arange(num_states[f])).astype(float) for f in range(F)], 1
         )  # fmt: skip
-        self.spread = _block_diagonal(
-            [self.marginal[:, sum(num_states[:f]) : sum(num_states[: f + 1])].T for f in range(F)]
+        self.spread = block_diag(
+            *[self.marginal[:, sum(num_states[:f]) : sum(num_states[: f + 1])].T for f in range(F)]
         )
         self.kept = np.ones((N, K)) if present is None else present.numpy().astype(np.float64)
         index = tuple(slice(None) if s is None else s for s in certain)
@@ -257,7 +246,7 @@ def _forward(const: PlanConstants, theta: list[np.ndarray], wanted=(False,) * 3)
     start = _outer(beliefs)  # (B, N, K, L): over the learnable factors' joint states
     unnormalised = (const.filters @ start[:, :, :, None, :, None])[..., 0]  # (B, N, K, T1, S)
     normaliser = _sum_last(unnormalised)[..., None]
-    if normaliser.min() < _SMALLEST_NORMALISER:
+    if normaliser.min() < SMALLEST_NORMALISER:
         return None
     filtered = unnormalised / normaliser
     rows = B * N * K
@@ -344,8 +333,8 @@ def _backward(const: PlanConstants, theta, state, grad: np.ndarray, wanted=(True
     return d_eta, d_omega, d_kappa, per_subject(d_gamma), per_subject(d_alpha), per_subject(d_c)
 
 
-#: the forward filter's own threshold for leaving probability space
-_SMALLEST_NORMALISER = float(np.sqrt(np.finfo(np.float64).tiny))
+#: the forward filter's own threshold for leaving probability space (``ops.hmm.forward_filter``)
+SMALLEST_NORMALISER = float(np.sqrt(np.finfo(np.float64).tiny))
 #: below it an action's probability under q(pi) is left to the torch route's log-sum-exp (the
 #: sum of the q(pi) keeps its relative precision well above the subnormal range, 2.2e-308)
 _SMALLEST_MARGINAL = 1e-250

@@ -162,3 +162,13 @@ def test_the_fused_counts_are_the_torch_counts(rng, lesions, case, names):
         names, torch.autograd.grad(expected.sum(), list(inputs.values())), strict=True
     ):
         assert_close(gradients[name], gradient, msg=name)
+    # and the agent itself, replaying the choices (the oracle of every route)
+    replay = ReplayLikelihood(
+        model, AgentSettings(lesions=lesions), observations, actions, names, present
+    )
+    agent = torch.where(present[..., None], replay(inputs), 0.0).sum((-1, -2))
+    assert_close(value, agent)
+    for name, gradient in zip(
+        names, torch.autograd.grad(agent.sum(), list(inputs.values())), strict=True
+    ):
+        assert_close(gradients[name], gradient, msg=name)

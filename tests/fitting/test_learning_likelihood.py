@@ -161,7 +161,7 @@ def test_the_linear_plan_is_the_filter_and_the_kernel(case, monkeypatch):
             assert_close(got, want)
     for module in ("pp_aif.fitting.likelihood", "pp_aif.fitting.plan_likelihood"):
         # every normaliser "too small": the plan's routes fall back
-        monkeypatch.setattr(importlib.import_module(module), "_SMALLEST_NORMALISER", 2.0)
+        monkeypatch.setattr(importlib.import_module(module), "SMALLEST_NORMALISER", 2.0)
     assert not torch_plan.values(draws).safe
     inputs = {name: value.requires_grad_(True) for name, value in draws.items()}
     for route in (fused, torch_plan):
