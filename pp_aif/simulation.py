@@ -247,10 +247,11 @@ def simulate(
         T of a trial; default: the task's (for a tuple: the policies' depth + 1).
     progress : callable(int), optional; called with 1 after each trial (e.g. a tqdm update)
     pD : F tensors (N, S_f), optional: each agent's initial-state counts before the first
-        trial (default: the model's pD, when it has one)
+        trial, as pA (default: the model's pD, when it has one)
     pA, pB : M tensors (N, O_m, S_1..S_F) and F tensors (N, S_f, S_f, U_f), optional: each
         agent's likelihood and transition counts before the first trial (default: the
-        model's, when it has them)
+        model's, when it has them); and before the first trial of every game, where the task
+        has ``restarts``
     A : M tensors (N, O_m, S_1..S_F), optional: each agent's own fixed likelihood, for a
         model without pA (e.g. A at each agent's likelihood precision,
         ``pp_aif.fitting.simulate_subjects``); the world keeps its own
@@ -320,7 +321,11 @@ def simulate(
         for name, given in (("pA", pA), ("pB", pB), ("pD", pD))
     )
     own_A = _own_likelihood(model, A, N)
+    initial = (pA, pB, pD)
+    starts = task.game_starts(K)
     for k in range(K):
+        if starts is not None and starts[k]:  # a new game: the counts start again
+            pA, pB, pD = initial
         state = initial_state(model, N, pA=pA, pB=pB, pD=pD, A=own_A)
         observation = env.reset(N, generator, trial=k) if told else env.reset(N, generator)
         for t in range(T):
@@ -673,10 +678,20 @@ def _described(dataset: xr.Dataset, task: Task, settings: AgentSettings, seed: i
         num_trials=K,
         num_steps=T,
         **settings_attributes(settings),
+        **_game_attributes(task, K),
         comment="The agents' settings (pp_aif.AgentSettings) are the attributes named after "
         "them: " + "; ".join(f"{name}: {meaning}" for name, meaning in SETTING_ATTRIBUTES.items()),
     )
     return dataset
+
+
+def _game_attributes(task: Task, K: int) -> dict:
+    """``game_starts``: the trials at which the agents' counts started again (a new game;
+    ``Task.restarts``), where the task has any."""
+    starts = task.game_starts(K)
+    if starts is None:
+        return {}
+    return {"game_starts": [int(k) for k in starts.nonzero()[:, 0]]}
 
 
 def save(dataset: xr.Dataset, path: str | Path) -> Path:

@@ -139,6 +139,14 @@ class Task:
         left out (or None) keeps the default. Stored as a tuple with one (policies, E) or None
         per step; the model carries it as ``model.step_policies``, where
         ``pp_aif.agent.policies_at`` reads it.
+    restarts : int or sequence of ints, optional
+        Where the agent starts afresh, as in a new game: before each of these trials (0-based,
+        >= 1) its counts pA, pB and pD return to their initial values, as at trial 0 (its
+        parameters stay its own). An int n: a new game every n trials (trials n, 2n, ...); a
+        sequence: the trials that start a game. Stored as given (an int, or a sorted tuple);
+        :meth:`game_starts` gives the trials of a session. The simulation, the replay and the
+        count likelihoods all restart there; the world is not told (give it blocks or an
+        ``Environment`` for fresh arms).
     """
 
     name: str
@@ -152,6 +160,7 @@ class Task:
     num_steps: int | None = None
     reward: tuple[int, int] | None = None
     step_policies: tuple | None = None
+    restarts: int | tuple[int, ...] | None = None
 
     def __post_init__(self):
         try:
@@ -178,10 +187,25 @@ class Task:
         sets = _checked_step_policies(self.step_policies, self.model, self.trial_length)
         object.__setattr__(self, "step_policies", sets)
         object.__setattr__(self, "model", _carrying(self.model, sets))
+        object.__setattr__(self, "restarts", _checked_restarts(self.restarts))
 
     @property
     def trial_length(self) -> int:
         return self.num_steps or int(self.observations.shape[0])
+
+    def game_starts(self, num_trials: int) -> Tensor | None:
+        """Which of ``num_trials`` trials start a game, bool (num_trials,) with trial 0 True;
+        None where the task has no ``restarts`` (one game: the counts carry over every trial)."""
+        num_trials = check_integer("num_trials", num_trials, minimum=1)
+        if self.restarts is None:
+            return None
+        starts = torch.zeros(num_trials, dtype=torch.bool)
+        if isinstance(self.restarts, int):
+            starts[:: self.restarts] = True
+        else:
+            starts[[trial for trial in self.restarts if trial < num_trials]] = True
+        starts[0] = True
+        return starts
 
     def process_at(self, trial: int) -> GenerativeModel:
         """The world's generative process in trial ``trial`` (0-based): its block's process, the
@@ -257,6 +281,32 @@ def _checked_reward(reward, model: GenerativeModel) -> tuple[int, int] | None:
             f"reward: outcome {outcome} does not exist in modality {modality} (0..{size - 1})"
         )
     return modality, outcome
+
+
+def _checked_restarts(restarts):
+    if restarts is None:
+        return None
+    if _is_integer(restarts):
+        if restarts < 1:
+            raise ValueError(
+                f"restarts: {restarts} trials a game; a game needs at least 1 trial"
+            )
+        return int(restarts)
+    if not isinstance(restarts, tuple | list | range):
+        raise ValueError(
+            f"restarts: expected trials per game (an int) or the trials that start a game (a "
+            f"sequence of ints), got {type(restarts).__name__}"
+        )
+    wrong = [trial for trial in restarts if not _is_integer(trial) or trial < 1]
+    if wrong:
+        raise ValueError(
+            f"restarts: {wrong!r} are not trials >= 1 (trials count from 0, and trial 0 starts "
+            "the first game already)"
+        )
+    repeated = sorted({t for t in restarts if list(restarts).count(t) > 1})
+    if repeated:
+        raise ValueError(f"restarts: trial(s) {repeated} given more than once")
+    return tuple(sorted(int(trial) for trial in restarts)) or None
 
 
 def _checked_process(process, model: GenerativeModel):

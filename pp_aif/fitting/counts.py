@@ -17,7 +17,8 @@ present trial, in closed form:
 
     p_k = (1 - omega)^m_k kappa p_0 + eta sum_{j < k present} (1 - omega)^(m_k - m_j - 1) c_j,
 
-with m_k the number of present trials before k (only where p_0 > 0; elsewhere p stays 0). So
+with m_k the number of present trials before k (only where p_0 > 0; elsewhere p stays 0). Where
+the task starts new games (``Task.restarts``), j and m_k count only the trials of k's game. So
 every trial's A_k, B_k and their counts come at once, as one batched contraction over trials,
 and the policy values of all trials and steps are one batch of the EFE kernel with one A and B
 per belief (``pp_aif.planning.efe.policy_scores``). The action probabilities are then those of
@@ -44,6 +45,7 @@ from pp_aif.fitting.likelihood import (
     PolicyValues,
     action_log_likelihood,
     action_log_probabilities,
+    checked_game_starts,
     every_action_possible,
     parameter_defaults,
 )
@@ -140,8 +142,10 @@ class CountsLikelihood:
         present: Tensor | None = None,
         *,
         observed: tuple[bool, list[Tensor]] | None = None,
+        starts: Tensor | None = None,
     ):
-        """``observed``: ``observed_states`` of these data, when the caller has it already."""
+        """``observed``: ``observed_states`` of these data, when the caller has it already;
+        ``starts``: bool (K,), the trials that start a game (``Task.game_starts``), or None."""
         params = tuple(params)
         unknown = sorted(set(params) - set(COUNTS_PARAMETERS))
         if unknown:
@@ -184,11 +188,15 @@ class CountsLikelihood:
         for name, arrays in counts.items():  # absent trials teach nothing
             counts[name] = [c * mask.reshape(N, K, *[1] * (c.dim() - 2)) for c in arrays]
         self.counts = counts
-        # m_k: present trials before k, (N, K); W[n, k, j] = [j < k] present_j
-        before = torch.cumsum(mask, 1) - mask
-        self.before = before
+        # W[n, k, j] = [j < k, in k's game] present_j; m_k: their number, (N, K)
         earlier = torch.tril(torch.ones(K, K, dtype=model.dtype, device=model.device), -1)
+        starts = checked_game_starts(starts, K)
+        if starts is not None:
+            game = torch.cumsum(starts.to(model.device), 0)
+            earlier = earlier * (game[:, None] == game[None, :])
+        self.starts = starts
         self.earlier = earlier[None] * mask[:, None, :]  # (N, K, J)
+        self.before = self.earlier.sum(-1)
         # the likelihood in numpy with its gradient (``counts_fused``), for NUTS on the CPU
         self.fused = CountsConstants(self) if _fusable(model, settings, T) else None
 

@@ -230,8 +230,9 @@ def behavioural_program(task, data, params, priors, settings, hierarchical=False
     """(the data's likelihood, the behavioural Pyro program without arguments). The likelihood
     is ``BehaviourLikelihood`` (closed form) where it applies, else the agent replaying the
     data (``ReplayLikelihood``): the same number, see ``pp_aif.fitting.replay``."""
+    starts = task.game_starts(data.observations.shape[1])  # where the counts start again
     likelihood = likelihood_for(
-        task.model, settings, data.observations, data.actions, params, data.present
+        task.model, settings, data.observations, data.actions, params, data.present, starts
     )
     chosen = chosen_priors(params, priors, task.model.dtype)
 

@@ -97,6 +97,7 @@ __all__ = [
     "action_log_likelihood",
     "parameter_defaults",
     "sharpened_likelihood",
+    "checked_game_starts",
 ]
 
 
@@ -739,3 +740,20 @@ class BehaviourLikelihood:
             "outcome whose preference is -inf (or so extreme that G overflows), so no policy is "
             "preferred to another. Give C finite values there; the agent refuses that step too"
         )
+
+
+def checked_game_starts(starts, num_trials: int) -> Tensor | None:
+    """The trials that start a game (``pp_aif.Task.game_starts``) as bool (K,), trial 0 among
+    them; None for None or where only trial 0 starts one (the counts carry over every trial).
+    A ValueError for another length or values other than booleans."""
+    if starts is None:
+        return None
+    starts = torch.as_tensor(starts)
+    if starts.shape != (num_trials,) or starts.dtype != torch.bool:
+        raise ValueError(
+            f"starts: expected bool ({num_trials},), which trials start a game (one per trial "
+            f"of the data), got {starts.dtype} {tuple(starts.shape)}"
+        )
+    starts = starts.clone()
+    starts[0] = True
+    return starts if bool(starts[1:].any()) else None

@@ -48,6 +48,7 @@ from pp_aif.fitting.likelihood import (
     LEARNING_PARAMETERS,
     PARAMETERS,
     BehaviourLikelihood,
+    checked_game_starts,
     parameter_defaults,
     sharpened_likelihood,
 )
@@ -89,18 +90,22 @@ def closed_form_applies(model: GenerativeModel, settings: AgentSettings, params)
     )
 
 
-def likelihood_for(model, settings, observations, actions, params, present=None):
+def likelihood_for(model, settings, observations, actions, params, present=None, starts=None):
     """The likelihood of the data's actions, by the fastest route that applies:
 
-    1. ``BehaviourLikelihood``: the closed form of agents that learn at most pD;
+    1. ``BehaviourLikelihood``: the closed form of agents that learn at most pD (in one game:
+       its pD recursion does not start again);
     2. ``CountsLikelihood``: agents that learn pA or pB where the data show them their states
        (the counts of all trials at once, e.g. bandits);
     3. ``ReplayLikelihood``: the agent replaying the data, for everything else.
 
-    All are the same number (tested to 1e-10, gradients too).
+    ``starts``: bool (K,), the trials that start a game (``Task.game_starts``), or None. All
+    routes are the same number (tested to 1e-10, gradients too).
     """
     check_fittable(model, settings, params)
-    if closed_form_applies(model, settings, params):
+    starts = checked_game_starts(starts, observations.shape[1])
+    restarting = starts is not None and model.pD is not None
+    if closed_form_applies(model, settings, params) and not restarting:
         return BehaviourLikelihood(model, settings, observations, actions, params, present)
     if (
         settings.inference == "exact"
@@ -115,9 +120,10 @@ def likelihood_for(model, settings, observations, actions, params, present=None)
         observed = observed_states(model, observations, actions, mask)  # once, for both
         if observed[0]:
             return CountsLikelihood(
-                model, settings, observations, actions, params, present, observed=observed
-            )
-    return ReplayLikelihood(model, settings, observations, actions, params, present)
+                model, settings, observations, actions, params, present, observed=observed,
+                starts=starts,
+            )  # fmt: skip
+    return ReplayLikelihood(model, settings, observations, actions, params, present, starts)
 
 
 def check_fittable(model: GenerativeModel, settings: AgentSettings, params) -> None:
@@ -161,6 +167,8 @@ class ReplayLikelihood:
     observations : int (N, K, T, M); actions : int (N, K, T-1, F)
     params : names among ``REPLAY_PARAMETERS``
     present : bool (N, K), optional: which trials each subject has
+    starts : bool (K,), optional: the trials that start a game, where each agent's counts
+        return to their initial values (``Task.game_starts``; None: one game)
 
     Calls take theta {name: (*b, N)} and return (*b, N, K, T-1) (``__call__``) or F entries
     (*b, N, K, T-1, U_f) of log-probabilities of every control (``log_probabilities``; None for
@@ -175,12 +183,14 @@ class ReplayLikelihood:
         actions: Tensor,
         params=("gamma", "alpha"),
         present: Tensor | None = None,
+        starts: Tensor | None = None,
     ):
         params = tuple(params)
         check_fittable(model, settings, params)
         N, K, T = observations.shape[:3]
         if present is None:
             present = torch.ones(N, K, dtype=torch.bool, device=observations.device)
+        self.starts = checked_game_starts(starts, K)
         self.model, self.settings, self.params = model, settings, params
         self.observations, self.actions, self.present = observations, actions, present
         self.defaults = parameter_defaults(settings)
@@ -245,7 +255,10 @@ class ReplayLikelihood:
             else torch.full((agents, U), -math.log(U), dtype=model.dtype, device=model.device)
             for U in model.num_controls
         ]
+        initial = counts
         for k in range(K):
+            if self.starts is not None and self.starts[k]:  # a new game: the counts start again
+                counts = initial
             rows = self.present[subject, k].nonzero()[:, 0]  # the agents whose subject has trial k
             steps = self._trial(per_agent, counts, own_A, rows, subject[rows], k, agents)
             learned, results = steps
