@@ -288,9 +288,7 @@ def _checked_restarts(restarts):
         return None
     if _is_integer(restarts):
         if restarts < 1:
-            raise ValueError(
-                f"restarts: {restarts} trials a game; a game needs at least 1 trial"
-            )
+            raise ValueError(f"restarts: {restarts} trials a game; a game needs at least 1 trial")
         return int(restarts)
     if not isinstance(restarts, tuple | list | range):
         raise ValueError(

@@ -373,3 +373,68 @@ def test_a_task_file_must_build_a_task(tmp_path):
     )
     task = load_task(good)
     assert [trial for trial, _ in task.process] == [0, 4]
+
+
+def test_games_start_where_the_task_says():
+    bandit = load_task("bandit")
+    assert bandit.restarts is None and bandit.game_starts(5) is None
+    every = dataclasses.replace(bandit, restarts=3)
+    assert every.game_starts(7).tolist() == [1, 0, 0, 1, 0, 0, 1]
+    listed = dataclasses.replace(bandit, restarts=[6, 2, 40])
+    assert listed.restarts == (2, 6, 40)
+    assert listed.game_starts(7).tolist() == [1, 0, 1, 0, 0, 0, 1]
+
+
+@pytest.mark.parametrize(
+    "restarts, message",
+    [
+        (0, r"restarts: 0 trials a game; a game needs at least 1 trial"),
+        ([0, 4], r"restarts: \[0\] are not trials >= 1 \(trials count from 0, and trial 0"),
+        ([2.5], r"restarts: \[2.5\] are not trials >= 1"),
+        ([3, 3], r"restarts: trial\(s\) \[3\] given more than once"),
+        ("5", r"restarts: expected trials per game \(an int\) or the trials that start a game"),
+    ],
+)
+def test_bad_restarts_are_named(restarts, message):
+    with pytest.raises(ValueError, match=r"task 'bandit': " + message):
+        dataclasses.replace(load_task("bandit"), restarts=restarts)
+
+
+def test_each_game_starts_from_the_first_counts():
+    """A bandit in games of 4 trials: at every game's first trial each agent chooses as at trial
+    0 (its counts are the first ones again), and not so within a game; the record names the
+    trials that started a game."""
+    task = dataclasses.replace(load_task("bandit"), restarts=4)
+    record = pp_aif.simulate(task, 3, 10, seed=0)
+    assert record.attrs["game_starts"] == [0, 4, 8]
+    first_step = record["policy_posterior"].values[:, :, 0]
+    for k in (4, 8):
+        assert_close(first_step[:, k], first_step[:, 0], msg=f"trial {k}")
+    assert np.abs(first_step[:, 1] - first_step[:, 0]).max() > 1e-3
+    one_game = pp_aif.simulate(load_task("bandit"), 3, 10, seed=0)
+    assert "game_starts" not in one_game.attrs
+
+
+def test_a_fit_replays_the_tasks_games():
+    """``pp_aif.fit`` of a task with games: its pointwise log-likelihood is the agent's
+    replaying the choices with the counts starting again each game."""
+    from pp_aif.data import BehaviourData, long_format
+    from pp_aif.fitting.replay import ReplayLikelihood
+
+    task = dataclasses.replace(load_task("bandit"), restarts=3)
+    record = pp_aif.simulate(task, 2, 7, seed=1)
+    data = BehaviourData.read(long_format(record, task), task)
+    names = ["alpha", "learning_rate"]
+    fit = pp_aif.fit(task, data, names, method="map", steps=5, seed=0)
+    assert fit.attrs["likelihood"] == "CountsLikelihood"
+    theta = {n: torch.as_tensor(fit.posterior[n].values[0, 0]) for n in names}
+    replay = ReplayLikelihood(
+        task.model, task.settings, data.observations, data.actions, names, data.present,
+        task.game_starts(7),
+    )  # fmt: skip
+    expected = replay(theta).sum(-1)
+    assert_close(fit.log_likelihood["actions"].values[0, 0], expected)
+    one_game = ReplayLikelihood(
+        task.model, task.settings, data.observations, data.actions, names, data.present
+    )(theta).sum(-1)
+    assert (one_game - expected).abs().max() > 1e-6

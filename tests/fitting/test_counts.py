@@ -50,17 +50,22 @@ def _seen_states_case(rng, S=3, U=2, outcomes=3, seen=True):
     return model, observations, actions
 
 
+#: games of trials 0-1 and 2-3 (``Task.restarts``): the counts start again at trial 2
+GAMES = torch.tensor([True, False, True, False])
+
+
+@pytest.mark.parametrize("starts", [None, GAMES], ids=["one game", "two games"])
 @pytest.mark.parametrize("lesions", [Lesions(), Lesions(novelty=False)])
-def test_counts_equal_the_replay_with_gradients(rng, lesions):
+def test_counts_equal_the_replay_with_gradients(rng, lesions, starts):
     for _ in range(3):
         model, observations, actions = _seen_states_case(rng)
         present = torch.ones(N, K, dtype=torch.bool)
         present[1, 1] = present[2, 0] = False
         settings = AgentSettings(lesions=lesions)
         names = COUNTS_PARAMETERS
-        fast = likelihood_for(model, settings, observations, actions, names, present)
+        fast = likelihood_for(model, settings, observations, actions, names, present, starts)
         assert isinstance(fast, CountsLikelihood)
-        slow = ReplayLikelihood(model, settings, observations, actions, names, present)
+        slow = ReplayLikelihood(model, settings, observations, actions, names, present, starts)
         theta = {
             name: torch.tensor(THETA[name], dtype=torch.float64)
             .expand(2, N)
@@ -135,16 +140,19 @@ def _bandit():
 @pytest.mark.parametrize("lesions", [Lesions(), Lesions(novelty=False, epistemic=False)])
 @pytest.mark.parametrize("case", ["stochastic B", "bandit"])
 @pytest.mark.parametrize("names", [COUNTS_PARAMETERS, ("alpha", "learning_rate", "preference")])
-def test_the_fused_counts_are_the_torch_counts(rng, lesions, case, names):
+@pytest.mark.parametrize("starts", [None, GAMES], ids=["one game", "two games"])
+def test_the_fused_counts_are_the_torch_counts(rng, lesions, case, names, starts):
     """``numpy_value_and_gradient`` (NUTS's route) against the torch likelihood and autograd:
     the summed log-likelihood of the present trials and its gradient in every parameter; the
-    bandit through the path for certain predictions, with and without forgetting."""
+    bandit through the path for certain predictions, with and without forgetting, in one game
+    and in two."""
     model, observations, actions = _pA_learner(rng) if case == "stochastic B" else _bandit()
     present = torch.ones(N, K, dtype=torch.bool)
     present[1, 1] = False
     likelihood = CountsLikelihood(
-        model, AgentSettings(lesions=lesions), observations, actions, names, present
-    )
+        model, AgentSettings(lesions=lesions), observations, actions, names, present,
+        starts=starts,
+    )  # fmt: skip
     assert likelihood.fused is not None
     assert likelihood.fused.certain == (case == "bandit")
     theta = {
@@ -164,7 +172,7 @@ def test_the_fused_counts_are_the_torch_counts(rng, lesions, case, names):
         assert_close(gradients[name], gradient, msg=name)
     # and the agent itself, replaying the choices (the oracle of every route)
     replay = ReplayLikelihood(
-        model, AgentSettings(lesions=lesions), observations, actions, names, present
+        model, AgentSettings(lesions=lesions), observations, actions, names, present, starts
     )
     agent = torch.where(present[..., None], replay(inputs), 0.0).sum((-1, -2))
     assert_close(value, agent)

@@ -138,8 +138,9 @@ def test_the_replay_is_exact_where_action_probabilities_underflow(planner):
     assert smallest < -745
 
 
-def _one_at_a_time(model, settings, theta, observations, actions, present):
-    """One agent replaying one subject's trials, the counts carried by hand: (N, K, T-1)."""
+def _one_at_a_time(model, settings, theta, observations, actions, present, starts=None):
+    """One agent replaying one subject's trials, the counts carried by hand (and put back to
+    their first values at the trials ``starts`` marks): (N, K, T-1)."""
     out = torch.zeros(N, K, T - 1, dtype=torch.float64)
     for n in range(N):
         value = {name: float(v[n]) for name, v in theta.items()}
@@ -158,7 +159,10 @@ def _one_at_a_time(model, settings, theta, observations, actions, present):
         pA = None if model.pA is None else [kappa * p[None] for p in model.pA]
         pB = None if model.pB is None else [kappa * p[None] for p in model.pB]
         pD = None if model.pD is None else [kappa * p[None] for p in model.pD]
+        first = (pA, pB, pD)
         for k in range(K):
+            if starts is not None and starts[k]:
+                pA, pB, pD = first
             if not present[n, k]:
                 continue
             state = initial_state(model, 1, pA=pA, pB=pB, pD=pD, A=own_A)
@@ -367,3 +371,44 @@ def test_an_agent_that_infers_by_an_svi_guide_is_fitted_through_the_replay(rng):
     (exact, exact_grad), (guide, guide_grad) = values
     assert_close(guide, exact, atol=1e-5, reason="SVI (L-BFGS) stops at its own tolerance")
     assert_close(guide_grad, exact_grad, atol=1e-5, reason="SVI stops at its own tolerance")
+
+
+@pytest.mark.parametrize("learned", ["pA", "pB", "pD"])
+def test_the_replay_starts_each_game_afresh(rng, learned):
+    """Where the task starts new games (``Task.restarts``), the replay puts each agent's counts
+    back to their first values there, as one agent replaying by hand does; the trials of a
+    later game then differ from the same replay in one game. A pD learner leaves its closed
+    form (whose recursion runs over every trial) for the replay."""
+    arrays = random_arrays(rng, (3,), (3, 2), (2,), zero_fraction=0.2)
+    counts = {"pA": None, "pB": None, "pD": None}
+    counts[learned] = [
+        2.0 * p + (p > 0) for p in {"pA": arrays.A, "pB": arrays.B, "pD": arrays.D}[learned]
+    ]
+    model = pp_aif.GenerativeModel(
+        arrays.A,
+        arrays.B,
+        C=[rng.normal(size=3), rng.normal(size=2)],
+        D=arrays.D,
+        policies=pp_aif.construct_policies((2,), 2),
+        **counts,
+    )
+    observations, actions = _data(rng, arrays)
+    present = torch.ones(N, K, dtype=torch.bool)
+    present[0, 1] = False
+    starts = torch.tensor([True, False, True])  # games: trials 0-1, trial 2
+    names = WITHOUT_ZETA
+    settings = AgentSettings()
+    replay = likelihood_for(model, settings, observations, actions, names, present, starts)
+    assert isinstance(replay, ReplayLikelihood)
+    theta = _theta(names, batch=(2,))
+    value = replay(theta)
+    expected = _one_at_a_time(
+        model, settings, _theta(names), observations, actions, present, starts
+    )
+    for draw in range(2):
+        assert_close(value[draw][present], expected[present])
+    one_game = ReplayLikelihood(model, settings, observations, actions, names, present)(theta)
+    assert_close(value[:, :, :2], one_game[:, :, :2])  # the first game is the same
+    assert (value[:, :, 2] - one_game[:, :, 2]).abs().max() > 1e-6  # the second starts afresh
+    with pytest.raises(ValueError, match=r"starts: expected bool \(3,\)"):
+        ReplayLikelihood(model, settings, observations, actions, names, present, starts[:2])
