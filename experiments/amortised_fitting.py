@@ -55,6 +55,9 @@ class Config:
     trials: int = 60
     min_trials: int = 20
     epochs: int = 40
+    hidden: int = 64  # the estimator's units (EstimatorSettings.hidden)
+    transforms: int = 3  # its flow's layers
+    patience: int = 8  # epochs without a better validation loss before training stops
     flows: tuple[str, ...] = ("zuko", "pyro")
     held_out: int = 100
     chains: int = 2
@@ -108,7 +111,8 @@ def run(config: Config) -> dict:
         print(f"training the {flow} flow on {config.simulations} subjects", flush=True)
         settings = EstimatorSettings(
             simulations=config.simulations, trials=config.trials, min_trials=config.min_trials,
-            epochs=config.epochs, flow=flow, seed=config.seed,
+            epochs=config.epochs, flow=flow, seed=config.seed, hidden=config.hidden,
+            transforms=config.transforms, patience=config.patience,
         )  # fmt: skip
         estimator, record = train_estimator(
             task, config.params, settings, progress=lambda line: print(f"  {line}", flush=True)
@@ -214,7 +218,8 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = Config()
-    for name in ("simulations", "trials", "epochs", "held_out", "speed_subjects", "seed"):
+    integers = ("simulations", "trials", "epochs", "hidden", "transforms", "patience")
+    for name in (*integers, "held_out", "speed_subjects", "seed"):
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
         )
@@ -225,6 +230,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     config = Config(
         simulations=args.simulations, trials=args.trials, epochs=args.epochs,
+        hidden=args.hidden, transforms=args.transforms, patience=args.patience,
         held_out=args.held_out, speed_subjects=args.speed_subjects, seed=args.seed,
         flows=tuple(args.flows.split(",")), scheduler=args.scheduler, workers=args.workers,
         out=args.out,

@@ -307,10 +307,14 @@ def test_amortised_fitting_smoke(tmp_path):
     config = AmortisedConfig(
         simulations=60, trials=5, min_trials=2, epochs=1, held_out=3, chains=1, warmup=10,
         draws=10, amortised_draws=20, subjects_per_job=3, scheduler="inline",
-        speed_subjects=4, out=tmp_path,
+        speed_subjects=4, hidden=8, transforms=1, out=tmp_path,
     )  # fmt: skip
     results = run_amortised(config)
     written = json.loads((tmp_path / "amortised_fitting.json").read_text())
+    from pp_aif.fitting.amortised import PosteriorEstimator
+
+    kept = PosteriorEstimator.load(tmp_path / "amortised_fitting_estimator.pt")
+    assert (kept.settings.hidden, kept.settings.transforms) == (8, 1)  # the sizes asked for
     assert set(written["flows"]) == {"zuko", "pyro"} and written["chosen_flow"] in written["flows"]
     for row in written["held_out"]["parameters"].values():
         assert len(row["sd_ratios"]) == 3 and all(r > 0 for r in row["sd_ratios"])
