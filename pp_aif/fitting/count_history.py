@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "GameRows",
     "count_history",
     "torch_count_history",
     "numpy_history",
@@ -305,3 +306,82 @@ def count_history(eta, omega, kappa, evidence, priors, kept) -> list[Tensor]:
     ):
         return torch_count_history(eta, omega, kappa, evidence, priors, kept)
     return list(_CountHistory.apply(eta, omega, kappa, evidence, kept, *priors))
+
+
+class GameRows:
+    """Games as rows of the recursion, where a task restarts the counts (``Task.restarts``):
+    each game of each subject is a row of its own that starts from kappa pD, so that the
+    recursions above (and their adjoints and tangents) serve unchanged.
+
+    From ``starts`` bool (K,) (trial 0 True): G games of at most Lg trials. ``split`` takes an
+    array (..., N, K, ...) to (..., N G, Lg, ...) (row n G + g: subject n's game g; a game
+    shorter than Lg is padded with its last trial, which ``kept`` marks absent, so that it
+    teaches nothing and its outputs are dropped); ``join`` takes (..., N G, Lg, ...) back to
+    (..., N, K, ...), and ``scatter`` is its adjoint in numpy (zeros at the padding);
+    ``repeat`` gives each game its subject's parameter, (B, N) -> (B, N G), and ``sum_games``
+    is its adjoint. numpy arrays and torch tensors alike (torch's indexing is differentiable).
+    """
+
+    def __init__(self, starts):
+        starts = np.asarray(starts, dtype=bool)
+        K = len(starts)
+        first = np.flatnonzero(starts)
+        if len(first) == 0 or first[0] != 0:
+            raise ValueError("starts: trial 0 must start a game")
+        lengths = np.diff(np.append(first, K))
+        self.G, self.Lg, self.K = len(first), int(lengths.max()), K
+        within = np.arange(self.Lg)
+        self.source = np.minimum(first[:, None] + within, K - 1).reshape(-1)  # (G Lg,)
+        self.valid = (within[None, :] < lengths[:, None]).reshape(-1)  # (G Lg,)
+        game = np.cumsum(starts) - 1
+        self.position = game * self.Lg + np.arange(K) - first[game]  # (K,) into G Lg
+
+    @staticmethod
+    def _take(x, index: np.ndarray, axis: int):
+        if isinstance(x, Tensor):
+            return x.index_select(axis, torch.as_tensor(index, device=x.device))
+        return np.take(x, index, axis)
+
+    def split(self, x, axis: int):
+        """(..., N, K, ...), the trials on ``axis`` (negative) -> (..., N G, Lg, ...)."""
+        taken = self._take(x, self.source, axis)
+        shape = taken.shape
+        at = len(shape) + axis  # the trials' axis, counted from the left
+        return taken.reshape(*shape[: at - 1], shape[at - 1] * self.G, self.Lg, *shape[at + 1 :])
+
+    def kept(self, kept):
+        """Which trials of each row teach: kept (N, K) -> (N G, Lg), 0 at the padding."""
+        rows = self.split(kept, -1)
+        valid = self.valid.reshape(self.G, self.Lg)
+        if isinstance(kept, Tensor):
+            valid = torch.as_tensor(valid, dtype=kept.dtype, device=kept.device)
+        return (rows.reshape(-1, self.G, self.Lg) * valid).reshape(rows.shape)
+
+    def join(self, x, axis: int):
+        """(..., N G, Lg, ...), the trials on ``axis`` (negative) -> (..., N, K, ...)."""
+        shape = x.shape
+        at = len(shape) + axis  # the trials' axis, counted from the left
+        N = shape[at - 1] // self.G
+        merged = x.reshape(*shape[: at - 1], N, self.G * self.Lg, *shape[at + 1 :])
+        return self._take(merged, self.position, axis)
+
+    def scatter(self, x: np.ndarray, axis: int) -> np.ndarray:
+        """``join``'s adjoint: (..., N, K, ...) -> (..., N G, Lg, ...), zeros at the padding."""
+        shape = x.shape
+        at = len(shape) + axis
+        out = np.zeros((*shape[:at], self.G * self.Lg, *shape[at + 1 :]))
+        index = [slice(None)] * len(shape)
+        index[at] = self.position
+        out[tuple(index)] = x
+        N = shape[at - 1]
+        return out.reshape(*shape[: at - 1], N * self.G, self.Lg, *shape[at + 1 :])
+
+    def repeat(self, x):
+        """A parameter (B, N) -> (B, N G): each game its subject's value."""
+        if isinstance(x, Tensor):
+            return x.repeat_interleave(self.G, -1)
+        return np.repeat(x, self.G, -1)
+
+    def sum_games(self, x: np.ndarray) -> np.ndarray:
+        """``repeat``'s adjoint: (B, N G) -> (B, N)."""
+        return x.reshape(*x.shape[:-1], -1, self.G).sum(-1)

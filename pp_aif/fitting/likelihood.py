@@ -56,7 +56,7 @@ from torch import Tensor
 
 from pp_aif.agent import AgentSettings, policies_at
 from pp_aif.errors import DataError
-from pp_aif.fitting.count_history import count_history
+from pp_aif.fitting.count_history import GameRows, count_history
 from pp_aif.fitting.plan_likelihood import (
     FUSED_ORDER,
     SMALLEST_NORMALISER,
@@ -463,6 +463,7 @@ def learned_initial_beliefs(
     forgetting,
     concentration,
     present: Tensor | None = None,
+    games: GameRows | None = None,
 ) -> list[Tensor]:
     """Each trial's initial beliefs D_k = pD_k / sum pD_k of an agent that learns pD: F tensors
     (*b, N, K, S_f).
@@ -475,7 +476,9 @@ def learned_initial_beliefs(
     ∝ prod_f pD_k,f(s_f) lambda_k(s_0): :func:`pp_aif.agent.learn_between_trials` in closed form
     (entries with pD = 0 have q = 0, so they stay 0 without a mask). A factor whose pD has one
     positive entry keeps a one-hot D whatever it learns, so the recursion runs over the others
-    only: one multiply, one sum and an update per trial for the T-maze.
+    only: one multiply, one sum and an update per trial for the T-maze. games : ``GameRows``
+    where the task starts new games (``Task.restarts``): the counts start from kappa pD again
+    at each, the recursion running over each game as a row of its own.
     """
     if model.pD is None:
         raise ValueError("model: has no pD, so its agents do not learn D")
@@ -505,7 +508,13 @@ def learned_initial_beliefs(
             evidence = evidence.expand(*batch, *evidence.shape[-L - 2 :])
             evidence = evidence.reshape(B, *evidence.shape[-L - 2 :])
         priors = [model.pD[f] for f in learnable]
-        history = count_history(eta, omega, kappa, evidence, priors, kept)
+        if games is None:
+            history = count_history(eta, omega, kappa, evidence, priors, kept)
+        else:
+            eta, omega, kappa = (games.repeat(x) for x in (eta, omega, kappa))
+            rows = games.split(evidence, -L - 1)
+            history = count_history(eta, omega, kappa, rows, priors, games.kept(kept))
+            history = [games.join(h, -2) for h in history]
         history = [h.reshape(*batch, N, K, -1) for h in history]
     beliefs = []
     for f in range(F):
@@ -593,6 +602,8 @@ class BehaviourLikelihood:
     model, settings : the agent; observations int (N, K, T, M), actions int (N, K, T-1, F);
     params : the names (``PARAMETERS``) that will be given when it is called; the others take
     ``parameter_defaults(settings)``. present : bool (N, K), optional, the trials that exist.
+    starts : bool (K,), optional: the trials that start a game (``Task.game_starts``), where
+    the pD counts start again.
 
     What does not depend on the fitted parameters is computed here, once: the policy values
     when neither a learning parameter nor zeta is fitted, else the per-trial evidence lambda_k
@@ -608,6 +619,7 @@ class BehaviourLikelihood:
         actions: Tensor,
         params=("gamma", "alpha"),
         present: Tensor | None = None,
+        starts: Tensor | None = None,
     ):
         unknown = sorted(set(params) - set(PARAMETERS))
         if unknown:
@@ -623,6 +635,9 @@ class BehaviourLikelihood:
         self.model, self.settings, self.params = model, settings, tuple(params)
         self.observations, self.actions, self.present = observations, actions, present
         self.defaults = parameter_defaults(settings)
+        starts = checked_game_starts(starts, observations.shape[1])
+        self.starts = starts
+        self.games = None if starts is None or model.pD is None else GameRows(starts.numpy())
         self.arrays = _trial_arrays(model, observations, actions)
         # the data's own checks (impossible trials) at zeta = 1: A_zeta has A's zeros
         self.evidence = None if model.pD is None else _checked_evidence(model, self.arrays, present)
@@ -639,7 +654,9 @@ class BehaviourLikelihood:
             and model.device.type == "cpu"
             and model.dtype == torch.float64
         ):
-            self.fused = PlanConstants(model, settings, self.plan, self.evidence, actions, present)
+            self.fused = PlanConstants(
+                model, settings, self.plan, self.evidence, actions, present, self.games
+            )
 
     def values(self, theta: dict) -> PolicyValues:
         """Policy values under theta (only its learning parameters and zeta matter here)."""
@@ -658,7 +675,7 @@ class BehaviourLikelihood:
                 theta.get(name, self.defaults[name]) for name in LEARNING_PARAMETERS
             )
             initial = learned_initial_beliefs(
-                self.model, evidence, rate, forget, scale, self.present
+                self.model, evidence, rate, forget, scale, self.present, self.games
             )
         return _policy_values(self.model, self.settings, arrays, initial, A, self.plan)
 

@@ -141,10 +141,12 @@ class PlanConstants:
     the steps' policies and the chosen actions (``ActionLayout``); marginal (S, sum S_f) and
     spread (sum S_f, F S): the factor marginals of a joint and each marginal back over the
     joint; kept (N, K); evidence (N, K, S_l..) and evidence_t (K, N, S_l..), the learnable
-    factors' evidence, trial-major in the second; priors: their pD.
+    factors' evidence, trial-major in the second; priors: their pD. Where the task starts new
+    games, ``games`` (``count_history.GameRows``): kept and the evidence are then the games'
+    rows, (N G, Lg) and (N G, Lg, S_l..).
     """
 
-    def __init__(self, model, settings, plan, evidence, actions, present):
+    def __init__(self, model, settings, plan, evidence, actions, present, games=None):
         N, K, T1 = actions.shape[:3]
         F, num_states = model.num_factors, tuple(model.num_states)
         S = math.prod(num_states)
@@ -169,6 +171,10 @@ class PlanConstants:
         self.kept = np.ones((N, K)) if present is None else present.numpy().astype(np.float64)
         index = tuple(slice(None) if s is None else s for s in certain)
         self.evidence = evidence[(Ellipsis, *index)].numpy()
+        self.games = games  # where the counts start again: the recursion's rows are games
+        if games is not None:
+            self.kept = games.kept(self.kept)  # (N G, Lg)
+            self.evidence = games.split(self.evidence, -len(learnable) - 1)
         self.evidence_t = np.ascontiguousarray(np.moveaxis(self.evidence, 1, 0))
         self.priors = [model.pD[f].numpy() for f in learnable]
         self.epistemic = settings.lesions.epistemic
@@ -232,15 +238,23 @@ def _forward(const: PlanConstants, theta: list[np.ndarray], wanted=(False,) * 3)
     K, T1 = const.filters.shape[1:3]
     S = len(const.marginal)
     tangents = None
+    games = const.games
+    learning = (
+        (eta, omega, kappa) if games is None else tuple(map(games.repeat, (eta, omega, kappa)))
+    )
     if len(const.priors) == 1:
         history, tangents = single_factor_tangents(
-            eta, omega, kappa, const.evidence_t, const.kept, const.priors[0], wanted
+            *learning, const.evidence_t, const.kept, const.priors[0], wanted
         )
         history = [history]
     elif const.priors:
-        history = numpy_history(eta, omega, kappa, const.evidence, const.kept, const.priors)
+        history = numpy_history(*learning, const.evidence, const.kept, const.priors)
     else:
         history = [np.ones((B, N, K, 1))]
+    own_rows = history  # the recursion's own rows (the games', where there are games)
+    if games is not None and const.priors:
+        history = [games.join(h, -2) for h in history]
+        tangents = None if tangents is None else games.join(tangents, -2)
     totals = [_sum_last(h)[..., None] for h in history]
     beliefs = [h / z for h, z in zip(history, totals, strict=True)]
     start = _outer(beliefs)  # (B, N, K, L): over the learnable factors' joint states
@@ -270,7 +284,7 @@ def _forward(const: PlanConstants, theta: list[np.ndarray], wanted=(False,) * 3)
         return None
     total, actions = found
     state = (history, tangents, totals, beliefs, normaliser, filtered, spread, X, positive)
-    state += (log_y, part, actions)
+    state += (log_y, part, actions, own_rows)
     return total.reshape(B, N, K, T1), state
 
 
@@ -282,7 +296,7 @@ def _backward(const: PlanConstants, theta, state, grad: np.ndarray, wanted=(True
     S = len(const.marginal)
     rows = B * N * K
     history, tangents, totals, beliefs, normaliser, filtered, spread, X, positive = state[:9]
-    log_y, part, actions = state[9:]
+    log_y, part, actions, rows_history = state[9:]
     c_r, gamma_r, alpha_r = _rows(c, K), _rows(gamma, K), _rows(alpha, K)
     d_score, d_gamma, d_alpha = actions_backward(
         const.layout, actions, grad.reshape(rows, T1), gamma_r, alpha_r
@@ -319,10 +333,18 @@ def _backward(const: PlanConstants, theta, state, grad: np.ndarray, wanted=(True
             (d - _sum_last(d * b)[..., None]) / z
             for d, b, z in zip(d_beliefs, beliefs, totals, strict=True)
         ]
-        if tangents is None:
+        games = const.games
+        if tangents is None and games is None:
             d_eta, d_omega, d_kappa = numpy_adjoint(
                 history, d_history, eta, omega, const.evidence, const.kept, const.priors
             )
+        elif tangents is None:  # each game a row of the recursion; its parameters repeated
+            d_rows = [games.scatter(d, -2) for d in d_history]
+            eta_r, omega_r = games.repeat(eta), games.repeat(omega)
+            found = numpy_adjoint(
+                rows_history, d_rows, eta_r, omega_r, const.evidence, const.kept, const.priors
+            )
+            d_eta, d_omega, d_kappa = (games.sum_games(d) for d in found)
         else:  # forward mode: each wanted parameter's tangent, in order
             found = iter(_sum_last(d_history[0] * tangent, 2) for tangent in tangents)
             d_eta, d_omega, d_kappa = (next(found) if w else zeros for w in wanted)

@@ -93,8 +93,7 @@ def closed_form_applies(model: GenerativeModel, settings: AgentSettings, params)
 def likelihood_for(model, settings, observations, actions, params, present=None, starts=None):
     """The likelihood of the data's actions, by the fastest route that applies:
 
-    1. ``BehaviourLikelihood``: the closed form of agents that learn at most pD (in one game:
-       its pD recursion does not start again);
+    1. ``BehaviourLikelihood``: the closed form of agents that learn at most pD;
     2. ``CountsLikelihood``: agents that learn pA or pB where the data show them their states
        (the counts of all trials at once, e.g. bandits);
     3. ``ReplayLikelihood``: the agent replaying the data, for everything else.
@@ -104,9 +103,8 @@ def likelihood_for(model, settings, observations, actions, params, present=None,
     """
     check_fittable(model, settings, params)
     starts = checked_game_starts(starts, observations.shape[1])
-    restarting = starts is not None and model.pD is not None
-    if closed_form_applies(model, settings, params) and not restarting:
-        return BehaviourLikelihood(model, settings, observations, actions, params, present)
+    if closed_form_applies(model, settings, params):
+        return BehaviourLikelihood(model, settings, observations, actions, params, present, starts)
     if (
         settings.inference == "exact"
         and settings.efe_method == "exact"

@@ -110,3 +110,27 @@ def test_forward_mode_tangents_are_the_adjoints_gradients(forgets, gaps, wanted)
         if flag:
             assert_close((weights * next(found)).sum((-1, -2)), gradient)
     assert next(found, None) is None
+
+
+def test_game_rows_round_trip_and_their_adjoints(rng):
+    """``GameRows``: games of 3, 2 and 4 trials as rows; join undoes split; scatter and
+    sum_games are the adjoints of join and repeat (<join x, y> = <x, scatter y>); the padding
+    teaches nothing."""
+    from pp_aif.fitting.count_history import GameRows
+
+    starts = np.array([1, 0, 0, 1, 0, 1, 0, 0, 0], dtype=bool)
+    games = GameRows(starts)
+    assert (games.G, games.Lg) == (3, 4)
+    x = rng.normal(size=(2, 5, 9, 3))  # (B, N, K, S)
+    rows = games.split(x, -2)
+    assert rows.shape == (2, 15, 4, 3)
+    assert_close(games.join(rows, -2), x)
+    assert_close(games.join(games.split(torch.as_tensor(x), -2), -2), torch.as_tensor(x))
+    u, y = rng.normal(size=rows.shape), rng.normal(size=x.shape)
+    assert_close(np.sum(games.join(u, -2) * y), np.sum(u * games.scatter(y, -2)))
+    p, q = rng.normal(size=(2, 5)), rng.normal(size=(2, 15))
+    assert_close(np.sum(games.repeat(p) * q), np.sum(p * games.sum_games(q)))
+    kept = games.kept(np.ones((5, 9)))
+    assert kept.sum() == 5 * 9 and kept[:3].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1] * 4]
+    with pytest.raises(ValueError, match="trial 0 must start a game"):
+        GameRows(np.array([0, 1, 0], dtype=bool))

@@ -425,3 +425,76 @@ def test_wild_parameters_give_numbers_not_warnings(case):
     assert found is None or not np.isfinite(found[0]).all()
     history = learned_initial_beliefs(model, likelihood.evidence, 1e308, 0.5, 1e308)
     assert not all(bool(torch.isfinite(h).all()) for h in history)
+
+
+def _one_learnable_factor(rng):
+    """As ``case``, but the second factor's pD and D are one-hot: one factor learns (the
+    recursion's forward-mode tangents), as in the T-maze."""
+    arrays = random_arrays(rng, (3, 2), (3, 2), (3, 2), zero_fraction=0.2)
+    arrays.D[0] = np.array([0.6, 0.4, 0.0])
+    arrays.D[1] = np.array([1.0, 0.0])
+    pD = [np.array([1.5, 1.0, 0.0]), np.array([2.0, 0.0])]
+    C = [rng.normal(size=3), rng.normal(size=(2, T))]
+    model = _model(arrays, C, pD, pp_aif.construct_policies((3, 2), 2))
+    pairs = [sample_sequence(rng, arrays, T) for _ in range(N * K)]
+    observations = torch.as_tensor(np.stack([o for o, _ in pairs])).reshape(N, K, T, -1)
+    actions = torch.as_tensor(np.stack([a for _, a in pairs])).reshape(N, K, T - 1, -1)
+    return model, observations, actions
+
+
+@pytest.mark.parametrize("factors", ["two learn (the adjoint)", "one learns (the tangents)"])
+def test_the_recursion_starts_each_game_afresh(case, rng, factors):
+    """Games of trials 0 and 1-3 (``Task.restarts``): every route of the closed form (the plan
+    in numpy, the plan in torch, the filter with the kernel, and with zeta fitted) equals the
+    agent replaying the choices with its counts starting again, values and gradients."""
+    from pp_aif.fitting.replay import ReplayLikelihood, likelihood_for
+
+    if factors.startswith("two"):
+        model, observations, actions = case[3:]
+    else:
+        model, observations, actions = _one_learnable_factor(rng)
+    assert len(model.learnable_initial_factors[0]) == (2 if factors.startswith("two") else 1)
+    starts = torch.tensor([True, True, False, False])
+    present = torch.ones(N, K, dtype=torch.bool)
+    present[1, 2] = False
+    settings = AgentSettings()
+    chosen = likelihood_for(model, settings, observations, actions, WITHOUT_ZETA, present, starts)
+    assert isinstance(chosen, BehaviourLikelihood) and chosen.fused is not None
+    torch_plan, kernels = (
+        BehaviourLikelihood(model, settings, observations, actions, WITHOUT_ZETA, present, starts)
+        for _ in range(2)
+    )
+    torch_plan.fused = None
+    kernels.fused, kernels.plan = None, None
+    with_zeta = BehaviourLikelihood(
+        model, settings, observations, actions, PARAMETERS, present, starts
+    )
+    cases = ((WITHOUT_ZETA, (chosen, torch_plan, kernels)), (PARAMETERS, (with_zeta,)))
+    for names, routes in cases:
+        replay = ReplayLikelihood(model, settings, observations, actions, names, present, starts)
+        theta = {
+            name: torch.tensor(THETA[name], dtype=torch.float64).expand(2, N).clone()
+            for name in names
+        }
+        inputs = {name: value.requires_grad_(True) for name, value in theta.items()}
+        expected = replay(inputs)
+        mask = present[..., None].expand(2, N, K, T - 1)
+        want = torch.autograd.grad(expected[mask].sum(), list(inputs.values()))
+        for route in routes:
+            value = route(inputs)
+            assert_close(value[mask], expected[mask])
+            got = torch.autograd.grad(value[mask].sum(), list(inputs.values()))
+            assert_close(got, want)
+    # the route NUTS takes: numpy's value and gradient
+    theta = {name: np.asarray(THETA[name])[None] for name in WITHOUT_ZETA}
+    value, gradients = chosen.numpy_value_and_gradient(theta, present.numpy().astype(float))
+    inputs = {name: torch.tensor(v, requires_grad=True) for name, v in theta.items()}
+    expected = ReplayLikelihood(
+        model, settings, observations, actions, WITHOUT_ZETA, present, starts
+    )(inputs)
+    expected = torch.where(present[..., None], expected, 0.0).sum((-1, -2))
+    assert_close(value, expected)
+    for name, g in zip(
+        WITHOUT_ZETA, torch.autograd.grad(expected.sum(), list(inputs.values())), strict=True
+    ):
+        assert_close(gradients[name], g, msg=name)

@@ -377,8 +377,7 @@ def test_an_agent_that_infers_by_an_svi_guide_is_fitted_through_the_replay(rng):
 def test_the_replay_starts_each_game_afresh(rng, learned):
     """Where the task starts new games (``Task.restarts``), the replay puts each agent's counts
     back to their first values there, as one agent replaying by hand does; the trials of a
-    later game then differ from the same replay in one game. A pD learner leaves its closed
-    form (whose recursion runs over every trial) for the replay."""
+    later game then differ from the same replay in one game."""
     arrays = random_arrays(rng, (3,), (3, 2), (2,), zero_fraction=0.2)
     counts = {"pA": None, "pB": None, "pD": None}
     counts[learned] = [
@@ -398,8 +397,7 @@ def test_the_replay_starts_each_game_afresh(rng, learned):
     starts = torch.tensor([True, False, True])  # games: trials 0-1, trial 2
     names = WITHOUT_ZETA
     settings = AgentSettings()
-    replay = likelihood_for(model, settings, observations, actions, names, present, starts)
-    assert isinstance(replay, ReplayLikelihood)
+    replay = ReplayLikelihood(model, settings, observations, actions, names, present, starts)
     theta = _theta(names, batch=(2,))
     value = replay(theta)
     expected = _one_at_a_time(
