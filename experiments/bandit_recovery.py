@@ -22,12 +22,19 @@ alpha / eta at 0.8 / 0.5 / 0.2 and 200 trials, 0.93 / 0.88 at 0.7 / 0.5 / 0.3 an
 0.89 at 300). With omega fitted too, eta and omega trade off within a subject (eta adds,
 omega forgets).
 
+Two designs let the data carry eta all session long (issue 16's measurements, docs/experiments.md):
+``--forgetting omega``, agents that forget at a known rate (a task setting, not fitted: the
+counts then stay bounded, so eta keeps setting how large they are, and with them the novelty
+and the step of each update), and ``--game-length n``, games of n trials whose counts start
+again (``Task.restarts``), so that every game has the early trials in which eta shows.
+
 Run: ``python experiments/bandit_recovery.py --out experiments/results`` (JSON + figure).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import warnings
@@ -56,6 +63,8 @@ class Config:
     num_subjects: int = 40
     num_trials: int = 300
     reward_probabilities: tuple[float, ...] = (0.7, 0.5, 0.3)
+    forgetting: float = 0.0  # the agents' own forgetting rate, known (a task setting, not fitted)
+    game_length: int | None = None  # trials per game, where the counts start again (restarts)
     params: tuple[str, ...] = ("alpha", "learning_rate")
     chains: int = 2
     warmup: int = 300
@@ -76,6 +85,11 @@ def run(config: Config) -> dict:
         from pp_aif.tasks.bandit import build
 
         task = build(tuple(config.reward_probabilities))
+    if config.forgetting:
+        settings = dataclasses.replace(task.settings, forgetting=config.forgetting)
+        task = dataclasses.replace(task, settings=settings)
+    if config.game_length:
+        task = dataclasses.replace(task, restarts=config.game_length)
     truth = prior_draws(config.params, config.num_subjects, generator)
     simulated = simulate_subjects(task, truth, config.num_trials, config.seed)
     data = BehaviourData.read(long_format(simulated, task), task)
@@ -135,6 +149,18 @@ def main(argv=None) -> None:
         "--params", default=",".join(defaults.params), help="comma-separated parameters to fit"
     )
     parser.add_argument(
+        "--reward-probabilities", default=",".join(map(str, defaults.reward_probabilities)),
+        help="each arm's probability of paying, comma-separated",
+    )  # fmt: skip
+    parser.add_argument(
+        "--forgetting", type=float, default=defaults.forgetting,
+        help="the agents' forgetting rate omega, known to the fit (not fitted unless in --params)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--game-length", type=int, default=None,
+        help="trials per game: each agent's counts start again every this many trials",
+    )  # fmt: skip
+    parser.add_argument(
         "--scheduler",
         default=None,
         help="Dask scheduler address for the fits (default: a local cluster; 'inline': none)",
@@ -143,6 +169,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=defaults.out)
     args = parser.parse_args(argv)
     args.params = tuple(name.strip() for name in args.params.split(",") if name.strip())
+    args.reward_probabilities = tuple(float(p) for p in args.reward_probabilities.split(","))
     config = Config(**vars(args))
     results = run(config)
     for name, r in results["recovery"].items():

@@ -140,6 +140,8 @@ def test_bandit_recovery_smoke(tmp_path):
     config = BanditConfig(
         num_subjects=3,
         num_trials=6,
+        forgetting=0.1,  # known to the fit
+        game_length=3,  # two games: the counts start again at trial 3
         warmup=20,
         draws=20,
         subjects_per_job=2,
@@ -154,6 +156,8 @@ def test_bandit_recovery_smoke(tmp_path):
         assert row == results["recovery"][name]
     assert set(written["posterior_correlations"]) == {"alpha:learning_rate"}
     assert written["config"]["reward_probabilities"] == [0.7, 0.5, 0.3]
+    assert (written["config"]["forgetting"], written["config"]["game_length"]) == (0.1, 3)
+    assert written["likelihood"] == "CountsLikelihood"
     assert (tmp_path / "bandit_recovery.png").stat().st_size > 10_000
     assert written["jobs"] == {"computed": 2, "resumed": 0}  # groups of 2 and 1
 
