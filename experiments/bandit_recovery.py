@@ -24,8 +24,9 @@ omega forgets).
 
 Two designs let the data carry eta all session long (issue 16's measurements, docs/experiments.md):
 ``--forgetting omega``, agents that forget at a known rate (a task setting, not fitted: the
-counts then stay bounded, so eta keeps setting how large they are, and with them the novelty
-and the step of each update), and ``--game-length n``, games of n trials whose counts start
+counts then stay bounded, near eta / omega times an arm's share of the pulls, so eta keeps
+setting their size and with it the novelty that draws the agent to arms it knows little
+about), and ``--game-length n``, games of n trials whose counts start
 again (``Task.restarts``), so that every game has the early trials in which eta shows.
 
 Run: ``python experiments/bandit_recovery.py --out experiments/results`` (JSON + figure).
