@@ -325,3 +325,28 @@ def test_amortised_fitting_smoke(tmp_path):
     assert written["speed"]["without_pointwise"] > 0 and results["speed"]["subjects"] == 4
     assert (tmp_path / "amortised_fitting.png").stat().st_size > 10_000
     assert (tmp_path / "amortised_fitting_estimator.pt").is_file()
+
+
+@pytest.mark.integration
+def test_bandit_designs_smoke(tmp_path):
+    """Two designs (one game; games of 2 trials with forgetting) at a tiny size; bad designs
+    are named."""
+    from experiments.bandit_designs import Config as DesignsConfig
+    from experiments.bandit_designs import parse_design
+    from experiments.bandit_designs import run as run_designs
+
+    results = run_designs(
+        DesignsConfig(designs=("4:0:0", "4:2:0.1"), num_subjects=4, steps=3, out=tmp_path)
+    )
+    written = json.loads((tmp_path / "bandit_designs.json").read_text())
+    assert written["designs"] == results["designs"]
+    assert [(d["trials"], d["game"], d["forgetting"]) for d in written["designs"]] == [
+        (4, 0, 0.0),
+        (4, 2, 0.1),
+    ]
+    for row in written["designs"]:
+        assert -1 <= row["r_log_alpha"] <= 1 and -1 <= row["r_log_learning_rate"] <= 1
+    assert (tmp_path / "bandit_designs.png").stat().st_size > 10_000
+    for bad in ("300:10", "x:1:0", "300:-1:0", "300:0:1"):
+        with pytest.raises(ValueError, match=rf"design '{bad}'"):
+            parse_design(bad)
