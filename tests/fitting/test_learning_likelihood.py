@@ -44,9 +44,16 @@ def _model(arrays, C, pD, policies, zeta=1.0):
 @pytest.fixture
 def case(rng):
     """Two factors; the first has a pD with one structural zero, the second a positive one."""
+    return _pD_case(rng, second_D=None, second_pD=np.array([2.0, 3.0]))
+
+
+def _pD_case(rng, second_D, second_pD):
+    """``case``, with the second factor's D (None: random) and pD given."""
     arrays = random_arrays(rng, (3, 2), (3, 2), (3, 2), zero_fraction=0.2)
     arrays.D[0] = np.array([0.6, 0.4, 0.0])
-    pD = [np.array([1.5, 1.0, 0.0]), np.array([2.0, 3.0])]
+    if second_D is not None:
+        arrays.D[1] = second_D
+    pD = [np.array([1.5, 1.0, 0.0]), second_pD]
     C = [rng.normal(size=3), rng.normal(size=(2, T))]
     model = _model(arrays, C, pD, pp_aif.construct_policies((3, 2), 2))
     pairs = [sample_sequence(rng, arrays, T) for _ in range(N * K)]
@@ -430,15 +437,9 @@ def test_wild_parameters_give_numbers_not_warnings(case):
 def _one_learnable_factor(rng):
     """As ``case``, but the second factor's pD and D are one-hot: one factor learns (the
     recursion's forward-mode tangents), as in the T-maze."""
-    arrays = random_arrays(rng, (3, 2), (3, 2), (3, 2), zero_fraction=0.2)
-    arrays.D[0] = np.array([0.6, 0.4, 0.0])
-    arrays.D[1] = np.array([1.0, 0.0])
-    pD = [np.array([1.5, 1.0, 0.0]), np.array([2.0, 0.0])]
-    C = [rng.normal(size=3), rng.normal(size=(2, T))]
-    model = _model(arrays, C, pD, pp_aif.construct_policies((3, 2), 2))
-    pairs = [sample_sequence(rng, arrays, T) for _ in range(N * K)]
-    observations = torch.as_tensor(np.stack([o for o, _ in pairs])).reshape(N, K, T, -1)
-    actions = torch.as_tensor(np.stack([a for _, a in pairs])).reshape(N, K, T - 1, -1)
+    _, _, _, model, observations, actions = _pD_case(
+        rng, second_D=np.array([1.0, 0.0]), second_pD=np.array([2.0, 0.0])
+    )
     return model, observations, actions
 
 
