@@ -219,7 +219,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = Config()
     integers = ("simulations", "trials", "epochs", "hidden", "transforms", "patience")
-    for name in (*integers, "held_out", "speed_subjects", "seed"):
+    nuts = ("chains", "warmup", "draws")  # the NUTS reference's
+    for name in (*integers, *nuts, "held_out", "speed_subjects", "seed", "threads"):
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
         )
@@ -231,6 +232,7 @@ def main(argv=None) -> None:
     config = Config(
         simulations=args.simulations, trials=args.trials, epochs=args.epochs,
         hidden=args.hidden, transforms=args.transforms, patience=args.patience,
+        chains=args.chains, warmup=args.warmup, draws=args.draws, threads=args.threads,
         held_out=args.held_out, speed_subjects=args.speed_subjects, seed=args.seed,
         flows=tuple(args.flows.split(",")), scheduler=args.scheduler, workers=args.workers,
         out=args.out,
