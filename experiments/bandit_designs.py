@@ -21,7 +21,6 @@ Run: ``python experiments/bandit_designs.py --out experiments/results`` (JSON
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pp_aif  # noqa: E402
+from experiments.bandit_recovery import bandit_task  # noqa: E402
 from pp_aif.atomic import save_figure, write_json  # noqa: E402
 from pp_aif.data import BehaviourData, long_format  # noqa: E402
 from pp_aif.fitting import prior_draws  # noqa: E402
@@ -72,21 +72,13 @@ def parse_design(design: str) -> tuple[int, int, float]:
     return trials, game, omega
 
 
-def design_task(config: Config, game: int, omega: float):
-    from pp_aif.tasks.bandit import build
-
-    task = build(tuple(config.reward_probabilities))
-    settings = dataclasses.replace(task.settings, forgetting=omega)
-    return dataclasses.replace(task, settings=settings, restarts=game or None)
-
-
 def run(config: Config) -> dict:
     torch.set_num_threads(config.threads)
     designs = [parse_design(d) for d in config.designs]  # every design checked first
     truth = prior_draws(PARAMS, config.num_subjects, torch.Generator().manual_seed(config.seed))
     rows = []
     for design, (trials, game, omega) in zip(config.designs, designs, strict=True):
-        task = design_task(config, game, omega)
+        task = bandit_task(config.reward_probabilities, omega, game)
         simulated = simulate_subjects(task, truth, trials, config.seed)
         data = BehaviourData.read(long_format(simulated, task), task)
         start = time.perf_counter()

@@ -78,19 +78,20 @@ class Config:
     out: Path = field(default_factory=lambda: Path("experiments/results"))
 
 
+def bandit_task(reward_probabilities, forgetting: float = 0.0, game_length: int | None = None):
+    """The bandit with these arms, its agents forgetting at ``forgetting`` (a task setting,
+    so the fit is given it), in games of ``game_length`` trials (None or 0: one game)."""
+    from pp_aif.tasks.bandit import build
+
+    task = build(tuple(reward_probabilities))
+    settings = dataclasses.replace(task.settings, forgetting=forgetting)
+    return dataclasses.replace(task, settings=settings, restarts=game_length or None)
+
+
 def run(config: Config) -> dict:
     torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)
-    task = pp_aif.load_task("bandit")
-    if tuple(config.reward_probabilities) != (0.8, 0.5, 0.2):
-        from pp_aif.tasks.bandit import build
-
-        task = build(tuple(config.reward_probabilities))
-    if config.forgetting:
-        settings = dataclasses.replace(task.settings, forgetting=config.forgetting)
-        task = dataclasses.replace(task, settings=settings)
-    if config.game_length:
-        task = dataclasses.replace(task, restarts=config.game_length)
+    task = bandit_task(config.reward_probabilities, config.forgetting, config.game_length)
     truth = prior_draws(config.params, config.num_subjects, generator)
     simulated = simulate_subjects(task, truth, config.num_trials, config.seed)
     data = BehaviourData.read(long_format(simulated, task), task)

@@ -329,7 +329,7 @@ class GameRows:
         if len(first) == 0 or first[0] != 0:
             raise ValueError("starts: trial 0 must start a game")
         lengths = np.diff(np.append(first, K))
-        self.G, self.Lg, self.K = len(first), int(lengths.max()), K
+        self.G, self.Lg = len(first), int(lengths.max())
         within = np.arange(self.Lg)
         self.source = np.minimum(first[:, None] + within, K - 1).reshape(-1)  # (G Lg,)
         self.valid = (within[None, :] < lengths[:, None]).reshape(-1)  # (G Lg,)

@@ -194,7 +194,6 @@ class CountsLikelihood:
         if starts is not None:
             game = torch.cumsum(starts.to(model.device), 0)
             earlier = earlier * (game[:, None] == game[None, :])
-        self.starts = starts
         self.earlier = earlier[None] * mask[:, None, :]  # (N, K, J)
         self.before = self.earlier.sum(-1)
         # the likelihood in numpy with its gradient (``counts_fused``), for NUTS on the CPU

@@ -636,7 +636,6 @@ class BehaviourLikelihood:
         self.observations, self.actions, self.present = observations, actions, present
         self.defaults = parameter_defaults(settings)
         starts = checked_game_starts(starts, observations.shape[1])
-        self.starts = starts
         self.games = None if starts is None or model.pD is None else GameRows(starts.numpy())
         self.arrays = _trial_arrays(model, observations, actions)
         # the data's own checks (impossible trials) at zeta = 1: A_zeta has A's zeros

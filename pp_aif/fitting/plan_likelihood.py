@@ -334,17 +334,17 @@ def _backward(const: PlanConstants, theta, state, grad: np.ndarray, wanted=(True
             for d, b, z in zip(d_beliefs, beliefs, totals, strict=True)
         ]
         games = const.games
-        if tangents is None and games is None:
-            d_eta, d_omega, d_kappa = numpy_adjoint(
-                history, d_history, eta, omega, const.evidence, const.kept, const.priors
-            )
-        elif tangents is None:  # each game a row of the recursion; its parameters repeated
-            d_rows = [games.scatter(d, -2) for d in d_history]
-            eta_r, omega_r = games.repeat(eta), games.repeat(omega)
+        if tangents is None:  # the adjoint over the recursion's rows (each game one, if any)
+            d_rows, eta_r, omega_r = d_history, eta, omega
+            if games is not None:
+                d_rows = [games.scatter(d, -2) for d in d_history]
+                eta_r, omega_r = games.repeat(eta), games.repeat(omega)
             found = numpy_adjoint(
                 rows_history, d_rows, eta_r, omega_r, const.evidence, const.kept, const.priors
             )
-            d_eta, d_omega, d_kappa = (games.sum_games(d) for d in found)
+            if games is not None:
+                found = [games.sum_games(d) for d in found]
+            d_eta, d_omega, d_kappa = found
         else:  # forward mode: each wanted parameter's tangent, in order
             found = iter(_sum_last(d_history[0] * tangent, 2) for tangent in tangents)
             d_eta, d_omega, d_kappa = (next(found) if w else zeros for w in wanted)

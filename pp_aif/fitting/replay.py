@@ -102,7 +102,6 @@ def likelihood_for(model, settings, observations, actions, params, present=None,
     routes are the same number (tested to 1e-10, gradients too).
     """
     check_fittable(model, settings, params)
-    starts = checked_game_starts(starts, observations.shape[1])
     if closed_form_applies(model, settings, params):
         return BehaviourLikelihood(model, settings, observations, actions, params, present, starts)
     if (
