@@ -58,6 +58,7 @@ class Config:
     hidden: int = 64  # the estimator's units (EstimatorSettings.hidden)
     transforms: int = 3  # its flow's layers
     patience: int = 8  # epochs without a better validation loss before training stops
+    schedule: str = "constant"  # Adam's step size over training (EstimatorSettings.schedule)
     flows: tuple[str, ...] = ("zuko", "pyro")
     held_out: int = 100
     chains: int = 2
@@ -112,7 +113,7 @@ def run(config: Config) -> dict:
         settings = EstimatorSettings(
             simulations=config.simulations, trials=config.trials, min_trials=config.min_trials,
             epochs=config.epochs, flow=flow, seed=config.seed, hidden=config.hidden,
-            transforms=config.transforms, patience=config.patience,
+            transforms=config.transforms, patience=config.patience, schedule=config.schedule,
         )  # fmt: skip
         estimator, record = train_estimator(
             task, config.params, settings, progress=lambda line: print(f"  {line}", flush=True)
@@ -225,6 +226,7 @@ def main(argv=None) -> None:
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
         )
     parser.add_argument("--flows", default=",".join(defaults.flows))
+    parser.add_argument("--schedule", default=defaults.schedule, help="constant or cosine")
     parser.add_argument("--scheduler", default=None, help="Dask scheduler (default: local)")
     parser.add_argument("--workers", type=int, default=None, help="local cluster's processes")
     parser.add_argument("--out", type=Path, default=defaults.out)
@@ -232,7 +234,8 @@ def main(argv=None) -> None:
     config = Config(
         simulations=args.simulations, trials=args.trials, epochs=args.epochs,
         hidden=args.hidden, transforms=args.transforms, patience=args.patience,
-        chains=args.chains, warmup=args.warmup, draws=args.draws, threads=args.threads,
+        schedule=args.schedule, chains=args.chains, warmup=args.warmup, draws=args.draws,
+        threads=args.threads,
         held_out=args.held_out, speed_subjects=args.speed_subjects, seed=args.seed,
         flows=tuple(args.flows.split(",")), scheduler=args.scheduler, workers=args.workers,
         out=args.out,

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -46,13 +47,16 @@ from pp_aif.validation import check_integer, check_number
 
 __all__ = [
     "FLOWS",
+    "SCHEDULES",
     "EstimatorSettings",
     "PosteriorEstimator",
     "estimator_draws",
+    "importance_resample",
     "task_signature",
 ]
 
 FLOWS = ("zuko", "pyro")
+SCHEDULES = ("constant", "cosine")
 _FORMAT = "pp_aif.posterior_estimator/1"
 
 
@@ -165,6 +169,28 @@ class PosteriorEstimator(nn.Module):
             u = u.double() * self.scale.double() + self.shift.double()
         return {name: LINKS[name](u[..., i]) for i, name in enumerate(self.signature["params"])}
 
+    def proposals(self, observations, actions, present, n: int) -> tuple[Tensor, Tensor]:
+        """n draws of each subject's unconstrained parameters u = link(theta) and their log
+        density: (u (n, B, d), ln q(u | x) (n, B)), float64, for importance sampling
+        (``importance_resample``). With Pyro's flow padded to 2 dimensions (d = 1), the density
+        is q(u, v) / N(v; 0, 1) at the padding's own draw v: an importance weight p(u) / that is
+        exact for the target p(u) N(v; 0, 1), whose u-marginal is p(u)."""
+        with torch.no_grad():
+            context = self.encoder(observations, actions, present)
+            flow = self._distribution(context)
+            if isinstance(flow, _Padded):
+                full = flow.flow.sample((n,))
+                log_q = flow.flow.log_prob(full)
+                padding = full[..., flow.d :]
+                log_q = log_q - torch.distributions.Normal(0.0, 1.0).log_prob(padding).sum(-1)
+                z = full[..., : flow.d]
+            else:
+                z, log_q = flow.rsample_and_log_prob((n,))
+            u = z.double() * self.scale.double() + self.shift.double()
+            # the standardisation's Jacobian: u = z * scale + shift
+            log_q = log_q.double() - torch.log(self.scale.double()).sum()
+        return u, log_q
+
     def check(self, signature: dict, num_trials: int) -> None:
         """ValueError naming what differs where the estimator was trained for another task,
         agent, parameters or priors, or for fewer trials than ``num_trials``."""
@@ -235,8 +261,10 @@ class EstimatorSettings:
     simulations : subjects simulated from the priors; trials : the most trials a subject
     (each simulated subject does between ``min_trials`` and ``trials``); hidden : H, the units
     of the trial coder, the GRU and the flow's networks; transforms : the flow's layers; flow :
-    ``"zuko"`` or ``"pyro"``; epochs, batch_size, learning_rate : Adam's; patience : epochs
-    without a better validation loss before stopping; validation : the fraction held out.
+    ``"zuko"`` or ``"pyro"``; epochs, batch_size, learning_rate : Adam's; schedule : Adam's
+    step size over training, ``"constant"`` or ``"cosine"`` (from ``learning_rate`` down to 0
+    over ``epochs``, each batch a step; Loshchilov & Hutter 2017); patience : epochs without a
+    better validation loss before stopping; validation : the fraction held out.
     """
 
     simulations: int = 20_000
@@ -248,6 +276,7 @@ class EstimatorSettings:
     epochs: int = 60
     batch_size: int = 256
     learning_rate: float = 1e-3
+    schedule: str = "constant"
     patience: int = 8
     validation: float = 0.1
     seed: int = 0
@@ -261,6 +290,8 @@ class EstimatorSettings:
             raise ValueError(f"min_trials: {self.min_trials} is more than trials {self.trials}")
         if self.flow not in FLOWS:
             raise ValueError(f"flow: {self.flow!r} is not one of {FLOWS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: {self.schedule!r} is not one of {SCHEDULES}")
         check_number("learning_rate", self.learning_rate, minimum=0, exclusive_minimum=True)
         check_number("validation", self.validation, minimum=0, exclusive_minimum=True)
         if self.validation >= 1 or self.simulations * self.validation < 1:
@@ -270,8 +301,53 @@ class EstimatorSettings:
             )
 
 
-def estimator_draws(estimator: PosteriorEstimator, task, data, params, priors, settings, draws):
-    """``fit(method="amortised")``'s draws: {name: (1, draws, N)} float64, after the checks."""
+def importance_resample(u: Tensor, log_weights: Tensor, draws: int, generator=None) -> dict:
+    """Pareto-smoothed importance sampling (PSIS; Vehtari et al. 2024) of each subject's
+    proposals, then ``draws`` of them resampled by weight (with replacement).
+
+    u : (M, N, d) proposals; log_weights : (M, N), ln p(u, data) - ln q(u) (-inf where the
+    target has no mass). Returns {"u": (draws, N, d), "pareto_k": (N,), "ess": (N,)}: the
+    resampled proposals, the fitted Pareto shape of each subject's largest weights (below 0.7
+    the estimate is reliable, above it the proposal misses the posterior's tail) and the
+    effective sample size of the smoothed weights, 1 / sum w^2. ``generator``: the
+    resampling's (default torch's global one)."""
+    import arviz as az
+
+    log_weights = log_weights.double()
+    M, N = log_weights.shape
+    if M < 2:
+        raise ValueError(f"importance: {M} proposal a subject cannot be weighed; give 2 or more")
+    finite = torch.isfinite(log_weights).any(0)
+    if not bool(finite.all()):
+        index = int((~finite).nonzero()[0])
+        raise FloatingPointError(
+            f"importance: every proposal of subject {index} has zero target density (or a "
+            "non-finite one); the estimator does not cover this subject's posterior"
+        )
+    smoothed, pareto_k = az.psislw(log_weights.T.numpy().copy())  # (N, M) normalised
+    weights = torch.as_tensor(np.exp(smoothed))  # (N, M)
+    ess = 1.0 / (weights**2).sum(1)
+    chosen = torch.multinomial(weights, draws, replacement=True, generator=generator)  # (N, D)
+    resampled = u[chosen.T, torch.arange(N)[None, :]]  # (D, N, d)
+    return {"u": resampled, "pareto_k": torch.as_tensor(pareto_k), "ess": ess}
+
+
+def estimator_draws(
+    estimator: PosteriorEstimator,
+    task,
+    data,
+    params,
+    priors,
+    settings,
+    draws,
+    importance: int | None = None,
+    log_target=None,
+):
+    """``fit(method="amortised")``'s draws, after the checks: ({name: (1, draws, N)} float64,
+    attributes). With ``importance`` proposals a subject and ``log_target`` (u (M, N, d) ->
+    ln p(u, data) (M, N)), the draws are resampled from the proposals by their Pareto-smoothed
+    importance weights (``importance_resample``), and the attributes hold each subject's Pareto
+    k and effective sample size."""
     # (the data fit the task, checked by fit; the task is the estimator's, checked here)
     estimator.check(task_signature(task, settings, params, priors), data.present.shape[1])
     empty = ~data.present.any(1)
@@ -279,5 +355,18 @@ def estimator_draws(estimator: PosteriorEstimator, task, data, params, priors, s
         raise DataError(
             f"data: subject {data.subjects[int(empty.nonzero()[0])]!r} has no present trial"
         )
-    values = estimator.draws(data.observations.cpu(), data.actions.cpu(), data.present.cpu(), draws)
-    return {name: value[None] for name, value in values.items()}
+    x = (data.observations.cpu(), data.actions.cpu(), data.present.cpu())
+    if importance is None:
+        values = estimator.draws(*x, draws)
+        return {name: value[None] for name, value in values.items()}, {}
+    u, log_q = estimator.proposals(*x, importance)
+    found = importance_resample(u, log_target(u) - log_q, draws)
+    sites = {
+        name: LINKS[name](found["u"][..., i])[None]
+        for i, name in enumerate(estimator.signature["params"])
+    }
+    return sites, {
+        "importance_proposals": importance,
+        "importance_pareto_k": found["pareto_k"].tolist(),
+        "importance_ess": found["ess"].tolist(),
+    }

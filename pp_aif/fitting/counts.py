@@ -261,13 +261,16 @@ class CountsLikelihood:
             first.append(policies[:, 0, :])
         return PolicyValues(base, pragmatic, log_prior, first, self.actions, model.num_controls)
 
-    def numpy_value_and_gradient(self, theta: dict, present: np.ndarray | None):
+    def numpy_value_and_gradient(
+        self, theta: dict, present: np.ndarray | None, gradient: bool = True
+    ):
         """As ``BehaviourLikelihood.numpy_value_and_gradient``, by ``counts_fused``."""
         if self.fused is None:
             return None
         return fused_value_and_gradient(
-            counts_value_and_gradient, self.fused, self.defaults, self.actions.shape, theta, present
-        )
+            counts_value_and_gradient, self.fused, self.defaults, self.actions.shape, theta,
+            present, gradient,
+        )  # fmt: skip
 
     def _precisions(self, theta):
         return (theta.get(n, self.defaults[n]) for n in ("gamma", "alpha", "preference"))

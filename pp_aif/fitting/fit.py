@@ -45,7 +45,7 @@ from pp_aif.fitting.replay import likelihood_for
 from pp_aif.parameters import LINKS, PARAMETERS, chosen_priors, default_priors
 from pp_aif.programs import behaviour, population_prior
 from pp_aif.simulation import settings_attributes
-from pp_aif.validation import check_flag
+from pp_aif.validation import check_flag, check_integer
 
 __all__ = [
     "fit",
@@ -95,6 +95,7 @@ def fit(
     width: float = 8.0,
     device=None,
     estimator=None,
+    importance: int | None = None,
     pointwise: bool = True,
 ) -> az.InferenceData:
     """Fit the agent's parameters to each subject's actions.
@@ -116,7 +117,14 @@ def fit(
     estimator : method "amortised", a trained ``PosteriorEstimator`` or the path of one
     (``pp_aif.fitting.amortised.train_estimator``, ``pp-aif train``): ``draws`` draws per
     subject from its q(theta | the subject's data), one "chain"; refused for another task,
-    agent, parameters or priors, or more trials than it was trained on; pointwise : compute
+    agent, parameters or priors, or more trials than it was trained on; importance : method
+    "amortised", correct the estimator's draws by importance sampling with the agent's exact
+    likelihood: this many proposals per subject from the estimator, weighed by prior x
+    likelihood / q, Pareto-smoothed (PSIS), of which ``draws`` are resampled by weight; the
+    attributes ``importance_pareto_k`` and ``importance_ess`` give each subject's Pareto shape
+    (above 0.7 the draws are unreliable, and are warned about by name) and effective sample
+    size; it costs one likelihood evaluation per proposal (default None: the estimator's
+    draws as they are); pointwise : compute
     the log-likelihood of every subject's trials at every draw (the ``log_likelihood`` group,
     which LOO and ``pp-aif compare`` need; for many subjects and draws it costs more than an
     amortised fit itself), or leave the group out.
@@ -129,6 +137,12 @@ def fit(
             if estimator is None
             else f"estimator: only method 'amortised' takes an estimator, not {method!r}"
         )
+    if importance is not None:
+        if method != "amortised":
+            raise ValueError(
+                f"importance: only method 'amortised' reweighs its draws, not {method!r}"
+            )
+        check_integer("importance", importance, minimum=2)
     settings = settings or task.settings or AgentSettings()
     if device is not None:
         if method == "grid":
@@ -168,7 +182,10 @@ def fit(
             )
             stats = {"diverging": np.zeros((1, 1), dtype=bool)}
         elif method == "amortised":
-            sites, extra = _run_amortised(estimator, task, data, params, priors, settings, draws)
+            sites, extra = _run_amortised(
+                estimator, task, data, params, priors, settings, draws, seed, importance,
+                likelihood, program,
+            )  # fmt: skip
             stats = {"diverging": np.zeros((1, draws), dtype=bool)}
         else:
             sites, extra = _run_grid(likelihood, priors, draws, grid_points, width, seed)
@@ -310,11 +327,12 @@ class BehaviourPotential(ProgramPotential):
         density = torch.where(outside, -torch.inf, density)
         return [density], self._log_likelihood(theta, z)
 
-    def per_subject_value_and_gradient(self, z: np.ndarray):
+    def per_subject_value_and_gradient(self, z: np.ndarray, gradient: bool = True):
         """``per_subject(z)`` (C, N) and the gradient of its sum (C, d), in numpy without
         torch, where the likelihood has a numpy route (``BehaviourLikelihood``'s fused plan)
         and every prior is a Normal on its site's scale; else, or where that route declines a
-        point (a filter leaving probability space), None. Equal to ``per_subject`` and its
+        point (a filter leaving probability space), None. gradient : False for the value alone
+        (the gradient None, about half the time). Equal to ``per_subject`` and its
         autograd gradient to 1e-10 (tested): NUTS calls this instead, a few hundred
         microseconds less a call than torch's operations and autograd."""
         if self._numpy is None:
@@ -336,12 +354,14 @@ class BehaviourPotential(ProgramPotential):
                 slopes.append(slope(u[:, i], value))
                 low, high = self._bounds[i]
                 outside |= (value <= low) | (value >= high) | np.isnan(value)
-        found = route(theta, present)
+        found = route(theta, present, gradient)
         if found is None:
             return None
         log_likelihood, gradients = found
         with np.errstate(**QUIET):
             value = -(density + log_likelihood)
+            if not gradient:
+                return np.where(outside, np.inf, value), None
             gradient = 2.0 * precision * difference  # of -density
             per_site = gradient.reshape(C, n, -1)
             for i, (name, *_) in enumerate(self.sites):
@@ -680,20 +700,81 @@ def _run_svi(program, draws, steps, learning_rate, seed, progress, guide_class=N
     return sites, {key: -final}
 
 
-def _run_amortised(estimator, task, data, params, priors, settings, draws):
-    """Draws from a trained posterior estimator: ({name: (1, draws, N)}, attrs)."""
+def _run_amortised(
+    estimator, task, data, params, priors, settings, draws, seed, importance, likelihood, program
+):
+    """Draws from a trained posterior estimator, reweighed by importance sampling where
+    ``importance`` proposals are asked for: ({name: (1, draws, N)}, attrs)."""
     from pp_aif.fitting.amortised import PosteriorEstimator, estimator_draws
 
     source = ""
     if not isinstance(estimator, PosteriorEstimator):
         source = str(estimator)
         estimator = PosteriorEstimator.load(estimator)
-    sites = estimator_draws(estimator, task, data, params, priors, settings, draws)
+    log_target = None
+    if importance is not None:
+        potential = BehaviourPotential(
+            program, likelihood, priors=chosen_priors(params, priors, task.model.dtype),
+            present=data.present, hierarchical=False, links=LINKS,
+        )  # fmt: skip
+        log_target = _log_target(potential, params, data.num_subjects)
+    with torch.random.fork_rng():  # seeded, leaving the caller's generator as it was
+        torch.manual_seed(seed)
+        sites, extra = estimator_draws(
+            estimator, task, data, params, priors, settings, draws, importance, log_target
+        )
+    if importance is not None:
+        _warn_about_weights(extra["importance_pareto_k"], data.subjects, importance)
     return sites, {
         "estimator": source,
         "estimator_max_trials": estimator.shapes["max_trials"],
         "estimator_flow": estimator.settings.flow,
+        **extra,
     }
+
+
+def _log_target(potential: BehaviourPotential, params, N: int, evaluations: int = 20_000):
+    """u (M, N, d) on the unconstrained scale -> ln p(u, actions) (M, N): each subject's prior
+    density (with the links' Jacobians) and likelihood, the negative of the potential, in
+    chunks of at most ``evaluations`` subject-draws."""
+    columns = [(where, params.index(name)) for name, _, where, _ in potential.sites]
+
+    def log_target(u: Tensor) -> Tensor:
+        M = u.shape[0]
+        z = torch.empty(M, potential.dimension, dtype=u.dtype)
+        for where, i in columns:
+            z[:, where] = u[..., i]
+        chunk, parts = max(1, evaluations // N), []
+        for start in range(0, M, chunk):
+            part = z[start : start + chunk]
+            found = potential.per_subject_value_and_gradient(part.numpy(), gradient=False)
+            if found is not None:
+                parts.append(-torch.as_tensor(found[0]))
+                continue
+            with torch.no_grad():
+                device = potential.likelihood.model.device
+                parts.append(-potential.per_subject(part.to(device)).cpu())
+        return torch.cat(parts, 0)
+
+    return log_target
+
+
+#: above this Pareto shape, importance-sampled draws are unreliable (Vehtari et al. 2024)
+PARETO_K_LIMIT = 0.7
+
+
+def _warn_about_weights(pareto_k, subjects, proposals: int) -> None:
+    bad = [subject for subject, k in zip(subjects, pareto_k, strict=True) if k > PARETO_K_LIMIT]
+    if bad:
+        named = ", ".join(repr(s) for s in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        warnings.warn(
+            f"fit: the importance weights of {len(bad)} subject(s) have Pareto k > "
+            f"{PARETO_K_LIMIT} ({named}; importance_pareto_k): the estimator misses their "
+            f"posterior's tail, so their draws are unreliable; raise importance= (now "
+            f"{proposals}) or fit them by NUTS",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
 
 
 def _run_grid(likelihood, priors, draws, points, width, seed):

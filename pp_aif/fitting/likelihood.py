@@ -710,15 +710,19 @@ class BehaviourLikelihood:
         value = plan_log_likelihood(self.fused, flat, self._torch_path)
         return value.reshape(*batch, N, K, T1)
 
-    def numpy_value_and_gradient(self, theta: dict, present: np.ndarray | None):
+    def numpy_value_and_gradient(
+        self, theta: dict, present: np.ndarray | None, gradient: bool = True
+    ):
         """(sum of ln p of the present chosen actions (B, N), {name: its gradient (B, N)}) for
         theta {name: (B, N) numpy}, in numpy (the fused plan), or None where there is no fused
-        plan or it declines the point. present : float (N, K) or None."""
+        plan or it declines the point. present : float (N, K) or None; gradient : False for the
+        value alone (gradients None)."""
         if self.fused is None:
             return None
         return fused_value_and_gradient(
-            numpy_value_and_gradient, self.fused, self.defaults, self.actions.shape, theta, present
-        )
+            numpy_value_and_gradient, self.fused, self.defaults, self.actions.shape, theta,
+            present, gradient,
+        )  # fmt: skip
 
     def _torch_path(self, *theta: Tensor) -> Tensor:
         """``chosen_log_likelihood`` in torch operations, theta in ``FUSED_ORDER``."""

@@ -420,13 +420,16 @@ def numpy_value_and_gradient(
 
 def weighted_value_and_gradient(forward, backward, const, theta, wanted, weights):
     """sum of weights * ln p of the chosen actions (B, N) and the 6 gradients, by a fused
-    route's forward and backward (numpy's warnings quiet); None where forward declines."""
+    route's forward and backward (numpy's warnings quiet); None where forward declines. With
+    nothing ``wanted``, the value alone (gradients None: the backward pass is skipped)."""
     with np.errstate(**QUIET):
         found = forward(const, theta, tuple(wanted[:3]))
         if found is None:
             return None
         value, state = found
         grad = np.broadcast_to(weights, value.shape)
+        if not any(wanted):
+            return _sum_last(value * grad, 2), [None] * len(wanted)
         gradients = backward(const, theta, state, grad, tuple(wanted[:3]))
         return _sum_last(value * grad, 2), list(gradients)
 
@@ -435,11 +438,14 @@ def weighted_value_and_gradient(forward, backward, const, theta, wanted, weights
 FUSED_ORDER = ("learning_rate", "forgetting", "concentration", "gamma", "alpha", "preference")
 
 
-def fused_value_and_gradient(route, const, defaults: dict, actions_shape, theta: dict, present):
+def fused_value_and_gradient(
+    route, const, defaults: dict, actions_shape, theta: dict, present, gradient: bool = True
+):
     """(sum of ln p of the present chosen actions (B, N), {name: its gradient (B, N)}) for
     theta {name: (B, N) numpy} by a fused route (``numpy_value_and_gradient`` here, or
     ``counts_fused.counts_value_and_gradient``), the other parameters at ``defaults``; None
-    where the route declines the point. present : float (N, K) or None."""
+    where the route declines the point. present : float (N, K) or None; gradient : False for
+    the value alone (the gradients None, about half the time)."""
     first = next(iter(theta.values()))
     values = [
         theta[name] if name in theta else np.full(first.shape, defaults[name])
@@ -447,7 +453,7 @@ def fused_value_and_gradient(route, const, defaults: dict, actions_shape, theta:
     ]
     N, K, T1 = actions_shape[:3]
     weights = np.ones((N, K, T1)) if present is None else np.repeat(present[..., None], T1, -1)
-    wanted = [name in theta for name in FUSED_ORDER]
+    wanted = [gradient and name in theta for name in FUSED_ORDER]
     found = route(const, values, wanted, weights)
     if found is None:
         return None

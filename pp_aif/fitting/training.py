@@ -52,7 +52,8 @@ def train_estimator(
     """Train a posterior estimator of ``params`` for ``task`` (see the module docstring).
 
     Returns (estimator, record): record has the training and validation loss per epoch (mean
-    -ln q(theta | x)), the best epoch, and the seconds spent simulating and training.
+    -ln q(theta | x)), Adam's step size at each epoch's end, the best epoch, and the seconds
+    spent simulating and training.
     """
     params = tuple(params)
     check_parameters("params", params)
@@ -88,13 +89,21 @@ def train_estimator(
     order = torch.randperm(S, generator=generator)
     train, valid = order[held:], order[:held]
     optimiser = torch.optim.Adam(estimator.parameters(), lr=settings.learning_rate)
+    steps = settings.epochs * math.ceil(len(train) / settings.batch_size)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
+        if settings.schedule == "cosine"
+        else None
+    )
 
     def loss_of(index):
         return -estimator.log_prob(
             target[index], observations[index], actions[index], present[index]
         ).mean()
 
-    record: dict = {"train_loss": [], "validation_loss": [], "settings": asdict(settings)}
+    record: dict = {
+        "train_loss": [], "validation_loss": [], "step_size": [], "settings": asdict(settings)
+    }  # fmt: skip
     best, best_state, since = math.inf, None, 0
     for epoch in range(1, settings.epochs + 1):
         estimator.train()
@@ -106,6 +115,8 @@ def train_estimator(
             loss = loss_of(batch)
             loss.backward()
             optimiser.step()
+            if schedule is not None:
+                schedule.step()
             total += float(loss.detach()) * len(batch)
         estimator.eval()
         with torch.no_grad():
@@ -115,6 +126,7 @@ def train_estimator(
             )  # fmt: skip
         record["train_loss"].append(total / len(train))
         record["validation_loss"].append(validation)
+        record["step_size"].append(optimiser.param_groups[0]["lr"])  # at the epoch's end
         if not math.isfinite(validation):
             raise FloatingPointError(f"train_estimator: the validation loss became {validation}")
         if validation < best - 1e-4:

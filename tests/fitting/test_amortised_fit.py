@@ -131,6 +131,18 @@ def test_settings_are_checked():
         EstimatorSettings(flow="maf")
     with pytest.raises(ValueError, match="validation"):
         EstimatorSettings(simulations=5, validation=0.1)
+    with pytest.raises(ValueError, match="schedule: 'linear' is not one of"):
+        EstimatorSettings(schedule="linear")
+
+
+def test_the_cosine_schedule_takes_the_step_size_down_to_zero(bandit):
+    """Each batch a step of lr (1 + cos(pi t / steps)) / 2: at the end of epoch e of E (b
+    batches each) the step size is lr (1 + cos(pi e / E)) / 2, 0 after the last."""
+    _, record = train_estimator(bandit, PARAMS, schedule="cosine", **{**TINY, "epochs": 4})
+    expected = [1e-3 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(1, 5)]
+    assert np.allclose(record["step_size"], expected, atol=1e-12), record["step_size"]
+    _, constant = train_estimator(bandit, PARAMS, **TINY)
+    assert constant["step_size"] == [1e-3, 1e-3]
 
 
 def test_pyros_flow_trains_too(bandit, data):

@@ -180,3 +180,10 @@ def test_the_fused_counts_are_the_torch_counts(rng, lesions, case, names, starts
         names, torch.autograd.grad(agent.sum(), list(inputs.values())), strict=True
     ):
         assert_close(gradients[name], gradient, msg=name)
+    # the value alone (importance sampling's route): the same number, no gradients
+    alone, none = likelihood.numpy_value_and_gradient(
+        {name: value.detach().numpy() for name, value in theta.items()},
+        present.numpy().astype(float), gradient=False,
+    )  # fmt: skip
+    assert_close(alone, agent)
+    assert all(g is None for g in none.values())

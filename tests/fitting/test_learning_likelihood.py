@@ -495,6 +495,8 @@ def test_the_recursion_starts_each_game_afresh(case, rng, factors):
     )(inputs)
     expected = torch.where(present[..., None], expected, 0.0).sum((-1, -2))
     assert_close(value, expected)
+    alone, _ = chosen.numpy_value_and_gradient(theta, present.numpy().astype(float), False)
+    assert_close(alone, expected)  # the value alone, without the backward pass
     for name, g in zip(
         WITHOUT_ZETA, torch.autograd.grad(expected.sum(), list(inputs.values())), strict=True
     ):

@@ -146,6 +146,9 @@ def test_the_numpy_potential_is_the_torch_one(absent):
     (expected_gradient,) = torch.autograd.grad(expected.sum(), x)
     assert_close(value, expected)
     assert_close(gradient, expected_gradient)
+    alone, none = direct.per_subject_value_and_gradient(z.numpy(), gradient=False)
+    assert_close(alone, expected)  # the value alone
+    assert none is None
     wild = torch.full((2, direct.dimension), -1000.0, dtype=torch.float64)
     value, _ = direct.per_subject_value_and_gradient(wild.numpy())
     assert not torch.isfinite(direct.per_subject(wild)).any() and not np.isfinite(value).any()
