@@ -473,6 +473,7 @@ def train_command(
     epochs: int,
     flow: str,
     seed: int,
+    schedule: str = "constant",
 ) -> int:
     """Train a posterior estimator, printing its progress and validation loss, and write it
     atomically to ``out``."""
@@ -487,6 +488,7 @@ def train_command(
         epochs=epochs,
         flow=flow,
         seed=seed,
+        schedule=schedule,
     )  # fmt: skip (checked before anything runs)
     task = _load_task(task_name)
     print(
@@ -551,6 +553,7 @@ def fit_command(
     planning: str | None = None,
     inductive: float | None = None,
     estimator: Path | None = None,
+    importance: int | None = None,
 ) -> int:
     """Fit, print the ArviZ summary and the warnings in words, write the InferenceData
     atomically: to a temporary file beside ``out``, read back and checked, renamed only once
@@ -583,6 +586,10 @@ def fit_command(
             if estimator is None
             else "--estimator: only --method amortised takes an estimator"
         )
+    if importance is not None and method != "amortised":
+        raise ValueError("--importance: only --method amortised reweighs its draws")
+    if importance is not None and importance < 2:
+        raise ValueError(f"--importance: {importance} proposal(s) a subject; give 2 or more")
     if estimator is not None and not Path(estimator).is_file():
         raise FileNotFoundError(f"--estimator: no file {estimator}")
     task = _load_task(task_name)
@@ -617,6 +624,7 @@ def fit_command(
     )
     if estimator is not None:  # every subject at once: no optimisation to spread over jobs
         arguments["estimator"] = estimator
+        arguments["importance"] = importance
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -710,6 +718,16 @@ def fit_command(
         summary = az.summary(inference, var_names=variables, kind=kind, round_to=3)
         print(summary.to_string())
     print(f"\nfitted in {seconds:.1f} s")
+    if importance is not None:
+        import numpy as np
+
+        k = np.asarray(inference.attrs["importance_pareto_k"])
+        ess = np.asarray(inference.attrs["importance_ess"])
+        print(
+            f"importance sampling: {importance} proposals a subject; Pareto k at most "
+            f"{k.max():.2f} ({int((k > 0.7).sum())} subject(s) above 0.7); effective sample "
+            f"size {ess.min():.0f} at least, median {np.median(ess):.0f}"
+        )
     _report(caught, (ConvergenceWarning, DamagedResultWarning))
     write_netcdf(inference, out)  # read back and checked before it takes the name
     _wrote(out)
@@ -1078,6 +1096,15 @@ def main(argv: list[str] | None = None) -> int:
         help="with --method amortised: the file of a posterior estimator trained for this task "
         "and these parameters (pp-aif train)",
     )
+    fit_parser.add_argument(
+        "--importance",
+        type=int,
+        default=None,
+        metavar="M",
+        help="with --method amortised: reweigh M proposals a subject by the agent's exact "
+        "likelihood (Pareto-smoothed importance sampling) and resample --draws of them; each "
+        "subject's Pareto k and effective sample size are kept (default: the estimator's draws)",
+    )
     train_parser = commands.add_parser(
         "train",
         help="train a posterior estimator for amortised fits",
@@ -1101,6 +1128,12 @@ def main(argv: list[str] | None = None) -> int:
     train_parser.add_argument("--epochs", type=int, default=60, help="at most (default 60)")
     train_parser.add_argument(
         "--flow", choices=("zuko", "pyro"), default="zuko", help="the flow (default zuko)"
+    )
+    train_parser.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="Adam's step size over the epochs (default constant)",
     )
     train_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train_parser.add_argument(
@@ -1160,6 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
                 planning=arguments.planning,
                 inductive=arguments.inductive,
                 estimator=arguments.estimator,
+                importance=arguments.importance,
             )
         if arguments.command == "train":
             return train_command(
@@ -1172,6 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
                 epochs=arguments.epochs,
                 flow=arguments.flow,
                 seed=arguments.seed,
+                schedule=arguments.schedule,
             )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"pp-aif: error: {error}", file=sys.stderr)

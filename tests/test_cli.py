@@ -486,8 +486,8 @@ def test_train_then_fit_amortised(tmp_path, capsys, choices_csv):
 
     estimator = tmp_path / "tmaze.pt"
     train = ["train", "tmaze", "--params", "alpha", "--simulations", "60", "--trials", "6"]
-    train += ["--min-trials", "2", "--epochs", "2", "--out", str(estimator)]
-    assert main(train) == 0
+    train += ["--min-trials", "2", "--epochs", "2", "--schedule", "cosine"]
+    assert main([*train, "--out", str(estimator)]) == 0
     output = capsys.readouterr().out
     assert "pp_aif train: a posterior estimator of alpha for 'tmaze'" in output
     assert "epoch 2/2: loss" in output and "validation" in output
@@ -504,3 +504,16 @@ def test_train_then_fit_amortised(tmp_path, capsys, choices_csv):
     assert "estimator: trained for parameters ['alpha']" in capsys.readouterr().err
     assert main([*fit, "--estimator", str(tmp_path / "none.pt")]) == 2
     assert "no file" in capsys.readouterr().err
+    # corrected by importance sampling: each subject's Pareto k and ESS kept and summarised
+    weighed = tmp_path / "weighed.nc"
+    assert main([*fit, "--estimator", str(estimator), "--importance", "200", "--draws", "30",
+                 "--out", str(weighed)]) == 0  # fmt: skip
+    output = capsys.readouterr().out
+    assert "importance sampling: 200 proposals a subject; Pareto k at most" in output
+    saved = az.from_netcdf(weighed)
+    assert saved.posterior["alpha"].shape == (1, 30, 2)
+    assert len(saved.attrs["importance_pareto_k"]) == len(saved.attrs["importance_ess"]) == 2
+    assert main([*fit, "--estimator", str(estimator), "--importance", "1"]) == 2
+    assert "--importance: 1 proposal(s) a subject; give 2 or more" in capsys.readouterr().err
+    assert main([*fit[:5], "--method", "grid", "--importance", "10"]) == 2
+    assert "--importance: only --method amortised" in capsys.readouterr().err
