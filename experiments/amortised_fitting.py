@@ -12,9 +12,15 @@ learning_rate fitted (fit's default priors):
    ``<out>/amortised_fitting.jobs/``) and the amortised fit (``fit(method="amortised")``). Per
    parameter: the correlation of the posterior means (on the log scale) and of the truth with
    each, and the ratio of posterior sds (median, and the fraction within 20%).
+   With ``importance`` proposals a subject, the amortised fit corrected by importance sampling
+   (``fit(importance=...)``) is compared the same way, with each subject's Pareto k and
+   effective sample size.
 3. **Speed**: ``speed_subjects`` subjects fitted at once by the amortised estimator, with and
    without the pointwise log-likelihood (``pointwise=False``), and the number of subjects from
    which training plus amortised fits take less time than NUTS.
+
+``--reuse-estimator`` skips training: it reads the estimator and the training record that an
+earlier run wrote to ``out`` (to compare more fitting methods without training again).
 
 Run: ``python experiments/amortised_fitting.py --out experiments/results`` (JSON
 ``amortised_fitting.json``, figure ``amortised_fitting.png``).
@@ -23,6 +29,7 @@ Run: ``python experiments/amortised_fitting.py --out experiments/results`` (JSON
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -41,7 +48,7 @@ import pp_aif  # noqa: E402
 from pp_aif.atomic import save_figure, write_json  # noqa: E402
 from pp_aif.data import BehaviourData, long_format  # noqa: E402
 from pp_aif.fitting import fit, prior_draws  # noqa: E402
-from pp_aif.fitting.amortised import EstimatorSettings  # noqa: E402
+from pp_aif.fitting.amortised import EstimatorSettings, PosteriorEstimator  # noqa: E402
 from pp_aif.fitting.fanout import fit_subjects  # noqa: E402
 from pp_aif.fitting.predictive import simulate_subjects  # noqa: E402
 from pp_aif.fitting.training import train_estimator  # noqa: E402
@@ -65,6 +72,8 @@ class Config:
     warmup: int = 500
     draws: int = 500
     amortised_draws: int = 2000
+    importance: int = 2000  # proposals a subject for the importance-sampled fit (0: none)
+    reuse_estimator: bool = False  # read the estimator and its record from out, do not train
     subjects_per_job: int = 25
     scheduler: str | None = None
     workers: int | None = None
@@ -108,7 +117,14 @@ def run(config: Config) -> dict:
     task = pp_aif.load_task(config.task)
     results: dict = {"config": {**asdict(config), "out": str(config.out)}, "flows": {}}
     estimators = {}
-    for flow in config.flows:
+    if config.reuse_estimator:
+        earlier = config.out / "amortised_fitting.json"
+        if not earlier.is_file():
+            raise FileNotFoundError(f"--reuse-estimator: no earlier run's {earlier}")
+        record = json.loads(earlier.read_text())
+        results["flows"] = record["flows"]
+        results["reused_estimator_of"] = record["config"]
+    for flow in () if config.reuse_estimator else config.flows:
         print(f"training the {flow} flow on {config.simulations} subjects", flush=True)
         settings = EstimatorSettings(
             simulations=config.simulations, trials=config.trials, min_trials=config.min_trials,
@@ -129,8 +145,11 @@ def run(config: Config) -> dict:
         }
     chosen = min(results["flows"], key=lambda f: results["flows"][f]["best_validation_loss"])
     results["chosen_flow"] = chosen
-    estimator = estimators[chosen]
-    estimator.save(config.out / "amortised_fitting_estimator.pt")
+    if config.reuse_estimator:
+        estimator = PosteriorEstimator.load(config.out / "amortised_fitting_estimator.pt")
+    else:
+        estimator = estimators[chosen]
+        estimator.save(config.out / "amortised_fitting_estimator.pt")
 
     truth, data = _subjects(task, config.params, config.held_out, config.trials, 10_000)
     print(f"NUTS on {config.held_out} held-out subjects", flush=True)
@@ -158,6 +177,29 @@ def run(config: Config) -> dict:
         "amortised_seconds": amortised_seconds,
         "parameters": compare(truth, nuts, amortised, config.params),
     }
+    if config.importance:
+        print(f"importance sampling: {config.importance} proposals a subject", flush=True)
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            weighed = fit(
+                task, data, config.params, method="amortised", estimator=estimator,
+                draws=config.amortised_draws, importance=config.importance, seed=config.seed,
+                pointwise=False,
+            )  # fmt: skip
+        k = np.asarray(weighed.attrs["importance_pareto_k"])
+        ess = np.asarray(weighed.attrs["importance_ess"])
+        results["held_out"]["importance"] = {
+            "proposals": config.importance,
+            "seconds": time.perf_counter() - start,
+            "pareto_k_max": float(k.max()),
+            "pareto_k_above_0.7": int((k > 0.7).sum()),
+            "pareto_k_above_0.5": int((k > 0.5).sum()),
+            "ess_min": float(ess.min()),
+            "ess_median": float(np.median(ess)),
+            "warnings": sorted({str(w.message).splitlines()[0][:160] for w in caught}),
+            "parameters": compare(truth, nuts, weighed, config.params),
+        }
 
     _, many = _subjects(task, config.params, config.speed_subjects, config.trials, 20_000)
     timings = {}
@@ -194,8 +236,16 @@ def plot(results: dict, path: Path) -> None:
     for axis, name in zip(axes, params, strict=False):
         row = results["held_out"]["parameters"][name]
         x, y = np.asarray(row["nuts_means"]), np.asarray(row["amortised_means"])
-        axis.scatter(x, y, s=12, alpha=0.7)
+        axis.scatter(x, y, s=12, alpha=0.7, label=f"amortised (r = {row['r_means']:.3f})")
         low, high = min(x.min(), y.min()), max(x.max(), y.max())
+        weighed = results["held_out"].get("importance")
+        if weighed is not None:
+            again = weighed["parameters"][name]
+            axis.scatter(
+                x, again["amortised_means"], s=12, marker="x", alpha=0.7,
+                label=f"importance-sampled (r = {again['r_means']:.3f})",
+            )  # fmt: skip
+            axis.legend(fontsize=8)
         axis.plot([low, high], [low, high], color="grey", linestyle=":")
         axis.set_xlabel(f"NUTS posterior mean of ln {name}")
         axis.set_ylabel(f"amortised posterior mean of ln {name}")
@@ -221,7 +271,7 @@ def main(argv=None) -> None:
     defaults = Config()
     integers = ("simulations", "trials", "epochs", "hidden", "transforms", "patience")
     nuts = ("chains", "warmup", "draws")  # the NUTS reference's
-    for name in (*integers, *nuts, "held_out", "speed_subjects", "seed", "threads"):
+    for name in (*integers, *nuts, "held_out", "importance", "speed_subjects", "seed", "threads"):
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
         )
@@ -230,12 +280,15 @@ def main(argv=None) -> None:
     parser.add_argument("--scheduler", default=None, help="Dask scheduler (default: local)")
     parser.add_argument("--workers", type=int, default=None, help="local cluster's processes")
     parser.add_argument("--out", type=Path, default=defaults.out)
+    parser.add_argument(
+        "--reuse-estimator", action="store_true", help="the estimator an earlier run wrote to --out"
+    )
     args = parser.parse_args(argv)
     config = Config(
         simulations=args.simulations, trials=args.trials, epochs=args.epochs,
         hidden=args.hidden, transforms=args.transforms, patience=args.patience,
         schedule=args.schedule, chains=args.chains, warmup=args.warmup, draws=args.draws,
-        threads=args.threads,
+        threads=args.threads, importance=args.importance, reuse_estimator=args.reuse_estimator,
         held_out=args.held_out, speed_subjects=args.speed_subjects, seed=args.seed,
         flows=tuple(args.flows.split(",")), scheduler=args.scheduler, workers=args.workers,
         out=args.out,
@@ -253,6 +306,18 @@ def main(argv=None) -> None:
             f", within 20% {row['sd_within_20_percent']:.2f}; r with the truth: NUTS "
             f"{row['r_truth_nuts']:.3f}, amortised {row['r_truth_amortised']:.3f}"
         )
+    weighed = results["held_out"].get("importance")
+    if weighed is not None:
+        print(
+            f"importance-sampled ({weighed['proposals']} proposals, {weighed['seconds']:.0f} s): "
+            f"Pareto k at most {weighed['pareto_k_max']:.2f} "
+            f"({weighed['pareto_k_above_0.7']} above 0.7), ESS median {weighed['ess_median']:.0f}"
+        )
+        for name, row in weighed["parameters"].items():
+            print(
+                f"  {name}: r(means) {row['r_means']:.3f}; sd ratio median "
+                f"{row['sd_ratio_median']:.2f}, within 20% {row['sd_within_20_percent']:.2f}"
+            )
     speed = results["speed"]
     print(
         f"{speed['subjects']} subjects: {speed['without_pointwise']:.1f} s amortised "

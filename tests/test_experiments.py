@@ -311,7 +311,7 @@ def test_amortised_fitting_smoke(tmp_path):
     config = AmortisedConfig(
         simulations=60, trials=5, min_trials=2, epochs=1, held_out=3, chains=1, warmup=10,
         draws=10, amortised_draws=20, subjects_per_job=3, scheduler="inline",
-        speed_subjects=4, hidden=8, transforms=1, out=tmp_path,
+        speed_subjects=4, hidden=8, transforms=1, importance=30, out=tmp_path,
     )  # fmt: skip
     results = run_amortised(config)
     written = json.loads((tmp_path / "amortised_fitting.json").read_text())
@@ -325,6 +325,15 @@ def test_amortised_fitting_smoke(tmp_path):
     assert written["speed"]["without_pointwise"] > 0 and results["speed"]["subjects"] == 4
     assert (tmp_path / "amortised_fitting.png").stat().st_size > 10_000
     assert (tmp_path / "amortised_fitting_estimator.pt").is_file()
+    weighed = written["held_out"]["importance"]
+    assert weighed["proposals"] == 30 and weighed["ess_min"] > 0
+    assert set(weighed["parameters"]) == {"alpha", "learning_rate"}
+    # a rerun on the estimator written: no training, the same flows' record
+    again = run_amortised(dataclasses.replace(config, reuse_estimator=True, importance=0))
+    assert again["flows"] == written["flows"] and "importance" not in again["held_out"]
+    assert again["reused_estimator_of"]["simulations"] == 60
+    with pytest.raises(FileNotFoundError, match="no earlier run"):
+        run_amortised(dataclasses.replace(config, reuse_estimator=True, out=tmp_path / "new"))
 
 
 @pytest.mark.integration
