@@ -97,6 +97,33 @@ for axis, name in zip(axes, PARAMS, strict=True):
 figure.tight_layout()
 
 # %% [markdown]
+# ### Where each subject's posterior must be exact: importance sampling
+#
+# The estimator's posterior is an approximation. `importance=M` draws M proposals a subject
+# from it and weighs each by prior x the agent's exact likelihood / q (Pareto-smoothed
+# importance sampling). The reweighted draws are the exact posterior's, up to Monte Carlo error,
+# wherever the Pareto shape k stays below 0.7. Each subject's k and effective sample size are
+# kept, and a subject above 0.7 is warned about by name. It costs one likelihood evaluation a
+# proposal, which is still far less than NUTS.
+
+# %%
+start = time.perf_counter()
+weighed = pp_aif.fit(
+    task, data, PARAMS, method="amortised", estimator=estimator, draws=500,
+    importance=200 if SMOKE else 2000,
+)  # fmt: skip
+k = np.asarray(weighed.attrs["importance_pareto_k"])
+print(
+    f"importance-sampled: {time.perf_counter() - start:.1f} s; Pareto k at most {k.max():.2f}, "
+    f"effective sample size median {np.median(weighed.attrs['importance_ess']):.0f}"
+)
+for name in PARAMS:
+    a = np.log(nuts.posterior[name].values).mean((0, 1))
+    for label, fitted in (("amortised", amortised), ("importance-sampled", weighed)):
+        b = np.log(fitted.posterior[name].values).mean((0, 1))
+        print(f"{name}: r of the posterior means with NUTS, {label}: {np.corrcoef(a, b)[0, 1]:.3f}")
+
+# %% [markdown]
 # ## 3. Simulation-based calibration of the amortised fits
 #
 # For every subject the rank of its true value among 99 posterior draws; under a calibrated
