@@ -23,9 +23,11 @@ Tasks: the T-maze, whose agent learns its context prior pD between trials (``tma
 (action precision) and learning_rate, so that every method, the grid's quadrature too, fits
 them. Methods: ``nuts`` (groups of ``subjects_per_job`` subjects as Dask jobs, resumable from
 ``<out>/calibration.jobs/``), ``grid`` (the posterior by quadrature), ``svi`` (a mean-field
-normal guide on the link scale) and ``amortised`` (a posterior estimator per task, trained on
+normal guide on the link scale), ``amortised`` (a posterior estimator per task, trained on
 ``amortised_simulations`` subjects from the same priors doing the same trials, kept as
-``<out>/calibration_estimator_<task>.pt`` and reused by a rerun).
+``<out>/calibration_estimator_<task>.pt`` and reused by a rerun) and ``importance`` (the same
+estimator's fit reweighed by importance sampling with the exact likelihood,
+``importance_proposals`` proposals a subject: ``fit(method="amortised", importance=...)``).
 
 Run: ``python experiments/calibration.py --out experiments/results`` (JSON
 ``calibration.json``, figure ``calibration.png``).
@@ -68,7 +70,7 @@ from pp_aif.fitting.fanout import fit_subjects  # noqa: E402
 from pp_aif.fitting.predictive import simulate_subjects  # noqa: E402
 from pp_aif.fitting.training import train_estimator  # noqa: E402
 
-METHODS = ("nuts", "grid", "svi", "amortised")
+METHODS = ("nuts", "grid", "svi", "amortised", "importance")
 
 
 @dataclass
@@ -90,6 +92,8 @@ class Config:
     #: results (``calibration_estimator_<task>.pt``) and reused when it matches
     amortised_simulations: int = 20_000
     amortised_epochs: int = 40
+    #: method "importance": proposals a subject from that estimator, reweighed
+    importance_proposals: int = 1000
     #: the grid's points per axis (81 by default in ``fit``; 51 here: 2601 likelihood
     #: evaluations a subject, spaced 0.3 Laplace standard deviations apart)
     grid_points: int = 51
@@ -126,10 +130,12 @@ def fit_method(task, data, config: Config, method: str, name: str):
                 task, data, config.params, method="grid", draws=config.chains * config.draws,
                 seed=config.seed, grid_points=config.grid_points,
             )  # fmt: skip
-        elif method == "amortised":
+        elif method in ("amortised", "importance"):
             inference = fit(
                 task, data, config.params, method="amortised", draws=config.chains * config.draws,
                 seed=config.seed, estimator=estimator_for(task, name.split("-")[0], data, config),
+                importance=config.importance_proposals if method == "importance" else None,
+                pointwise=False,
             )  # fmt: skip
         else:
             inference = fit(
@@ -211,6 +217,13 @@ def run(config: Config) -> dict:
                     ),
                 }
             rows[method] = {"seconds": seconds, "warnings": notes, "parameters": per_parameter}
+            if "importance_pareto_k" in inference.attrs:
+                k = np.asarray(inference.attrs["importance_pareto_k"])
+                rows[method]["importance"] = {
+                    "pareto_k_max": float(k.max()),
+                    "pareto_k_above_0.7": int((k > 0.7).sum()),
+                    "ess_median": float(np.median(inference.attrs["importance_ess"])),
+                }
             summary = ", ".join(
                 f"{p} p={v['uniformity_p']:.3f} cov90={v['coverage']['0.9']:.2f}"
                 for p, v in per_parameter.items()
@@ -266,7 +279,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", default=",".join(defaults.tasks))
     parser.add_argument("--methods", default=",".join(defaults.methods))
     integers = ("num_subjects", "chains", "warmup", "draws", "svi_steps", "grid_points", "seed")
-    for name in (*integers, "amortised_simulations", "amortised_epochs"):
+    for name in (*integers, "amortised_simulations", "amortised_epochs", "importance_proposals"):
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
         )
@@ -286,6 +299,7 @@ def main(argv=None) -> None:
         grid_points=args.grid_points,
         amortised_simulations=args.amortised_simulations,
         amortised_epochs=args.amortised_epochs,
+        importance_proposals=args.importance_proposals,
         seed=args.seed,
         subjects_per_job=args.subjects_per_job,
         scheduler=args.scheduler,

@@ -289,7 +289,8 @@ def test_calibration_smoke(tmp_path):
     config = CalibrationConfig(
         num_subjects=4, trials={"tmaze": 3, "bandit": 4}, rank_draws=9, bins=5, chains=1,
         warmup=10, draws=10, svi_steps=20, subjects_per_job=2, scheduler="inline",
-        band_simulations=100, amortised_simulations=40, amortised_epochs=1, out=tmp_path,
+        band_simulations=100, amortised_simulations=40, amortised_epochs=1,
+        importance_proposals=30, out=tmp_path,
     )  # fmt: skip
     results = run_calibration(config)
     written = json.loads((tmp_path / "calibration.json").read_text())
@@ -302,7 +303,8 @@ def test_calibration_smoke(tmp_path):
     kept = calibration.estimator_for(task, "bandit", data, config)
     assert kept.settings.simulations == 40  # loaded, not trained again
     for task in written["tasks"].values():
-        assert set(task["methods"]) == {"nuts", "grid", "svi", "amortised"}
+        assert set(task["methods"]) == {"nuts", "grid", "svi", "amortised", "importance"}
+        assert task["methods"]["importance"]["importance"]["ess_median"] > 0
         for row in task["methods"].values():
             for values in row["parameters"].values():
                 assert len(values["ranks"]) == 4 and all(0 <= r <= 9 for r in values["ranks"])
