@@ -3,7 +3,9 @@
 A trained posterior estimator (by default the one ``experiments/amortised_fitting.py`` saves:
 the bandit's pA learner, alpha and learning_rate) fits ``subjects`` simulated subjects of
 ``trials`` trials by ``fit(method="amortised")``, ``draws`` draws each, without and with the
-pointwise log-likelihood (``pointwise=``), best of ``repeats``; torch on 1 thread. Written to
+pointwise log-likelihood (``pointwise=``), best of ``repeats``; then reweighed by importance
+sampling with ``importance`` proposals a subject (``fit(importance=...)``, 500 draws kept, one
+run: each proposal is one evaluation of the agent's likelihood); torch on 1 thread. Written to
 ``<out>/bench_amortised.json``.
 
 Run: ``python -m benchmarks.bench_amortised --out benchmarks/results`` (docs/benchmarks.md).
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,7 @@ class Config:
     subjects: int = 1000
     trials: int = 60
     draws: tuple[int, ...] = (100, 500)
+    importance: tuple[int, ...] = (500,)
     repeats: int = 2
     seed: int = 0
     out: Path = field(default_factory=lambda: Path("benchmarks/results"))
@@ -66,6 +70,25 @@ def run(config: Config) -> dict:
                 f"{' with the pointwise log-likelihood' if pointwise else ''}: {best:.2f} s",
                 flush=True,
             )
+    for proposals in config.importance:
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True):  # the Pareto k are kept in the row
+            warnings.simplefilter("always")
+            weighed = fit(
+                task, data, params, method="amortised", estimator=estimator, draws=500,
+                importance=proposals, pointwise=False,
+            )  # fmt: skip
+        seconds = time.perf_counter() - start
+        k = weighed.attrs["importance_pareto_k"]
+        rows.append(
+            {"draws": 500, "pointwise": False, "importance": proposals, "seconds": seconds,
+             "pareto_k_max": float(max(k)), "pareto_k_above_0.7": sum(x > 0.7 for x in k)}
+        )  # fmt: skip
+        print(
+            f"{config.subjects} subjects x {config.trials} trials, {proposals} proposals a "
+            f"subject reweighed: {seconds:.2f} s",
+            flush=True,
+        )
     results = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "machine": machine(),
@@ -82,9 +105,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--estimator", type=Path, default=Config().estimator)
     parser.add_argument("--subjects", type=int, default=Config.subjects)
+    parser.add_argument(
+        "--importance", default="500", help="proposals a subject, comma-separated (0: none)"
+    )
     parser.add_argument("--out", type=Path, default=Config().out)
     args = parser.parse_args(argv)
-    run(Config(estimator=args.estimator, subjects=args.subjects, out=args.out))
+    importance = tuple(int(x) for x in args.importance.split(",") if int(x) > 0)
+    run(Config(estimator=args.estimator, subjects=args.subjects, importance=importance,
+               out=args.out))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -218,8 +218,18 @@ def test_amortised_benchmark_smoke(tmp_path):
     )  # fmt: skip
     path = estimator.save(tmp_path / "estimator.pt")
     results = run_amortised(
-        AmortisedConfig(estimator=path, subjects=3, trials=4, draws=(5,), repeats=1, out=tmp_path)
+        AmortisedConfig(
+            estimator=path,
+            subjects=3,
+            trials=4,
+            draws=(5,),
+            importance=(20,),
+            repeats=1,
+            out=tmp_path,
+        )  # fmt: skip
     )
-    assert [(row["draws"], row["pointwise"]) for row in results["rows"]] == [(5, False), (5, True)]
+    assert [(row["draws"], row["pointwise"], row.get("importance")) for row in results["rows"]] == [
+        (5, False, None), (5, True, None), (500, False, 20)
+    ]  # fmt: skip
     assert all(row["seconds"] > 0 for row in results["rows"])
     assert (tmp_path / "bench_amortised.json").is_file()
