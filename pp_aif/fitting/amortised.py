@@ -31,6 +31,7 @@ priors (a digest and their description), the parameters and the most trials it w
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 FLOWS = ("zuko", "pyro")
+#: the fraction of importance sampling's proposals drawn from the priors (``proposals``)
+DEFENSIVE = 0.1
 SCHEDULES = ("constant", "cosine")
 _FORMAT = "pp_aif.posterior_estimator/1"
 
@@ -169,27 +172,58 @@ class PosteriorEstimator(nn.Module):
             u = u.double() * self.scale.double() + self.shift.double()
         return {name: LINKS[name](u[..., i]) for i, name in enumerate(self.signature["params"])}
 
-    def proposals(self, observations, actions, present, n: int) -> tuple[Tensor, Tensor]:
+    def proposals(
+        self, observations, actions, present, n: int, priors: dict | None = None,
+        defensive: float = 0.0,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """n draws of each subject's unconstrained parameters u = link(theta) and their log
         density: (u (n, B, d), ln q(u | x) (n, B)), float64, for importance sampling
-        (``importance_resample``). With Pyro's flow padded to 2 dimensions (d = 1), the density
-        is q(u, v) / N(v; 0, 1) at the padding's own draw v: an importance weight p(u) / that is
-        exact for the target p(u) N(v; 0, 1), whose u-marginal is p(u)."""
+        (``importance_resample``).
+
+        defensive : a fraction eps of the draws comes from the priors ({name: distribution} of
+        the estimator's parameters, ``priors``), and every draw's density is the mixture's,
+        (1 - eps) q(u | x) + eps p(u) (defensive importance sampling, Hesterberg 1995): the
+        weights p(u | data) / that are then at most max_u p(data | u) / (eps p(data)), so a
+        subject whose posterior the estimator misses is still weighed right, given proposals
+        enough. With Pyro's flow padded to 2 dimensions (d = 1) the proposal is over (u, v),
+        the prior's part drawing v from N(0, 1), and the density returned is the mixture's at
+        (u, v) divided by N(v; 0, 1): the weights are exact for the target p(u) N(v; 0, 1),
+        whose u-marginal is p(u)."""
+        d = len(self.signature["params"])
+        shift, scale = self.shift.double(), self.scale.double()
         with torch.no_grad():
             context = self.encoder(observations, actions, present)
             flow = self._distribution(context)
-            if isinstance(flow, _Padded):
-                full = flow.flow.sample((n,))
-                log_q = flow.flow.log_prob(full)
-                padding = full[..., flow.d :]
-                log_q = log_q - torch.distributions.Normal(0.0, 1.0).log_prob(padding).sum(-1)
-                z = full[..., : flow.d]
-            else:
-                z, log_q = flow.rsample_and_log_prob((n,))
-            u = z.double() * self.scale.double() + self.shift.double()
-            # the standardisation's Jacobian: u = z * scale + shift
-            log_q = log_q.double() - torch.log(self.scale.double()).sum()
-        return u, log_q
+            padded = isinstance(flow, _Padded)
+            full_flow = flow.flow if padded else flow  # over (u, v) where padded
+            from_prior = int(round(defensive * n))
+            full = full_flow.sample((n - from_prior,)).double()  # standardised (u, v)
+            if from_prior:
+                B = context.shape[0]
+                u = torch.stack(
+                    [
+                        LINKS[name].inv(priors[name].sample((from_prior, B)))
+                        for name in self.signature["params"]
+                    ],
+                    -1,
+                ).double()
+                extra = torch.randn(from_prior, B, full.shape[-1] - d, dtype=torch.float64)
+                full = torch.cat([full, torch.cat([(u - shift) / scale, extra], -1)], 0)
+            # the flow's density of every draw (float32 as it was trained), on u's scale
+            log_q = full_flow.log_prob(full.float()).double() - torch.log(scale).sum()
+            u = full[..., :d] * scale + shift
+            normal = torch.distributions.Normal(0.0, 1.0)
+            padding = normal.log_prob(full[..., d:]).sum(-1)  # 0 without padding
+            if from_prior:
+                log_prior = sum(
+                    priors[name].log_prob(LINKS[name](u[..., i]))
+                    + LINKS[name].log_abs_det_jacobian(u[..., i], LINKS[name](u[..., i]))
+                    for i, name in enumerate(self.signature["params"])
+                )
+                log_q = torch.logaddexp(
+                    math.log1p(-defensive) + log_q, math.log(defensive) + log_prior + padding
+                )
+        return u, log_q - padding
 
     def check(self, signature: dict, num_trials: int) -> None:
         """ValueError naming what differs where the estimator was trained for another task,
@@ -347,7 +381,9 @@ def estimator_draws(
     attributes). With ``importance`` proposals a subject and ``log_target`` (u (M, N, d) ->
     ln p(u, data) (M, N)), the draws are resampled from the proposals by their Pareto-smoothed
     importance weights (``importance_resample``), and the attributes hold each subject's Pareto
-    k and effective sample size."""
+    k and effective sample size. A tenth of the proposals (``DEFENSIVE``) come from the priors
+    (``PosteriorEstimator.proposals``), so that the weights stay bounded where the estimator
+    misses a posterior."""
     # (the data fit the task, checked by fit; the task is the estimator's, checked here)
     estimator.check(task_signature(task, settings, params, priors), data.present.shape[1])
     empty = ~data.present.any(1)
@@ -359,7 +395,9 @@ def estimator_draws(
     if importance is None:
         values = estimator.draws(*x, draws)
         return {name: value[None] for name, value in values.items()}, {}
-    u, log_q = estimator.proposals(*x, importance)
+    u, log_q = estimator.proposals(
+        *x, importance, chosen_priors(params, priors), defensive=DEFENSIVE
+    )
     found = importance_resample(u, log_target(u) - log_q, draws)
     sites = {
         name: LINKS[name](found["u"][..., i])[None]

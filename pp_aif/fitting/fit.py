@@ -119,8 +119,10 @@ def fit(
     subject from its q(theta | the subject's data), one "chain"; refused for another task,
     agent, parameters or priors, or more trials than it was trained on; importance : method
     "amortised", correct the estimator's draws by importance sampling with the agent's exact
-    likelihood: this many proposals per subject from the estimator, weighed by prior x
-    likelihood / q, Pareto-smoothed (PSIS), of which ``draws`` are resampled by weight; the
+    likelihood: this many proposals per subject, nine in ten from the estimator and one in
+    ten from the priors (defensive importance sampling: bounded weights where the estimator
+    misses a posterior), weighed by prior x likelihood / the mixture's density,
+    Pareto-smoothed (PSIS), of which ``draws`` are resampled by weight; the
     attributes ``importance_pareto_k`` and ``importance_ess`` give each subject's Pareto shape
     (above 0.7 the draws are unreliable, and are warned about by name) and effective sample
     size; it costs one likelihood evaluation per proposal (default None: the estimator's

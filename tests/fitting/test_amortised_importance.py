@@ -44,20 +44,32 @@ def data(bandit):
     return BehaviourData.read(long_format(simulate_subjects(bandit, truth, 8, 4), bandit), bandit)
 
 
-def _replay_log_joint(bandit, data, u):
+def _replay_log_joint(bandit, data, u, params=PARAMS):
     """ln prior(theta) + ln |d theta / d u| + the replay's ln p(actions | theta): u (M, N, d)."""
     priors = default_priors()
     replay = ReplayLikelihood(
-        bandit.model, bandit.settings, data.observations, data.actions, PARAMS, data.present
+        bandit.model, bandit.settings, data.observations, data.actions, params, data.present
     )
-    theta = {name: LINKS[name](u[..., i]) for i, name in enumerate(PARAMS)}
+    theta = {name: LINKS[name](u[..., i]) for i, name in enumerate(params)}
     log_prior = sum(
         priors[name].log_prob(theta[name])
         + LINKS[name].log_abs_det_jacobian(u[..., i], theta[name])
-        for i, name in enumerate(PARAMS)
+        for i, name in enumerate(params)
     )
     log_likelihood = (replay(theta) * data.present[..., None]).sum((-1, -2))
     return log_prior + log_likelihood
+
+
+def _quadrature(bandit, data):
+    """Each subject's posterior mean and sd (N, d) of (ln alpha, ln eta) by brute force: a
+    121 x 121 grid over 7 prior sds either side, the replay's likelihood."""
+    step = 14.0 / 120
+    axis = torch.arange(121, dtype=torch.float64) * step - 7.0
+    grid = torch.stack(torch.meshgrid(axis + math.log(4.0), axis, indexing="ij"), -1)
+    u = grid.reshape(-1, 1, 2).expand(-1, 3, 2)
+    mass = torch.softmax(_replay_log_joint(bandit, data, u), 0)  # (G, N)
+    mean = (mass[..., None] * u).sum(0)
+    return mean, ((mass[..., None] * (u - mean) ** 2).sum(0)).sqrt()
 
 
 def test_proposals_carry_the_estimators_own_density(bandit, estimator, data):
@@ -72,6 +84,64 @@ def test_proposals_carry_the_estimators_own_density(bandit, estimator, data):
         expected = torch.stack([estimator.log_prob(standard[m], *x) for m in range(6)]).double()
     expected = expected - torch.log(estimator.scale.double()).sum()
     assert_close(log_q, expected, atol=1e-4, rtol=1e-5, reason="the flow computes in float32")
+
+
+def test_a_defensive_share_comes_from_the_priors_and_the_density_is_the_mixtures(
+    bandit, estimator, data
+):
+    """With defensive = 0.5, half the proposals are the priors' (in the prior's range, not
+    the estimator's), and ln q of every proposal is ln(q_flow / 2 + prior / 2)."""
+    x = (data.observations, data.actions, data.present)
+    priors = chosen_priors(PARAMS, None)
+    torch.manual_seed(4)
+    u, log_q = estimator.proposals(*x, 4000, priors, defensive=0.5)
+    assert u.shape == (4000, 3, 2)
+    # the prior's half: ln alpha ~ Normal(ln 4, 1), ln eta ~ Normal(0, 1)
+    tail = u[2000:].reshape(-1, 2)
+    assert_close(tail.mean(0), [math.log(4.0), 0.0], atol=0.06, reason="4 standard errors")
+    assert_close(tail.std(0), [1.0, 1.0], atol=0.05, reason="about 4 standard errors")
+    standard = ((u - estimator.shift.double()) / estimator.scale.double()).float()
+    with torch.no_grad():
+        flow = torch.stack([estimator.log_prob(standard[m], *x) for m in range(4000)]).double()
+    flow = flow - torch.log(estimator.scale.double()).sum()
+    prior = sum(
+        priors[name].log_prob(LINKS[name](u[..., i]))
+        + LINKS[name].log_abs_det_jacobian(u[..., i], LINKS[name](u[..., i]))
+        for i, name in enumerate(PARAMS)
+    )
+    expected = torch.logaddexp(flow, prior) + math.log(0.5)
+    assert_close(log_q, expected, atol=1e-4, rtol=1e-5, reason="the flow computes in float32")
+
+
+def test_a_missed_posterior_is_weighed_right_by_the_defensive_share(bandit, estimator, data):
+    """An estimator moved 5 standard deviations away from every posterior: its own proposals
+    alone give Pareto k > 0.7; with a tenth from the priors, 8000 proposals give the exact
+    posterior means (brute-force quadrature with the replay) within Monte Carlo error."""
+    import copy
+
+    moved = copy.deepcopy(estimator)
+    moved.shift += 5.0 * moved.scale
+    exact_mean, exact_sd = _quadrature(bandit, data)
+    likelihood, program = behavioural_program(bandit, data, PARAMS, None, bandit.settings)
+    potential = BehaviourPotential(
+        program, likelihood, priors=chosen_priors(PARAMS, None), present=data.present,
+        hierarchical=False, links=LINKS,
+    )  # fmt: skip
+    x = (data.observations, data.actions, data.present)
+    torch.manual_seed(5)
+    u, log_q = moved.proposals(*x, 8000)
+    alone = importance_resample(u, _log_target(potential, PARAMS, 3)(u) - log_q, 10)
+    assert bool((alone["pareto_k"] > 0.7).all()), alone["pareto_k"]
+    inference = pp_aif.fit(
+        bandit, data, PARAMS, method="amortised", estimator=moved, draws=8000,
+        importance=8000, seed=6, pointwise=False,
+    )  # fmt: skip
+    ess = torch.as_tensor(inference.attrs["importance_ess"], dtype=torch.float64)
+    assert bool((ess > 100).all()), ess
+    for i, name in enumerate(PARAMS):
+        values = torch.log(torch.as_tensor(inference.posterior[name].values[0]))  # (D, N)
+        error = exact_sd[:, i] * torch.sqrt(1 / ess + 1 / 8000)
+        assert bool(((values.mean(0) - exact_mean[:, i]).abs() < 4 * error).all()), name
 
 
 def test_the_pyro_flows_padding_is_weighed_exactly(bandit, data):
@@ -92,6 +162,21 @@ def test_the_pyro_flows_padding_is_weighed_exactly(bandit, data):
     expected = flow.flow.log_prob(full) - normal.log_prob(full[..., 1])
     expected = expected.double() - torch.log(scale).sum()
     assert_close(log_q, expected, atol=1e-4, rtol=1e-5, reason="the flow computes in float32")
+    # end to end, with a defensive share over (u, v): the exact posterior of ln alpha
+    axis = torch.arange(1201, dtype=torch.float64) * 14.0 / 1200 - 7.0 + math.log(4.0)
+    u = axis.reshape(-1, 1, 1).expand(-1, 3, 1)
+    mass = torch.softmax(_replay_log_joint(bandit, data, u, ("alpha",)), 0)
+    exact_mean = (mass * u[..., 0]).sum(0)
+    exact_sd = ((mass * (u[..., 0] - exact_mean) ** 2).sum(0)).sqrt()
+    inference = pp_aif.fit(
+        bandit, data, ("alpha",), method="amortised", estimator=estimator, draws=4000,
+        importance=4000, seed=7, pointwise=False,
+    )  # fmt: skip
+    ess = torch.as_tensor(inference.attrs["importance_ess"], dtype=torch.float64)
+    values = torch.log(torch.as_tensor(inference.posterior["alpha"].values[0]))
+    error = exact_sd * torch.sqrt(1 / ess + 1 / 4000)
+    assert bool(((values.mean(0) - exact_mean).abs() < 4 * error).all())
+    assert bool(((values.std(0) - exact_sd).abs() < 4 * error).all())
 
 
 def test_the_target_is_prior_times_the_replays_likelihood(bandit, data):
@@ -147,14 +232,7 @@ def test_reweighing_a_barely_trained_estimator_gives_the_exact_posterior(bandit,
     (a 121 x 121 grid over 7 prior sds either side); the importance-sampled fit is within 4
     Monte Carlo standard errors of them, and its Pareto k are below 0.7. The estimator's own
     draws (2 epochs on 240 simulations) are not."""
-    step = 14.0 / 120
-    axis = torch.arange(121, dtype=torch.float64) * step - 7.0
-    grid = torch.stack(torch.meshgrid(axis + math.log(4.0), axis, indexing="ij"), -1)
-    u = grid.reshape(-1, 1, 2).expand(-1, 3, 2)
-    log_joint = _replay_log_joint(bandit, data, u)  # (G, N)
-    mass = torch.softmax(log_joint, 0)
-    exact_mean = (mass[..., None] * u).sum(0)  # (N, d)
-    exact_sd = ((mass[..., None] * (u - exact_mean) ** 2).sum(0)).sqrt()
+    exact_mean, exact_sd = _quadrature(bandit, data)
 
     draws = 4000
     inference = pp_aif.fit(
