@@ -57,6 +57,12 @@ from pp_aif.inference.amortised import (  # noqa: E402
 )
 from pp_aif.inference.variational import SVISettings  # noqa: E402
 
+#: the methods' names in the figure
+LABELS = {
+    "structured": "structured, from the posterior",
+    "structured_from_prior": "structured, from the prior",
+    "mean_field": "mean field",
+}
 #: the per-sequence guides: name -> (infer_states' method, its SVISettings or None)
 PER_SEQUENCE = {
     "structured": ("structured", None),
@@ -214,7 +220,7 @@ def plot(results: dict, path: Path) -> None:
         if name != "two_factor"
     ]
     series = (
-        ("amortisation gap (amortised - structured)", lambda r: r["amortisation_gap"], "C0"),
+        ("amortisation gap (amortised - the optimum)", lambda r: r["amortisation_gap"], "C0"),
         (
             "approximation gap, structured from the prior",
             lambda r: r["approximation_gap"]["structured_from_prior"],
@@ -261,13 +267,13 @@ def plot(results: dict, path: Path) -> None:
             positions + (i - 2) * width,
             [r["seconds_per_sequence"][method] for r in rows],
             width,
-            label=method,
+            label=LABELS.get(method, method),
         )
     axes[2].set_yscale("log")
     axes[2].set_xticks(positions, ticks, rotation=45, ha="right")
     axes[2].set_ylabel("seconds per sequence (batched call / N)")
     axes[2].set_title("time per sequence")
-    axes[2].legend(fontsize=8, ncols=2)
+    axes[2].legend(fontsize=7, loc="upper left")
     save_figure(figure, path, dpi=120)
     plt.close(figure)
 
