@@ -15,19 +15,7 @@ from pp_aif.fitting.amortised import EstimatorSettings, PosteriorEstimator
 from pp_aif.fitting.predictive import simulate_subjects
 from pp_aif.fitting.training import train_estimator
 from pp_aif.parameters import default_priors
-
-PARAMS = ("alpha", "learning_rate")
-TINY = dict(simulations=240, trials=8, min_trials=3, epochs=2, hidden=8, transforms=1)
-
-
-@pytest.fixture(scope="module")
-def bandit():
-    return pp_aif.load_task("bandit")
-
-
-@pytest.fixture(scope="module")
-def trained(bandit):
-    return train_estimator(bandit, PARAMS, **TINY)
+from tests.fitting.conftest import PARAMS, TINY
 
 
 @pytest.fixture(scope="module")

@@ -23,19 +23,12 @@ from pp_aif.fitting.replay import ReplayLikelihood
 from pp_aif.fitting.training import train_estimator
 from pp_aif.parameters import LINKS, chosen_priors, default_priors
 from tests.common import assert_close
-
-PARAMS = ("alpha", "learning_rate")
-TINY = dict(simulations=240, trials=8, min_trials=3, epochs=2, hidden=8, transforms=1)
+from tests.fitting.conftest import PARAMS, TINY
 
 
 @pytest.fixture(scope="module")
-def bandit():
-    return pp_aif.load_task("bandit")
-
-
-@pytest.fixture(scope="module")
-def estimator(bandit):
-    return train_estimator(bandit, PARAMS, **TINY)[0]
+def estimator(trained):
+    return trained[0]
 
 
 @pytest.fixture(scope="module")
