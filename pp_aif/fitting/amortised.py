@@ -351,6 +351,12 @@ def importance_resample(u: Tensor, log_weights: Tensor, draws: int, generator=No
     M, N = log_weights.shape
     if M < 2:
         raise ValueError(f"importance: {M} proposal a subject cannot be weighed; give 2 or more")
+    if bool(torch.isnan(log_weights).any()):
+        index = int(torch.isnan(log_weights).any(0).nonzero()[0])
+        raise FloatingPointError(
+            f"importance: the target density of subject {index} is NaN at "
+            f"{int(torch.isnan(log_weights[:, index]).sum())} of its {M} proposals"
+        )
     finite = torch.isfinite(log_weights).any(0)
     if not bool(finite.all()):
         index = int((~finite).nonzero()[0])

@@ -216,6 +216,10 @@ def test_resampling_names_a_subject_without_target_mass():
     log_weights[:, 1] = -torch.inf
     with pytest.raises(FloatingPointError, match="subject 1"):
         importance_resample(u, log_weights, 3)
+    log_weights[:, 1] = 0.0
+    log_weights[2, 1] = torch.nan
+    with pytest.raises(FloatingPointError, match="subject 1 is NaN at 1 of its 4 proposals"):
+        importance_resample(u, log_weights, 3)
     with pytest.raises(ValueError, match="2 or more"):
         importance_resample(u[:1], log_weights[:1], 3)
 
