@@ -118,7 +118,7 @@ def run(config: Config) -> dict:
                 capture_output=True,
             )
     results = {
-        "config": {**asdict(config), "out": str(config.out)},
+        "config": asdict(config),
         "machine": machine(),
         "this_tree": head,
         "earlier": commit,

@@ -33,7 +33,7 @@ def run(config: Config) -> dict:
     task = load_task("tmaze")
     steps = task.trial_length
     results = {
-        "config": {**asdict(config), "out": str(config.out)},
+        "config": asdict(config),
         "machine": machine(),
         "exact": [],
         "sampled": [],

@@ -90,7 +90,7 @@ def run(config: Config) -> dict:
             flush=True,
         )
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "machine": machine(),
         "task": task.name,
         "params": list(params),

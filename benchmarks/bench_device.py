@@ -64,7 +64,7 @@ def run(config: Config) -> dict:
     device = torch.device(config.device)
     task = pp_aif.load_task("tmaze")
     results = {
-        "config": {**asdict(config), "out": str(config.out)},
+        "config": asdict(config),
         "machine": {
             **machine(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

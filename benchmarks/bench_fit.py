@@ -239,7 +239,7 @@ def run(config: Config) -> dict:
     torch.set_num_threads(config.threads)
     task, static, data = subject(config)
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "machine": machine(),
         "likelihood": likelihood_rates(config, task, static, data),
         "sampler_cost": sampler_cost(config),

@@ -142,7 +142,7 @@ def run(config: Config) -> dict:
                 flush=True,
             )
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "machine": machine(),
         "rows": rows,
         "joint": _joint(config, rng) if config.joint_sequences else [],

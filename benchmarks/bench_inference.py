@@ -106,7 +106,7 @@ def run(config: Config) -> dict:
     torch.manual_seed(config.seed)
     model = random_model(rng, config.num_states, config.num_outcomes, config.num_controls)
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "machine": machine(),
         "lengths": [],
         "linearity": [],

@@ -85,7 +85,7 @@ def run(config: Config) -> dict:
     ess = az.ess(inference, var_names=names)
     leapfrogs = inference.sample_stats["n_steps"].values.sum(1)  # (C, N): sampling only
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "machine": machine(),
         "seconds": seconds,
         "goal_seconds": 600.0,

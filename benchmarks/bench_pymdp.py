@@ -215,7 +215,7 @@ def run(config: Config) -> dict:
         T = task.trial_length
         num_trials = math.ceil(config.steps / T)
         results = {
-            "config": {**asdict(config), "out": str(config.out)},
+            "config": asdict(config),
             "machine": {
                 **machine(),
                 "jax": jax.__version__,

@@ -174,7 +174,7 @@ def run(config: Config) -> dict:
 
         extra = {"jax": jax.__version__, "pymdp": version("inferactively-pymdp")}
     results = {
-        "config": {**asdict(config), "out": str(config.out)},
+        "config": asdict(config),
         "machine": {**machine(), "torch_threads": 1, **extra},
         "rows": rows,
         "slopes": slopes,

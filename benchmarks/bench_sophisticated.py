@@ -209,7 +209,7 @@ def run(config: Config) -> dict:
                 }
             )
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "machine": machine(),
         "xla_flags": os.environ.get("XLA_FLAGS"),
         "rows": rows,

@@ -184,7 +184,7 @@ def _train(model, config: Config, max_length: int, label: str):
 def run(config: Config) -> dict:
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
-    results: dict = {"config": {**asdict(config), "out": str(config.out)}, "cases": {}}
+    results: dict = {"config": asdict(config), "cases": {}}
 
     model = pp_aif.load_task("two_factor").model
     guide, training = _train(model, config, max(config.two_factor_lengths), "two_factor")

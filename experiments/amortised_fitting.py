@@ -115,7 +115,7 @@ def compare(truth: dict, nuts, amortised, params) -> dict:
 def run(config: Config) -> dict:
     torch.set_num_threads(config.threads)
     task = pp_aif.load_task(config.task)
-    results: dict = {"config": {**asdict(config), "out": str(config.out)}, "flows": {}}
+    results: dict = {"config": asdict(config), "flows": {}}
     estimators = {}
     if config.reuse_estimator:
         earlier = config.out / "amortised_fitting.json"

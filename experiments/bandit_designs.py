@@ -96,7 +96,7 @@ def run(config: Config) -> dict:
         )
         rows.append(row)
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "designs": rows,
     }
     config.out.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,7 @@ def run(config: Config) -> dict:
     }
     rewarded = simulated["reward"].values.mean() if "reward" in simulated else None
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "recovery": recovery(truth, inference),
         "posterior_correlations": posterior_correlations(inference, config.params),
         "fit_seconds": seconds,

@@ -185,7 +185,7 @@ def run(config: Config) -> dict:
     L = config.rank_draws
     if L > config.chains * config.draws:
         raise ValueError(f"rank_draws: {L} is more than the {config.chains * config.draws} draws")
-    results: dict = {"config": {**asdict(config), "out": str(config.out)}, "tasks": {}}
+    results: dict = {"config": asdict(config), "tasks": {}}
     band = ecdf_band(config.num_subjects, L, config.band_simulations, config.seed)
     results["band"] = {"z": band[0].tolist(), "lower": band[1].tolist(), "upper": band[2].tolist()}
     for t, name in enumerate(config.tasks):

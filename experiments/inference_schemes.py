@@ -227,7 +227,7 @@ def _run(config: Config) -> dict:
             ),
         }
     results = {
-        "config": {**asdict(config), "out": str(config.out)},
+        "config": asdict(config),
         "cases": cases,
         "tmaze_closed_loop": closed_loop(config),
     }

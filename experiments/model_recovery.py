@@ -213,7 +213,7 @@ def _summarise(config: Config, bias: float, fitted: dict, seconds: float, jobs: 
                 for name, r in selection.items()
             },
         }
-    config_record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    config_record = asdict(config)
     return {
         "config": {**config_record, "context_bias": bias},
         "kinds": list(KINDS),
@@ -257,7 +257,7 @@ def run_sweep(config: Config, biases) -> dict:
     worlds = {f"{bias:g}": _summarise(config, bias, fitted[bias], seconds, jobs) for bias in biases}
     criteria = ("loo", "laplace") + (("exact",) if config.method == "grid" else ())
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "kinds": list(KINDS),
         "context_bias": list(biases),
         "diagonals": {

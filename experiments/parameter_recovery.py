@@ -197,7 +197,7 @@ def run(config: Config) -> dict:
         "resumed": int(inference.attrs["jobs_resumed"]),
     }
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": asdict(config),
         "recovery": recovery(truth, inference),
         "posterior_correlations": posterior_correlations(inference, config.params),
         "identifiability": identifiability(config, task, data),

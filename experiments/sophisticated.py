@@ -102,7 +102,7 @@ class Config:
 
 def run(config: Config) -> dict:
     task = load_task("tmaze")
-    results = {"config": {**asdict(config), "out": str(config.out)}, "agents": {}}
+    results = {"config": asdict(config), "agents": {}}
     for label, planner, lesions in AGENTS:
         settings = AgentSettings(planner=planner, lesions=lesions)
         start = time.perf_counter()

@@ -64,7 +64,7 @@ def behaviour(dataset) -> dict:
 
 def run(config: Config) -> dict:
     task = load_task("tmaze")
-    results = {"config": {**asdict(config), "out": str(config.out)}}
+    results = {"config": asdict(config)}
     rates = {}
     for label, lesions in (("epistemic", Lesions()), ("no_epistemic", Lesions(epistemic=False))):
         settings = AgentSettings(lesions=lesions)

@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 __all__ = [
@@ -265,9 +265,16 @@ def write_text(path: str | Path, text: str, *, exclusive: bool = False) -> bool:
 
 
 def write_json(path: str | Path, value: Any, *, indent: int = 2, exclusive: bool = False) -> bool:
-    """``value`` as JSON to ``path``, atomically; a value that is not JSON-serialisable raises
-    TypeError before anything is written."""
-    return write_text(path, json.dumps(value, indent=indent), exclusive=exclusive)
+    """``value`` as JSON to ``path``, atomically; paths are written as their strings (an
+    experiment's or benchmark's ``asdict(config)`` as it is), and a value that is not
+    otherwise JSON-serialisable raises TypeError before anything is written."""
+    return write_text(path, json.dumps(value, indent=indent, default=_path), exclusive=exclusive)
+
+
+def _path(value):
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def save_figure(figure, path: str | Path, **savefig_kwargs) -> Path:

@@ -371,3 +371,18 @@ def test_two_runs_into_one_store_keep_every_result_once(tmp_path):
         assert reports["a"]["pids"][name] == reports["b"]["pids"][name] == pid
         assert pid in (processes[0].pid, processes[1].pid)
     assert len(reports["a"]["computed"]) + len(reports["b"]["computed"]) >= 12
+
+
+def test_json_records_take_paths_and_refuse_the_unwritable_before_writing(tmp_path):
+    """``write_json`` writes a path as its string (an experiment's ``asdict(config)`` as it
+    is); a value it cannot write raises TypeError and leaves the earlier file whole."""
+    from pp_aif.atomic import write_json
+
+    target = tmp_path / "record.json"
+    write_json(target, {"config": {"out": tmp_path / "results", "sizes": (1, 2)}})
+    assert json.loads(target.read_text()) == {
+        "config": {"out": str(tmp_path / "results"), "sizes": [1, 2]}
+    }
+    with pytest.raises(TypeError, match="object is not JSON serializable|not JSON serializable"):
+        write_json(target, {"config": object()})
+    assert json.loads(target.read_text())["config"]["sizes"] == [1, 2]
