@@ -721,11 +721,14 @@ def fit_command(
     if importance is not None:
         import numpy as np
 
+        from pp_aif.fitting.fit import PARETO_K_LIMIT
+
         k = np.asarray(inference.attrs["importance_pareto_k"])
         ess = np.asarray(inference.attrs["importance_ess"])
         print(
             f"importance sampling: {importance} proposals a subject; Pareto k at most "
-            f"{k.max():.2f} ({int((k > 0.7).sum())} subject(s) above 0.7); effective sample "
+            f"{k.max():.2f} ({int((k > PARETO_K_LIMIT).sum())} subject(s) above "
+            f"{PARETO_K_LIMIT}); effective sample "
             f"size {ess.min():.0f} at least, median {np.median(ess):.0f}"
         )
     _report(caught, (ConvergenceWarning, DamagedResultWarning))

@@ -24,6 +24,7 @@ __all__ = [
     "default_priors",
     "chosen_priors",
     "check_parameters",
+    "log_prior_on_link_scale",
 ]
 
 PARAMETERS = (
@@ -75,6 +76,27 @@ def chosen_priors(params, priors: dict | None = None, dtype=torch.float64) -> di
     """{name: prior} for the fitted parameters: the caller's, else ``default_priors()``."""
     every = {**default_priors(dtype), **(priors or {})}
     return {name: every[name] for name in params}
+
+
+def log_prior_on_link_scale(priors: dict, params, u: torch.Tensor) -> torch.Tensor:
+    """The priors' density of link-scale values u (..., d), one column per name of
+    ``params``: sum_i ln p_i(link_i(u_i)) + ln |d link_i / d u_i|, (...). A prior that is
+    link^-1(Normal) (the defaults) is the Normal's density of u itself, which stays finite
+    where link(u) leaves floating point."""
+    total = torch.zeros(u.shape[:-1], dtype=u.dtype, device=u.device)
+    for i, name in enumerate(params):
+        prior, link = priors[name], LINKS[name]
+        base = getattr(prior, "base_dist", None)
+        if (
+            isinstance(base, dist.Normal)
+            and len(prior.transforms) == 1
+            and type(prior.transforms[0]) is type(link)
+        ):
+            total = total + base.log_prob(u[..., i])
+        else:
+            value = link(u[..., i])
+            total = total + prior.log_prob(value) + link.log_abs_det_jacobian(u[..., i], value)
+    return total
 
 
 def check_parameters(what: str, names) -> None:

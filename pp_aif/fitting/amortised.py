@@ -43,7 +43,7 @@ from pp_aif.agent import AgentSettings
 from pp_aif.atomic import load_checkpoint, save_checkpoint
 from pp_aif.errors import DataError
 from pp_aif.jobs import content_digest
-from pp_aif.parameters import LINKS, chosen_priors
+from pp_aif.parameters import LINKS, chosen_priors, log_prior_on_link_scale
 from pp_aif.validation import check_integer, check_number
 
 __all__ = [
@@ -215,11 +215,7 @@ class PosteriorEstimator(nn.Module):
             normal = torch.distributions.Normal(0.0, 1.0)
             padding = normal.log_prob(full[..., d:]).sum(-1)  # 0 without padding
             if from_prior:
-                log_prior = sum(
-                    priors[name].log_prob(LINKS[name](u[..., i]))
-                    + LINKS[name].log_abs_det_jacobian(u[..., i], LINKS[name](u[..., i]))
-                    for i, name in enumerate(self.signature["params"])
-                )
+                log_prior = log_prior_on_link_scale(priors, self.signature["params"], u)
                 log_q = torch.logaddexp(
                     math.log1p(-defensive) + log_q, math.log(defensive) + log_prior + padding
                 )

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pp_aif.errors import ConvergenceWarning
 from pp_aif.fitting.likelihood import BehaviourLikelihood
-from pp_aif.parameters import LINKS, chosen_priors
+from pp_aif.parameters import LINKS, chosen_priors, log_prior_on_link_scale
 
 __all__ = ["LinkScaleDensity", "laplace", "grid", "grid_log_mass"]
 
@@ -38,7 +38,7 @@ class LinkScaleDensity:
         self.present = likelihood.present
         if self.present is None:
             self.present = torch.ones(likelihood.actions.shape[:2], dtype=torch.bool)
-        chosen = chosen_priors(self.params, priors, likelihood.model.dtype)
+        self.chosen = chosen = chosen_priors(self.params, priors, likelihood.model.dtype)
         self.priors = [chosen[name] for name in self.params]
         self.links = [LINKS[name] for name in self.params]
         self.initial = torch.stack(
@@ -46,22 +46,11 @@ class LinkScaleDensity:
         )
 
     def __call__(self, u: Tensor) -> Tensor:
-        theta, total = {}, 0.0
-        for i, (name, prior, link) in enumerate(
-            zip(self.params, self.priors, self.links, strict=True)
-        ):
-            value = link(u[..., i])
-            theta[name] = value
-            base = getattr(prior, "base_dist", None)
-            if (
-                isinstance(base, pyro.distributions.Normal)
-                and len(prior.transforms) == 1
-                and type(prior.transforms[0]) is type(link)
-            ):
-                total = total + base.log_prob(u[..., i])  # the prior's density of u itself
-            else:
-                density = prior.log_prob(value) + link.log_abs_det_jacobian(u[..., i], value)
-                total = total + density
+        theta = {
+            name: link(u[..., i])
+            for i, (name, link) in enumerate(zip(self.params, self.links, strict=True))
+        }
+        total = log_prior_on_link_scale(self.chosen, self.params, u)
         pointwise = self.likelihood(theta).sum(-1)  # (*b, N, K)
         pointwise = torch.where(self.present, pointwise, torch.zeros_like(pointwise))
         return total + pointwise.sum(-1)

@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 
 import numpy as np
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -152,3 +153,29 @@ def test_the_numpy_potential_is_the_torch_one(absent):
     wild = torch.full((2, direct.dimension), -1000.0, dtype=torch.float64)
     value, _ = direct.per_subject_value_and_gradient(wild.numpy())
     assert not torch.isfinite(direct.per_subject(wild)).any() and not np.isfinite(value).any()
+
+
+def test_the_priors_density_on_the_link_scale():
+    """``log_prior_on_link_scale`` against the change of variables done by hand (scipy's
+    densities, an independent route): the default link^-1(Normal) priors (by their Normal on
+    u) and a Gamma prior on alpha (by its density at exp(u) times exp(u)); finite where
+    exp(u) leaves floating point for the defaults."""
+    from scipy import stats
+
+    from pp_aif.parameters import default_priors, log_prior_on_link_scale
+
+    u = torch.tensor([[0.3, -1.2], [2.0, 0.5], [-0.7, 1.1]], dtype=torch.float64)
+    params = ("alpha", "learning_rate")
+    expected = stats.norm(np.log(4.0), 1.0).logpdf(u[:, 0].numpy()) + stats.norm(0.0, 1.0).logpdf(
+        u[:, 1].numpy()
+    )
+    assert_close(log_prior_on_link_scale(default_priors(), params, u), expected)
+    gamma = {**default_priors(), "alpha": dist.Gamma(torch.tensor(2.0, dtype=torch.float64), 0.5)}
+    alpha = np.exp(u[:, 0].numpy())
+    expected = (
+        stats.gamma(2.0, scale=2.0).logpdf(alpha) + u[:, 0].numpy()
+        + stats.norm(0.0, 1.0).logpdf(u[:, 1].numpy())
+    )  # fmt: skip
+    assert_close(log_prior_on_link_scale(gamma, params, u), expected)
+    far = torch.tensor([[-1000.0, 0.0]], dtype=torch.float64)
+    assert torch.isfinite(log_prior_on_link_scale(default_priors(), params, far)).all()
