@@ -51,10 +51,11 @@ from pyro.infer import SVI, TraceEnum_ELBO
 from torch import Tensor, nn
 
 from pp_aif.atomic import load_checkpoint, save_checkpoint
-from pp_aif.inference.exact import exact_smoothing, run_forward_filter
-from pp_aif.inference.inputs import SchemeInputs, Sequences, prepare_sequences
-from pp_aif.inference.variational import LOG_ZERO, chain_beliefs, sample_chain
-from pp_aif.ops.free_energy import joint_log_initial, joint_log_transitions
+from pp_aif.inference.exact import run_forward_filter
+from pp_aif.inference.inputs import Sequences, prepare_sequences
+from pp_aif.inference.variational import LOG_ZERO, sample_chain
+from pp_aif.ops.free_energy import chain_joint_marginals, joint_log_initial
+from pp_aif.ops.hmm import factor_marginals, observation_log_likelihood
 from pp_aif.programs import pomdp, sample_sequences
 from pp_aif.spec import GenerativeModel
 from pp_aif.validation import check_integer, check_number
@@ -64,6 +65,7 @@ __all__ = [
     "AmortisedTraining",
     "amortised_beliefs",
     "chain_logits",
+    "message_chain_beliefs",
     "model_digest",
     "train_amortised_guide",
 ]
@@ -190,67 +192,187 @@ class AmortisedGuide(nn.Module):
         return built
 
 
+def joint_transition_table(model: GenerativeModel) -> Tensor:
+    """p(s_t+1 = j | s_t = i, u) over the flattened joint state for every joint control u
+    (``joint_controls``): (prod_f U_f, K, K) ``[u, i, j]``, the factors' B multiplied."""
+    table = torch.ones(1, 1, 1, dtype=model.dtype, device=model.device)
+    for b in model.transition_by_action:  # (U_f, S_next, S_prev)
+        step = b.transpose(-1, -2)  # (U_f, S_prev, S_next)
+        U, S = step.shape[:2]
+        table = (table[:, None, :, None, :, None] * step[None, :, None, :, None, :]).reshape(
+            table.shape[0] * U, table.shape[1] * S, table.shape[2] * S
+        )
+    return table
+
+
+def joint_controls(model: GenerativeModel, actions: Tensor) -> Tensor:
+    """The row of ``joint_transition_table`` of each step's controls: int (N, T-1)."""
+    index = torch.zeros(actions.shape[:-1], dtype=torch.int64, device=actions.device)
+    for f, U in enumerate(model.num_controls):
+        index = index * U + actions[..., f]
+    return index
+
+
 def chain_logits(
-    model: GenerativeModel, inputs, supports, messages: Tensor, log_transitions=None
+    model: GenerativeModel,
+    log_likelihood: Tensor,
+    ahead: Tensor,
+    messages: Tensor,
+    log_transitions: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """The chain's logits from messages m (N, T, K): init (N, K) and trans (N, T-1, K, K)
-    ``[.., s_t, s_t+1]``, LOG_ZERO off the posterior's support ``supports`` = (states (N, T,
-    K), pairs (N, T-1, K, K)). ``inputs`` are the sequences' ``SchemeInputs`` (the model's own
-    A, B, D); log_transitions, their ``joint_log_transitions``, is computed if not given."""
-    states, pairs = supports
-    N, T, K = messages.shape
-    if log_transitions is None:
-        log_transitions = joint_log_transitions(list(inputs.transitions))
-    ahead = inputs.log_likelihood.reshape(N, T, K) + messages  # ln p(o_t | s) + m_t(s)
-    init = joint_log_initial(model.log_D) + ahead[:, 0]
-    init = torch.where(states[:, 0], init, LOG_ZERO)
-    trans = torch.where(pairs, log_transitions + ahead[:, 1:, None, :], LOG_ZERO)
+    ``[.., s_t, s_t+1]``, LOG_ZERO where the next state is not in ``ahead`` (N, T, K) (``prepare``:
+    the states from which the rest of the sequence is possible) or the model rules the step out.
+    log_likelihood : (N, T, K) ln p(o_t | s); log_transitions : (N, T-1, K, K) ``[.., i, j]``
+    ln p(s_t+1 = j | s_t = i, u_t).
+
+    The chain then reaches exactly the exact posterior's support (tested): a state gets mass
+    only if a path with probability > 0 leads to it (the model's own terms) and one leads on
+    from it (``ahead``)."""
+    terms = log_likelihood + messages  # ln p(o_t | s) + m_t(s)
+    log_initial = joint_log_initial(model.log_D)
+    init = torch.where(
+        ahead[:, 0] & torch.isfinite(log_initial), log_initial + terms[:, 0], LOG_ZERO
+    )
+    allowed = ahead[:, 1:, None, :] & torch.isfinite(log_transitions)
+    trans = torch.where(allowed, log_transitions + terms[:, 1:, None, :], LOG_ZERO)
     return init, trans
 
 
 class Prepared(NamedTuple):
-    """What the guide needs besides its network, from the exact forward pass: the sequences'
-    ``SchemeInputs``, the posterior's support (states (N, T, K), pairs (N, T-1, K, K)) and the
-    joint log transitions (N, T-1, K, K)."""
+    """What the guide needs besides its network: ``log_likelihood`` (N, T, K) ln p(o_t | s),
+    ``ahead`` (N, T, K) bool, the joint states s of step t with p(o_t | s) > 0 from which the
+    rest of the sequence is possible (beta_t(s) > 0), and ``transitions`` (N, T-1, K, K)
+    ``[.., i, j]`` p(s_t+1 = j | s_t = i, u_t) over the joint state."""
 
-    inputs: SchemeInputs
-    supports: tuple[Tensor, Tensor]
-    log_transitions: Tensor
+    log_likelihood: Tensor
+    ahead: Tensor
+    transitions: Tensor
 
 
 def prepare(model: GenerativeModel, sequences: Sequences) -> Prepared:
-    """The exact forward pass (impossible sequences are a DataError) and the posterior's
-    support: a joint state has mass where the smoothed posterior does, and a pair (i, j) of
-    consecutive states where both have mass and p(j | i, u) > 0 (then alpha_t(i) p(j | i)
-    p(o_t+1 | j) beta_t+1(j) > 0; equal to ``variational.posterior_support``'s, tested)."""
-    result, inputs = run_forward_filter(model, sequences)
-    N, T = sequences.observations.shape[:2]
+    """One backward pass over the sequences' structural zeros: ahead_T(s) = [p(o_T | s) > 0]
+    and ahead_t(s) = [p(o_t | s) > 0] and [some s' with p(s' | s, u_t) > 0 is ahead at t+1],
+    in 0/1 arithmetic (no underflow: each step is thresholded). A sequence with no state
+    ahead at the first step where D > 0 is impossible: then the exact forward pass is run,
+    and raises the DataError that names its step and modality, as every method's does."""
+    observations, actions = sequences.observations, sequences.actions
+    N, T = observations.shape[:2]
+    K = math.prod(model.num_states)
     with torch.no_grad():
-        states = exact_smoothing(inputs, result).reshape(N, T, -1) > 0
-        log_transitions = joint_log_transitions(list(inputs.transitions))
-        pairs = states[:, :-1, :, None] & states[:, 1:, None, :] & torch.isfinite(log_transitions)
-    return Prepared(inputs, (states, pairs), log_transitions)
+        log_likelihood = observation_log_likelihood(model.log_A, observations).reshape(N, T, K)
+        transitions = joint_transition_table(model)[joint_controls(model, actions)]
+        allowed = (transitions > 0).to(model.dtype)
+        steps = [torch.isfinite(log_likelihood[:, T - 1])]
+        for t in range(T - 2, -1, -1):
+            pulled = torch.matmul(allowed[:, t], steps[-1].to(model.dtype)[..., None])[..., 0]
+            steps.append(torch.isfinite(log_likelihood[:, t]) & (pulled > 0))
+        ahead = torch.stack(steps[::-1], 1)
+        start = ahead[:, 0] & (joint_log_initial(model.log_D) > -math.inf)
+        if not bool(start.any(-1).all()):
+            run_forward_filter(model, sequences)  # raises the DataError that names the step
+            raise AssertionError("prepare: an impossible sequence that the forward pass passed")
+    return Prepared(log_likelihood, ahead, transitions)
 
 
 def _logits(model, guide: AmortisedGuide, sequences: Sequences, prepared=None):
-    """(Prepared, init, trans): the chain's logits of the amortised guide on validated
-    sequences (``prepared`` from ``prepare``, made here if not given)."""
+    """(Prepared, messages, init, trans): the chain's logits of the amortised guide on
+    validated sequences (``prepared`` from ``prepare``, made here if not given)."""
     prepared = prepared if prepared is not None else prepare(model, sequences)
     messages = guide(sequences.observations, sequences.actions)
     init, trans = chain_logits(
-        model, prepared.inputs, prepared.supports, messages, prepared.log_transitions
+        model,
+        prepared.log_likelihood,
+        prepared.ahead,
+        messages,
+        torch.log(prepared.transitions),
     )
-    return prepared, init, trans
+    return prepared, messages, init, trans
+
+
+def message_chain_beliefs(init: Tensor, trans: Tensor, messages: Tensor) -> tuple[Tensor, Tensor]:
+    """(joint marginals q(s_t) (N, T, K), F (N,)) of the chain of ``chain_logits`` with
+    messages m (N, T, K), in closed form from the messages and the rows' log normalisers alone.
+
+    On every pair with mass, ln q(s_t+1 | s_t) = ln p(s_t+1 | s_t, u_t) + ln p(o_t+1 | s_t+1)
+    + m_t+1(s_t+1) - z_t(s_t), z_t the row's log normaliser (and likewise q(s_1) with ln D and
+    z_0), so the model's terms cancel in E_q[ln q - ln p(o, s)]:
+
+        F = sum_t E_q(s_t)[m_t] - z_0 - sum_t<T E_q(s_t)[z_t],
+
+    which needs the marginals (N, T, K) only, not a pass over the pairs (N, T-1, K, K). Equal
+    to ``variational.chain_beliefs`` (the general chain's F), with its gradients (tested).
+    Entries at LOG_ZERO carry no mass (exp(LOG_ZERO - z) is 0 in float64 unless the messages
+    reach 1e4 nats)."""
+    N, T, K = messages.shape
+    top = init.amax(-1, keepdim=True)
+    weights = torch.exp(init - top)
+    total = weights.sum(-1, keepdim=True)  # >= 1: the largest weight is exp(0)
+    initial, log_z0 = weights / total, (top + torch.log(total))[:, 0]
+    if T > 1:
+        top = trans.amax(-1, keepdim=True)
+        weights = torch.exp(trans - top)
+        total = weights.sum(-1, keepdim=True)
+        conditionals, log_z = weights / total, (top + torch.log(total))[..., 0]
+    else:
+        conditionals = trans.new_zeros(N, 0, K, K)
+        log_z = trans.new_zeros(N, 0, K)
+    joint = chain_joint_marginals(initial, conditionals)  # (N, T, K)
+    value = (joint * messages).sum((1, 2)) - log_z0 - (joint[:, :-1] * log_z).sum((1, 2))
+    return joint, value
+
+
+def scaled_chain_beliefs(
+    model: GenerativeModel, prepared: Prepared, messages: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The same chain's (joint marginals (N, T, K), F (N,)) in probability space, and a (N,)
+    bool marking the sequences where it underflowed (their values are not to be used).
+
+    With w_t(s) = exp(ln p(o_t | s) + m_t(s) - c_t) on ``ahead`` (0 elsewhere), c_t its step's
+    largest exponent, the rows' normalisers are S_t(i) = sum_j p(j | i, u_t) w_t+1(j) (z_t =
+    c_t+1 + ln S_t) and q(s_t+1 = j) = w_t+1(j) sum_i p(j | i, u_t) q(s_t = i) / S_t(i): one
+    product with the transitions a step, and exp over (N, T, K) only. Structural zeros are
+    exact zeros. A row that can go on (``ahead``) has S > 0 in exact arithmetic; one below the
+    smallest normal number has underflowed, and its sequence is marked (``amortised_beliefs``
+    recomputes those in log space)."""
+    N, T, K = messages.shape
+    dtype = messages.dtype
+    exponents = torch.where(prepared.ahead, prepared.log_likelihood + messages, -math.inf)
+    top = exponents.amax(-1, keepdim=True)  # finite: a possible sequence has a state ahead
+    weights = torch.exp(exponents - top)  # (N, T, K)
+    initial = torch.exp(joint_log_initial(model.log_D)) * weights[:, 0]
+    start = initial.sum(-1)
+    tiny = torch.finfo(dtype).tiny
+    underflow = start < tiny
+    initial = initial / start[:, None]
+    log_z0 = top[:, 0, 0] + torch.log(start)
+    joint = [initial]
+    value = (initial * messages[:, 0]).sum(-1) - log_z0
+    if T > 1:
+        rows = torch.matmul(prepared.transitions, weights[:, 1:, :, None])[..., 0]  # (N,T-1,K)
+        underflow = underflow | (prepared.ahead[:, :-1] & (rows < tiny)).flatten(1).any(-1)
+        held = rows > 0
+        safe = torch.where(held, rows, 1.0)
+        log_z = torch.where(held, top[:, 1:] + torch.log(safe), 0.0)
+        for t in range(T - 1):
+            share = torch.where(held[:, t], joint[-1] / safe[:, t], 0.0)  # q_t(i) / S_t(i)
+            step = torch.matmul(share[:, None, :], prepared.transitions[:, t])[:, 0]
+            joint.append(weights[:, t + 1] * step)
+        joint = torch.stack(joint, 1)
+        value = value + (joint[:, 1:] * messages[:, 1:]).sum((1, 2))
+        value = value - (joint[:, :-1] * log_z).sum((1, 2))
+    else:
+        joint = torch.stack(joint, 1)
+    return joint, value, underflow
 
 
 def _free_energy(model, guide: AmortisedGuide, sequences: Sequences, prepared=None):
-    """(marginals F x (N, T, S_f), F (N,)) of the amortised guide on validated sequences."""
-    (inputs, _, log_transitions), init, trans = _logits(model, guide, sequences, prepared)
-    T = sequences.observations.shape[1]
-    return chain_beliefs(
-        model, init, trans if T > 1 else None, inputs.log_likelihood, list(inputs.transitions),
-        log_transitions,
-    )  # fmt: skip
+    """(marginals F x (N, T, S_f), F (N,)) of the amortised guide on validated sequences, in
+    log space (the training loss; ``pyro_guide``'s chain)."""
+    _, messages, init, trans = _logits(model, guide, sequences, prepared)
+    joint, value = message_chain_beliefs(init, trans, messages)
+    N, T = joint.shape[:2]
+    return factor_marginals(joint.reshape(N, T, *model.num_states), 2), value
 
 
 def amortised_beliefs(model: GenerativeModel, guide: AmortisedGuide, sequences: Sequences):
@@ -261,8 +383,22 @@ def amortised_beliefs(model: GenerativeModel, guide: AmortisedGuide, sequences: 
             f"AmortisedGuide.load), got {type(guide).__name__}"
         )
     guide.check(model)
+    N, T = sequences.observations.shape[:2]
     with torch.no_grad():
-        return _free_energy(model, guide, sequences)
+        prepared = prepare(model, sequences)
+        messages = guide(sequences.observations, sequences.actions)
+        joint, value, underflow = scaled_chain_beliefs(model, prepared, messages)
+        if bool(underflow.any()):  # those sequences again, in log space
+            index = underflow.nonzero()[:, 0]
+            init, trans = chain_logits(
+                model,
+                prepared.log_likelihood[index],
+                prepared.ahead[index],
+                messages[index],
+                torch.log(prepared.transitions[index]),
+            )
+            joint[index], value[index] = message_chain_beliefs(init, trans, messages[index])
+    return factor_marginals(joint.reshape(N, T, *model.num_states), 2), value
 
 
 def pyro_guide(guide: AmortisedGuide) -> Callable:
@@ -272,7 +408,7 @@ def pyro_guide(guide: AmortisedGuide) -> Callable:
 
     def amortised(model, observations, actions, **_):
         pyro.module("amortised_guide", guide)
-        _, init, trans = _logits(model, guide, prepare_sequences(model, observations, actions))
+        _, _, init, trans = _logits(model, guide, prepare_sequences(model, observations, actions))
         sample_chain(model, init, trans, batched=True)
 
     return amortised

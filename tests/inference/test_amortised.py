@@ -3,6 +3,7 @@ ELBO, training lowers F to near -ln p(o), and every misuse is named."""
 
 from __future__ import annotations
 
+import math
 from importlib import import_module
 
 import numpy as np
@@ -17,15 +18,19 @@ from pp_aif.inference.amortised import (
     AmortisedTraining,
     _free_energy,
     chain_logits,
+    message_chain_beliefs,
     prepare,
     pyro_guide,
     random_sequences,
+    scaled_chain_beliefs,
     train_amortised_guide,
 )
 from pp_aif.inference.exact import run_forward_filter
 from pp_aif.inference.inputs import prepare_sequences
 from pp_aif.inference.variational import chain_beliefs, posterior_support
-from pp_aif.ops.hmm import smoothed_log_space
+from pp_aif.ops.contractions import outer
+from pp_aif.ops.free_energy import chain_joint_marginals
+from pp_aif.ops.hmm import factor_marginals, smoothed_log_space
 from pp_aif.programs import pomdp
 from tests.common import assert_close, brute_force, random_arrays, sample_sequence
 
@@ -58,31 +63,141 @@ def _case(rng, shape, zero_fraction, T, N=3):
     return arrays, model, observations, actions
 
 
+def _chain(model, sequences, messages):
+    """(prepared, init, trans): the guide's chain for these messages (N, T, K)."""
+    prepared = prepare(model, sequences)
+    init, trans = chain_logits(
+        model,
+        prepared.log_likelihood,
+        prepared.ahead,
+        messages,
+        torch.log(prepared.transitions),
+    )
+    return prepared, init, trans
+
+
+def _torch_rng(rng) -> torch.Generator:
+    return torch.Generator().manual_seed(int(rng.integers(2**31)))
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("zero_fraction", [0.0, 0.4])
 def test_exact_messages_give_the_exact_posterior(rng, shape, zero_fraction):
     """With m_t = ln beta_t the chain is the posterior: F = -ln p(o) and the marginals are
-    brute force's (so the gap of a trained guide is its network's alone)."""
+    brute force's (so the gap of a trained guide is its network's alone), by the general
+    chain's F, by the closed form from the messages and in probability space."""
     arrays, model, observations, actions = _case(rng, shape, zero_fraction, T=4)
     sequences = prepare_sequences(model, observations, actions)
-    inputs, supports, _ = prepare(model, sequences)
-    # the support from the smoothed marginals is the exact chain's (posterior_support)
-    _, states, pairs = posterior_support(model, *run_forward_filter(model, sequences)[::-1])
-    assert torch.equal(supports[0], states) and torch.equal(supports[1], pairs)
+    inputs = run_forward_filter(model, sequences)[1]
     _, log_backward, _ = smoothed_log_space(
         inputs.log_likelihood, list(inputs.transitions), list(inputs.initial)
     )
     N, T = observations.shape[:2]
     messages = log_backward.reshape(N, T, -1)
     messages = torch.where(torch.isfinite(messages), messages, -50.0)  # off the support anyway
-    init, trans = chain_logits(model, inputs, supports, messages)
-    marginals, free_energy = chain_beliefs(
-        model, init, trans, inputs.log_likelihood, list(inputs.transitions)
+    prepared, init, trans = _chain(model, sequences, messages)
+    # ahead: p(o_t | s) > 0 and beta_t(s) > 0, from the exact backward pass in log space
+    expected_ahead = torch.isfinite(inputs.log_likelihood) & torch.isfinite(log_backward)
+    assert torch.equal(prepared.ahead, expected_ahead.reshape(N, T, -1))
+    general = chain_beliefs(model, init, trans, inputs.log_likelihood, list(inputs.transitions))
+    closed = message_chain_beliefs(init, trans, messages)
+    scaled = scaled_chain_beliefs(model, prepared, messages)
+    assert not bool(scaled[2].any())
+    shape = model.num_states
+    routes = [general] + [
+        (factor_marginals(j.reshape(N, T, *shape), 2), F) for j, F, *_ in (closed, scaled)
+    ]
+    for marginals, free_energy in routes:
+        for n in range(N):
+            log_evidence, expected = brute_force(arrays, observations[n], actions[n])
+            assert_close(free_energy[n], -log_evidence)
+            assert_close([q[n] for q in marginals], expected)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_chain_keeps_to_the_posteriors_support(rng, shape):
+    """Whatever the messages, the guide's chain puts mass on exactly the exact posterior's
+    support: the joint states and the pairs of consecutive states (``posterior_support``)."""
+    _, model, observations, actions = _case(rng, shape, 0.5, T=6, N=6)
+    sequences = prepare_sequences(model, observations, actions)
+    _, states, pairs = posterior_support(model, *run_forward_filter(model, sequences)[::-1])
+    assert not bool(states.all()), "a case with structural zeros in the posterior"
+    N, T, K = states.shape
+    messages = torch.randn(N, T, K, dtype=model.dtype, generator=_torch_rng(rng))
+    prepared, init, trans = _chain(model, sequences, messages)
+    first, conditionals = torch.softmax(init, -1), torch.softmax(trans, -1)
+    joint = chain_joint_marginals(first, conditionals)
+    assert torch.equal(joint > 0, states)
+    assert torch.equal(joint[:, :-1, :, None] * conditionals > 0, pairs)
+    assert torch.equal(scaled_chain_beliefs(model, prepared, messages)[0] > 0, states)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("T", [1, 5])
+def test_closed_forms_from_messages_are_the_chains_free_energy(rng, shape, T):
+    """message_chain_beliefs (F from the messages and the rows' normalisers) and
+    scaled_chain_beliefs (the same in probability space) equal the general chain's F and
+    marginals (``variational.chain_beliefs``, a sum over every pair); the first with the same
+    gradients with respect to the messages."""
+    _, model, observations, actions = _case(rng, shape, 0.4, T=T, N=5)
+    sequences = prepare_sequences(model, observations, actions)
+    N, K = observations.shape[0], math.prod(shape[0])
+    messages = 3 * torch.randn(N, T, K, dtype=model.dtype, generator=_torch_rng(rng))
+    messages.requires_grad_(True)
+    prepared, init, trans = _chain(model, sequences, messages)
+    inputs = run_forward_filter(model, sequences)[1]
+    general = chain_beliefs(
+        model, init, trans if T > 1 else None, inputs.log_likelihood, list(inputs.transitions)
     )
-    for n in range(N):
-        log_evidence, expected = brute_force(arrays, observations[n], actions[n])
-        assert_close(free_energy[n], -log_evidence)
-        assert_close([q[n] for q in marginals], expected)
+    joint = outer(*general[0], batch_dims=2).reshape(N, T, K) if len(shape[0]) == 1 else None
+    closed = message_chain_beliefs(init, trans, messages)
+    with torch.no_grad():
+        scaled = scaled_chain_beliefs(model, prepared, messages)
+    assert not bool(scaled[2].any())
+    for route in (closed, scaled):
+        assert_close(route[1], general[1], atol=1e-10, reason="F of a few nats, two routes")
+        marginals = factor_marginals(route[0].reshape(N, T, *model.num_states), 2)
+        assert_close(marginals, general[0], atol=1e-12, reason="the same chain's marginals")
+    assert_close(scaled[0], closed[0], atol=1e-12, reason="the same chain's joint marginals")
+    if joint is not None:
+        assert_close(closed[0], joint, atol=1e-12, reason="one factor: its marginals")
+    (theirs,) = torch.autograd.grad(general[1].sum(), messages, retain_graph=True)
+    (ours,) = torch.autograd.grad(closed[1].sum(), messages)
+    assert_close(ours, theirs, atol=1e-10, reason="gradients of the same F")
+
+
+def test_probability_space_underflow_is_recomputed_in_log_space(two_factor):
+    """Messages that span thousands of nats within a step underflow the probability-space
+    route's row normalisers: those sequences are marked, and infer_states gives them the log
+    space's answer (equal to the general chain's F), the others the probability space's."""
+    generator = torch.Generator().manual_seed(5)
+    pyro.set_rng_seed(5)
+    sequences = random_sequences(two_factor, 6, 7, generator)
+    N, T, K = 6, 7, 6
+    guide = AmortisedGuide(two_factor, hidden=8, seed=1)
+    with torch.no_grad():
+        messages = guide(sequences.observations, sequences.actions)
+        # sequences 1 and 4: one state of each step far above the others
+        messages[[1, 4]] += 2000.0 * (torch.arange(K) == 0)
+        prepared, init, trans = _chain(two_factor, sequences, messages)
+        _, scaled, underflow = scaled_chain_beliefs(two_factor, prepared, messages)
+        expected = message_chain_beliefs(init, trans, messages)
+    # the others are as they were; sequence 1 underflows (4 need not: its state 0 may lead
+    # nowhere), and its answer in probability space is wrong
+    assert underflow[[0, 1, 2, 3, 5]].tolist() == [False, True, False, False, False]
+    assert bool(torch.isfinite(expected[1]).all())
+    assert not torch.isclose(scaled[1], expected[1][1], rtol=1e-6)
+    original = guide.forward
+    guide.forward = lambda observations, actions: messages
+    try:
+        beliefs = pp_aif.infer_states(
+            two_factor, sequences.observations, sequences.actions, method="amortised", guide=guide
+        )
+    finally:
+        guide.forward = original
+    assert_close(beliefs.free_energy, expected[1], atol=1e-9, reason="F of thousands of nats")
+    marginals = factor_marginals(expected[0].reshape(N, T, *two_factor.num_states), 2)
+    assert_close(beliefs.marginals, marginals, atol=1e-12, reason="the same chain")
 
 
 @pytest.mark.parametrize("shape", SHAPES[:2])
