@@ -219,8 +219,10 @@ def test_amortisation_gap_smoke(tmp_path):
     config = GapConfig(
         num_sequences=3,
         two_factor_lengths=(3, 6),
+        random_sequences=2,
         random_states=(2,),
         random_length=4,
+        batch_sizes=(2, 3),
         steps=6,
         batch_size=4,
         hidden=4,
@@ -246,6 +248,16 @@ def test_amortisation_gap_smoke(tmp_path):
                 row["speed_up_over_optimisation"],
                 times["structured_from_prior"] / times["amortised"],
             )
+            # timed again in batches smaller than the held-out set only
+            held_out = row["sequences"]
+            assert list(row["in_batches"]) == [str(n) for n in (2, 3) if n < held_out]
+            for batched in row["in_batches"].values():
+                each = batched["seconds_per_sequence"]
+                assert_close(
+                    batched["speed_up_over_optimisation"],
+                    each["structured_from_prior"] / each["amortised"],
+                )
+    assert [r["sequences"] for r in written["cases"]["random S=2"]["rows"]] == [2]
     assert (tmp_path / "amortisation_gap.png").stat().st_size > 10_000
 
 

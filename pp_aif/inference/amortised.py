@@ -19,14 +19,22 @@ where m_t (K values per step) is computed by a GRU run backwards over (o_t+1, u_
 forward-backward, this is the exact posterior (tested): the family holds it, so the gap between
 this guide's F and -ln p(o) is the amortisation gap alone (the network's error), and the
 per-sequence structured guide is its oracle. As for the per-sequence guides, the chain is kept
-on the exact posterior's support (the boolean result of the exact forward pass that every method
-runs first, which also finds impossible sequences): a network gives finite messages, and a
-chain that puts any mass on a state with no possible future has F = +inf.
+on the exact posterior's support: a network gives finite messages, and a chain that puts any
+mass on a state with no possible future has F = +inf. The states with a possible future come
+from one backward pass over the model's structural zeros (``prepare``; it also finds impossible
+sequences, which the exact forward pass then names, as for every method).
+
+On the chain, the model's terms cancel in F = E_q[ln q - ln p(o, s)], which is then a sum over
+the marginals of the messages and the rows' log normalisers (``message_chain_beliefs``), with
+no pass over pairs of states. ``infer_states(method="amortised")`` computes it in probability
+space (``scaled_chain_beliefs``: exp over (N, T, K), one product with the transitions a step),
+and recomputes in log space the sequences where that underflows. Each route is tested equal to
+the general chain's F (``variational.chain_beliefs``) and to Pyro's ELBO.
 
 Training (``train_amortised_guide``): ``pyro.infer.SVI`` with Adam on fresh batches of sequences
 drawn from the program (``programs.sample_sequences``) under uniformly random actions, the loss
 the free energy F (the negative ELBO) summed over the batch: in closed form (``objective=
-"closed_form"``, ``pp_aif.ops.free_energy``, the default) or Pyro's enumerated
+"closed_form"``, ``message_chain_beliefs``, the default) or Pyro's enumerated
 ``TraceEnum_ELBO`` of this guide (``"pyro"``, the specification; equal to 1e-10, tested).
 
 A trained guide belongs to one model: it records the model's shapes and a digest of its A, B
@@ -65,8 +73,12 @@ __all__ = [
     "AmortisedTraining",
     "amortised_beliefs",
     "chain_logits",
+    "joint_controls",
+    "joint_transition_table",
     "message_chain_beliefs",
     "model_digest",
+    "prepare",
+    "scaled_chain_beliefs",
     "train_amortised_guide",
 ]
 

@@ -18,6 +18,8 @@ from pp_aif.inference.amortised import (
     AmortisedTraining,
     _free_energy,
     chain_logits,
+    joint_controls,
+    joint_transition_table,
     message_chain_beliefs,
     prepare,
     pyro_guide,
@@ -29,7 +31,7 @@ from pp_aif.inference.exact import run_forward_filter
 from pp_aif.inference.inputs import prepare_sequences
 from pp_aif.inference.variational import chain_beliefs, posterior_support
 from pp_aif.ops.contractions import outer
-from pp_aif.ops.free_energy import chain_joint_marginals
+from pp_aif.ops.free_energy import chain_joint_marginals, joint_log_transitions
 from pp_aif.ops.hmm import factor_marginals, smoothed_log_space
 from pp_aif.programs import pomdp
 from tests.common import assert_close, brute_force, random_arrays, sample_sequence
@@ -78,6 +80,20 @@ def _chain(model, sequences, messages):
 
 def _torch_rng(rng) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(2**31)))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_joint_transition_table_is_the_factors_product(rng, shape):
+    """Row joint_controls(u) of the table is p(s_t+1 | s_t, u) over the joint state: the
+    factors' chosen B multiplied (``joint_log_transitions`` of ``scheme_inputs``)."""
+    _, model, observations, actions = _case(rng, shape, 0.4, T=5, N=4)
+    sequences = prepare_sequences(model, observations, actions)
+    inputs = run_forward_filter(model, sequences)[1]
+    table = joint_transition_table(model)
+    assert table.shape == (math.prod(shape[2]), math.prod(shape[0]), math.prod(shape[0]))
+    chosen = table[joint_controls(model, sequences.actions)]
+    expected = torch.exp(joint_log_transitions(list(inputs.transitions)))
+    assert_close(chosen, expected, atol=1e-15, reason="products of probabilities")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
