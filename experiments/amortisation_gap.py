@@ -24,7 +24,8 @@ training), in nats per time step:
   small batches feel most).
 
 Cases: the two-factor task (``models/two_factor.py``, 6 joint states) at T = 5, 10, 20, 40 (one
-guide, trained on lengths 2..40; 1000 held-out sequences per T), and random one-factor models
+guide of 16 hidden units, trained on lengths 2..40; guides of 32 and 64 units beside it, their
+gap and time only; 1000 held-out sequences per T), and random one-factor models
 (every entry of A, B, D positive; 3 outcomes, 2 controls) with S = 2, 4, 8, 16 states at T = 20
 (a guide each; 50 held-out sequences, as optimising one from the prior takes up to 1 s).
 
@@ -89,7 +90,10 @@ class Config:
     #: training of each amortised guide
     steps: int = 2000
     batch_size: int = 64
-    hidden: int = 64
+    hidden: int = 16
+    #: two-factor guides of these other sizes too (their gap and time only), by which
+    #: ``hidden`` was chosen
+    other_hidden: tuple = (32, 64)
     learning_rate: float = 3e-3
     seed: int = 0
     threads: int = 1
@@ -129,9 +133,10 @@ def _in_batches(method, model, observations, actions, size: int, **keywords) -> 
     return (time.perf_counter() - start) / N
 
 
-def evaluate(model, guide, sequences, T: int, batch_sizes=()) -> dict:
+def evaluate(model, guide, sequences, T: int, batch_sizes=(), others=None) -> dict:
     """The gaps (nats per step, mean and standard error over sequences) and seconds per
-    sequence of the amortised guide, the per-sequence guides and the exact answer."""
+    sequence of the amortised guide, the per-sequence guides and the exact answer; and of
+    ``others`` (hidden size -> guide), the amortisation gap and time alone."""
     observations, actions = sequences.observations, sequences.actions
     N = observations.shape[0]
     exact, exact_seconds = _timed(lambda: pp_aif.infer_states(model, observations, actions))
@@ -172,6 +177,17 @@ def evaluate(model, guide, sequences, T: int, batch_sizes=()) -> dict:
         }
 
     row["amortisation_gap"] = per_step(free_energies["amortised"] - free_energies["structured"])
+    row["other_hidden"] = {}
+    for hidden, other in (others or {}).items():
+        beliefs, seconds = _timed(
+            lambda other=other: pp_aif.infer_states(
+                model, observations, actions, method="amortised", guide=other
+            )
+        )
+        row["other_hidden"][str(hidden)] = {
+            "amortisation_gap": per_step(beliefs.free_energy - free_energies["structured"]),
+            "seconds_per_sequence": seconds / N,
+        }
     row["approximation_gap"] = {
         method: per_step(free_energies[method] - minus_log_evidence) for method in PER_SEQUENCE
     }
@@ -193,12 +209,12 @@ def evaluate(model, guide, sequences, T: int, batch_sizes=()) -> dict:
     return row
 
 
-def _train(model, config: Config, max_length: int, label: str):
+def _train(model, config: Config, max_length: int, label: str, hidden: int | None = None):
     settings = AmortisedTraining(
         steps=config.steps,
         batch_size=config.batch_size,
         max_length=max_length,
-        hidden=config.hidden,
+        hidden=config.hidden if hidden is None else hidden,
         learning_rate=config.learning_rate,
         seed=config.seed,
         validation=min(config.num_sequences, 64),
@@ -220,14 +236,24 @@ def run(config: Config) -> dict:
     results: dict = {"config": asdict(config), "cases": {}}
 
     model = pp_aif.load_task("two_factor").model
-    guide, training = _train(model, config, max(config.two_factor_lengths), "two_factor")
+    longest = max(config.two_factor_lengths)
+    guide, training = _train(model, config, longest, "two_factor")
+    others, other_training = {}, {}
+    for hidden in config.other_hidden:
+        label = f"two_factor, hidden {hidden}"
+        others[hidden], other_training[str(hidden)] = _train(model, config, longest, label, hidden)
     rows = []
     for i, T in enumerate(config.two_factor_lengths):
         generator = torch.Generator().manual_seed(10_000 + config.seed * 100 + i)
         pyro.set_rng_seed(10_000 + config.seed * 100 + i)
         held_out = random_sequences(model, config.num_sequences, T, generator)
-        rows.append(evaluate(model, guide, held_out, T, config.batch_sizes))
-    results["cases"]["two_factor"] = {"states": 6, "training": training, "rows": rows}
+        rows.append(evaluate(model, guide, held_out, T, config.batch_sizes, others))
+    results["cases"]["two_factor"] = {
+        "states": 6,
+        "training": training,
+        "other_hidden_training": other_training,
+        "rows": rows,
+    }
 
     for S in config.random_states:
         model = random_model(rng, S)
@@ -348,6 +374,12 @@ def main(argv=None) -> None:
                 f"{times['amortised']:11.2e} {times['structured_from_prior']:10.2e} "
                 f"{row['speed_up_over_optimisation']:8.0f}x {times['structured']:10.2e}"
             )
+            for hidden, other in row["other_hidden"].items():
+                print(
+                    f"{'':14s} {'':3s} {f'hidden {hidden}:':>12s} "
+                    f"{other['amortisation_gap']['mean']:12.2e} {'':12s} {'':12s} "
+                    f"{other['seconds_per_sequence']:11.2e}"
+                )
             for size, batched in row["in_batches"].items():
                 each = batched["seconds_per_sequence"]
                 print(

@@ -226,6 +226,7 @@ def test_amortisation_gap_smoke(tmp_path):
         steps=6,
         batch_size=4,
         hidden=4,
+        other_hidden=(3,),
         out=tmp_path,
     )
     results = run_gap(config)
@@ -258,6 +259,10 @@ def test_amortisation_gap_smoke(tmp_path):
                     each["structured_from_prior"] / each["amortised"],
                 )
     assert [r["sequences"] for r in written["cases"]["random S=2"]["rows"]] == [2]
+    for row in written["cases"]["two_factor"]["rows"]:  # a guide of another size beside it
+        assert list(row["other_hidden"]) == ["3"]
+        assert row["other_hidden"]["3"]["amortisation_gap"]["mean"] >= -1e-10
+    assert list(written["cases"]["two_factor"]["other_hidden_training"]) == ["3"]
     assert (tmp_path / "amortisation_gap.png").stat().st_size > 10_000
 
 
