@@ -328,6 +328,21 @@ def plot(results: dict, path: Path) -> None:
             width,
             label=LABELS.get(method, method),
         )
+    for method, offset in (("amortised", -1), ("structured_from_prior", 1)):
+        sizes = sorted({size for r in rows for size in r["in_batches"]}, key=int)
+        for size, marker in zip(sizes, "vs^<>" * len(sizes), strict=False):  # a marker a size
+            xs = [p for p, r in zip(positions, rows, strict=True) if size in r["in_batches"]]
+            times = [r["in_batches"][size]["seconds_per_sequence"][method] for r in rows
+                     if size in r["in_batches"]]  # fmt: skip
+            axes[2].scatter(
+                np.asarray(xs) + offset * width,
+                times,
+                marker=marker,
+                facecolors="none",
+                edgecolors="black",
+                zorder=3,
+                label=f"called {size} at a time" if method == "amortised" else None,
+            )
     axes[2].set_yscale("log")
     axes[2].set_xticks(positions, ticks, rotation=45, ha="right")
     axes[2].set_ylabel("seconds per sequence (batched call / N)")

@@ -16,6 +16,11 @@ the agent's parameters to people's choices (long-format CSV or Parquet), shows p
 prints ArviZ's summary and the convergence warnings in words, and writes the InferenceData
 atomically (a failed or interrupted fit leaves no file).
 
+``pp-aif infer TASK DATA [--method exact|...|amortised --guide FILE --mode M --out FILE.csv]``:
+the hidden states of each trial in the data under the task's model, with each trial's F and
+ln p(o), written as a long-format CSV. ``pp-aif train-guide TASK --out FILE`` trains the guide
+that ``--method amortised`` takes.
+
 ``pp-aif compare FIT.nc FIT.nc ... [--ic loo|waic --unit trial|subject --bms --out DIR]``: ranks
 fits of the same data in ArviZ's form, names unreliable Pareto k's, and with ``--bms`` runs
 random-effects BMS over each subject's summed PSIS-LOO elpd and writes its figure.
@@ -508,6 +513,170 @@ def train_command(
     )
     print(f"estimator: {path}  (pp-aif fit {task_name} DATA --params {','.join(names)} "
           f"--method amortised --estimator {path})")  # fmt: skip
+    return 0
+
+
+#: infer's methods (``pp_aif.infer_states``'s, but the Pyro program's enumeration, an oracle)
+INFER_METHODS = ("exact", "mean_field", "structured", "fpi", "vmp", "mmp", "amortised")
+
+
+def infer_command(
+    task_name: str,
+    data_path: Path,
+    method: str,
+    mode: str,
+    out: Path,
+    guide_path: Path | None = None,
+) -> int:
+    """Infer the hidden states of every trial in the data under the task's model (as it is:
+    no learning across trials) and write them atomically as a long-format CSV: subject, trial,
+    time, q(factor=state) per factor and state, and per trial the method's free energy F and
+    the exact ln p(o) (F >= -ln p(o); equal for exact inference)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    import pp_aif
+    from pp_aif.atomic import write_text
+    from pp_aif.data import BehaviourData
+    from pp_aif.errors import DataError
+    from pp_aif.inference.amortised import AmortisedGuide
+    from pp_aif.inference.exact import exact_filtering
+    from pp_aif.inference.inputs import scheme_inputs
+
+    if (guide_path is None) != (method != "amortised"):
+        raise ValueError(
+            "--guide: --method amortised needs the file of a trained guide (pp-aif train-guide)"
+            if guide_path is None
+            else "--guide: only --method amortised takes a guide"
+        )
+    if guide_path is not None and not Path(guide_path).is_file():
+        raise FileNotFoundError(f"--guide: no file {guide_path}")
+    if Path(out).suffix.lower() != ".csv":
+        raise ValueError(f"--out: {out} is not a .csv file (infer writes a CSV table)")
+    task = _load_task(task_name)
+    model = task.model
+    guide = None if guide_path is None else AmortisedGuide.load(guide_path, model)
+    data = BehaviourData.read(data_path, task)
+    where = data.present.nonzero()  # (P, 2): subject, trial position
+    observations, actions = data.observations[data.present], data.actions[data.present]
+    P, T = observations.shape[:2]
+
+    def trial_name(i: int) -> str:
+        n, k = (int(x) for x in where[i])
+        return f"subject {data.subjects[n]!r} trial {data.trials[n][k]}"
+
+    # the exact forward pass, which never raises: ln p(o) of every trial, -inf if impossible
+    result = exact_filtering(scheme_inputs(model, observations, actions))
+    log_evidence = result.log_normalisers.sum(-1)
+    impossible = (~(log_evidence > -torch.inf)).nonzero()[:, 0].tolist()
+    if impossible:
+        first = impossible[0]
+        try:
+            pp_aif.infer_states(model, observations[first], actions[first])
+            reason = ""
+        except DataError as error:
+            reason = f" ({trial_name(first)}: {str(error).removeprefix('observations: ')})"
+        named = ", ".join(trial_name(i) for i in impossible[:5])
+        more = f" and {len(impossible) - 5} more" if len(impossible) > 5 else ""
+        raise DataError(
+            f"{data_path}: {len(impossible)} trial(s) have probability 0 under task "
+            f"{task.name!r}'s model: {named}{more}{reason}"
+        )
+    start = time.perf_counter()
+    beliefs = pp_aif.infer_states(  # a method that has no such mode is refused here
+        model, observations, actions, method=method, mode=mode, guide=guide
+    )
+    seconds = time.perf_counter() - start
+    print(
+        f"pp_aif infer: {mode} posteriors of {P} trials ({data.num_subjects} subjects) of "
+        f"'{task.name}' by {method}" + (f" (guide {guide_path})" if guide is not None else "")
+    )
+    F = -log_evidence if beliefs.free_energy is None else beliefs.free_energy
+    n, k = where[:, 0].numpy(), where[:, 1].numpy()
+    columns = {
+        "subject": np.repeat([data.subjects[i] for i in n], T),
+        "trial": np.repeat([data.trials[a][b] for a, b in zip(n, k, strict=True)], T),
+        "time": np.tile(np.arange(T), P),
+    }
+    labels = task.labels
+    for f, factor in enumerate(labels.factors):
+        marginal = beliefs.marginals[f].detach().cpu().numpy().reshape(P * T, -1)
+        for s, state in enumerate(labels.states[f]):
+            columns[f"{factor}={state}"] = marginal[:, s]
+    columns["free_energy"] = np.repeat(F.detach().cpu().numpy(), T)
+    columns["log_evidence"] = np.repeat(log_evidence.cpu().numpy(), T)
+    table = pd.DataFrame(columns)
+    gap = (F + log_evidence) / T
+    each = seconds / P
+    each = f"{each * 1e3:.3g} ms" if each >= 1e-3 else f"{each * 1e6:.3g} us"
+    print(
+        f"{P} trials in {seconds:.3g} s ({each} a trial); F - (-ln p(o)) per step: mean "
+        f"{float(gap.mean()):.3g}, largest {float(gap.max()):.3g} nats"
+    )
+    write_text(out, table.to_csv(index=False, float_format="%.10g"))
+    print(f"beliefs: {_wrote(Path(out))}")
+    return 0
+
+
+def train_guide_command(
+    task_name: str,
+    out: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    hidden: int,
+    learning_rate: float,
+    seed: int,
+) -> int:
+    """Train an amortised state-inference guide for the task's model on its trials' length,
+    printing its progress and, at the end, its gap on fresh sequences; write it atomically."""
+    import pyro
+    import torch
+
+    import pp_aif
+    from pp_aif.inference.amortised import (
+        AmortisedTraining,
+        random_sequences,
+        train_amortised_guide,
+    )
+
+    task = _load_task(task_name)
+    T = task.trial_length
+    settings = AmortisedTraining(
+        steps=steps,
+        batch_size=batch_size,
+        min_length=T,
+        max_length=T,
+        hidden=hidden,
+        learning_rate=learning_rate,
+        validation=256,
+        every=max(steps // 10, 1),
+        seed=seed,
+    )  # fmt: skip (checked before anything runs)
+    print(
+        f"pp_aif train-guide: an amortised state-inference guide for '{task.name}' "
+        f"(trials of {T} steps): {steps} steps of {batch_size} sequences, {hidden} hidden "
+        f"units, seed {seed}"
+    )
+    guide, record = train_amortised_guide(
+        task.model, settings, progress=lambda line: print(line, flush=True)
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    pyro.set_rng_seed(seed + 1)  # the program's draws of the fresh sequences
+    fresh = random_sequences(task.model, 1000, T, generator)
+    observations, actions = fresh.observations, fresh.actions
+    exact = pp_aif.infer_states(task.model, observations, actions)
+    amortised = pp_aif.infer_states(
+        task.model, observations, actions, method="amortised", guide=guide
+    )
+    gap = (amortised.free_energy + exact.log_evidence) / T
+    print(
+        f"trained in {record['seconds']:.0f} s; on 1000 fresh sequences F - (-ln p(o)) per "
+        f"step: mean {float(gap.mean()):.3g}, largest {float(gap.max()):.3g} nats"
+    )
+    path = _wrote(guide.save(out))
+    print(f"guide: {path}  (pp-aif infer {task_name} DATA --method amortised --guide {path})")
     return 0
 
 
@@ -1142,6 +1311,56 @@ def main(argv: list[str] | None = None) -> int:
     train_parser.add_argument(
         "--out", type=Path, required=True, help="the estimator's file, e.g. estimator.pt"
     )
+    infer_parser = commands.add_parser(
+        "infer",
+        help="infer the hidden states of each trial",
+        description="Infer the hidden states of each trial in DATA (fit's long-format table) "
+        "under TASK's model as it is (no learning across trials), and write them as a CSV: "
+        "subject, trial, time, q(factor=state) for each factor and state, and per trial the "
+        "method's free energy F and the exact ln p(o).",
+    )
+    infer_parser.add_argument("task", help="task name (e.g. tmaze) or task file")
+    infer_parser.add_argument("data", help="long-format CSV or Parquet file (as fit's DATA)")
+    infer_parser.add_argument(
+        "--method",
+        choices=INFER_METHODS,
+        default="exact",
+        help="exact (default), mean_field, structured, fpi, vmp, mmp, or amortised (a trained "
+        "guide: --guide, pp-aif train-guide)",
+    )
+    infer_parser.add_argument(
+        "--mode",
+        choices=("smoothing", "filtering"),
+        default="smoothing",
+        help="smoothing (default: from the whole trial) or filtering (from the steps so far; "
+        "exact and fpi)",
+    )
+    infer_parser.add_argument(
+        "--guide", type=Path, default=None, help="with --method amortised: the guide's file"
+    )
+    infer_parser.add_argument(
+        "--out", type=Path, default=Path("out/beliefs.csv"), help="default out/beliefs.csv"
+    )
+    guide_parser = commands.add_parser(
+        "train-guide",
+        help="train a guide for amortised state inference",
+        description="Train an amortised state-inference guide for TASK's model by SVI on "
+        "sequences of its trials' length drawn from the model; `pp-aif infer TASK DATA "
+        "--method amortised --guide FILE` then infers every trial's states without optimising.",
+    )
+    guide_parser.add_argument("task", help="task name (e.g. tmaze) or task file")
+    guide_parser.add_argument("--steps", type=int, default=2000, help="Adam steps (default 2000)")
+    guide_parser.add_argument(
+        "--batch-size", type=int, default=64, help="sequences a step (default 64)"
+    )
+    guide_parser.add_argument("--hidden", type=int, default=16, help="GRU units (default 16)")
+    guide_parser.add_argument(
+        "--learning-rate", type=float, default=3e-3, help="Adam's (default 0.003)"
+    )
+    guide_parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    guide_parser.add_argument(
+        "--out", type=Path, required=True, help="the guide's file, e.g. guide.pt"
+    )
     compare_parser = commands.add_parser("compare", help="rank fits; random-effects BMS")
     compare_parser.add_argument("fits", type=Path, nargs="+", help="InferenceData files (.nc)")
     compare_parser.add_argument("--ic", choices=("loo", "waic"), default="loo")
@@ -1197,6 +1416,25 @@ def main(argv: list[str] | None = None) -> int:
                 inductive=arguments.inductive,
                 estimator=arguments.estimator,
                 importance=arguments.importance,
+            )
+        if arguments.command == "infer":
+            return infer_command(
+                arguments.task,
+                arguments.data,
+                arguments.method,
+                arguments.mode,
+                arguments.out,
+                arguments.guide,
+            )
+        if arguments.command == "train-guide":
+            return train_guide_command(
+                arguments.task,
+                arguments.out,
+                steps=arguments.steps,
+                batch_size=arguments.batch_size,
+                hidden=arguments.hidden,
+                learning_rate=arguments.learning_rate,
+                seed=arguments.seed,
             )
         if arguments.command == "train":
             return train_command(

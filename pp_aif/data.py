@@ -101,7 +101,9 @@ class BehaviourData:
     each step but the last; present : bool (N, K), False where a subject has fewer trials (those
     entries are 0 and must be masked); subjects : N identifiers (salted hashes when anonymised);
     covariates : one row per subject (index: the identifiers), the columns that are neither keys,
-    observations nor actions (the first value of each subject), or None.
+    observations nor actions (the first value of each subject), or None; trials : each
+    subject's trial numbers as in the data, in increasing order (the trial axis's labels), or
+    None where not known.
     """
 
     observations: Tensor
@@ -111,6 +113,7 @@ class BehaviourData:
     modalities: tuple[str, ...]
     factors: tuple[str, ...]
     covariates: pd.DataFrame | None = None
+    trials: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def num_subjects(self) -> int:
@@ -134,6 +137,7 @@ class BehaviourData:
             present=self.present[start:stop],
             subjects=self.subjects[start:stop],
             covariates=None if self.covariates is None else self.covariates.iloc[start:stop],
+            trials=None if self.trials is None else self.trials[start:stop],
         )
 
     def subjects_at(self, index) -> BehaviourData:
@@ -147,6 +151,7 @@ class BehaviourData:
             present=self.present[rows],
             subjects=tuple(self.subjects[i] for i in index),
             covariates=None if self.covariates is None else self.covariates.iloc[index],
+            trials=None if self.trials is None else tuple(self.trials[i] for i in index),
         )
 
     @classmethod
@@ -523,6 +528,7 @@ def _build(table: pd.DataFrame, task, salt: str | None, numbering: _Numbering) -
         modalities=modalities,
         factors=factors,
         covariates=covariates,
+        trials=tuple(tuple(int(k) for k in sorted(trials_per_subject[s])) for s in subjects),
     )
 
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from pp_aif.cli import main
+from tests.common import assert_close
 
 
 @pytest.mark.integration
@@ -517,3 +518,93 @@ def test_train_then_fit_amortised(tmp_path, capsys, choices_csv):
     assert "--importance: 1 proposal(s) a subject; give 2 or more" in capsys.readouterr().err
     assert main([*fit[:5], "--method", "grid", "--importance", "10"]) == 2
     assert "--importance: only --method amortised" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_train_guide_then_infer_states(tmp_path, capsys, choices_csv):
+    """``pp-aif infer`` writes each trial's marginals, F and ln p(o) (exact: those of
+    infer_states on the same trials; amortised: F above -ln p(o)); ``train-guide`` writes the
+    guide it takes; trial numbers are the data's; misuse and impossible trials are one line
+    naming the subject and trial."""
+    import numpy as np
+    import pandas as pd
+
+    import pp_aif
+    from pp_aif.data import BehaviourData
+
+    task = pp_aif.load_task("tmaze")
+    table = pd.read_csv(choices_csv)
+    table["trial"] = table["trial"] * 10 + 5  # trials 5, 15, ... as the data names them
+    data_path = tmp_path / "choices.csv"
+    table.to_csv(data_path, index=False)
+    guide = tmp_path / "guide.pt"
+    train = ["train-guide", "tmaze", "--steps", "30", "--batch-size", "16", "--hidden", "8"]
+    assert main([*train, "--out", str(guide)]) == 0
+    output = capsys.readouterr().out
+    assert "pp_aif train-guide: an amortised state-inference guide for 'tmaze'" in output
+    assert "step 30/30" in output and "on 1000 fresh sequences F - (-ln p(o)) per step" in output
+    assert f"guide: {guide}" in output
+
+    exact_out = tmp_path / "exact.csv"
+    assert main(["infer", "tmaze", str(data_path), "--out", str(exact_out)]) == 0
+    output = capsys.readouterr().out
+    assert (
+        "pp_aif infer: smoothing posteriors of 12 trials (2 subjects) of 'tmaze' by exact" in output
+    )
+    written = pd.read_csv(exact_out, dtype={"subject": str})
+    T = task.trial_length
+    labels = task.labels
+    pairs = zip(labels.factors, labels.states, strict=True)
+    states = [f"{factor}={state}" for factor, names in pairs for state in names]
+    assert list(written.columns) == ["subject", "trial", "time", *states, "free_energy",
+                                     "log_evidence"]  # fmt: skip
+    assert len(written) == 12 * T
+    assert sorted(set(written["trial"])) == [5, 15, 25, 35, 45, 55]
+    data = BehaviourData.read(data_path, task)
+    expected = pp_aif.infer_states(task.model, data.observations, data.actions)
+    n, k = 1, 2  # agent-1's third trial, trial 25
+    rows = written[(written["subject"] == data.subjects[n]) & (written["trial"] == 25)]
+    assert rows["time"].tolist() == list(range(T))
+    for f, factor in enumerate(labels.factors):
+        columns = [f"{factor}={s}" for s in labels.states[f]]
+        assert_close(rows[columns].to_numpy(), expected.marginals[f][n, k], atol=1e-9,
+                     reason="written with 10 significant digits")  # fmt: skip
+    assert_close(rows["log_evidence"].to_numpy(), expected.log_evidence[n, k].repeat(T),
+                 atol=1e-9, reason="written with 10 significant digits")  # fmt: skip
+    assert_close(written["free_energy"], -written["log_evidence"], atol=0.0, reason="exact")
+
+    amortised_out = tmp_path / "amortised.csv"
+    infer = ["infer", "tmaze", str(data_path), "--method", "amortised"]
+    assert main([*infer, "--guide", str(guide), "--out", str(amortised_out)]) == 0
+    assert "by amortised (guide" in capsys.readouterr().out
+    amortised = pd.read_csv(amortised_out, dtype={"subject": str})
+    assert bool((amortised["free_energy"] >= -amortised["log_evidence"] - 1e-9).all())
+    for factor, names in zip(labels.factors, labels.states, strict=True):  # each sums to 1
+        total = amortised[[f"{factor}={state}" for state in names]].sum(axis=1).to_numpy()
+        assert_close(total, np.ones(len(amortised)), atol=1e-9, reason="10 significant digits")
+
+    assert main([*infer, "--out", str(tmp_path / "x.csv")]) == 2
+    assert "--method amortised needs the file of a trained guide" in capsys.readouterr().err
+    assert main(["infer", "tmaze", str(data_path), "--guide", str(guide)]) == 2
+    assert "--guide: only --method amortised takes a guide" in capsys.readouterr().err
+    assert main(["infer", "bandit", str(data_path), "--method", "amortised", "--guide",
+                 str(guide)]) == 2  # fmt: skip
+    assert "guide: trained for a model with" in capsys.readouterr().err
+    assert main([*infer, "--guide", str(guide), "--out", str(tmp_path / "x.nc")]) == 2
+    assert "is not a .csv file" in capsys.readouterr().err
+    assert main([*infer, "--guide", str(guide), "--mode", "filtering"]) == 2
+    refused = capsys.readouterr()
+    assert refused.out == "" and "infers smoothing posteriors only" in refused.err
+    # agent-0's trial 15 starts somewhere the model rules out
+    broken = table.copy()
+    first = (broken["subject"] == "agent-0") & (broken["trial"] == 15) & (broken["time"] == 0)
+    start = int(broken.loc[first, "where"].iloc[0])
+    broken.loc[first, "where"] = (start + 1) % len(labels.outcomes[0])
+    broken_path = tmp_path / "broken.csv"
+    broken.to_csv(broken_path, index=False)
+    before = set(tmp_path.iterdir())
+    assert main(["infer", "tmaze", str(broken_path), "--out", str(tmp_path / "b.csv")]) == 2
+    error = capsys.readouterr().err
+    assert "1 trial(s) have probability 0 under task 'tmaze'" in error
+    assert "subject 'agent-0' trial 15" in error and "time step 0, modality 0" in error
+    assert set(tmp_path.iterdir()) == before  # nothing written

@@ -403,3 +403,22 @@ def test_subjects_at_picks_subjects_in_order_with_repeats():
         whole, part = getattr(data, name), getattr(picked, name)
         assert torch.equal(part[0], whole[2]) and torch.equal(part[1], whole[0])
         assert torch.equal(part[2], whole[2])
+
+
+def test_each_subjects_trial_numbers_are_kept_in_order(tmaze, table):
+    """The trial numbers as the data gives them (gaps and all), per subject in increasing
+    order; slices and picks carry them."""
+    renumbered = table.copy()
+    # agent-0's trials become 7 and 3 (rows out of order), agent-2 keeps only trial 1
+    renumbered.loc[renumbered["subject"] == "agent-0", "trial"] = renumbered["trial"].map(
+        {0: 7, 1: 3}
+    )
+    renumbered = renumbered[~((renumbered["subject"] == "agent-2") & (renumbered["trial"] == 0))]
+    data = BehaviourData.read(renumbered, tmaze)
+    assert data.trials == ((3, 7), (0, 1), (1,))
+    assert data.present.tolist() == [[True, True], [True, True], [True, False]]
+    # trial 3 of agent-0 (its first) is what the table called trial 1
+    first = renumbered[(renumbered["subject"] == "agent-0") & (renumbered["trial"] == 3)]
+    assert data.observations[0, 0, :, 0].tolist() == first.sort_values("time")["where"].tolist()
+    assert data.subjects_slice(1, 3).trials == ((0, 1), (1,))
+    assert data.subjects_at([2, 0]).trials == ((1,), (3, 7))
