@@ -532,6 +532,8 @@ def infer_command(
     no learning across trials) and write them atomically as a long-format CSV: subject, trial,
     time, q(factor=state) per factor and state, and per trial the method's free energy F and
     the exact ln p(o) (F >= -ln p(o); equal for exact inference)."""
+    import warnings
+
     import numpy as np
     import pandas as pd
     import torch
@@ -584,9 +586,11 @@ def infer_command(
             f"{task.name!r}'s model: {named}{more}{reason}"
         )
     start = time.perf_counter()
-    beliefs = pp_aif.infer_states(  # a method that has no such mode is refused here
-        model, observations, actions, method=method, mode=mode, guide=guide
-    )
+    with warnings.catch_warnings(record=True) as caught:  # said in words below
+        warnings.simplefilter("always")
+        beliefs = pp_aif.infer_states(  # a method that has no such mode is refused here
+            model, observations, actions, method=method, mode=mode, guide=guide
+        )
     seconds = time.perf_counter() - start
     print(
         f"pp_aif infer: {mode} posteriors of {P} trials ({data.num_subjects} subjects) of "
@@ -614,6 +618,8 @@ def infer_command(
         f"{P} trials in {seconds:.3g} s ({each} a trial); F - (-ln p(o)) per step: mean "
         f"{float(gap.mean()):.3g}, largest {float(gap.max()):.3g} nats"
     )
+    for warning in caught:
+        print(f"warning: {warning.message}")
     write_text(out, table.to_csv(index=False, float_format="%.10g"))
     print(f"beliefs: {_wrote(Path(out))}")
     return 0

@@ -101,7 +101,7 @@ def test_near_miss_names_get_did_you_mean(tmp_path, capsys, choices_csv):
             ["simulat", "tmaze"],
             "pp-aif",
             "argument command: invalid choice: 'simulat' (did you mean 'simulate'?); choose "
-            "from 'simulate', 'demo', 'fit', 'train', 'compare'",
+            "from 'simulate', 'demo', 'fit', 'train', 'infer', 'train-guide', 'compare'",
         ),
     ):
         with pytest.raises(SystemExit) as exit_status:

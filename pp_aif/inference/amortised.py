@@ -261,6 +261,15 @@ class Prepared(NamedTuple):
     ahead: Tensor
     transitions: Tensor
 
+    def logits(self, model: GenerativeModel, messages: Tensor) -> tuple[Tensor, Tensor]:
+        """``chain_logits`` of these sequences with messages (N, T, K)."""
+        log_transitions = torch.log(self.transitions)
+        return chain_logits(model, self.log_likelihood, self.ahead, messages, log_transitions)
+
+    def rows(self, index: Tensor) -> Prepared:
+        """The sequences at ``index`` alone."""
+        return Prepared(*(part[index] for part in self))
+
 
 def prepare(model: GenerativeModel, sequences: Sequences) -> Prepared:
     """One backward pass over the sequences' structural zeros: ahead_T(s) = [p(o_T | s) > 0]
@@ -292,14 +301,7 @@ def _logits(model, guide: AmortisedGuide, sequences: Sequences, prepared=None):
     validated sequences (``prepared`` from ``prepare``, made here if not given)."""
     prepared = prepared if prepared is not None else prepare(model, sequences)
     messages = guide(sequences.observations, sequences.actions)
-    init, trans = chain_logits(
-        model,
-        prepared.log_likelihood,
-        prepared.ahead,
-        messages,
-        torch.log(prepared.transitions),
-    )
-    return prepared, messages, init, trans
+    return (prepared, messages, *prepared.logits(model, messages))
 
 
 def message_chain_beliefs(init: Tensor, trans: Tensor, messages: Tensor) -> tuple[Tensor, Tensor]:
@@ -402,13 +404,7 @@ def amortised_beliefs(model: GenerativeModel, guide: AmortisedGuide, sequences: 
         joint, value, underflow = scaled_chain_beliefs(model, prepared, messages)
         if bool(underflow.any()):  # those sequences again, in log space
             index = underflow.nonzero()[:, 0]
-            init, trans = chain_logits(
-                model,
-                prepared.log_likelihood[index],
-                prepared.ahead[index],
-                messages[index],
-                torch.log(prepared.transitions[index]),
-            )
+            init, trans = prepared.rows(index).logits(model, messages[index])
             joint[index], value[index] = message_chain_beliefs(init, trans, messages[index])
     return factor_marginals(joint.reshape(N, T, *model.num_states), 2), value
 

@@ -17,7 +17,6 @@ from pp_aif.inference.amortised import (
     AmortisedGuide,
     AmortisedTraining,
     _free_energy,
-    chain_logits,
     joint_controls,
     joint_transition_table,
     message_chain_beliefs,
@@ -68,14 +67,7 @@ def _case(rng, shape, zero_fraction, T, N=3):
 def _chain(model, sequences, messages):
     """(prepared, init, trans): the guide's chain for these messages (N, T, K)."""
     prepared = prepare(model, sequences)
-    init, trans = chain_logits(
-        model,
-        prepared.log_likelihood,
-        prepared.ahead,
-        messages,
-        torch.log(prepared.transitions),
-    )
-    return prepared, init, trans
+    return (prepared, *prepared.logits(model, messages))
 
 
 def _torch_rng(rng) -> torch.Generator:
