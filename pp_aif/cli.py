@@ -527,6 +527,8 @@ def infer_command(
     mode: str,
     out: Path,
     guide_path: Path | None = None,
+    anonymise: bool = False,
+    salt: str | None = None,
 ) -> int:
     """Infer the hidden states of every trial in the data under the task's model (as it is:
     no learning across trials) and write them atomically as a long-format CSV: subject, trial,
@@ -559,7 +561,7 @@ def infer_command(
     task = _load_task(task_name)
     model = task.model
     guide = None if guide_path is None else AmortisedGuide.load(guide_path, model)
-    data = BehaviourData.read(data_path, task)
+    data = BehaviourData.read(data_path, task, anonymise=anonymise, salt=salt)
     where = data.present.nonzero()  # (P, 2): subject, trial position
     observations, actions = data.observations[data.present], data.actions[data.present]
     P, T = observations.shape[:2]
@@ -1345,6 +1347,10 @@ def main(argv: list[str] | None = None) -> int:
         "--guide", type=Path, default=None, help="with --method amortised: the guide's file"
     )
     infer_parser.add_argument(
+        "--anonymise", action="store_true", help="salted hashes instead of subject ids"
+    )
+    infer_parser.add_argument("--salt", default=None, help="the salt of --anonymise")
+    infer_parser.add_argument(
         "--out", type=Path, default=Path("out/beliefs.csv"), help="default out/beliefs.csv"
     )
     guide_parser = commands.add_parser(
@@ -1431,6 +1437,8 @@ def main(argv: list[str] | None = None) -> int:
                 arguments.mode,
                 arguments.out,
                 arguments.guide,
+                anonymise=arguments.anonymise,
+                salt=arguments.salt,
             )
         if arguments.command == "train-guide":
             return train_guide_command(

@@ -583,6 +583,23 @@ def test_train_guide_then_infer_states(tmp_path, capsys, choices_csv):
         total = amortised[[f"{factor}={state}" for state in names]].sum(axis=1).to_numpy()
         assert_close(total, np.ones(len(amortised)), atol=1e-9, reason="10 significant digits")
 
+    # a subject's absent trial has no rows; anonymised subjects are the data's salted hashes
+    fewer = table[~((table["subject"] == "agent-1") & (table["trial"] == 35))]
+    fewer_path = tmp_path / "fewer.csv"
+    fewer.to_csv(fewer_path, index=False)
+    hidden = tmp_path / "anonymous.csv"
+    anonymise = ["--anonymise", "--salt", "s3cret", "--out", str(hidden)]
+    assert main(["infer", "tmaze", str(fewer_path), *anonymise]) == 0
+    assert "11 trials (2 subjects)" in capsys.readouterr().out
+    anonymous = pd.read_csv(hidden, dtype={"subject": str})
+    hashed = BehaviourData.read(fewer_path, task, anonymise=True, salt="s3cret").subjects
+    assert list(dict.fromkeys(anonymous["subject"])) == list(hashed)
+    assert not set(anonymous["subject"]) & {"agent-0", "agent-1"}
+    assert len(anonymous) == 11 * T and 35 not in set(anonymous.loc[
+        anonymous["subject"] == hashed[1], "trial"])  # fmt: skip
+    assert main(["infer", "tmaze", str(fewer_path), "--anonymise"]) == 2
+    assert "needs a salt" in capsys.readouterr().err
+
     assert main([*infer, "--out", str(tmp_path / "x.csv")]) == 2
     assert "--method amortised needs the file of a trained guide" in capsys.readouterr().err
     assert main(["infer", "tmaze", str(data_path), "--guide", str(guide)]) == 2
