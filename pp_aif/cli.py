@@ -633,7 +633,7 @@ def train_guide_command(
     *,
     steps: int,
     batch_size: int,
-    hidden: int,
+    hidden: int | None,
     learning_rate: float,
     seed: int,
 ) -> int:
@@ -656,12 +656,13 @@ def train_guide_command(
         batch_size=batch_size,
         min_length=T,
         max_length=T,
-        hidden=hidden,
+        **({} if hidden is None else {"hidden": hidden}),  # None: the library's default
         learning_rate=learning_rate,
         validation=256,
         every=max(steps // 10, 1),
         seed=seed,
     )  # fmt: skip (checked before anything runs)
+    hidden = settings.hidden
     print(
         f"pp_aif train-guide: an amortised state-inference guide for '{task.name}' "
         f"(trials of {T} steps): {steps} steps of {batch_size} sequences, {hidden} hidden "
@@ -1365,7 +1366,12 @@ def main(argv: list[str] | None = None) -> int:
     guide_parser.add_argument(
         "--batch-size", type=int, default=64, help="sequences a step (default 64)"
     )
-    guide_parser.add_argument("--hidden", type=int, default=16, help="GRU units (default 16)")
+    guide_parser.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="GRU units (default: train_amortised_guide's, 16)",
+    )
     guide_parser.add_argument(
         "--learning-rate", type=float, default=3e-3, help="Adam's (default 0.003)"
     )
