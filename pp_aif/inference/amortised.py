@@ -292,7 +292,10 @@ def prepare(model: GenerativeModel, sequences: Sequences) -> Prepared:
         start = ahead[:, 0] & (joint_log_initial(model.log_D) > -math.inf)
         if not bool(start.any(-1).all()):
             run_forward_filter(model, sequences)  # raises the DataError that names the step
-            raise AssertionError("prepare: an impossible sequence that the forward pass passed")
+            raise RuntimeError(
+                "prepare: a sequence with no possible path passed the exact forward pass; "
+                "please report this"
+            )
     return Prepared(log_likelihood, ahead, transitions)
 
 
