@@ -516,7 +516,8 @@ def train_command(
     return 0
 
 
-#: infer's methods (``pp_aif.infer_states``'s, but the Pyro program's enumeration, an oracle)
+#: infer's methods (``pp_aif.infer_states``'s, but the Pyro program's enumeration, an oracle;
+#: a test holds the two equal)
 INFER_METHODS = ("exact", "mean_field", "structured", "fpi", "vmp", "mmp", "amortised")
 
 

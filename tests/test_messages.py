@@ -118,6 +118,10 @@ def test_the_cli_lists_the_packages_names(capsys):
     from pp_aif.agent import PLANNERS
 
     assert cli.PLANNERS == PLANNERS
+    from pp_aif.inference.states import METHODS as STATE_METHODS
+
+    # infer's methods: infer_states's, but the Pyro program's enumeration (an oracle)
+    assert cli.INFER_METHODS == tuple(m for m in STATE_METHODS if m != "enumerate")
 
 
 def test_a_file_of_another_kind_is_named_with_what_it_should_be(tmp_path, capsys, choices_csv):

@@ -363,8 +363,7 @@ def scaled_chain_beliefs(
     underflow = start < tiny
     initial = initial / start[:, None]
     log_z0 = top[:, 0, 0] + torch.log(start)
-    joint = [initial]
-    value = (initial * messages[:, 0]).sum(-1) - log_z0
+    joint, log_z = [initial], weights.new_zeros(N, 0, K)
     if T > 1:
         rows = torch.matmul(prepared.transitions, weights[:, 1:, :, None])[..., 0]  # (N,T-1,K)
         underflow = underflow | (prepared.ahead[:, :-1] & (rows < tiny)).flatten(1).any(-1)
@@ -375,11 +374,8 @@ def scaled_chain_beliefs(
             share = torch.where(held[:, t], joint[-1] / safe[:, t], 0.0)  # q_t(i) / S_t(i)
             step = torch.matmul(share[:, None, :], prepared.transitions[:, t])[:, 0]
             joint.append(weights[:, t + 1] * step)
-        joint = torch.stack(joint, 1)
-        value = value + (joint[:, 1:] * messages[:, 1:]).sum((1, 2))
-        value = value - (joint[:, :-1] * log_z).sum((1, 2))
-    else:
-        joint = torch.stack(joint, 1)
+    joint = torch.stack(joint, 1)
+    value = (joint * messages).sum((1, 2)) - log_z0 - (joint[:, :-1] * log_z).sum((1, 2))
     return joint, value, underflow
 
 
